@@ -1,0 +1,88 @@
+//! `benchmark`: scripted requests on stdin (default), or a load generator (`load`).
+use clap::{Parser, Subcommand};
+use distkv::cli::single_op_output;
+use distkv::client::{Client, ClientConfig};
+use distkv::rt::tokio_rt::TokioRuntime;
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "distkv benchmark: one reply per stdin request (default), or `load` for a load generator"
+)]
+struct Args {
+    /// The manager to fetch the partition map from.
+    #[arg(long, default_value = "0.0.0.0:24000", global = true)]
+    connect_addr: SocketAddr,
+    /// Zero-pad key numbers in replies to this many digits (0: canonical form).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=20))]
+    key_len: u64,
+    /// Deadline for each command, in milliseconds.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000), global = true)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    mode: Option<Mode>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// Generate load and report throughput and latency.
+    Load(distkv::bench::LoadArgs),
+}
+
+fn main() {
+    let args = Args::parse();
+    distkv::cli::init_logging("warn");
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let mut config = ClientConfig::new(args.connect_addr);
+    config.command_timeout = Duration::from_millis(args.timeout_ms);
+    let client = match rt.block_on(Client::connect(TokioRuntime, config)) {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("error: cannot connect to the cluster: {e}");
+            std::process::exit(1);
+        }
+    };
+    match args.mode {
+        Some(Mode::Load(load)) => {
+            let code = rt.block_on(distkv::bench::run_load_cli(TokioRuntime, client, load));
+            std::process::exit(code);
+        }
+        None => stdin_mode(&rt, client, args.key_len as usize),
+    }
+}
+
+/// One request per line; exactly one reply per request, in order.
+fn stdin_mode(rt: &tokio::runtime::Runtime, client: Client<TokioRuntime>, key_len: usize) {
+    let mut session = client.session();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let request = line.trim();
+        if request.is_empty() {
+            continue;
+        }
+        if request.eq_ignore_ascii_case("STOP") {
+            let _ = writeln!(out, "STOP");
+            let _ = out.flush();
+            return;
+        }
+        let text = match distkv::op::parse_op(request) {
+            Ok(op) => {
+                let outcome = rt.block_on(session.execute(vec![op.clone()]));
+                single_op_output(&op, &outcome, key_len)
+            }
+            Err(e) => format!("ERROR {e}\n"),
+        };
+        if out
+            .write_all(text.as_bytes())
+            .and_then(|_| out.flush())
+            .is_err()
+        {
+            return; // stdout closed
+        }
+    }
+}

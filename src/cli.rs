@@ -1,0 +1,320 @@
+//! Text front ends shared by the `client` and `benchmark` binaries: how
+//! outcomes print, and the interactive command state machine (`cmd` / `op` /
+//! `done`), kept free of IO so it is unit-tested directly.
+
+use crate::client::ClientError;
+use crate::op::{format_reply, parse_op, parse_op_words, Op, OpResult};
+
+/// The reply lines for a command's results, in operation order, each line
+/// ending in `\n`.
+pub fn reply_lines(ops: &[Op], results: &[OpResult], key_len: usize) -> String {
+    let mut out = String::new();
+    for (op, result) in ops.iter().zip(results) {
+        out.push_str(&format_reply(op, result, key_len));
+        out.push('\n');
+    }
+    out
+}
+
+/// The one `ERROR ...` line for a failed one-operation command.
+pub fn error_line(error: &ClientError) -> String {
+    format!("ERROR {error}\n")
+}
+
+/// What a one-operation request line prints (benchmark stdin mode and bare
+/// operations in the client): the reply, or one `ERROR` line.
+pub fn single_op_output(
+    op: &Op,
+    outcome: &Result<Vec<OpResult>, ClientError>,
+    key_len: usize,
+) -> String {
+    match outcome {
+        Ok(results) => reply_lines(std::slice::from_ref(op), results, key_len),
+        Err(e) => error_line(e),
+    }
+}
+
+/// What `done` prints: the replies and `COMMITTED`, or why not.
+///
+/// - refused before running (bad operation, unknown table): `ABORTED op N: reason`
+/// - refused by a server, or unavailable: nothing applied: `ABORTED reason`
+/// - outcome unknown / partially applied: an `ERROR` line (neither word would be true)
+pub fn command_output(
+    ops: &[Op],
+    outcome: &Result<Vec<OpResult>, ClientError>,
+    key_len: usize,
+) -> String {
+    match outcome {
+        Ok(results) => {
+            let mut out = reply_lines(ops, results, key_len);
+            out.push_str("COMMITTED\n");
+            out
+        }
+        Err(ClientError::Invalid {
+            index: Some(i),
+            error,
+        }) => {
+            format!("ABORTED op {}: {error}\n", i + 1)
+        }
+        Err(
+            e @ (ClientError::Invalid { .. }
+            | ClientError::Rejected(_)
+            | ClientError::Unavailable(_)),
+        ) => {
+            format!("ABORTED {e}\n")
+        }
+        Err(e @ (ClientError::UnknownOutcome(_) | ClientError::PartiallyApplied(_))) => {
+            error_line(e)
+        }
+    }
+}
+
+/// What the client should do with one input line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Print this text (already newline-terminated), nothing else.
+    Print(String),
+    /// Run these operations as one command; `bare` is a one-op line outside
+    /// `cmd` (prints like the benchmark: the reply only).
+    Run {
+        ops: Vec<Op>,
+        bare: bool,
+    },
+    /// Toggle latency printing, and say so.
+    ToggleTime,
+    Clear,
+    Exit,
+    Nothing,
+}
+
+/// The `cmd` / `op` / `done` state machine.
+#[derive(Debug, Default)]
+pub struct Repl {
+    /// Operations of the command being built, if inside `cmd`.
+    building: Option<Vec<Op>>,
+}
+
+pub const HELP: &str = "\
+commands:
+  cmd                      start a multi-operation command
+  op <OPERATION> <args>    add an operation to it
+  done                     run the command as one transaction
+  abort                    drop the command being built
+  PUT k v | GET k | SWAP k v | DELETE k | SCAN a b
+                           run one operation on its own
+  time                     toggle printing each command's latency
+  clear                    clear the screen
+  help                     this text
+  exit | quit              leave
+";
+
+impl Repl {
+    pub fn new() -> Repl {
+        Repl::default()
+    }
+
+    /// Whether a `cmd` is open (for the prompt).
+    pub fn building(&self) -> Option<usize> {
+        self.building.as_ref().map(Vec::len)
+    }
+
+    /// Interprets one line. `check` validates an operation against the
+    /// cluster (e.g. unknown table) as soon as it is added.
+    pub fn handle(&mut self, line: &str, check: impl Fn(&Op) -> Result<(), String>) -> Action {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(first) = words.first() else {
+            return Action::Nothing;
+        };
+        match first.to_ascii_lowercase().as_str() {
+            "exit" | "quit" => Action::Exit,
+            "clear" => Action::Clear,
+            "time" => Action::ToggleTime,
+            "help" => Action::Print(HELP.to_string()),
+            "cmd" => {
+                if words.len() != 1 {
+                    return Action::Print("ERROR cmd takes no arguments\n".into());
+                }
+                if self.building.is_some() {
+                    return Action::Print(
+                        "ERROR a command is already open: add operations with 'op', run it with 'done' or drop it with 'abort'\n".into(),
+                    );
+                }
+                self.building = Some(Vec::new());
+                Action::Nothing
+            }
+            "op" => {
+                let Some(ops) = self.building.as_mut() else {
+                    return Action::Print(
+                        "ERROR 'op' outside a command: start one with 'cmd'\n".into(),
+                    );
+                };
+                match parse_op_words(&words[1..])
+                    .map_err(|e| e.to_string())
+                    .and_then(|op| {
+                        check(&op)?;
+                        Ok(op)
+                    }) {
+                    Ok(op) => {
+                        ops.push(op);
+                        Action::Nothing
+                    }
+                    Err(e) => Action::Print(format!("ERROR {e}\n")),
+                }
+            }
+            "done" => match self.building.take() {
+                Some(ops) => Action::Run { ops, bare: false },
+                None => {
+                    Action::Print("ERROR 'done' outside a command: start one with 'cmd'\n".into())
+                }
+            },
+            "abort" => match self.building.take() {
+                Some(_) => Action::Print("ABORTED by user\n".into()),
+                None => Action::Print("ERROR no command to abort\n".into()),
+            },
+            _ => {
+                if self.building.is_some() {
+                    return Action::Print(
+                        "ERROR inside a command, add operations with 'op <OPERATION> <args>' and finish with 'done'\n".into(),
+                    );
+                }
+                match parse_op(line).map_err(|e| e.to_string()).and_then(|op| {
+                    check(&op)?;
+                    Ok(op)
+                }) {
+                    Ok(op) => Action::Run {
+                        ops: vec![op],
+                        bare: true,
+                    },
+                    Err(e) => Action::Print(format!("ERROR {e}\n")),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::op::OpError;
+
+    fn ok(_: &Op) -> Result<(), String> {
+        Ok(())
+    }
+
+    #[test]
+    fn cmd_op_done_builds_one_command_in_order() {
+        let mut r = Repl::new();
+        assert_eq!(r.handle("cmd", ok), Action::Nothing);
+        assert_eq!(r.handle("op PUT t1 a", ok), Action::Nothing);
+        assert_eq!(r.handle("op GET t1", ok), Action::Nothing);
+        assert_eq!(r.building(), Some(2));
+        let Action::Run { ops, bare: false } = r.handle("done", ok) else {
+            panic!("done must run the command");
+        };
+        assert_eq!(ops.len(), 2);
+        assert_eq!(ops[0].name(), "PUT");
+        assert_eq!(r.building(), None);
+    }
+
+    #[test]
+    fn a_bad_op_is_reported_and_not_added() {
+        let mut r = Repl::new();
+        r.handle("cmd", ok);
+        assert!(
+            matches!(r.handle("op FROB t1", ok), Action::Print(s) if s.starts_with("ERROR unknown operation"))
+        );
+        let unknown = |_: &Op| Err("unknown table 'zz'".to_string());
+        assert_eq!(
+            r.handle("op GET zz1", unknown),
+            Action::Print("ERROR unknown table 'zz'\n".into())
+        );
+        assert_eq!(r.building(), Some(0));
+    }
+
+    #[test]
+    fn bare_operations_and_keywords() {
+        let mut r = Repl::new();
+        assert!(matches!(
+            r.handle("GET t1", ok),
+            Action::Run { bare: true, .. }
+        ));
+        assert_eq!(r.handle("", ok), Action::Nothing);
+        assert_eq!(r.handle("time", ok), Action::ToggleTime);
+        assert_eq!(r.handle("QUIT", ok), Action::Exit);
+        assert!(matches!(r.handle("done", ok), Action::Print(s) if s.starts_with("ERROR")));
+        assert!(
+            matches!(r.handle("PUT t1", ok), Action::Print(s) if s.starts_with("ERROR wrong number"))
+        );
+    }
+
+    #[test]
+    fn command_outcomes_print_as_documented() {
+        let ops = vec![parse_op("PUT t1 a").unwrap(), parse_op("GET t1").unwrap()];
+        let results = vec![
+            OpResult::Put { found: false },
+            OpResult::Get(Some(b"a".to_vec())),
+        ];
+        assert_eq!(
+            command_output(&ops, &Ok(results), 0),
+            "PUT t1 not_found\nGET t1 a\nCOMMITTED\n"
+        );
+        let invalid = Err(ClientError::Invalid {
+            index: Some(1),
+            error: OpError::UnknownTable("zz".into()),
+        });
+        assert_eq!(
+            command_output(&ops, &invalid, 0),
+            "ABORTED op 2: unknown table 'zz'\n"
+        );
+        let unknown = Err(ClientError::UnknownOutcome("no reply".into()));
+        assert_eq!(
+            command_output(&ops, &unknown, 0),
+            "ERROR unknown outcome: no reply\n"
+        );
+        let unavailable = Err(ClientError::Unavailable("no server".into()));
+        assert_eq!(
+            single_op_output(&ops[1], &unavailable, 0),
+            "ERROR unavailable: no server\n"
+        );
+    }
+}
+
+/// Logs go to stderr (never stdout, which carries replies), filtered by
+/// `RUST_LOG` or `default` (e.g. `"info"`).
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// The address others should dial to reach a process listening on `listen`:
+/// `listen` itself if it names an IP; otherwise the local IP the OS would use
+/// to reach `peer` (no packet is sent), or loopback. Never `0.0.0.0`.
+pub fn dialable_addr(
+    listen: std::net::SocketAddr,
+    peer: std::net::SocketAddr,
+) -> std::net::SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+    if !listen.ip().is_unspecified() {
+        return listen;
+    }
+    let via_route = || -> Option<IpAddr> {
+        let target = if peer.ip().is_unspecified() {
+            return None;
+        } else {
+            peer
+        };
+        let socket = UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)).ok()?;
+        socket.connect(target).ok()?;
+        let ip = socket.local_addr().ok()?.ip();
+        (!ip.is_unspecified()).then_some(ip)
+    };
+    SocketAddr::new(
+        via_route().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        listen.port(),
+    )
+}

@@ -1,0 +1,495 @@
+//! The client library: routing, request ids, retries, deadlines.
+//!
+//! ```text
+//!  Session::execute(ops)
+//!    1. validate (limits, known tables)              -> ClientError::Invalid
+//!    2. split by partition (a SCAN may span several)  using the cached map
+//!    3. per part: Execute(session, seq) to its server; on no reply, retry
+//!       with the SAME (session, seq) until the deadline, so the server
+//!       applies it at most once; on WrongPartition refresh the map
+//!    4. merge results back into operation order
+//! ```
+//! A write that got no reply by the deadline is reported as
+//! [`ClientError::UnknownOutcome`], never as "not applied".
+//!
+//! Until cross-partition transactions land, a command whose parts span
+//! partitions runs each part atomically on its own partition, and a command
+//! with *writes* in several partitions is not atomic as a whole (README,
+//! "Status").
+
+use crate::map::{PartitionId, PartitionMap};
+use crate::op::{validate_command, Op, OpError, OpResult};
+use crate::rt::{timeout, Net, Runtime};
+use crate::wire::{decode_msg, encode_msg, ExecError, Msg};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Client configuration.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The manager, where the partition map comes from.
+    pub manager_addr: SocketAddr,
+    /// Deadline for a whole command, retries included.
+    pub command_timeout: Duration,
+    /// How long to wait for one reply before retrying.
+    pub attempt_timeout: Duration,
+    /// Pause before retrying after a server said "not now".
+    pub retry_backoff: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(manager_addr: SocketAddr) -> ClientConfig {
+        ClientConfig {
+            manager_addr,
+            command_timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_millis(1000),
+            retry_backoff: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Why a command did not (certainly) succeed. The variant says what is known
+/// about its effect.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// Refused before anything was sent. `index` is the offending operation.
+    #[error("{error}")]
+    Invalid {
+        index: Option<usize>,
+        error: OpError,
+    },
+    /// A server refused the command as a whole; nothing was applied.
+    #[error("{0}")]
+    Rejected(String),
+    /// Nothing was applied: no server could take it before the deadline.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// It may or may not have been applied.
+    #[error("unknown outcome: {0}")]
+    UnknownOutcome(String),
+    /// Some parts of a multi-partition command were applied and others were
+    /// certainly not (possible until cross-partition transactions land).
+    #[error("partially applied: {0}")]
+    PartiallyApplied(String),
+}
+
+struct Inner<R: Runtime> {
+    rt: R,
+    net: R::Net,
+    config: ClientConfig,
+    map: Mutex<Option<Arc<PartitionMap>>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Msg>>>,
+    next_req: AtomicU64,
+}
+
+/// A connection to a cluster, shared by any number of [`Session`]s.
+pub struct Client<R: Runtime> {
+    inner: Arc<Inner<R>>,
+}
+
+impl<R: Runtime> Clone for Client<R> {
+    fn clone(&self) -> Self {
+        Client {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+/// A sequential client: one command at a time, numbered, so retries are safe.
+pub struct Session<R: Runtime> {
+    client: Client<R>,
+    id: u64,
+    seq: u64,
+}
+
+/// What one partition's part of a command came to.
+enum PartOutcome {
+    Done(Vec<OpResult>),
+    /// Refused as a whole by the server: certainly not applied.
+    Rejected(String),
+    /// Certainly not applied (never reached, or refused as "not now").
+    NotApplied(String),
+    /// May have been applied.
+    Unknown(String),
+}
+
+impl<R: Runtime> Client<R> {
+    /// Opens a network endpoint and fetches the partition map from the
+    /// manager, retrying until the command deadline.
+    pub async fn connect(rt: R, config: ClientConfig) -> Result<Client<R>, ClientError> {
+        let net = rt.bind(None, None).await.map_err(|e| {
+            ClientError::Unavailable(format!("cannot open a network endpoint: {e}"))
+        })?;
+        let inner = Arc::new(Inner {
+            rt: rt.clone(),
+            net,
+            config,
+            map: Mutex::new(None),
+            pending: Mutex::new(HashMap::new()),
+            next_req: AtomicU64::new(1),
+        });
+        rt.spawn(recv_loop(inner.clone()));
+        let client = Client { inner };
+        let deadline = client.inner.rt.now() + client.inner.config.command_timeout;
+        client.refresh_map(deadline).await?;
+        Ok(client)
+    }
+
+    /// A new session with a random id.
+    pub fn session(&self) -> Session<R> {
+        Session {
+            client: self.clone(),
+            id: self.inner.rt.rand_u64(),
+            seq: 0,
+        }
+    }
+
+    /// The cached partition map.
+    pub fn map(&self) -> Arc<PartitionMap> {
+        self.inner
+            .map
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("connect fetched a map")
+    }
+
+    /// Checks a command without running it: limits, operation arguments, and
+    /// that every table exists.
+    pub fn check(&self, ops: &[Op]) -> Result<(), ClientError> {
+        validate_command(ops).map_err(|(index, error)| ClientError::Invalid { index, error })?;
+        let map = self.map();
+        for (i, op) in ops.iter().enumerate() {
+            if !map.tables.contains_key(op.table()) {
+                return Err(ClientError::Invalid {
+                    index: Some(i),
+                    error: OpError::UnknownTable(op.table().to_string()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `build(req)` to `to` and waits up to `wait` for the reply.
+    async fn call(
+        &self,
+        to: SocketAddr,
+        build: impl FnOnce(u64) -> Msg,
+        wait: Duration,
+    ) -> Option<Msg> {
+        let req = self.inner.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.inner.pending.lock().unwrap().insert(req, tx);
+        match encode_msg(&build(req)) {
+            Ok(bytes) => self.inner.net.send(to, bytes),
+            Err(e) => tracing::error!("cannot encode request: {e}"),
+        }
+        let reply = timeout(&self.inner.rt, wait, rx).await;
+        self.inner.pending.lock().unwrap().remove(&req);
+        match reply {
+            Ok(Ok(msg)) => Some(msg),
+            _ => None,
+        }
+    }
+
+    /// Fetches the map from the manager; keeps the newest one seen.
+    pub async fn refresh_map(&self, deadline: Instant) -> Result<Arc<PartitionMap>, ClientError> {
+        let manager = self.inner.config.manager_addr;
+        loop {
+            let now = self.inner.rt.now();
+            if now >= deadline {
+                return Err(ClientError::Unavailable(format!(
+                    "no partition map from the manager at {manager}"
+                )));
+            }
+            let wait = self.inner.config.attempt_timeout.min(deadline - now);
+            if let Some(Msg::MapReply { map, .. }) =
+                self.call(manager, |req| Msg::GetMap { req }, wait).await
+            {
+                let mut slot = self.inner.map.lock().unwrap();
+                if slot.as_ref().is_none_or(|m| m.epoch <= map.epoch) {
+                    *slot = Some(Arc::new(map));
+                }
+                return Ok(slot.clone().unwrap());
+            }
+        }
+    }
+
+    /// Runs one partition's part of a command until it has an answer or the
+    /// deadline passes.
+    async fn run_part(
+        &self,
+        session: u64,
+        seq: u64,
+        partition: PartitionId,
+        ops: Vec<Op>,
+        deadline: Instant,
+    ) -> PartOutcome {
+        let has_writes = ops.iter().any(Op::is_write);
+        let op_count = ops.len();
+        let mut maybe_applied = false;
+        let mut last_error = String::from("deadline passed before the first attempt");
+        loop {
+            let now = self.inner.rt.now();
+            if now >= deadline {
+                break;
+            }
+            let map = self.map();
+            let Some(addr) = map
+                .partitions
+                .get(&partition)
+                .and_then(|p| map.leader_addr(p))
+            else {
+                return PartOutcome::NotApplied(format!("partition {partition} is not in the map"));
+            };
+            let wait = self.inner.config.attempt_timeout.min(deadline - now);
+            let ops = ops.clone();
+            let reply = self
+                .call(
+                    addr,
+                    |req| Msg::Execute {
+                        req,
+                        session,
+                        seq,
+                        partition,
+                        ops,
+                    },
+                    wait,
+                )
+                .await;
+            match reply {
+                Some(Msg::ExecuteReply {
+                    result: Ok(results),
+                    ..
+                }) => {
+                    if results.len() != op_count {
+                        return PartOutcome::Unknown(format!(
+                            "server {addr} returned {} results for {op_count} operations",
+                            results.len()
+                        ));
+                    }
+                    return PartOutcome::Done(results);
+                }
+                Some(Msg::ExecuteReply {
+                    result: Err(ExecError::Rejected(e)),
+                    ..
+                }) => return PartOutcome::Rejected(e.to_string()),
+                Some(Msg::ExecuteReply {
+                    result: Err(ExecError::Stale(e)),
+                    ..
+                }) => return PartOutcome::Unknown(e.to_string()),
+                Some(Msg::ExecuteReply { result: Err(e), .. }) => {
+                    // WrongPartition / NotReady: certainly not applied.
+                    last_error = e.to_string();
+                    if matches!(e, ExecError::WrongPartition { .. }) {
+                        let _ = self.refresh_map(deadline).await;
+                    }
+                    self.inner.rt.sleep(self.inner.config.retry_backoff).await;
+                }
+                Some(other) => {
+                    last_error = format!("unexpected reply {other:?}");
+                    maybe_applied = true;
+                }
+                None => {
+                    last_error = format!("no reply from server {addr} for partition {partition}");
+                    maybe_applied = true;
+                    // The server may have moved (a new map) or restarted.
+                    let _ = timeout(
+                        &self.inner.rt,
+                        self.inner.config.attempt_timeout,
+                        self.refresh_map(deadline),
+                    )
+                    .await;
+                }
+            }
+        }
+        if has_writes && maybe_applied {
+            PartOutcome::Unknown(last_error)
+        } else {
+            PartOutcome::NotApplied(last_error)
+        }
+    }
+}
+
+impl<R: Runtime> Session<R> {
+    pub fn client(&self) -> &Client<R> {
+        &self.client
+    }
+
+    /// Runs `ops` as one command and returns one result per operation, in
+    /// operation order.
+    pub async fn execute(&mut self, ops: Vec<Op>) -> Result<Vec<OpResult>, ClientError> {
+        let client = &self.client;
+        client.check(&ops)?;
+        self.seq += 1;
+        let seq = self.seq;
+        let deadline = client.inner.rt.now() + client.inner.config.command_timeout;
+        let map = client.map();
+
+        // Which partitions each operation touches (in key order), and which
+        // operations each partition gets.
+        let mut touched: Vec<Vec<PartitionId>> = Vec::with_capacity(ops.len());
+        let mut parts: BTreeMap<PartitionId, Vec<usize>> = BTreeMap::new();
+        for (i, op) in ops.iter().enumerate() {
+            let ids: Vec<PartitionId> = map
+                .partitions_of(op)
+                .map_err(|error| ClientError::Invalid {
+                    index: Some(i),
+                    error,
+                })?
+                .iter()
+                .map(|p| p.id)
+                .collect();
+            for id in &ids {
+                parts.entry(*id).or_default().push(i);
+            }
+            touched.push(ids);
+        }
+
+        let outcomes = self.run_parts(&ops, &parts, seq, deadline).await;
+
+        // Merge, or explain what went wrong and what is known of the effect.
+        let mut done: BTreeMap<PartitionId, Vec<OpResult>> = BTreeMap::new();
+        let (mut rejected, mut not_applied, mut unknown) = (vec![], vec![], vec![]);
+        for (id, outcome) in outcomes {
+            match outcome {
+                PartOutcome::Done(results) => {
+                    done.insert(id, results);
+                }
+                PartOutcome::Rejected(e) => rejected.push(e),
+                PartOutcome::NotApplied(e) => not_applied.push(e),
+                PartOutcome::Unknown(e) => unknown.push(e),
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(ClientError::UnknownOutcome(unknown.join("; ")));
+        }
+        if !rejected.is_empty() || !not_applied.is_empty() {
+            let reason = rejected
+                .iter()
+                .chain(&not_applied)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ");
+            let applied_writes = done
+                .keys()
+                .any(|id| parts[id].iter().any(|&i| ops[i].is_write()));
+            if applied_writes {
+                return Err(ClientError::PartiallyApplied(format!(
+                    "{reason} (parts of this command in other partitions were applied)"
+                )));
+            }
+            return Err(if rejected.is_empty() {
+                ClientError::Unavailable(reason)
+            } else {
+                ClientError::Rejected(reason)
+            });
+        }
+        Ok(merge(&ops, &touched, &parts, done))
+    }
+
+    async fn run_parts(
+        &self,
+        ops: &[Op],
+        parts: &BTreeMap<PartitionId, Vec<usize>>,
+        seq: u64,
+        deadline: Instant,
+    ) -> Vec<(PartitionId, PartOutcome)> {
+        let part_ops = |idx: &Vec<usize>| idx.iter().map(|&i| ops[i].clone()).collect::<Vec<_>>();
+        if parts.len() == 1 {
+            let (id, idx) = parts.iter().next().unwrap();
+            let outcome = self
+                .client
+                .run_part(self.id, seq, *id, part_ops(idx), deadline)
+                .await;
+            return vec![(*id, outcome)];
+        }
+        // Several partitions: run the parts concurrently.
+        let mut waiting = Vec::with_capacity(parts.len());
+        for (id, idx) in parts {
+            let (tx, rx) = oneshot::channel();
+            let (client, session, id, part) = (self.client.clone(), self.id, *id, part_ops(idx));
+            self.client.inner.rt.spawn(async move {
+                let _ = tx.send(client.run_part(session, seq, id, part, deadline).await);
+            });
+            waiting.push((id, rx));
+        }
+        let mut outcomes = Vec::with_capacity(waiting.len());
+        for (id, rx) in waiting {
+            let outcome = rx
+                .await
+                .unwrap_or_else(|_| PartOutcome::Unknown("part task ended".into()));
+            outcomes.push((id, outcome));
+        }
+        outcomes
+    }
+}
+
+/// Puts per-partition results back into operation order, concatenating a
+/// multi-partition SCAN's rows in key order.
+fn merge(
+    ops: &[Op],
+    touched: &[Vec<PartitionId>],
+    parts: &BTreeMap<PartitionId, Vec<usize>>,
+    mut done: BTreeMap<PartitionId, Vec<OpResult>>,
+) -> Vec<OpResult> {
+    // Results of partition p arrive in the order of parts[p]: index them.
+    let mut by_op: BTreeMap<(usize, PartitionId), OpResult> = BTreeMap::new();
+    for (id, idx) in parts {
+        let results = done.remove(id).unwrap_or_default();
+        for (&i, result) in idx.iter().zip(results) {
+            by_op.insert((i, *id), result);
+        }
+    }
+    ops.iter()
+        .enumerate()
+        .map(|(i, op)| match op {
+            Op::Scan { .. } => {
+                let mut rows = Vec::new();
+                for id in &touched[i] {
+                    if let Some(OpResult::Scan(part_rows)) = by_op.remove(&(i, *id)) {
+                        rows.extend(part_rows);
+                    }
+                }
+                OpResult::Scan(rows)
+            }
+            _ => by_op
+                .remove(&(i, touched[i][0]))
+                .expect("every single-partition op has a result"),
+        })
+        .collect()
+}
+
+async fn recv_loop<R: Runtime>(inner: Arc<Inner<R>>) {
+    loop {
+        let (from, payload) = match inner.net.recv().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!("client network endpoint failed: {e}");
+                return;
+            }
+        };
+        let msg = match decode_msg(&payload) {
+            Ok(msg) => msg,
+            Err(e) => {
+                tracing::warn!(%from, "dropping message: {e}");
+                continue;
+            }
+        };
+        let req = match &msg {
+            Msg::MapReply { req, .. } | Msg::ExecuteReply { req, .. } => *req,
+            other => {
+                tracing::warn!(%from, "client ignores unexpected message {other:?}");
+                continue;
+            }
+        };
+        // A reply nobody waits for any more (it timed out) is dropped.
+        if let Some(tx) = inner.pending.lock().unwrap().remove(&req) {
+            let _ = tx.send(msg);
+        }
+    }
+}

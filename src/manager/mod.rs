@@ -1,0 +1,190 @@
+//! The manager: holds the partition map and serves it. It is not on the data
+//! path: clients fetch the map once and then talk to servers directly.
+//!
+//! ```text
+//!   server --Register(node_id, addr)--> manager --RegisterReply(map)--> server
+//!   client --GetMap--> manager --MapReply(map)--> client
+//! ```
+//! The map is a pure function of the configuration ([`PartitionMap::build`]),
+//! so a restarted manager recovers it exactly; servers re-register within a
+//! heartbeat and refresh the advertised addresses.
+
+use crate::map::{MapError, NodeId, PartitionMap};
+use crate::rt::{Net, Runtime};
+use crate::wire::{decode_msg, encode_msg, Msg};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+/// Manager configuration. Every field is validated by [`ManagerConfig::build_map`].
+#[derive(Clone, Debug)]
+pub struct ManagerConfig {
+    /// Where servers and clients reach the manager.
+    pub listen_addr: SocketAddr,
+    /// The cluster's servers; server `i` (its `--node-id`) is `servers[i]`.
+    pub servers: Vec<SocketAddr>,
+    /// Tables and the size of each one's initial key space `[0, N)`.
+    pub tables: Vec<(String, u64)>,
+    /// Replicas per partition (capped at the number of servers).
+    pub replicas: usize,
+}
+
+impl ManagerConfig {
+    /// Builds the initial map. Listed server addresses with an unspecified IP
+    /// (`0.0.0.0`) are not dialable, so they are shown as loopback until the
+    /// server registers its advertised address.
+    pub fn build_map(&self) -> Result<PartitionMap, MapError> {
+        let servers: Vec<SocketAddr> = self
+            .servers
+            .iter()
+            .map(|a| {
+                if a.ip().is_unspecified() {
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), a.port())
+                } else {
+                    *a
+                }
+            })
+            .collect();
+        PartitionMap::build(&self.tables, &servers, self.replicas)
+    }
+}
+
+/// The manager's state machine: messages in, replies out. No IO.
+pub struct ManagerCore {
+    map: PartitionMap,
+}
+
+impl ManagerCore {
+    pub fn new(map: PartitionMap) -> ManagerCore {
+        ManagerCore { map }
+    }
+
+    pub fn map(&self) -> &PartitionMap {
+        &self.map
+    }
+
+    /// Handles one request; returns the reply, if any.
+    pub fn handle(&mut self, msg: Msg) -> Option<Msg> {
+        match msg {
+            Msg::GetMap { req } => Some(Msg::MapReply {
+                req,
+                map: self.map.clone(),
+            }),
+            Msg::Register { node_id, addr } => Some(Msg::RegisterReply {
+                result: self.register(node_id, addr),
+            }),
+            other => {
+                tracing::warn!("manager ignores unexpected message {other:?}");
+                None
+            }
+        }
+    }
+
+    fn register(&mut self, node_id: NodeId, addr: SocketAddr) -> Result<PartitionMap, String> {
+        let Some(known) = self.map.servers.get_mut(&node_id) else {
+            return Err(format!(
+                "unknown node id {node_id}: the manager's --servers lists {} servers (ids 0..{})",
+                self.map.servers.len(),
+                self.map.servers.len()
+            ));
+        };
+        if addr.ip().is_unspecified() {
+            return Err(format!(
+                "server {node_id} advertised {addr}, which others cannot dial; set --advertise-addr"
+            ));
+        }
+        if *known != addr {
+            tracing::info!(node_id, old = %known, new = %addr, "server address changed");
+            *known = addr;
+            self.map.epoch += 1;
+        }
+        Ok(self.map.clone())
+    }
+}
+
+/// Runs the manager until its network endpoint fails.
+pub async fn run_manager<R: Runtime>(rt: R, config: ManagerConfig) -> io::Result<()> {
+    let map = config
+        .build_map()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let net = rt.bind(Some(config.listen_addr), None).await?;
+    tracing::info!(
+        addr = %config.listen_addr,
+        partitions = map.partitions.len(),
+        servers = map.servers.len(),
+        "manager listening"
+    );
+    let mut core = ManagerCore::new(map);
+    loop {
+        let (from, payload) = net.recv().await?;
+        let msg = match decode_msg(&payload) {
+            Ok(msg) => msg,
+            Err(e) => {
+                tracing::warn!(%from, "dropping message: {e}");
+                continue;
+            }
+        };
+        if let Some(reply) = core.handle(msg) {
+            match encode_msg(&reply) {
+                Ok(bytes) => net.send(from, bytes),
+                Err(e) => tracing::error!("cannot encode reply: {e}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core() -> ManagerCore {
+        let config = ManagerConfig {
+            listen_addr: "0.0.0.0:24000".parse().unwrap(),
+            servers: vec![
+                "0.0.0.0:23000".parse().unwrap(),
+                "10.1.1.1:23000".parse().unwrap(),
+            ],
+            tables: vec![("t".into(), 100)],
+            replicas: 3,
+        };
+        ManagerCore::new(config.build_map().unwrap())
+    }
+
+    #[test]
+    fn unspecified_listed_addresses_become_loopback() {
+        let c = core();
+        assert_eq!(c.map().servers[&0], "127.0.0.1:23000".parse().unwrap());
+    }
+
+    #[test]
+    fn registration_updates_the_advertised_address_and_bumps_the_epoch() {
+        let mut c = core();
+        let addr: SocketAddr = "192.168.0.5:23000".parse().unwrap();
+        let Some(Msg::RegisterReply { result: Ok(map) }) =
+            c.handle(Msg::Register { node_id: 0, addr })
+        else {
+            panic!("expected a map");
+        };
+        assert_eq!(map.servers[&0], addr);
+        assert_eq!(map.epoch, 2);
+        // Same address again: no change.
+        c.handle(Msg::Register { node_id: 0, addr });
+        assert_eq!(c.map().epoch, 2);
+    }
+
+    #[test]
+    fn registration_of_an_unknown_or_undialable_server_is_refused() {
+        let mut c = core();
+        let reply = c.handle(Msg::Register {
+            node_id: 9,
+            addr: "127.0.0.1:1".parse().unwrap(),
+        });
+        assert!(
+            matches!(reply, Some(Msg::RegisterReply { result: Err(e) }) if e.contains("unknown node id 9"))
+        );
+        let reply = c.handle(Msg::Register {
+            node_id: 0,
+            addr: "0.0.0.0:1".parse().unwrap(),
+        });
+        assert!(matches!(reply, Some(Msg::RegisterReply { result: Err(_) })));
+    }
+}

@@ -1,0 +1,307 @@
+//! The partition map: tables, their key ranges, and which servers hold each
+//! range. The manager builds it ([`PartitionMap::build`], a pure function of
+//! its configuration) and serves it; clients cache it and route by it.
+//!
+//! ```text
+//!  table "customers", key space N = 1000, 3 servers:
+//!    [0, 333) -> p0 on s0   [333, 666) -> p1 on s1   [666, inf) -> p2 on s2
+//! ```
+//! The last range of a table is open-ended, so numbers beyond the initial key
+//! space are still valid keys.
+
+use crate::key::Key;
+use crate::op::{Op, OpError};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+pub type NodeId = u64;
+pub type PartitionId = u64;
+
+/// One key range of one table and the servers that hold it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partition {
+    pub id: PartitionId,
+    pub table: String,
+    /// First key number in the range.
+    pub start: u64,
+    /// One past the last key number, or `None` for the open-ended last range.
+    pub end: Option<u64>,
+    /// Servers holding a replica. The first is the one that serves requests
+    /// until replication lands (see README, "Status").
+    pub replicas: Vec<NodeId>,
+}
+
+impl Partition {
+    pub fn contains(&self, num: u64) -> bool {
+        num >= self.start && self.end.is_none_or(|end| num < end)
+    }
+
+    /// The last key number in the range.
+    pub fn last(&self) -> u64 {
+        self.end.map_or(u64::MAX, |end| end - 1)
+    }
+
+    pub fn leader(&self) -> NodeId {
+        self.replicas[0]
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Table {
+    pub name: String,
+    /// Size of the initial key space `[0, key_space)`.
+    pub key_space: u64,
+    /// Partition ids in key order.
+    pub partitions: Vec<PartitionId>,
+}
+
+/// Everything a client needs to route a command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMap {
+    /// Bumped on every change, so holders can tell which map is newer.
+    pub epoch: u64,
+    pub tables: BTreeMap<String, Table>,
+    pub partitions: BTreeMap<PartitionId, Partition>,
+    /// Where each server can be reached (its advertised address).
+    pub servers: BTreeMap<NodeId, SocketAddr>,
+}
+
+/// Why a cluster configuration was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapError {
+    #[error("no servers given")]
+    NoServers,
+    #[error("no tables given")]
+    NoTables,
+    #[error("invalid table name '{0}': use letters and '_' only")]
+    BadTableName(String),
+    #[error("table '{0}' is listed twice")]
+    DuplicateTable(String),
+    #[error("table '{0}' has an empty key space; give N >= 1")]
+    EmptyKeySpace(String),
+    #[error("replicas must be at least 1")]
+    NoReplicas,
+}
+
+impl PartitionMap {
+    /// Splits each table's key space `[0, N)` into `min(servers, N)`
+    /// contiguous ranges (the last one open-ended) and places `replicas`
+    /// copies of each on distinct servers, rotating so that leaders and
+    /// replicas spread evenly. Deterministic: the same inputs always give the
+    /// same map, which is how a restarted manager recovers it.
+    pub fn build(
+        tables: &[(String, u64)],
+        servers: &[SocketAddr],
+        replicas: usize,
+    ) -> Result<PartitionMap, MapError> {
+        if servers.is_empty() {
+            return Err(MapError::NoServers);
+        }
+        if tables.is_empty() {
+            return Err(MapError::NoTables);
+        }
+        if replicas == 0 {
+            return Err(MapError::NoReplicas);
+        }
+        let replicas = replicas.min(servers.len());
+        let server_count = servers.len() as u64;
+        let mut map = PartitionMap {
+            epoch: 1,
+            tables: BTreeMap::new(),
+            partitions: BTreeMap::new(),
+            servers: (0..).zip(servers.iter().copied()).collect(),
+        };
+        let mut next_id: PartitionId = 0;
+        // `rotation` continues across tables so small tables do not all land
+        // on server 0.
+        let mut rotation: u64 = 0;
+        for (name, key_space) in tables {
+            if !crate::key::is_valid_table_name(name) {
+                return Err(MapError::BadTableName(name.clone()));
+            }
+            if map.tables.contains_key(name) {
+                return Err(MapError::DuplicateTable(name.clone()));
+            }
+            if *key_space == 0 {
+                return Err(MapError::EmptyKeySpace(name.clone()));
+            }
+            let count = server_count.min(*key_space);
+            let mut ids = Vec::with_capacity(count as usize);
+            for i in 0..count {
+                // Range i is [i*N/count, (i+1)*N/count); u128 avoids overflow.
+                let bound = |i: u64| ((i as u128 * *key_space as u128) / count as u128) as u64;
+                let first = (rotation + i) % server_count;
+                let partition = Partition {
+                    id: next_id,
+                    table: name.clone(),
+                    start: bound(i),
+                    end: (i + 1 < count).then(|| bound(i + 1)),
+                    replicas: (0..replicas as u64)
+                        .map(|r| (first + r) % server_count)
+                        .collect(),
+                };
+                ids.push(next_id);
+                map.partitions.insert(next_id, partition);
+                next_id += 1;
+            }
+            rotation += count;
+            map.tables.insert(
+                name.clone(),
+                Table {
+                    name: name.clone(),
+                    key_space: *key_space,
+                    partitions: ids,
+                },
+            );
+        }
+        Ok(map)
+    }
+
+    /// The partition holding `key`, or an error if its table is unknown.
+    pub fn partition_of(&self, key: &Key) -> Result<&Partition, OpError> {
+        let table = self
+            .tables
+            .get(&key.table)
+            .ok_or_else(|| OpError::UnknownTable(key.table.clone()))?;
+        // Partitions are contiguous and in key order: binary search by start.
+        let idx = table
+            .partitions
+            .partition_point(|id| self.partitions[id].start <= key.num);
+        Ok(&self.partitions[&table.partitions[idx.saturating_sub(1)]])
+    }
+
+    /// The partitions an operation touches, in key order. A SCAN may touch
+    /// several; any other operation touches one.
+    pub fn partitions_of(&self, op: &Op) -> Result<Vec<&Partition>, OpError> {
+        match op {
+            Op::Scan { start, end } => {
+                let first = self.partition_of(start)?;
+                if start.num > end.num {
+                    // An empty range: ask its start's partition, which answers
+                    // with nothing.
+                    return Ok(vec![first]);
+                }
+                let table = &self.tables[&start.table];
+                Ok(table
+                    .partitions
+                    .iter()
+                    .map(|id| &self.partitions[id])
+                    .filter(|p| p.start <= end.num && p.last() >= start.num)
+                    .collect())
+            }
+            Op::Put { key, .. } | Op::Get { key } | Op::Swap { key, .. } | Op::Delete { key } => {
+                Ok(vec![self.partition_of(key)?])
+            }
+        }
+    }
+
+    /// The address of the server that serves `partition`.
+    pub fn leader_addr(&self, partition: &Partition) -> Option<SocketAddr> {
+        self.servers.get(&partition.leader()).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn addrs(n: u16) -> Vec<SocketAddr> {
+        (0..n)
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], 23000 + i)))
+            .collect()
+    }
+
+    #[test]
+    fn splits_key_space_into_contiguous_ranges_with_an_open_end() {
+        let map = PartitionMap::build(&[("customers".into(), 1000)], &addrs(3), 3).unwrap();
+        let ranges: Vec<_> = map.partitions.values().map(|p| (p.start, p.end)).collect();
+        assert_eq!(ranges, vec![(0, Some(333)), (333, Some(666)), (666, None)]);
+        let leaders: Vec<_> = map.partitions.values().map(|p| p.leader()).collect();
+        assert_eq!(leaders, vec![0, 1, 2]);
+        for p in map.partitions.values() {
+            let mut r = p.replicas.clone();
+            r.sort();
+            r.dedup();
+            assert_eq!(r.len(), 3, "replicas on distinct servers");
+        }
+    }
+
+    #[test]
+    fn keys_beyond_the_key_space_belong_to_the_last_range() {
+        let map = PartitionMap::build(&[("t".into(), 10)], &addrs(2), 1).unwrap();
+        assert_eq!(map.partition_of(&Key::new("t", 1_000_000)).unwrap().id, 1);
+        assert_eq!(map.partition_of(&Key::new("t", u64::MAX)).unwrap().id, 1);
+        assert_eq!(map.partition_of(&Key::new("t", 4)).unwrap().id, 0);
+        assert_eq!(map.partition_of(&Key::new("t", 5)).unwrap().id, 1);
+        assert!(matches!(
+            map.partition_of(&Key::new("nope", 1)),
+            Err(OpError::UnknownTable(_))
+        ));
+    }
+
+    #[test]
+    fn a_key_space_smaller_than_the_cluster_gets_fewer_partitions() {
+        let map = PartitionMap::build(&[("t".into(), 2)], &addrs(5), 3).unwrap();
+        assert_eq!(map.partitions.len(), 2);
+    }
+
+    #[test]
+    fn replicas_are_capped_at_the_server_count() {
+        let map = PartitionMap::build(&[("t".into(), 100)], &addrs(2), 3).unwrap();
+        assert!(map.partitions.values().all(|p| p.replicas.len() == 2));
+    }
+
+    #[test]
+    fn rejects_bad_configurations() {
+        let s = addrs(1);
+        assert_eq!(PartitionMap::build(&[], &s, 1), Err(MapError::NoTables));
+        assert_eq!(
+            PartitionMap::build(&[("t".into(), 1)], &[], 1),
+            Err(MapError::NoServers)
+        );
+        assert!(matches!(
+            PartitionMap::build(&[("t1".into(), 1)], &s, 1),
+            Err(MapError::BadTableName(_))
+        ));
+        assert!(matches!(
+            PartitionMap::build(&[("t".into(), 0)], &s, 1),
+            Err(MapError::EmptyKeySpace(_))
+        ));
+        assert!(matches!(
+            PartitionMap::build(&[("t".into(), 1), ("t".into(), 2)], &s, 1),
+            Err(MapError::DuplicateTable(_))
+        ));
+    }
+
+    #[test]
+    fn scan_touches_every_overlapping_partition_in_order() {
+        let map = PartitionMap::build(&[("t".into(), 90)], &addrs(3), 1).unwrap();
+        let scan = |a, b| Op::Scan {
+            start: Key::new("t", a),
+            end: Key::new("t", b),
+        };
+        let ids = |op| -> Vec<PartitionId> {
+            map.partitions_of(&op)
+                .unwrap()
+                .iter()
+                .map(|p| p.id)
+                .collect()
+        };
+        assert_eq!(ids(scan(0, 1000)), vec![0, 1, 2]);
+        assert_eq!(ids(scan(29, 30)), vec![0, 1]);
+        assert_eq!(ids(scan(30, 59)), vec![1]);
+        assert_eq!(ids(scan(50, 10)), vec![1]);
+    }
+
+    proptest! {
+        #[test]
+        fn every_number_has_exactly_one_partition(n in 1u64..10_000, servers in 1u16..8, num: u64) {
+            let map = PartitionMap::build(&[("t".into(), n)], &addrs(servers), 3).unwrap();
+            let holders: Vec<_> = map.partitions.values().filter(|p| p.contains(num)).collect();
+            prop_assert_eq!(holders.len(), 1);
+            prop_assert_eq!(map.partition_of(&Key::new("t", num)).unwrap().id, holders[0].id);
+        }
+    }
+}

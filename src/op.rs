@@ -1,0 +1,403 @@
+//! Operations, their results, and their text forms (SPEC.md "Operations and
+//! replies").
+//!
+//! ```text
+//!   "PUT customers1 alice" --parse_op--> Op::Put --(executed)--> OpResult::Put{found}
+//!                                                       format_reply --> "PUT customers1 not_found"
+//! ```
+
+use crate::key::{Key, KeyError};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+
+/// Largest value, in bytes.
+pub const VALUE_LEN_MAX: usize = 64 * 1024;
+/// Most operations in one command.
+pub const OPS_PER_COMMAND_MAX: usize = 1024;
+/// Most key/value pairs one SCAN returns; a wider result is an error rather
+/// than an unbounded reply. Narrow the range or page through it.
+pub const SCAN_RESULT_ROWS_MAX: usize = 100_000;
+
+/// One operation of a command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Put {
+        key: Key,
+        value: Vec<u8>,
+    },
+    Get {
+        key: Key,
+    },
+    Swap {
+        key: Key,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Key,
+    },
+    /// Inclusive on both ends; `start` and `end` are in one table.
+    Scan {
+        start: Key,
+        end: Key,
+    },
+}
+
+/// The result of one operation, in the same position as its [`Op`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpResult {
+    /// `found`: the key existed and was replaced.
+    Put {
+        found: bool,
+    },
+    Get(Option<Vec<u8>>),
+    /// The old value if the key existed (and was replaced).
+    Swap(Option<Vec<u8>>),
+    Delete {
+        found: bool,
+    },
+    /// Present keys in `[start, end]`, ascending.
+    Scan(Vec<(Key, Vec<u8>)>),
+}
+
+/// Why an operation's text or content was rejected. Shown to users as
+/// `ERROR <message>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    #[error("unknown operation '{0}' (expected PUT, GET, SWAP, DELETE or SCAN)")]
+    UnknownOperation(String),
+    #[error("wrong number of arguments for {op}: expected {expected}, got {got}")]
+    WrongArgCount {
+        op: &'static str,
+        expected: usize,
+        got: usize,
+    },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("SCAN across tables: '{0}' and '{1}' are in different tables")]
+    ScanAcrossTables(String, String),
+    #[error("value too large: {0} bytes (limit {VALUE_LEN_MAX})")]
+    ValueTooLarge(usize),
+    #[error("empty value")]
+    EmptyValue,
+    #[error("unknown table '{0}'")]
+    UnknownTable(String),
+    #[error("too many operations in one command: {0} (limit {OPS_PER_COMMAND_MAX})")]
+    TooManyOps(usize),
+    #[error("empty command: add operations with 'op' before 'done'")]
+    EmptyCommand,
+}
+
+impl Op {
+    /// The operation's name as written in requests and replies.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Put { .. } => "PUT",
+            Op::Get { .. } => "GET",
+            Op::Swap { .. } => "SWAP",
+            Op::Delete { .. } => "DELETE",
+            Op::Scan { .. } => "SCAN",
+        }
+    }
+
+    /// The table the operation touches.
+    pub fn table(&self) -> &str {
+        match self {
+            Op::Put { key, .. } | Op::Get { key } | Op::Swap { key, .. } | Op::Delete { key } => {
+                &key.table
+            }
+            Op::Scan { start, .. } => &start.table,
+        }
+    }
+
+    /// Whether the operation may change state.
+    pub fn is_write(&self) -> bool {
+        matches!(self, Op::Put { .. } | Op::Swap { .. } | Op::Delete { .. })
+    }
+
+    /// Checks what parsing cannot: value limits and that SCAN stays in one
+    /// table. Values built through the library API get the same checks.
+    pub fn validate(&self) -> Result<(), OpError> {
+        match self {
+            Op::Put { value, .. } | Op::Swap { value, .. } => validate_value(value),
+            Op::Scan { start, end } if start.table != end.table => Err(OpError::ScanAcrossTables(
+                start.to_string(),
+                end.to_string(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn validate_value(value: &[u8]) -> Result<(), OpError> {
+    if value.is_empty() {
+        Err(OpError::EmptyValue)
+    } else if value.len() > VALUE_LEN_MAX {
+        Err(OpError::ValueTooLarge(value.len()))
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks a whole command's shape and every operation in it.
+pub fn validate_command(ops: &[Op]) -> Result<(), (Option<usize>, OpError)> {
+    if ops.is_empty() {
+        return Err((None, OpError::EmptyCommand));
+    }
+    if ops.len() > OPS_PER_COMMAND_MAX {
+        return Err((None, OpError::TooManyOps(ops.len())));
+    }
+    for (i, op) in ops.iter().enumerate() {
+        op.validate().map_err(|e| (Some(i), e))?;
+    }
+    Ok(())
+}
+
+/// Parses one operation from its words, e.g. `["PUT", "customers1", "alice"]`.
+/// The operation name is case-insensitive. `STOP` is not an operation; the
+/// front ends handle it.
+pub fn parse_op_words(words: &[&str]) -> Result<Op, OpError> {
+    let Some((name, args)) = words.split_first() else {
+        return Err(OpError::UnknownOperation(String::new()));
+    };
+    let upper = name.to_ascii_uppercase();
+    let want = |op: &'static str, expected: usize| {
+        if args.len() == expected {
+            Ok(())
+        } else {
+            Err(OpError::WrongArgCount {
+                op,
+                expected,
+                got: args.len(),
+            })
+        }
+    };
+    let op = match upper.as_str() {
+        "PUT" => {
+            want("PUT", 2)?;
+            Op::Put {
+                key: Key::parse(args[0])?,
+                value: args[1].as_bytes().to_vec(),
+            }
+        }
+        "GET" => {
+            want("GET", 1)?;
+            Op::Get {
+                key: Key::parse(args[0])?,
+            }
+        }
+        "SWAP" => {
+            want("SWAP", 2)?;
+            Op::Swap {
+                key: Key::parse(args[0])?,
+                value: args[1].as_bytes().to_vec(),
+            }
+        }
+        "DELETE" => {
+            want("DELETE", 1)?;
+            Op::Delete {
+                key: Key::parse(args[0])?,
+            }
+        }
+        "SCAN" => {
+            want("SCAN", 2)?;
+            Op::Scan {
+                start: Key::parse(args[0])?,
+                end: Key::parse(args[1])?,
+            }
+        }
+        _ => return Err(OpError::UnknownOperation(name.to_string())),
+    };
+    op.validate()?;
+    Ok(op)
+}
+
+/// Parses one operation line, e.g. `PUT customers1 alice`.
+pub fn parse_op(line: &str) -> Result<Op, OpError> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    parse_op_words(&words)
+}
+
+/// Formats the reply to `op` given its `result`, exactly as SPEC.md shows it.
+/// A SCAN reply spans several lines; the returned text has no final newline.
+/// `key_len` zero-pads key numbers (0 = canonical form).
+pub fn format_reply(op: &Op, result: &OpResult, key_len: usize) -> String {
+    let k = |key: &Key| key.display_padded(key_len);
+    let v = |value: &Option<Vec<u8>>| match value {
+        Some(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        None => "null".to_string(),
+    };
+    let found = |f: bool| if f { "found" } else { "not_found" };
+    match (op, result) {
+        (Op::Put { key, .. }, OpResult::Put { found: f }) => {
+            format!("PUT {} {}", k(key), found(*f))
+        }
+        (Op::Get { key }, OpResult::Get(value)) => format!("GET {} {}", k(key), v(value)),
+        (Op::Swap { key, .. }, OpResult::Swap(old)) => format!("SWAP {} {}", k(key), v(old)),
+        (Op::Delete { key }, OpResult::Delete { found: f }) => {
+            format!("DELETE {} {}", k(key), found(*f))
+        }
+        (Op::Scan { start, end }, OpResult::Scan(rows)) => {
+            let mut out = format!("SCAN {} {} BEGIN\n", k(start), k(end));
+            for (key, value) in rows {
+                let _ = writeln!(out, "{} {}", k(key), String::from_utf8_lossy(value));
+            }
+            out.push_str("SCAN END");
+            out
+        }
+        // A result of the wrong kind is a bug in whoever produced it; say so
+        // instead of printing something that looks like a real reply.
+        (op, result) => format!(
+            "ERROR internal: result {result:?} does not match operation {}",
+            op.name()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(s: &str) -> Key {
+        Key::parse(s).unwrap()
+    }
+
+    #[test]
+    fn parses_every_operation() {
+        assert_eq!(
+            parse_op("PUT customers1 alice").unwrap(),
+            Op::Put {
+                key: key("customers1"),
+                value: b"alice".to_vec()
+            }
+        );
+        assert_eq!(
+            parse_op("  get   customers007 ").unwrap(),
+            Op::Get {
+                key: key("customers7")
+            }
+        );
+        assert_eq!(
+            parse_op("SWAP t1 x").unwrap(),
+            Op::Swap {
+                key: key("t1"),
+                value: b"x".to_vec()
+            }
+        );
+        assert_eq!(
+            parse_op("DELETE t1").unwrap(),
+            Op::Delete { key: key("t1") }
+        );
+        assert_eq!(
+            parse_op("SCAN t1 t10").unwrap(),
+            Op::Scan {
+                start: key("t1"),
+                end: key("t10")
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_bad_operations_with_the_reason() {
+        assert!(matches!(
+            parse_op("FROB t1"),
+            Err(OpError::UnknownOperation(_))
+        ));
+        assert!(matches!(
+            parse_op("PUT t1"),
+            Err(OpError::WrongArgCount {
+                op: "PUT",
+                expected: 2,
+                got: 1
+            })
+        ));
+        assert!(matches!(
+            parse_op("GET t1 t2"),
+            Err(OpError::WrongArgCount { op: "GET", .. })
+        ));
+        assert!(matches!(parse_op("GET 12"), Err(OpError::Key(_))));
+        assert!(matches!(
+            parse_op("SCAN a1 b2"),
+            Err(OpError::ScanAcrossTables(..))
+        ));
+        let big = "x".repeat(VALUE_LEN_MAX + 1);
+        assert!(matches!(
+            parse_op(&format!("PUT t1 {big}")),
+            Err(OpError::ValueTooLarge(_))
+        ));
+        assert!(matches!(parse_op(""), Err(OpError::UnknownOperation(_))));
+    }
+
+    #[test]
+    fn formats_replies_byte_for_byte() {
+        let put = parse_op("PUT customers007 alice").unwrap();
+        assert_eq!(
+            format_reply(&put, &OpResult::Put { found: false }, 0),
+            "PUT customers7 not_found"
+        );
+        assert_eq!(
+            format_reply(&put, &OpResult::Put { found: true }, 4),
+            "PUT customers0007 found"
+        );
+        let get = parse_op("GET t3").unwrap();
+        assert_eq!(format_reply(&get, &OpResult::Get(None), 0), "GET t3 null");
+        assert_eq!(
+            format_reply(&get, &OpResult::Get(Some(b"v".to_vec())), 0),
+            "GET t3 v"
+        );
+        let swap = parse_op("SWAP t3 new").unwrap();
+        assert_eq!(
+            format_reply(&swap, &OpResult::Swap(None), 0),
+            "SWAP t3 null"
+        );
+        assert_eq!(
+            format_reply(&swap, &OpResult::Swap(Some(b"old".to_vec())), 0),
+            "SWAP t3 old"
+        );
+        let del = parse_op("DELETE t3").unwrap();
+        assert_eq!(
+            format_reply(&del, &OpResult::Delete { found: true }, 0),
+            "DELETE t3 found"
+        );
+        let scan = parse_op("SCAN t01 t10").unwrap();
+        let rows = vec![(key("t2"), b"a".to_vec()), (key("t10"), b"b".to_vec())];
+        assert_eq!(
+            format_reply(&scan, &OpResult::Scan(rows), 0),
+            "SCAN t1 t10 BEGIN\nt2 a\nt10 b\nSCAN END"
+        );
+        assert_eq!(
+            format_reply(&scan, &OpResult::Scan(vec![]), 0),
+            "SCAN t1 t10 BEGIN\nSCAN END"
+        );
+    }
+
+    #[test]
+    fn the_value_null_is_a_value_not_a_delete() {
+        // Pitfall: an earlier implementation stored deletes as "NULL".
+        let put = parse_op("PUT t1 NULL").unwrap();
+        assert_eq!(
+            put,
+            Op::Put {
+                key: key("t1"),
+                value: b"NULL".to_vec()
+            }
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(line in "\\PC{0,60}") {
+            let _ = parse_op(&line);
+        }
+
+        #[test]
+        fn well_formed_lines_parse(table in "[a-z_]{1,10}", a: u64, b: u64, value in "[!-~]{1,30}") {
+            let op = parse_op(&format!("PUT {table}{a} {value}")).unwrap();
+            prop_assert_eq!(op, Op::Put { key: Key::new(table.clone(), a), value: value.into_bytes() });
+            let (lo, hi) = (a.min(b), a.max(b));
+            let scan = parse_op(&format!("SCAN {table}{lo} {table}{hi}")).unwrap();
+            let is_scan = matches!(scan, Op::Scan { .. });
+            prop_assert!(is_scan);
+        }
+    }
+}

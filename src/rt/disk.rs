@@ -1,0 +1,120 @@
+//! The `Disk` trait: the only way core code touches files.
+//!
+//! Contract, per method (what the caller may assume after it returns `Ok`):
+//! - `append`/`write_at`: bytes are readable, but **not durable** until
+//!   `sync` of that file returns. A crash may keep none, a prefix, or a torn
+//!   version of unsynced bytes.
+//! - `sync(file)`: the file's bytes written so far are durable.
+//! - `create`/`rename`/`remove` change names; a name change is durable only
+//!   after `sync_dir` of its directory returns.
+//! - Every error is returned to the caller, never swallowed; a write that
+//!   failed may have written part of its bytes.
+
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub trait Disk: Clone + Send + Sync + 'static {
+    fn create_dir_all(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send;
+    /// File names (not paths) directly inside `dir`, sorted.
+    fn list(&self, dir: &Path) -> impl Future<Output = io::Result<Vec<String>>> + Send;
+    fn read(&self, path: &Path) -> impl Future<Output = io::Result<Vec<u8>>> + Send;
+    /// Appends to `path`, creating it if missing; returns the new length.
+    fn append(&self, path: &Path, data: &[u8]) -> impl Future<Output = io::Result<u64>> + Send;
+    /// Sets the length of `path` (creating it if missing).
+    fn truncate(&self, path: &Path, len: u64) -> impl Future<Output = io::Result<()>> + Send;
+    fn sync(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send;
+    fn sync_dir(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send;
+    fn rename(&self, from: &Path, to: &Path) -> impl Future<Output = io::Result<()>> + Send;
+    fn remove(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+/// The real filesystem, through tokio's blocking pool.
+#[derive(Clone, Debug, Default)]
+pub struct FsDisk;
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io::Error::other(format!("disk task failed: {e}")))?
+}
+
+impl Disk for FsDisk {
+    async fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let dir = dir.to_path_buf();
+        blocking(move || std::fs::create_dir_all(dir)).await
+    }
+
+    async fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let dir = dir.to_path_buf();
+        blocking(move || {
+            let mut names = Vec::new();
+            for entry in std::fs::read_dir(dir)? {
+                names.push(entry?.file_name().to_string_lossy().into_owned());
+            }
+            names.sort();
+            Ok(names)
+        })
+        .await
+    }
+
+    async fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let path = path.to_path_buf();
+        blocking(move || std::fs::read(path)).await
+    }
+
+    async fn append(&self, path: &Path, data: &[u8]) -> io::Result<u64> {
+        let (path, data) = (path.to_path_buf(), data.to_vec());
+        blocking(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            f.write_all(&data)?;
+            Ok(f.metadata()?.len())
+        })
+        .await
+    }
+
+    async fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        let path = path.to_path_buf();
+        blocking(move || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path)?
+                .set_len(len)
+        })
+        .await
+    }
+
+    async fn sync(&self, path: &Path) -> io::Result<()> {
+        let path = path.to_path_buf();
+        blocking(move || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)?
+                .sync_all()
+        })
+        .await
+    }
+
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let dir = dir.to_path_buf();
+        blocking(move || std::fs::File::open(dir)?.sync_all()).await
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let (from, to) = (from.to_path_buf(), to.to_path_buf());
+        blocking(move || std::fs::rename(from, to)).await
+    }
+
+    async fn remove(&self, path: &Path) -> io::Result<()> {
+        let path: PathBuf = path.to_path_buf();
+        blocking(move || std::fs::remove_file(path)).await
+    }
+}

@@ -1,0 +1,86 @@
+//! The trait layer: everything that is not deterministic goes through here.
+//!
+//! ```text
+//!            core logic (kv, map, op, wire)  -- pure, no IO
+//!                         |
+//!        drivers (server, manager, client)  -- generic over R: Runtime
+//!                         |
+//!          +--------------+---------------+
+//!   tokio_rt::TokioRuntime          sim_rt::SimRuntime (feature `sim`)
+//!   TCP, tokio time, OS rng         madsim datagrams, simulated time, seeded rng
+//!   FsDisk                          SimDisk (loses unsynced bytes on crash)
+//! ```
+//!
+//! Drivers never call tokio, `std::time`, `std::thread` or sockets directly;
+//! they call the [`Runtime`] they were given, so the simulator controls every
+//! message, timer and random choice.
+
+pub mod disk;
+pub mod sim_disk;
+#[cfg(feature = "sim")]
+pub mod sim_rt;
+pub mod tokio_rt;
+
+pub use disk::{Disk, FsDisk};
+pub use sim_disk::SimDisk;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// A best-effort, message-oriented network endpoint, as Raft assumes: a sent
+/// message may be lost, delayed, reordered or (in simulation) duplicated;
+/// nothing is ever corrupted undetected (frames carry a crc32).
+pub trait Net: Send + Sync + 'static {
+    /// The dialable address others reach this endpoint at, if it listens.
+    fn local_addr(&self) -> Option<SocketAddr>;
+    /// Queues `payload` for `to` and returns at once. Never blocks; a message
+    /// that cannot be queued (peer unreachable, queue full) is dropped.
+    fn send(&self, to: SocketAddr, payload: Vec<u8>);
+    /// The next message that arrived, with the sender's address. Replies sent
+    /// to that address reach the sender (for clients without a listen
+    /// address, over the connection the message came on).
+    fn recv(&self) -> impl Future<Output = io::Result<(SocketAddr, Vec<u8>)>> + Send;
+}
+
+/// Process-level services: the clock, timers, tasks, randomness, sockets.
+pub trait Runtime: Clone + Send + Sync + 'static {
+    type Net: Net;
+    /// Monotonic now (simulated time under the simulator).
+    fn now(&self) -> Instant;
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send;
+    /// Runs `fut` in the background, on this process (simulated node).
+    fn spawn<F>(&self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static;
+    /// A random number (seeded by the simulation under the simulator).
+    fn rand_u64(&self) -> u64;
+    /// Opens a network endpoint. With `listen`, accepts messages sent to that
+    /// address, and advertises `advertise` (default: `listen`) as its own.
+    /// Without it, the endpoint can only send and receive replies (clients).
+    fn bind(
+        &self,
+        listen: Option<SocketAddr>,
+        advertise: Option<SocketAddr>,
+    ) -> impl Future<Output = io::Result<Self::Net>> + Send;
+}
+
+/// Error of [`timeout`]: the deadline passed first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("timed out")]
+pub struct Elapsed;
+
+/// Runs `fut` until it finishes or `duration` passes, using the runtime's
+/// timer. `biased;` keeps the choice deterministic under the simulator.
+pub async fn timeout<R: Runtime, F: Future>(
+    rt: &R,
+    duration: Duration,
+    fut: F,
+) -> Result<F::Output, Elapsed> {
+    tokio::select! {
+        biased;
+        out = fut => Ok(out),
+        _ = rt.sleep(duration) => Err(Elapsed),
+    }
+}

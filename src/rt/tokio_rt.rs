@@ -1,0 +1,331 @@
+//! Production implementation of the trait layer: tokio tasks and timers, and a
+//! [`TcpNet`] that carries best-effort messages over TCP connections.
+//!
+//! ```text
+//!  send(to, payload) --> peers[to] outbox (bounded) --> writer task --> TCP
+//!        (no connection yet: dial in the background, then drain the outbox)
+//!  TCP --> reader task: header check, length limit, crc --> inbox --> recv()
+//! ```
+//! Each connection starts with a `Hello` frame naming the caller's advertised
+//! address. A server's incoming connection is filed under that address, so
+//! replies and later messages reuse it; a client (no address) is filed under
+//! its socket's peer address. A bad frame closes its connection with a logged
+//! reason; everyone else is unaffected.
+
+use super::{Net, Runtime};
+use crate::wire::frame::{encode_frame, FrameHeader, FRAME_HEADER_LEN, FRAME_PAYLOAD_LEN_MAX};
+use crate::wire::{decode_msg, encode_msg, Msg};
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// Frames waiting to be written to one peer; more are dropped (best effort).
+const OUTBOX_FRAMES_MAX: usize = 16 * 1024;
+/// Received messages not yet taken by `recv`; readers wait when it is full.
+const INBOX_FRAMES_MAX: usize = 64 * 1024;
+/// How long a dial or an incoming handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Buffered bytes per connection writer.
+const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+
+#[derive(Clone, Debug, Default)]
+pub struct TokioRuntime;
+
+impl Runtime for TokioRuntime {
+    type Net = TcpNet;
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn sleep(&self, duration: Duration) -> impl std::future::Future<Output = ()> + Send {
+        tokio::time::sleep(duration)
+    }
+
+    fn spawn<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        tokio::spawn(fut);
+    }
+
+    fn rand_u64(&self) -> u64 {
+        rand::random()
+    }
+
+    async fn bind(
+        &self,
+        listen: Option<SocketAddr>,
+        advertise: Option<SocketAddr>,
+    ) -> io::Result<TcpNet> {
+        TcpNet::bind(listen, advertise).await
+    }
+}
+
+struct Peer {
+    conn_id: u64,
+    outbox: mpsc::Sender<Vec<u8>>,
+}
+
+struct Shared {
+    advertise: Option<SocketAddr>,
+    inbox_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    peers: Mutex<HashMap<SocketAddr, Peer>>,
+    next_conn_id: AtomicU64,
+}
+
+/// Best-effort messages over TCP. See the module docs.
+pub struct TcpNet {
+    shared: Arc<Shared>,
+    inbox: tokio::sync::Mutex<mpsc::Receiver<(SocketAddr, Vec<u8>)>>,
+}
+
+impl TcpNet {
+    pub async fn bind(
+        listen: Option<SocketAddr>,
+        advertise: Option<SocketAddr>,
+    ) -> io::Result<TcpNet> {
+        let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_FRAMES_MAX);
+        let mut advertise = advertise;
+        let listener = match listen {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr).await?;
+                let bound = listener.local_addr()?;
+                // Port 0 binds an ephemeral port: advertise the real one.
+                advertise = Some(match advertise {
+                    Some(a) if a.port() == 0 => SocketAddr::new(a.ip(), bound.port()),
+                    Some(a) => a,
+                    None => bound,
+                });
+                Some(listener)
+            }
+            None => None,
+        };
+        let shared = Arc::new(Shared {
+            advertise,
+            inbox_tx,
+            peers: Mutex::new(HashMap::new()),
+            next_conn_id: AtomicU64::new(1),
+        });
+        if let Some(listener) = listener {
+            tokio::spawn(accept_loop(shared.clone(), listener));
+        }
+        Ok(TcpNet {
+            shared,
+            inbox: tokio::sync::Mutex::new(inbox_rx),
+        })
+    }
+}
+
+impl Net for TcpNet {
+    fn local_addr(&self) -> Option<SocketAddr> {
+        self.shared.advertise
+    }
+
+    fn send(&self, to: SocketAddr, payload: Vec<u8>) {
+        if payload.len() > FRAME_PAYLOAD_LEN_MAX {
+            tracing::error!(bytes = payload.len(), %to, "dropping oversized message");
+            return;
+        }
+        let frame = encode_frame(&payload);
+        let mut peers = self.shared.peers.lock().unwrap();
+        let frame = match peers.get(&to) {
+            Some(peer) => match peer.outbox.try_send(frame) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!(%to, "outbox full, dropping message");
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(frame)) => {
+                    peers.remove(&to);
+                    frame
+                }
+            },
+            None => frame,
+        };
+        let (outbox, rx) = mpsc::channel(OUTBOX_FRAMES_MAX);
+        outbox.try_send(frame).expect("fresh channel has room");
+        let conn_id = self.shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        peers.insert(to, Peer { conn_id, outbox });
+        tokio::spawn(dial(self.shared.clone(), to, conn_id, rx));
+    }
+
+    async fn recv(&self) -> io::Result<(SocketAddr, Vec<u8>)> {
+        self.inbox
+            .lock()
+            .await
+            .recv()
+            .await
+            .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "network endpoint closed"))
+    }
+}
+
+impl Shared {
+    fn forget(&self, key: SocketAddr, conn_id: u64) {
+        let mut peers = self.peers.lock().unwrap();
+        if peers.get(&key).is_some_and(|p| p.conn_id == conn_id) {
+            peers.remove(&key);
+        }
+    }
+}
+
+async fn dial(shared: Arc<Shared>, to: SocketAddr, conn_id: u64, outbox: mpsc::Receiver<Vec<u8>>) {
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(to)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(%to, error = %e, "connect failed");
+            shared.forget(to, conn_id);
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%to, "connect timed out");
+            shared.forget(to, conn_id);
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (read, mut write) = stream.into_split();
+    let hello = encode_msg(&Msg::Hello {
+        advertise: shared.advertise,
+    })
+    .expect("hello encodes");
+    if let Err(e) = write.write_all(&encode_frame(&hello)).await {
+        tracing::debug!(%to, error = %e, "handshake failed");
+        shared.forget(to, conn_id);
+        return;
+    }
+    tokio::spawn(read_loop(shared.clone(), read, to, conn_id));
+    write_loop(shared, write, outbox, to, conn_id).await;
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(accept_one(shared.clone(), stream, peer));
+            }
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn accept_one(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let (mut read, write) = stream.into_split();
+    let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut read)).await;
+    let advertise = match hello {
+        Ok(Ok(Some(payload))) => match decode_msg(&payload) {
+            Ok(Msg::Hello { advertise }) => advertise,
+            Ok(other) => {
+                tracing::warn!(%peer, "closing connection: expected Hello, got {other:?}");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%peer, "closing connection: bad handshake: {e}");
+                return;
+            }
+        },
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, "closing connection: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "closing connection: no handshake within {HANDSHAKE_TIMEOUT:?}");
+            return;
+        }
+    };
+    let key = advertise.unwrap_or(peer);
+    let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let (outbox, rx) = mpsc::channel(OUTBOX_FRAMES_MAX);
+    let registered = {
+        let mut peers = shared.peers.lock().unwrap();
+        // Keep an existing connection to that peer (ours or an earlier one):
+        // replacing it would close it and make two dialing servers churn.
+        let live = peers.get(&key).is_some_and(|p| !p.outbox.is_closed());
+        if !live {
+            peers.insert(key, Peer { conn_id, outbox });
+        }
+        !live
+    };
+    if registered {
+        tokio::spawn(write_loop(shared.clone(), write, rx, key, conn_id));
+    }
+    read_loop(shared, read, key, conn_id).await;
+}
+
+/// Reads one frame's payload; `Ok(None)` on a clean end of stream.
+async fn read_frame(read: &mut tokio::net::tcp::OwnedReadHalf) -> io::Result<Option<Vec<u8>>> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    match read.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let header =
+        FrameHeader::parse(header).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let mut payload = vec![0u8; header.payload_len()];
+    read.read_exact(&mut payload).await?;
+    header
+        .verify(&payload)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok(Some(payload))
+}
+
+async fn read_loop(
+    shared: Arc<Shared>,
+    mut read: tokio::net::tcp::OwnedReadHalf,
+    key: SocketAddr,
+    conn_id: u64,
+) {
+    loop {
+        match read_frame(&mut read).await {
+            Ok(Some(payload)) => {
+                if shared.inbox_tx.send((key, payload)).await.is_err() {
+                    break; // endpoint dropped
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(peer = %key, "closing connection: {e}");
+                break;
+            }
+        }
+    }
+    shared.forget(key, conn_id);
+}
+
+async fn write_loop(
+    shared: Arc<Shared>,
+    write: tokio::net::tcp::OwnedWriteHalf,
+    mut outbox: mpsc::Receiver<Vec<u8>>,
+    key: SocketAddr,
+    conn_id: u64,
+) {
+    let mut write = BufWriter::with_capacity(WRITE_BUFFER_BYTES, write);
+    'outer: while let Some(frame) = outbox.recv().await {
+        if write.write_all(&frame).await.is_err() {
+            break;
+        }
+        // Batch whatever else is queued into the same flush.
+        while let Ok(frame) = outbox.try_recv() {
+            if write.write_all(&frame).await.is_err() {
+                break 'outer;
+            }
+        }
+        if write.flush().await.is_err() {
+            break;
+        }
+    }
+    shared.forget(key, conn_id);
+}

@@ -1,0 +1,171 @@
+//! Typed messages, carried one per frame payload.
+//!
+//! Encoding is bincode (varint integers) with a byte limit on both encode and
+//! decode, so a hostile length inside a payload cannot make the decoder
+//! allocate more than a frame can hold.
+
+use super::frame::FRAME_PAYLOAD_LEN_MAX;
+use crate::kv::{ApplyError, StaleRequest};
+use crate::map::{NodeId, PartitionId, PartitionMap};
+use crate::op::{Op, OpResult};
+use bincode::Options;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// Every message exchanged by distkv processes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Msg {
+    /// First payload on every TCP connection: who is calling. `advertise` is
+    /// the sender's dialable listen address (servers), or `None` (clients),
+    /// in which case replies go back on the same connection.
+    Hello { advertise: Option<SocketAddr> },
+
+    /// Client -> manager: send me the partition map.
+    GetMap { req: u64 },
+    /// Manager -> client.
+    MapReply { req: u64, map: PartitionMap },
+
+    /// Server -> manager, at start and then as a heartbeat.
+    Register { node_id: NodeId, addr: SocketAddr },
+    /// Manager -> server: the current map, or why the server was refused.
+    RegisterReply {
+        result: Result<PartitionMap, String>,
+    },
+
+    /// Client -> server: run `ops` (all in `partition`) as one atomic command.
+    /// `req` matches the reply to the call; `(session, seq)` makes retries
+    /// safe (see `PartitionStore::execute_once`).
+    Execute {
+        req: u64,
+        session: u64,
+        seq: u64,
+        partition: PartitionId,
+        ops: Vec<Op>,
+    },
+    /// Server -> client.
+    ExecuteReply {
+        req: u64,
+        result: Result<Vec<OpResult>, ExecError>,
+    },
+}
+
+/// Why a server did not execute a command. Every variant means the command
+/// was *not* applied, so the client may retry it safely.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ExecError {
+    /// This server does not serve that partition (stale map on the client).
+    #[error("server {node_id} does not serve partition {partition}")]
+    WrongPartition {
+        node_id: NodeId,
+        partition: PartitionId,
+    },
+    /// The server has not received its partition map from the manager yet.
+    #[error("server {node_id} is starting up and has no partition map yet")]
+    NotReady { node_id: NodeId },
+    /// The command was refused as a whole.
+    #[error(transparent)]
+    Rejected(#[from] ApplyError),
+    /// A delayed duplicate of a request the session has moved past.
+    #[error(transparent)]
+    Stale(#[from] StaleRequest),
+}
+
+fn options() -> impl Options {
+    bincode::DefaultOptions::new().with_limit(FRAME_PAYLOAD_LEN_MAX as u64)
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("malformed message: {0}")]
+pub struct MsgError(#[from] bincode::Error);
+
+/// Encodes a message as a frame payload.
+pub fn encode_msg(msg: &Msg) -> Result<Vec<u8>, MsgError> {
+    Ok(options().serialize(msg)?)
+}
+
+/// Decodes a frame payload. Never panics; trailing bytes are an error.
+pub fn decode_msg(payload: &[u8]) -> Result<Msg, MsgError> {
+    Ok(options().reject_trailing_bytes().deserialize(payload)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::Key;
+    use proptest::prelude::*;
+
+    fn sample() -> Vec<Msg> {
+        let addr: SocketAddr = "127.0.0.1:23000".parse().unwrap();
+        let map = PartitionMap::build(&[("t".into(), 10)], &[addr], 1).unwrap();
+        vec![
+            Msg::Hello {
+                advertise: Some(addr),
+            },
+            Msg::GetMap { req: 1 },
+            Msg::MapReply {
+                req: 1,
+                map: map.clone(),
+            },
+            Msg::Register { node_id: 0, addr },
+            Msg::RegisterReply {
+                result: Err("no".into()),
+            },
+            Msg::Execute {
+                req: u64::MAX,
+                session: 7,
+                seq: 1,
+                partition: 3,
+                ops: vec![
+                    Op::Put {
+                        key: Key::new("t", 1),
+                        value: vec![0, 255, 10],
+                    },
+                    Op::Scan {
+                        start: Key::new("t", 0),
+                        end: Key::new("t", 9),
+                    },
+                ],
+            },
+            Msg::ExecuteReply {
+                req: 9,
+                result: Ok(vec![
+                    OpResult::Get(None),
+                    OpResult::Scan(vec![(Key::new("t", 1), b"x".to_vec())]),
+                ]),
+            },
+            Msg::ExecuteReply {
+                req: 9,
+                result: Err(ExecError::NotReady { node_id: 2 }),
+            },
+        ]
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        for m in sample() {
+            assert_eq!(decode_msg(&encode_msg(&m).unwrap()).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let mut bytes = encode_msg(&Msg::GetMap { req: 1 }).unwrap();
+        bytes.push(0);
+        assert!(decode_msg(&bytes).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_msg(&bytes);
+        }
+
+        #[test]
+        fn truncated_messages_are_rejected(idx in 0usize..8, cut in any::<proptest::sample::Index>()) {
+            let m = &sample()[idx];
+            let bytes = encode_msg(m).unwrap();
+            let keep = cut.index(bytes.len());
+            prop_assert!(decode_msg(&bytes[..keep]).is_err());
+        }
+    }
+}
