@@ -25,6 +25,8 @@
 compile_error!("feature `sim` requires `--cfg madsim` (see .cargo/config.toml)");
 
 pub mod bench;
+#[cfg(feature = "sim")]
+pub mod bugs;
 pub mod cli;
 pub mod client;
 pub mod key;
@@ -34,4 +36,5 @@ pub mod map;
 pub mod op;
 pub mod rt;
 pub mod server;
+pub mod storage;
 pub mod wire;

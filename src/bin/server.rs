@@ -1,7 +1,11 @@
 //! `server`: stores partitions and serves commands on them.
 use clap::Parser;
 use distkv::rt::tokio_rt::TokioRuntime;
+use distkv::rt::FsDisk;
 use distkv::server::{run_server, ServerConfig};
+use distkv::storage::group_commit::GroupCommitConfig;
+use distkv::storage::wal::SEGMENT_BYTES_DEFAULT;
+use distkv::storage::StorageConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,39 +26,53 @@ struct Args {
     /// if that is 0.0.0.0, this host's address on the route to the manager].
     #[arg(long)]
     advertise_addr: Option<SocketAddr>,
-    /// Directory for data (snapshots/checkpoints).
+    /// Directory for data (snapshots) with --persistence [default: ./db<NODE_ID>].
     #[arg(long)]
     db_path: Option<PathBuf>,
-    /// Directory for the write-ahead log, e.g. log<NODE_ID>.
+    /// Directory for the write-ahead log with --persistence [default: ./log<NODE_ID>].
     #[arg(long)]
     log_path: Option<PathBuf>,
     /// The manager to register with.
     #[arg(long, default_value = "0.0.0.0:24000")]
     manager_addr: SocketAddr,
-    /// Keep data on disk and acknowledge writes only after fsync. Not available yet.
+    /// Keep data on disk (write-ahead log + snapshots) and acknowledge a request only after
+    /// everything it observed is fsynced. Without it, data lives in memory only.
     #[arg(long)]
     persistence: bool,
-    /// Group commit: flush the log when this many writes are pending (count).
+    /// Group commit: flush (fsync) the log once this many writes are pending (count).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     batch_size: u64,
-    /// Group commit: flush the log at most this many milliseconds after the first pending write.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=10_000))]
-    batch_timeout: u64,
+    /// Group commit: flush the log at most this many milliseconds after the first pending
+    /// write (fractions allowed, e.g. 0.5). While one fsync runs, the next batch fills anyway.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_batch_timeout)]
+    batch_timeout: f64,
+    /// Take snapshots and drop the log behind them after this many MiB of log.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    checkpoint_log_mb: u64,
     /// How often to re-register with the manager, in milliseconds.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
     heartbeat_ms: u64,
 }
 
+fn parse_batch_timeout(s: &str) -> Result<f64, String> {
+    let ms: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of milliseconds"))?;
+    if !(0.0..=10_000.0).contains(&ms) {
+        return Err(format!("{ms} ms is outside 0..=10000"));
+    }
+    Ok(ms)
+}
+
+impl Args {
+    fn batch_timeout_us(&self) -> u64 {
+        (self.batch_timeout * 1000.0).round() as u64
+    }
+}
+
 fn main() {
     let args = Args::parse();
     distkv::cli::init_logging("info");
-    if args.persistence {
-        eprintln!(
-            "error: --persistence is not available yet in this build (durable storage is the \
-             next milestone, see README \"Status\"); run without it to keep data in memory"
-        );
-        std::process::exit(2);
-    }
     let advertise_addr = args
         .advertise_addr
         .unwrap_or_else(|| distkv::cli::dialable_addr(args.listen_addr, args.manager_addr));
@@ -64,17 +82,30 @@ fn main() {
         );
         std::process::exit(2);
     }
+    let batch_timeout = Duration::from_micros(args.batch_timeout_us());
     let config = ServerConfig {
         node_id: args.node_id,
         listen_addr: args.listen_addr,
         advertise_addr,
         manager_addr: args.manager_addr,
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
-        db_path: args.db_path,
-        log_path: args.log_path,
+        storage: args.persistence.then(|| StorageConfig {
+            db_dir: args
+                .db_path
+                .unwrap_or_else(|| PathBuf::from(format!("db{}", args.node_id))),
+            log_dir: args
+                .log_path
+                .unwrap_or_else(|| PathBuf::from(format!("log{}", args.node_id))),
+            group_commit: GroupCommitConfig {
+                batch_size: args.batch_size as usize,
+                batch_timeout,
+            },
+            segment_bytes_max: SEGMENT_BYTES_DEFAULT,
+            checkpoint_log_bytes: args.checkpoint_log_mb * 1024 * 1024,
+        }),
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    if let Err(e) = rt.block_on(run_server(TokioRuntime, config)) {
+    if let Err(e) = rt.block_on(run_server(TokioRuntime, FsDisk::new(), config)) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }

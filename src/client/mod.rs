@@ -279,7 +279,7 @@ impl<R: Runtime> Client<R> {
                     ..
                 }) => return PartOutcome::Rejected(e.to_string()),
                 Some(Msg::ExecuteReply {
-                    result: Err(ExecError::Stale(e)),
+                    result: Err(e @ (ExecError::Stale(_) | ExecError::Storage { .. })),
                     ..
                 }) => return PartOutcome::Unknown(e.to_string()),
                 Some(Msg::ExecuteReply { result: Err(e), .. }) => {

@@ -30,13 +30,23 @@ pub enum ApplyError {
 }
 
 /// One partition's data: key number -> value, within one table's range.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Serializable: a snapshot is exactly this value.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PartitionStore {
     range: Partition,
     data: BTreeMap<u64, Vec<u8>>,
     /// Client session id -> (last command sequence number, its outcome), so a
     /// retried command returns its first outcome instead of running again.
     sessions: BTreeMap<u64, (u64, Result<Vec<OpResult>, ApplyError>)>,
+}
+
+/// The outcome of [`PartitionStore::execute_once`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Executed {
+    pub result: Result<Vec<OpResult>, ApplyError>,
+    /// Whether this call changed the state (ran now, succeeded, and wrote):
+    /// exactly the commands a durable server must log.
+    pub changed: bool,
 }
 
 /// Why a command was refused as a duplicate (see [`PartitionStore::execute_once`]).
@@ -145,10 +155,17 @@ impl PartitionStore {
         session: u64,
         seq: u64,
         ops: &[Op],
-    ) -> Result<Result<Vec<OpResult>, ApplyError>, StaleRequest> {
-        if let Some((last, outcome)) = self.sessions.get(&session) {
+    ) -> Result<Executed, StaleRequest> {
+        #[cfg(feature = "sim")]
+        let duplicate_apply = crate::bugs::enabled(crate::bugs::Bug::DuplicateApply);
+        #[cfg(not(feature = "sim"))]
+        let duplicate_apply = false;
+        if let Some((last, outcome)) = self.sessions.get(&session).filter(|_| !duplicate_apply) {
             if seq == *last {
-                return Ok(outcome.clone());
+                return Ok(Executed {
+                    result: outcome.clone(),
+                    changed: false,
+                });
             }
             if seq < *last {
                 return Err(StaleRequest {
@@ -159,8 +176,12 @@ impl PartitionStore {
             }
         }
         let outcome = self.execute(ops);
+        let changed = outcome.is_ok() && ops.iter().any(Op::is_write);
         self.sessions.insert(session, (seq, outcome.clone()));
-        Ok(outcome)
+        Ok(Executed {
+            result: outcome,
+            changed,
+        })
     }
 
     /// Applies one already-validated operation.
@@ -265,11 +286,14 @@ mod tests {
         let mut s = store();
         let ops = vec![parse_op("PUT t10 a").unwrap()];
         let first = s.execute_once(1, 1, &ops).unwrap();
-        assert_eq!(first, Ok(vec![OpResult::Put { found: false }]));
+        assert_eq!(first.result, Ok(vec![OpResult::Put { found: false }]));
+        assert!(first.changed);
         // The retry would answer `found` if it ran again.
-        assert_eq!(s.execute_once(1, 1, &ops).unwrap(), first);
+        let retry = s.execute_once(1, 1, &ops).unwrap();
+        assert_eq!(retry.result, first.result);
+        assert!(!retry.changed, "a deduplicated retry changes nothing");
         assert_eq!(
-            s.execute_once(1, 2, &ops).unwrap(),
+            s.execute_once(1, 2, &ops).unwrap().result,
             Ok(vec![OpResult::Put { found: true }])
         );
         assert!(
@@ -278,9 +302,13 @@ mod tests {
         );
         // Another session is independent.
         assert_eq!(
-            s.execute_once(2, 1, &ops).unwrap(),
+            s.execute_once(2, 1, &ops).unwrap().result,
             Ok(vec![OpResult::Put { found: true }])
         );
+        let read = s
+            .execute_once(2, 2, &[parse_op("GET t10").unwrap()])
+            .unwrap();
+        assert!(!read.changed, "reads are not logged");
     }
 
     #[test]

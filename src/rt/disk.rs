@@ -10,9 +10,11 @@
 //! - Every error is returned to the caller, never swallowed; a write that
 //!   failed may have written part of its bytes.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 pub trait Disk: Clone + Send + Sync + 'static {
     fn create_dir_all(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send;
@@ -29,9 +31,13 @@ pub trait Disk: Clone + Send + Sync + 'static {
     fn remove(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send;
 }
 
-/// The real filesystem, through tokio's blocking pool.
+/// The real filesystem, through tokio's blocking pool. Open file handles are
+/// cached per path (appends and syncs do not reopen the file); renames and
+/// removals drop them.
 #[derive(Clone, Debug, Default)]
-pub struct FsDisk;
+pub struct FsDisk {
+    files: Arc<Mutex<HashMap<PathBuf, Arc<std::fs::File>>>>,
+}
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
@@ -39,6 +45,33 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| io::Error::other(format!("disk task failed: {e}")))?
+}
+
+impl FsDisk {
+    pub fn new() -> FsDisk {
+        FsDisk::default()
+    }
+
+    /// The cached handle for `path`, opened for appending (created if missing).
+    fn handle(&self, path: &Path) -> io::Result<Arc<std::fs::File>> {
+        let mut files = self.files.lock().unwrap();
+        if let Some(f) = files.get(path) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .read(true)
+                .append(true)
+                .open(path)?,
+        );
+        files.insert(path.to_path_buf(), f.clone());
+        Ok(f)
+    }
+
+    fn forget(&self, path: &Path) {
+        self.files.lock().unwrap().remove(path);
+    }
 }
 
 impl Disk for FsDisk {
@@ -66,41 +99,25 @@ impl Disk for FsDisk {
     }
 
     async fn append(&self, path: &Path, data: &[u8]) -> io::Result<u64> {
-        let (path, data) = (path.to_path_buf(), data.to_vec());
+        let file = self.handle(path)?;
+        let data = data.to_vec();
         blocking(move || {
             use std::io::Write;
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?;
-            f.write_all(&data)?;
-            Ok(f.metadata()?.len())
+            (&*file).write_all(&data)?;
+            Ok(file.metadata()?.len())
         })
         .await
     }
 
     async fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
-        let path = path.to_path_buf();
-        blocking(move || {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(path)?
-                .set_len(len)
-        })
-        .await
+        let file = self.handle(path)?;
+        blocking(move || file.set_len(len)).await
     }
 
     async fn sync(&self, path: &Path) -> io::Result<()> {
-        let path = path.to_path_buf();
-        blocking(move || {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(path)?
-                .sync_all()
-        })
-        .await
+        let file = self.handle(path)?;
+        // fdatasync: data plus the metadata needed to read it (the length).
+        blocking(move || file.sync_data()).await
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
@@ -109,12 +126,44 @@ impl Disk for FsDisk {
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.forget(from);
+        self.forget(to);
         let (from, to) = (from.to_path_buf(), to.to_path_buf());
         blocking(move || std::fs::rename(from, to)).await
     }
 
     async fn remove(&self, path: &Path) -> io::Result<()> {
+        self.forget(path);
         let path: PathBuf = path.to_path_buf();
         blocking(move || std::fs::remove_file(path)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fs_disk_follows_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = FsDisk::new();
+        let f = dir.path().join("a");
+        assert_eq!(disk.append(&f, b"hello").await.unwrap(), 5);
+        assert_eq!(disk.append(&f, b" world").await.unwrap(), 11);
+        disk.sync(&f).await.unwrap();
+        disk.truncate(&f, 5).await.unwrap();
+        assert_eq!(disk.read(&f).await.unwrap(), b"hello");
+        assert_eq!(
+            disk.append(&f, b"!").await.unwrap(),
+            6,
+            "appends go to the new end"
+        );
+        let g = dir.path().join("b");
+        disk.rename(&f, &g).await.unwrap();
+        disk.sync_dir(dir.path()).await.unwrap();
+        assert_eq!(disk.list(dir.path()).await.unwrap(), vec!["b".to_string()]);
+        assert_eq!(disk.read(&g).await.unwrap(), b"hello!");
+        disk.remove(&g).await.unwrap();
+        assert!(disk.read(&g).await.is_err());
     }
 }

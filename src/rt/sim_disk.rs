@@ -37,6 +37,48 @@ struct State {
     fail_writes: bool,
     fail_syncs: bool,
     syncs: u64,
+    /// Simulated time a file sync takes (only under the simulator).
+    sync_delay: std::time::Duration,
+    /// When recording, the durable image right after every successful sync.
+    images: Option<Vec<State>>,
+}
+
+impl Clone for State {
+    fn clone(&self) -> State {
+        State {
+            files: self.files.clone(),
+            names: self.names.clone(),
+            durable_names: self.durable_names.clone(),
+            dirs: self.dirs.clone(),
+            next_inode: self.next_inode,
+            fail_writes: false,
+            fail_syncs: false,
+            syncs: self.syncs,
+            sync_delay: self.sync_delay,
+            images: None,
+        }
+    }
+}
+
+impl State {
+    /// What a power cut right now that kept no unsynced byte would leave.
+    fn durable_image(&self) -> State {
+        let mut image = self.clone();
+        image.names = image.durable_names.clone();
+        let live: std::collections::BTreeSet<Inode> = image.names.values().copied().collect();
+        image.files.retain(|inode, _| live.contains(inode));
+        for file in image.files.values_mut() {
+            file.data = file.durable.clone();
+        }
+        image
+    }
+
+    fn record_image(&mut self) {
+        if self.images.is_some() {
+            let image = self.durable_image();
+            self.images.as_mut().unwrap().push(image);
+        }
+    }
 }
 
 /// What a crash did to the unsynced bytes, for logs and assertions.
@@ -72,6 +114,41 @@ impl SimDisk {
     /// Makes later `sync`/`sync_dir` calls fail with an I/O error.
     pub fn set_fail_syncs(&self, fail: bool) {
         self.state.lock().unwrap().fail_syncs = fail;
+    }
+
+    /// Makes every `sync` take `delay` of simulated time, so crashes can
+    /// land in the middle of one. Needs the madsim runtime (feature `sim`).
+    #[cfg(feature = "sim")]
+    pub fn set_sync_delay(&self, delay: std::time::Duration) {
+        self.state.lock().unwrap().sync_delay = delay;
+    }
+
+    /// Starts recording the durable disk image after every successful
+    /// `sync`/`sync_dir` (for tests that reopen every possible crash state).
+    pub fn record_sync_images(&self) {
+        self.state.lock().unwrap().images = Some(Vec::new());
+    }
+
+    /// The images recorded so far, each a separate disk.
+    pub fn sync_images(&self) -> Vec<SimDisk> {
+        let st = self.state.lock().unwrap();
+        st.images
+            .iter()
+            .flatten()
+            .map(|image| SimDisk {
+                state: Arc::new(Mutex::new(image.clone())),
+            })
+            .collect()
+    }
+
+    /// How many images have been recorded.
+    pub fn sync_image_count(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .images
+            .as_ref()
+            .map_or(0, Vec::len)
     }
 
     /// Number of successful file syncs so far.
@@ -194,13 +271,29 @@ impl Disk for SimDisk {
     }
 
     async fn sync(&self, path: &Path) -> io::Result<()> {
-        let mut st = self.state.lock().unwrap();
-        if st.fail_syncs {
-            return Err(io::Error::other("injected fsync error"));
+        // What the sync covers is what was written when it was called; if
+        // the node dies before it returns, none of it is promised durable.
+        let (covered, delay) = {
+            let mut st = self.state.lock().unwrap();
+            if st.fail_syncs {
+                return Err(io::Error::other("injected fsync error"));
+            }
+            let delay = st.sync_delay;
+            (st.file_mut(path, false)?.data.clone(), delay)
+        };
+        #[cfg(feature = "sim")]
+        if !delay.is_zero() {
+            madsim::time::sleep(delay).await;
         }
+        #[cfg(not(feature = "sim"))]
+        let _ = delay;
+        let mut st = self.state.lock().unwrap();
         let file = st.file_mut(path, false)?;
-        file.durable = file.data.clone();
+        if file.data.starts_with(&covered) && file.durable.len() <= covered.len() {
+            file.durable = covered;
+        }
         st.syncs += 1;
+        st.record_image();
         Ok(())
     }
 
@@ -216,6 +309,7 @@ impl Disk for SimDisk {
                 st.durable_names.insert(p.clone(), *inode);
             }
         }
+        st.record_image();
         Ok(())
     }
 

@@ -1,0 +1,56 @@
+//! Deliberately broken modes, compiled only with feature `sim`, that prove
+//! the simulations catch real bugs: each switch turns off one safety
+//! mechanism, and some seed of the simulation must then fail.
+//!
+//! Switches are per thread: madsim runs each simulated seed on its own
+//! thread, so seeds (and tests running in parallel) never see each other's.
+
+use std::cell::Cell;
+
+/// A bug that can be injected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Bug {
+    /// The server answers a write before its log record is fsynced.
+    AckBeforeFsync,
+    /// The partition store ignores its session table: a retried write is
+    /// applied again.
+    DuplicateApply,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 2] = [Bug::AckBeforeFsync, Bug::DuplicateApply];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::AckBeforeFsync => "ack-before-fsync",
+            Bug::DuplicateApply => "duplicate-apply",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Bug> {
+        Bug::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
+}
+
+thread_local! {
+    static ENABLED: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Turns `bug` on for this thread.
+pub fn enable(bug: Bug) {
+    ENABLED.with(|e| e.set(e.get() | bug.bit()));
+}
+
+/// Turns every bug off for this thread.
+pub fn disable_all() {
+    ENABLED.with(|e| e.set(0));
+}
+
+/// Whether `bug` is on for this thread.
+pub fn enabled(bug: Bug) -> bool {
+    ENABLED.with(|e| e.get() & bug.bit() != 0)
+}

@@ -1,0 +1,207 @@
+//! Partition snapshots: a partition's whole state at one log position.
+//!
+//! # On-disk format (integers little-endian)
+//!
+//! File `snap-<partition, 20 digits>-<lsn, 20 digits>.snap` in the data directory:
+//!
+//! ```text
+//!   0       8         12          20    28         36         40        44
+//!   | magic | version | partition | lsn | body_len | body_crc | hdr_crc | body (body_len B) |
+//!   | 8 B   | u32     | u64       | u64 | u64      | u32      | u32     |                   |
+//!   magic = "DKVSNAP\n", hdr_crc = crc32(bytes 0..40), body_crc = crc32(body)
+//!   body  = bincode (varint) of `SnapshotBody`: the partition's range, its
+//!           key/value pairs in key order, and its client session table
+//! ```
+//!
+//! # Writing
+//! Body and header go to `<name>.tmp`, which is synced, renamed to `<name>`,
+//! and the directory is synced: a crash leaves either no snapshot or a whole
+//! one under the final name. Only then may the log before `lsn` be purged.
+
+use crate::kv::PartitionStore as PartitionState;
+use crate::rt::Disk;
+use bincode::Options;
+use std::path::{Path, PathBuf};
+
+use super::wal::Lsn;
+
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"DKVSNAP\n";
+pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_HEADER_LEN: usize = 44;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("snapshot {path} is corrupt: {reason}; remove it only if the write-ahead log still covers its partition")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+pub fn snapshot_name(partition: u64, lsn: Lsn) -> String {
+    format!("snap-{partition:020}-{lsn:020}.snap")
+}
+
+/// `(partition, lsn)` of a snapshot file name.
+pub fn parse_snapshot_name(name: &str) -> Option<(u64, Lsn)> {
+    let rest = name.strip_prefix("snap-")?.strip_suffix(".snap")?;
+    let (p, l) = rest.split_once('-')?;
+    Some((p.parse().ok()?, l.parse().ok()?))
+}
+
+fn body_options() -> impl Options {
+    bincode::DefaultOptions::new().with_limit(1 << 40)
+}
+
+/// Encodes a snapshot file's bytes.
+pub fn encode_snapshot(partition: u64, lsn: Lsn, state: &PartitionState) -> Vec<u8> {
+    let body = body_options().serialize(state).expect("state serializes");
+    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_LEN + body.len());
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    out.extend_from_slice(&partition.to_le_bytes());
+    out.extend_from_slice(&lsn.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    let hdr_crc = crc32fast::hash(&out[0..40]);
+    out.extend_from_slice(&hdr_crc.to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Decodes and verifies a snapshot file's bytes: `(partition, lsn, state)`.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<(u64, Lsn, PartitionState), String> {
+    if bytes.len() < SNAPSHOT_HEADER_LEN {
+        return Err(format!("{} bytes is shorter than the header", bytes.len()));
+    }
+    if &bytes[0..8] != SNAPSHOT_MAGIC {
+        return Err("bad magic".into());
+    }
+    let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap());
+    let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
+    if crc32fast::hash(&bytes[0..40]) != u32_at(40) {
+        return Err("header checksum mismatch".into());
+    }
+    if u32_at(8) != SNAPSHOT_VERSION {
+        return Err(format!("format version {} not supported", u32_at(8)));
+    }
+    let (partition, lsn, body_len) = (u64_at(12), u64_at(20), u64_at(28));
+    let body = &bytes[SNAPSHOT_HEADER_LEN..];
+    if body.len() as u64 != body_len {
+        return Err(format!(
+            "body is {} bytes, header says {body_len}",
+            body.len()
+        ));
+    }
+    if crc32fast::hash(body) != u32_at(36) {
+        return Err("body checksum mismatch".into());
+    }
+    let state: PartitionState = body_options()
+        .reject_trailing_bytes()
+        .deserialize(body)
+        .map_err(|e| format!("body does not decode: {e}"))?;
+    if state.range().id != partition {
+        return Err(format!(
+            "body is partition {}, header says {partition}",
+            state.range().id
+        ));
+    }
+    Ok((partition, lsn, state))
+}
+
+/// Writes a snapshot durably (temp file, sync, rename, sync dir).
+pub async fn write_snapshot<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    partition: u64,
+    lsn: Lsn,
+    state: &PartitionState,
+) -> Result<PathBuf, SnapshotError> {
+    let path = dir.join(snapshot_name(partition, lsn));
+    let tmp = dir.join(format!("{}.tmp", snapshot_name(partition, lsn)));
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| SnapshotError::Io { path: p, source }
+    };
+    let bytes = encode_snapshot(partition, lsn, state);
+    disk.truncate(&tmp, 0).await.map_err(io(&tmp))?;
+    disk.append(&tmp, &bytes).await.map_err(io(&tmp))?;
+    disk.sync(&tmp).await.map_err(io(&tmp))?;
+    disk.rename(&tmp, &path).await.map_err(io(&path))?;
+    disk.sync_dir(dir).await.map_err(io(dir))?;
+    Ok(path)
+}
+
+/// The newest snapshot of every partition in `dir`, verified. Leftover
+/// `.tmp` files (a crash mid-write) are removed. A corrupt newest snapshot is
+/// an error, never silently skipped.
+pub async fn load_snapshots<D: Disk>(
+    disk: &D,
+    dir: &Path,
+) -> Result<Vec<(Lsn, PartitionState)>, SnapshotError> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| SnapshotError::Io { path: p, source }
+    };
+    disk.create_dir_all(dir).await.map_err(io(dir))?;
+    let mut newest: std::collections::BTreeMap<u64, (Lsn, String)> = Default::default();
+    for name in disk.list(dir).await.map_err(io(dir))? {
+        if name.ends_with(".tmp") {
+            let path = dir.join(&name);
+            tracing::info!(path = %path.display(), "removing unfinished snapshot");
+            disk.remove(&path).await.map_err(io(&path))?;
+            continue;
+        }
+        if let Some((partition, lsn)) = parse_snapshot_name(&name) {
+            if newest.get(&partition).is_none_or(|(l, _)| *l < lsn) {
+                newest.insert(partition, (lsn, name));
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(newest.len());
+    for (partition, (lsn, name)) in newest {
+        let path = dir.join(&name);
+        let bytes = disk.read(&path).await.map_err(io(&path))?;
+        let (p, l, state) = decode_snapshot(&bytes).map_err(|reason| SnapshotError::Corrupt {
+            path: path.clone(),
+            reason,
+        })?;
+        if (p, l) != (partition, lsn) {
+            return Err(SnapshotError::Corrupt {
+                path,
+                reason: format!(
+                    "contents are partition {p} at {l}, name says {partition} at {lsn}"
+                ),
+            });
+        }
+        out.push((lsn, state));
+    }
+    Ok(out)
+}
+
+/// Removes snapshots of `partition` older than `keep_lsn`.
+pub async fn remove_older_snapshots<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    partition: u64,
+    keep_lsn: Lsn,
+) -> Result<(), SnapshotError> {
+    let names = disk.list(dir).await.map_err(|source| SnapshotError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for name in names {
+        if let Some((p, lsn)) = parse_snapshot_name(&name) {
+            if p == partition && lsn < keep_lsn {
+                let path = dir.join(&name);
+                disk.remove(&path)
+                    .await
+                    .map_err(|source| SnapshotError::Io { path, source })?;
+            }
+        }
+    }
+    Ok(())
+}
