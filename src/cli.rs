@@ -192,6 +192,46 @@ impl Repl {
     }
 }
 
+/// Logs go to stderr (never stdout, which carries replies), filtered by
+/// `RUST_LOG` or `default` (e.g. `"info"`).
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// The address others should dial to reach a process listening on `listen`:
+/// `listen` itself if it names an IP; otherwise the local IP the OS would use
+/// to reach `peer` (no packet is sent), or loopback. Never `0.0.0.0`.
+pub fn dialable_addr(
+    listen: std::net::SocketAddr,
+    peer: std::net::SocketAddr,
+) -> std::net::SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+    if !listen.ip().is_unspecified() {
+        return listen;
+    }
+    let via_route = || -> Option<IpAddr> {
+        let target = if peer.ip().is_unspecified() {
+            return None;
+        } else {
+            peer
+        };
+        let socket = UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)).ok()?;
+        socket.connect(target).ok()?;
+        let ip = socket.local_addr().ok()?.ip();
+        (!ip.is_unspecified()).then_some(ip)
+    };
+    SocketAddr::new(
+        via_route().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        listen.port(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,44 +317,4 @@ mod tests {
             "ERROR unavailable: no server\n"
         );
     }
-}
-
-/// Logs go to stderr (never stdout, which carries replies), filtered by
-/// `RUST_LOG` or `default` (e.g. `"info"`).
-pub fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
-/// The address others should dial to reach a process listening on `listen`:
-/// `listen` itself if it names an IP; otherwise the local IP the OS would use
-/// to reach `peer` (no packet is sent), or loopback. Never `0.0.0.0`.
-pub fn dialable_addr(
-    listen: std::net::SocketAddr,
-    peer: std::net::SocketAddr,
-) -> std::net::SocketAddr {
-    use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-    if !listen.ip().is_unspecified() {
-        return listen;
-    }
-    let via_route = || -> Option<IpAddr> {
-        let target = if peer.ip().is_unspecified() {
-            return None;
-        } else {
-            peer
-        };
-        let socket = UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)).ok()?;
-        socket.connect(target).ok()?;
-        let ip = socket.local_addr().ok()?.ip();
-        (!ip.is_unspecified()).then_some(ip)
-    };
-    SocketAddr::new(
-        via_route().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-        listen.port(),
-    )
 }

@@ -76,7 +76,9 @@ impl State {
     fn record_image(&mut self) {
         if self.images.is_some() {
             let image = self.durable_image();
-            self.images.as_mut().unwrap().push(image);
+            if let Some(images) = &mut self.images {
+                images.push(image);
+            }
         }
     }
 }
@@ -172,7 +174,7 @@ impl SimDisk {
                     0 => 0,
                     1 => tail.len(),
                     _ => rand(tail.len() as u64 + 1) as usize,
-                } as usize;
+                };
                 let mut kept = tail[..keep].to_vec();
                 if keep > 0 && rand(4) == 0 {
                     // Torn write: the last few kept bytes are garbage.

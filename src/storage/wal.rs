@@ -600,7 +600,6 @@ mod tests {
                 let (mut wal, _) = reopen(&disk).await.unwrap();
                 let mut written: Vec<Vec<u8>> = Vec::new();
                 let mut durable = 0usize;
-                let seg_count_before_unsynced;
                 // Synced batches go through the log; the unsynced tail is
                 // appended raw to the newest segment without sync.
                 let mut unsynced = Vec::new();
@@ -617,7 +616,7 @@ mod tests {
                         }
                     }
                 }
-                seg_count_before_unsynced = disk.list(Path::new(DIR)).await.unwrap().len();
+                let seg_count_before_unsynced = disk.list(Path::new(DIR)).await.unwrap().len();
                 let last = disk.list(Path::new(DIR)).await.unwrap().pop().unwrap();
                 disk.append(&Path::new(DIR).join(last), &unsynced).await.unwrap();
                 let mut i = 0;
