@@ -15,15 +15,30 @@ pub enum Bug {
     /// The partition store ignores its session table: a retried write is
     /// applied again.
     DuplicateApply,
+    /// Raft's leader commits what its own log has, without a majority.
+    CommitWithoutQuorum,
+    /// A restarted Raft member forgets its term and vote.
+    ForgetVote,
+    /// Reads are served by the local state without ReadIndex.
+    StaleRead,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 2] = [Bug::AckBeforeFsync, Bug::DuplicateApply];
+    pub const ALL: [Bug; 5] = [
+        Bug::AckBeforeFsync,
+        Bug::DuplicateApply,
+        Bug::CommitWithoutQuorum,
+        Bug::ForgetVote,
+        Bug::StaleRead,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Bug::AckBeforeFsync => "ack-before-fsync",
             Bug::DuplicateApply => "duplicate-apply",
+            Bug::CommitWithoutQuorum => "commit-without-quorum",
+            Bug::ForgetVote => "forget-vote",
+            Bug::StaleRead => "stale-read",
         }
     }
 

@@ -34,6 +34,7 @@ pub mod kv;
 pub mod manager;
 pub mod map;
 pub mod op;
+pub mod raft;
 pub mod rt;
 pub mod server;
 pub mod storage;

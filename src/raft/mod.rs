@@ -1,0 +1,1296 @@
+//! A sans-IO Raft core: one Raft group's consensus, with no network, clock
+//! or disk inside.
+//!
+//! ```text
+//!   inputs                         Raft                         outputs (Ready)
+//!   tick() ───────────────▶ ┌────────────────────┐ ──▶ hard_state, entries, snapshot: PERSIST
+//!   step(Message) ────────▶ │ role, term, vote,  │ ──▶ messages: send now
+//!   propose(data) ────────▶ │ log, progress,     │ ──▶ persisted_messages: send AFTER persisting
+//!   read_index(ctx) ──────▶ │ pending reads      │ ──▶ committed_entries: apply in order
+//!   transfer_leader(to) ──▶ │                    │ ──▶ read_states: serve when applied ≥ index
+//!   on_persisted(i, t) ───▶ └────────────────────┘ ──▶ aborted_reads: answer "not leader"
+//! ```
+//!
+//! # The driver's contract
+//! 1. Call [`Raft::tick`] at a fixed interval; [`Raft::step`] each message.
+//! 2. When [`Raft::has_ready`], take [`Raft::ready`]: persist `hard_state`,
+//!    `snapshot` and `entries` (appending `entries` replaces any stored
+//!    entries from `entries[0].index` on); send `messages` at once; send
+//!    `persisted_messages` only **after** that write is durable, then call
+//!    [`Raft::on_persisted`] with the last entry's index and term. A vote or
+//!    an acknowledgement that goes out before the state it promises is on
+//!    disk is how Raft loses data after a crash.
+//! 3. Apply `committed_entries` in order (they are always locally durable),
+//!    then call [`Raft::on_applied`]. Answer a client only after its entry is
+//!    applied.
+//! 4. Serve a `read_state` once the applied index reaches its index.
+//! 5. Check [`Raft::has_ready`] again after `on_persisted`/`step`/`tick`:
+//!    persisting can advance the commit index and produce more work.
+//!
+//! Features: randomized election timeouts (§5.2), pre-vote and check-quorum
+//! (dissertation §9.6, §6.2), pipelined replication with a bounded window and
+//! fast conflict backtracking (§5.3), the Figure 8 commit rule (§5.4.2),
+//! InstallSnapshot (§7), ReadIndex reads (§6.4), leadership transfer (§3.10),
+//! and one-server-at-a-time membership changes with learners (§4.1).
+
+mod log;
+pub mod types;
+
+#[cfg(test)]
+mod tests;
+
+pub use log::RaftLog;
+pub use types::*;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+/// Tuning of one Raft group. Times are in ticks (the driver's tick interval).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub id: NodeId,
+    /// A follower that hears no leader for `election_ticks` to
+    /// `2 * election_ticks` ticks starts an election.
+    pub election_ticks: u32,
+    /// A leader sends heartbeats every `heartbeat_ticks` ticks.
+    pub heartbeat_ticks: u32,
+    /// Most entries in one append message.
+    pub max_entries_per_append: usize,
+    /// Most append messages in flight to one follower (pipelining window).
+    pub max_inflight_appends: usize,
+    pub pre_vote: bool,
+    pub check_quorum: bool,
+}
+
+impl Config {
+    pub fn new(id: NodeId) -> Config {
+        Config {
+            id,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            max_entries_per_append: 256,
+            max_inflight_appends: 64,
+            pre_vote: true,
+            check_quorum: true,
+        }
+    }
+}
+
+/// What a member is doing now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+/// Why a proposal or read was refused (nothing was appended).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("leadership is being transferred")]
+    Transferring,
+    #[error("a membership change is still in progress")]
+    ChangeInProgress,
+    #[error("the leader has not committed an entry of its term yet")]
+    NotReady,
+}
+
+/// A read that may be served once the state machine has applied `index`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    pub ctx: u64,
+    pub index: Index,
+}
+
+/// Everything the driver must do after the last call (see the module docs).
+#[derive(Debug, Default)]
+pub struct Ready {
+    pub hard_state: Option<HardState>,
+    pub snapshot: Option<Snapshot>,
+    pub entries: Vec<Entry>,
+    pub messages: Vec<Message>,
+    pub persisted_messages: Vec<Message>,
+    pub committed_entries: Vec<Entry>,
+    pub read_states: Vec<ReadState>,
+    /// Reads that will never complete here (leadership lost).
+    pub aborted_reads: Vec<u64>,
+}
+
+/// What a member restarts from: its durable state.
+#[derive(Clone, Debug, Default)]
+pub struct RaftState {
+    pub hard_state: HardState,
+    pub snapshot: SnapshotMeta,
+    /// Entries after the snapshot, contiguous.
+    pub entries: Vec<Entry>,
+    /// Membership before any entry (used when there is no snapshot).
+    pub initial_membership: Membership,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProgressState {
+    /// Find the follower's last matching index, one message at a time.
+    Probe,
+    /// Stream entries optimistically, up to the inflight window.
+    Replicate,
+    /// A snapshot was sent; wait for it to land.
+    Snapshot { index: Index },
+}
+
+/// The leader's view of one follower (§5.3 `nextIndex`/`matchIndex`).
+#[derive(Clone, Debug)]
+struct Progress {
+    match_index: Index,
+    next_index: Index,
+    state: ProgressState,
+    /// Last index of each append in flight (Replicate).
+    inflight: VecDeque<Index>,
+    /// Probe: a message is out, wait for its answer or a heartbeat.
+    probe_sent: bool,
+    /// Heard from since the last check-quorum round.
+    active: bool,
+    /// Ticks since a snapshot was sent (resent after an election timeout).
+    snapshot_ticks: u32,
+    /// The commit index this follower was last told.
+    commit_sent: Index,
+    /// `match_index` at the previous heartbeat response: if it did not move
+    /// while entries were outstanding, they were lost.
+    match_at_heartbeat: Index,
+}
+
+impl Progress {
+    fn new(next_index: Index) -> Progress {
+        Progress {
+            match_index: 0,
+            next_index,
+            state: ProgressState::Probe,
+            inflight: VecDeque::new(),
+            probe_sent: false,
+            active: true,
+            snapshot_ticks: 0,
+            commit_sent: 0,
+            match_at_heartbeat: 0,
+        }
+    }
+
+    fn become_probe(&mut self) {
+        self.state = ProgressState::Probe;
+        self.next_index = self.match_index + 1;
+        self.inflight.clear();
+        self.probe_sent = false;
+    }
+}
+
+struct PendingRead {
+    ctx: u64,
+    index: Index,
+    seq: u64,
+    acks: BTreeSet<NodeId>,
+}
+
+/// One member of one Raft group. See the module docs.
+pub struct Raft {
+    cfg: Config,
+    term: Term,
+    vote: Option<NodeId>,
+    role: Role,
+    leader: Option<NodeId>,
+    log: RaftLog,
+    membership: Membership,
+    /// Index of the newest membership entry in the log (0: none).
+    membership_index: Index,
+    progress: BTreeMap<NodeId, Progress>,
+    votes: BTreeMap<NodeId, bool>,
+    election_elapsed: u32,
+    heartbeat_elapsed: u32,
+    randomized_timeout: u32,
+    rng: u64,
+    transferee: Option<NodeId>,
+    read_seq: u64,
+    pending_reads: VecDeque<PendingRead>,
+    /// Reads that arrived before the leader committed an entry of its term.
+    reads_waiting_for_commit: Vec<u64>,
+    /// The newest local snapshot, to send to followers that are too far behind.
+    local_snapshot: Option<Snapshot>,
+    /// Membership before the first entry, when there is no snapshot.
+    initial_membership: Membership,
+    /// Highest committed index handed to the driver in a `Ready`.
+    apply_handed: Index,
+    // Output.
+    persisted_hard_state: HardState,
+    unpersisted_from: Option<Index>,
+    received_snapshot: Option<Snapshot>,
+    messages: Vec<Message>,
+    persisted_messages: Vec<Message>,
+    read_states: Vec<ReadState>,
+    aborted_reads: Vec<u64>,
+}
+
+impl Raft {
+    /// Restores a member from its durable state. `seed` drives the election
+    /// timeout randomization (pass the simulation's random numbers).
+    pub fn new(cfg: Config, state: RaftState, seed: u64) -> Raft {
+        assert!(
+            cfg.election_ticks > cfg.heartbeat_ticks,
+            "election timeout must exceed the heartbeat"
+        );
+        let log = RaftLog::new(
+            state.snapshot.clone(),
+            state.entries,
+            state.hard_state.commit,
+        );
+        let apply_handed = log.applied;
+        let mut raft = Raft {
+            term: state.hard_state.term,
+            vote: state.hard_state.vote,
+            role: Role::Follower,
+            leader: None,
+            membership: Membership::default(),
+            membership_index: 0,
+            progress: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            randomized_timeout: cfg.election_ticks,
+            rng: seed ^ 0x9e37_79b9_7f4a_7c15,
+            transferee: None,
+            read_seq: 0,
+            pending_reads: VecDeque::new(),
+            reads_waiting_for_commit: Vec::new(),
+            local_snapshot: None,
+            initial_membership: state.initial_membership,
+            apply_handed,
+            persisted_hard_state: state.hard_state,
+            unpersisted_from: None,
+            received_snapshot: None,
+            messages: Vec::new(),
+            persisted_messages: Vec::new(),
+            read_states: Vec::new(),
+            aborted_reads: Vec::new(),
+            log,
+            cfg,
+        };
+        raft.recompute_membership();
+        raft.reset_randomized_timeout();
+        raft
+    }
+
+    // ----- accessors -------------------------------------------------------
+
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+    pub fn term(&self) -> Term {
+        self.term
+    }
+    pub fn vote(&self) -> Option<NodeId> {
+        self.vote
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+    pub fn log(&self) -> &RaftLog {
+        &self.log
+    }
+    pub fn commit(&self) -> Index {
+        self.log.commit
+    }
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+    pub fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.log.commit,
+        }
+    }
+    /// The follower's replication position as the leader sees it.
+    pub fn match_index(&self, id: NodeId) -> Option<Index> {
+        self.progress.get(&id).map(|p| p.match_index)
+    }
+
+    // ----- randomness and timers --------------------------------------------
+
+    fn next_random(&mut self) -> u64 {
+        // splitmix64: deterministic from the seed.
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn reset_randomized_timeout(&mut self) {
+        let e = self.cfg.election_ticks as u64;
+        self.randomized_timeout = (e + self.next_random() % e) as u32;
+    }
+
+    fn is_voter(&self) -> bool {
+        self.membership.voters.contains(&self.cfg.id)
+    }
+
+    /// Advances time by one tick.
+    pub fn tick(&mut self) {
+        match self.role {
+            Role::Leader => self.tick_leader(),
+            _ => {
+                self.election_elapsed += 1;
+                if self.election_elapsed >= self.randomized_timeout && self.is_voter() {
+                    self.election_elapsed = 0;
+                    self.start_election(false);
+                }
+            }
+        }
+    }
+
+    fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.cfg.election_ticks {
+            self.election_elapsed = 0;
+            if self.cfg.check_quorum && !self.quorum_active() {
+                // §6.2: a leader that cannot reach a majority steps down, so
+                // clients go find the real one.
+                let term = self.term;
+                self.become_follower(term, None);
+                return;
+            }
+            if self.transferee.is_some() {
+                self.transferee = None; // transfer timed out
+            }
+        }
+        for pr in self.progress.values_mut() {
+            if let ProgressState::Snapshot { .. } = pr.state {
+                pr.snapshot_ticks += 1;
+                if pr.snapshot_ticks >= self.cfg.election_ticks {
+                    pr.become_probe(); // the snapshot was lost; try again
+                }
+            }
+        }
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
+            self.heartbeat_elapsed = 0;
+            // Carry the newest pending read, so a lost confirmation round
+            // is retried by the next heartbeat.
+            let read_seq = if self.pending_reads.is_empty() {
+                0
+            } else {
+                self.read_seq
+            };
+            self.broadcast_heartbeat(read_seq);
+        }
+    }
+
+    fn quorum_active(&mut self) -> bool {
+        let me = self.cfg.id;
+        let active = self
+            .membership
+            .voters
+            .iter()
+            .filter(|id| **id == me || self.progress.get(id).is_some_and(|p| p.active))
+            .count();
+        for pr in self.progress.values_mut() {
+            pr.active = false;
+        }
+        active >= self.membership.quorum()
+    }
+
+    // ----- role changes -----------------------------------------------------
+
+    fn abort_reads(&mut self) {
+        self.aborted_reads
+            .extend(self.pending_reads.drain(..).map(|r| r.ctx));
+        self.aborted_reads
+            .append(&mut self.reads_waiting_for_commit);
+    }
+
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+        }
+        if self.role == Role::Leader {
+            self.abort_reads();
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.transferee = None;
+        self.election_elapsed = 0;
+        self.reset_randomized_timeout();
+    }
+
+    /// Starts an election now (pre-vote first unless `transfer` or disabled).
+    pub fn campaign(&mut self) {
+        if self.is_voter() && self.role != Role::Leader {
+            self.start_election(false);
+        }
+    }
+
+    fn start_election(&mut self, transfer: bool) {
+        if self.cfg.pre_vote && !transfer {
+            self.role = Role::PreCandidate;
+            self.leader = None;
+            self.votes.clear();
+            // §9.6: ask first whether we could win, without disrupting anyone.
+            self.request_votes(self.term + 1, true, false);
+        } else {
+            self.term += 1;
+            self.vote = Some(self.cfg.id);
+            self.role = Role::Candidate;
+            self.leader = None;
+            self.votes.clear();
+            self.request_votes(self.term, false, transfer);
+        }
+        self.reset_randomized_timeout();
+    }
+
+    fn request_votes(&mut self, term: Term, pre: bool, transfer: bool) {
+        self.votes.insert(self.cfg.id, true);
+        if self.tally() {
+            return; // a single-voter group wins at once
+        }
+        let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
+        let voters: Vec<NodeId> = self.membership.voters.iter().copied().collect();
+        for to in voters.into_iter().filter(|&v| v != self.cfg.id) {
+            let body = if pre {
+                MessageBody::PreVote {
+                    last_log_index,
+                    last_log_term,
+                }
+            } else {
+                MessageBody::Vote {
+                    last_log_index,
+                    last_log_term,
+                    transfer,
+                }
+            };
+            let msg = Message {
+                from: self.cfg.id,
+                to,
+                term,
+                body,
+            };
+            if pre {
+                self.messages.push(msg);
+            } else {
+                // Our vote for ourselves and the new term must be durable
+                // before we ask (a restarted node must not vote twice).
+                self.persisted_messages.push(msg);
+            }
+        }
+    }
+
+    /// Counts votes; moves on if the election is decided. Returns whether it won.
+    fn tally(&mut self) -> bool {
+        let quorum = self.membership.quorum();
+        let granted = self
+            .membership
+            .voters
+            .iter()
+            .filter(|v| self.votes.get(v) == Some(&true))
+            .count();
+        let rejected = self
+            .membership
+            .voters
+            .iter()
+            .filter(|v| self.votes.get(v) == Some(&false))
+            .count();
+        if granted >= quorum {
+            match self.role {
+                Role::PreCandidate => self.start_election(true),
+                Role::Candidate => self.become_leader(),
+                _ => {}
+            }
+            true
+        } else {
+            if rejected >= quorum || (self.membership.voters.len() - rejected) < quorum {
+                let term = self.term;
+                self.become_follower(term, None);
+            }
+            false
+        }
+    }
+
+    fn become_leader(&mut self) {
+        self.role = Role::Leader;
+        self.leader = Some(self.cfg.id);
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        self.transferee = None;
+        let next = self.log.last_index() + 1;
+        let me = self.cfg.id;
+        self.progress = self
+            .membership
+            .members()
+            .filter(|&id| id != me)
+            .map(|id| (id, Progress::new(next)))
+            .collect();
+        // §5.4.2 and §6.4: commit an entry of our own term right away.
+        self.append_as_leader(EntryData::Noop);
+        self.broadcast_append();
+    }
+
+    // ----- proposals ----------------------------------------------------------
+
+    fn append_as_leader(&mut self, data: EntryData) -> Index {
+        let index = self.log.last_index() + 1;
+        let entry = Entry {
+            term: self.term,
+            index,
+            data,
+        };
+        if let EntryData::ConfChange(change) = &entry.data {
+            self.apply_membership(change, index);
+        }
+        self.log.push(entry);
+        self.unpersisted_from.get_or_insert(index);
+        index
+    }
+
+    fn check_can_propose(&self) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if self.transferee.is_some() {
+            return Err(ProposeError::Transferring);
+        }
+        Ok(())
+    }
+
+    /// Appends a command (leader only). Returns its index; it is committed
+    /// when it shows up in `committed_entries` with this term.
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<Index, ProposeError> {
+        self.check_can_propose()?;
+        let index = self.append_as_leader(EntryData::Normal(data));
+        self.broadcast_append();
+        Ok(index)
+    }
+
+    /// Proposes a membership change. Only one may be uncommitted at a time,
+    /// and only after the leader committed an entry of its term (the fix
+    /// for the single-server-change bug, Ongaro 2015).
+    pub fn propose_conf_change(&mut self, change: ConfChange) -> Result<Index, ProposeError> {
+        self.check_can_propose()?;
+        if self.membership_index > self.log.commit {
+            return Err(ProposeError::ChangeInProgress);
+        }
+        if self.log.term(self.log.commit) != Some(self.term) {
+            return Err(ProposeError::NotReady);
+        }
+        let index = self.append_as_leader(EntryData::ConfChange(change));
+        self.broadcast_append();
+        Ok(index)
+    }
+
+    /// Asks for a linearizable read point (§6.4). A [`ReadState`] with `ctx`
+    /// comes out once a quorum confirmed this leader is still the leader.
+    pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if self.log.term(self.log.commit) != Some(self.term) {
+            // Our commit index may still be behind the previous leader's:
+            // wait for the no-op of our term to commit.
+            self.reads_waiting_for_commit.push(ctx);
+            return Ok(());
+        }
+        self.start_read(ctx);
+        Ok(())
+    }
+
+    fn start_read(&mut self, ctx: u64) {
+        if self.membership.voters.len() == 1 && self.is_voter() {
+            self.read_states.push(ReadState {
+                ctx,
+                index: self.log.commit,
+            });
+            return;
+        }
+        self.read_seq += 1;
+        let mut acks = BTreeSet::new();
+        acks.insert(self.cfg.id);
+        self.pending_reads.push_back(PendingRead {
+            ctx,
+            index: self.log.commit,
+            seq: self.read_seq,
+            acks,
+        });
+        self.broadcast_heartbeat(self.read_seq);
+    }
+
+    /// Hands leadership to `to` (dissertation §3.10): stop taking proposals,
+    /// bring `to` up to date, then tell it to start an election.
+    pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if to == self.cfg.id || !self.membership.voters.contains(&to) {
+            return Ok(());
+        }
+        self.transferee = Some(to);
+        self.election_elapsed = 0;
+        if self.progress[&to].match_index == self.log.last_index() {
+            self.send(to, MessageBody::TimeoutNow, false);
+        } else {
+            self.send_append(to);
+        }
+        Ok(())
+    }
+
+    // ----- membership -----------------------------------------------------------
+
+    fn apply_membership(&mut self, change: &ConfChange, index: Index) {
+        self.membership.apply(change);
+        self.membership_index = index;
+        if self.role == Role::Leader {
+            let next = self.log.last_index() + 1;
+            let me = self.cfg.id;
+            let members: Vec<NodeId> = self.membership.members().collect();
+            for id in &members {
+                if *id != me {
+                    self.progress
+                        .entry(*id)
+                        .or_insert_with(|| Progress::new(next));
+                }
+            }
+            self.progress.retain(|id, _| members.contains(id));
+        }
+    }
+
+    /// Rebuilds the membership from the snapshot (or the initial one) and
+    /// the log's change entries (after the log was truncated or restored).
+    fn recompute_membership(&mut self) {
+        let last = self.log.last_index();
+        self.membership = self.membership_at(last);
+        self.membership_index = (self.log.first_index()..=last)
+            .rev()
+            .find(|&i| {
+                matches!(
+                    self.log.entry(i),
+                    Some(Entry {
+                        data: EntryData::ConfChange(_),
+                        ..
+                    })
+                )
+            })
+            .unwrap_or(0);
+    }
+
+    // ----- sending ----------------------------------------------------------------
+
+    fn send(&mut self, to: NodeId, body: MessageBody, after_persist: bool) {
+        let msg = Message {
+            from: self.cfg.id,
+            to,
+            term: self.term,
+            body,
+        };
+        if after_persist {
+            self.persisted_messages.push(msg);
+        } else {
+            self.messages.push(msg);
+        }
+    }
+
+    fn broadcast_append(&mut self) {
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for id in peers {
+            self.send_append(id);
+        }
+    }
+
+    fn broadcast_heartbeat(&mut self, read_seq: u64) {
+        let peers: Vec<(NodeId, Index)> = self
+            .progress
+            .iter()
+            .map(|(id, p)| (*id, p.match_index))
+            .collect();
+        for (to, matched) in peers {
+            // Never tell a follower to commit past what it is known to have.
+            let commit = self.log.commit.min(matched);
+            let pr = self.progress.get_mut(&to).unwrap();
+            pr.commit_sent = pr.commit_sent.max(commit);
+            self.send(to, MessageBody::Heartbeat { commit, read_seq }, false);
+        }
+    }
+
+    /// After the commit index advanced: followers with entries to receive
+    /// learn it from the append; the others from a heartbeat, so they apply
+    /// without waiting for the heartbeat interval.
+    fn broadcast_commit(&mut self) {
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for id in peers {
+            self.send_commit(id);
+        }
+    }
+
+    /// Tells `to` the commit index if it can use a newer one than it was told.
+    fn send_commit(&mut self, to: NodeId) {
+        let Some(pr) = self.progress.get(&to) else {
+            return;
+        };
+        let commit = self.log.commit.min(pr.match_index);
+        if commit <= pr.commit_sent || self.send_append(to) {
+            return;
+        }
+        self.progress.get_mut(&to).unwrap().commit_sent = commit;
+        self.send(
+            to,
+            MessageBody::Heartbeat {
+                commit,
+                read_seq: 0,
+            },
+            false,
+        );
+    }
+
+    /// Sends `to` what it is missing, if its window allows. Returns whether
+    /// a message went out.
+    fn send_append(&mut self, to: NodeId) -> bool {
+        let last = self.log.last_index();
+        let Some(pr) = self.progress.get(&to) else {
+            return false;
+        };
+        let paused = match pr.state {
+            ProgressState::Snapshot { .. } => true,
+            ProgressState::Probe => pr.probe_sent,
+            ProgressState::Replicate => pr.inflight.len() >= self.cfg.max_inflight_appends,
+        };
+        if paused {
+            return false;
+        }
+        let prev_log_index = pr.next_index - 1;
+        let Some(prev_log_term) = self.log.term(prev_log_index) else {
+            self.send_snapshot(to);
+            return true;
+        };
+        let entries = self
+            .log
+            .slice(pr.next_index, last, self.cfg.max_entries_per_append);
+        if entries.is_empty() && pr.state == ProgressState::Replicate {
+            return false; // nothing new; heartbeats carry liveness
+        }
+        let sent_last = prev_log_index + entries.len() as Index;
+        let commit = self.log.commit;
+        let pr = self.progress.get_mut(&to).unwrap();
+        pr.commit_sent = pr.commit_sent.max(commit.min(sent_last));
+        match pr.state {
+            ProgressState::Replicate => {
+                pr.next_index = sent_last + 1;
+                pr.inflight.push_back(sent_last);
+            }
+            _ => pr.probe_sent = true,
+        }
+        self.send(
+            to,
+            MessageBody::Append {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                commit,
+            },
+            false,
+        );
+        true
+    }
+
+    fn send_snapshot(&mut self, to: NodeId) {
+        let Some(snapshot) = self.local_snapshot.clone() else {
+            // The log was compacted by a snapshot we no longer hold: cannot
+            // happen if the driver calls `compact` with its snapshot.
+            tracing::error!(to, "follower needs a snapshot but none is available");
+            return;
+        };
+        let pr = self.progress.get_mut(&to).unwrap();
+        pr.state = ProgressState::Snapshot {
+            index: snapshot.meta.index,
+        };
+        pr.snapshot_ticks = 0;
+        self.send(to, MessageBody::InstallSnapshot(snapshot), false);
+    }
+
+    // ----- receiving --------------------------------------------------------------
+
+    /// Handles one message from another member of the group.
+    pub fn step(&mut self, msg: Message) {
+        if msg.to != self.cfg.id {
+            return;
+        }
+        if msg.term > self.term {
+            match &msg.body {
+                MessageBody::PreVote { .. } => {} // hypothetical: changes nothing
+                MessageBody::PreVoteResponse { granted: true } => {}
+                MessageBody::Vote { transfer, .. } if self.in_lease() && !*transfer => {
+                    // §6.2 / §9.6: we heard from a live leader recently, so
+                    // this candidate is disruptive; ignore it.
+                    return;
+                }
+                MessageBody::Append { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot(_) => self.become_follower(msg.term, Some(msg.from)),
+                _ => self.become_follower(msg.term, None),
+            }
+        } else if msg.term < self.term {
+            match msg.body {
+                MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
+                    // A stale leader: our answer's term makes it step down.
+                    let hint = RejectHint {
+                        rejected: 0,
+                        hint_index: 0,
+                        hint_term: 0,
+                    };
+                    self.send(msg.from, MessageBody::AppendResponse(Err(hint)), false);
+                }
+                MessageBody::PreVote { .. } => {
+                    self.send(
+                        msg.from,
+                        MessageBody::PreVoteResponse { granted: false },
+                        false,
+                    );
+                }
+                _ => {}
+            }
+            return;
+        }
+        match msg.body {
+            MessageBody::PreVote {
+                last_log_index,
+                last_log_term,
+            } => {
+                // Grant if the sender could win: it would be in a later term,
+                // its log is up to date, and we have no live leader.
+                let granted = msg.term > self.term
+                    && !self.in_lease()
+                    && self.log.is_up_to_date(last_log_index, last_log_term);
+                let term = if granted { msg.term } else { self.term };
+                self.messages.push(Message {
+                    from: self.cfg.id,
+                    to: msg.from,
+                    term,
+                    body: MessageBody::PreVoteResponse { granted },
+                });
+            }
+            MessageBody::Vote {
+                last_log_index,
+                last_log_term,
+                ..
+            } => {
+                // §5.2, §5.4.1: one vote per term, only for an up-to-date log.
+                let granted = self.vote.is_none_or(|v| v == msg.from)
+                    && self.log.is_up_to_date(last_log_index, last_log_term);
+                if granted {
+                    self.vote = Some(msg.from);
+                    self.election_elapsed = 0;
+                }
+                self.send(msg.from, MessageBody::VoteResponse { granted }, true);
+            }
+            MessageBody::PreVoteResponse { granted } => {
+                // A grant carries the term we would campaign in; anything
+                // else is left over from an earlier round.
+                if self.role == Role::PreCandidate && (!granted || msg.term == self.term + 1) {
+                    self.votes.insert(msg.from, granted);
+                    self.tally();
+                }
+            }
+            MessageBody::VoteResponse { granted } => {
+                if self.role == Role::Candidate {
+                    self.votes.insert(msg.from, granted);
+                    self.tally();
+                }
+            }
+            MessageBody::Append {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                commit,
+            } => {
+                self.follow(msg.from);
+                self.handle_append(msg.from, prev_log_index, prev_log_term, entries, commit);
+            }
+            MessageBody::Heartbeat { commit, read_seq } => {
+                self.follow(msg.from);
+                if commit > self.log.commit {
+                    self.log.commit = commit.min(self.log.last_index());
+                }
+                self.send(msg.from, MessageBody::HeartbeatResponse { read_seq }, false);
+            }
+            MessageBody::InstallSnapshot(snapshot) => {
+                self.follow(msg.from);
+                self.handle_snapshot(msg.from, snapshot);
+            }
+            MessageBody::AppendResponse(result) => self.handle_append_response(msg.from, result),
+            MessageBody::HeartbeatResponse { read_seq } => {
+                self.handle_heartbeat_response(msg.from, read_seq)
+            }
+            MessageBody::TimeoutNow => {
+                if self.is_voter() && self.role != Role::Leader {
+                    self.start_election(true);
+                }
+            }
+        }
+    }
+
+    /// Whether we heard from a live leader within the minimum election
+    /// timeout (check-quorum makes that a lease on our vote).
+    fn in_lease(&self) -> bool {
+        self.cfg.check_quorum
+            && self.leader.is_some()
+            && self.election_elapsed < self.cfg.election_ticks
+    }
+
+    fn follow(&mut self, leader: NodeId) {
+        if self.role != Role::Follower {
+            let term = self.term;
+            self.become_follower(term, Some(leader));
+        }
+        self.leader = Some(leader);
+        self.election_elapsed = 0;
+    }
+
+    fn handle_append(
+        &mut self,
+        from: NodeId,
+        prev_log_index: Index,
+        prev_log_term: Term,
+        entries: Vec<Entry>,
+        commit: Index,
+    ) {
+        if prev_log_index < self.log.commit {
+            // Everything through our commit index matches the leader's log
+            // (Log Matching); answer with it so the leader moves on.
+            let commit = self.log.commit;
+            self.send(from, MessageBody::AppendResponse(Ok(commit)), false);
+            return;
+        }
+        if self.log.term(prev_log_index) != Some(prev_log_term) {
+            // §5.3: reject, and say where our log could match.
+            let hint_index = prev_log_index.min(self.log.last_index());
+            let hint_index = self.find_conflict_by_term(hint_index, prev_log_term);
+            let hint = RejectHint {
+                rejected: prev_log_index,
+                hint_index,
+                hint_term: self.log.term(hint_index).unwrap_or(0),
+            };
+            self.send(from, MessageBody::AppendResponse(Err(hint)), false);
+            return;
+        }
+        let last_new = prev_log_index + entries.len() as Index;
+        let has_conf = entries
+            .iter()
+            .any(|e| matches!(e.data, EntryData::ConfChange(_)));
+        if let Some(first) = self.log.merge(entries) {
+            self.unpersisted_from = Some(self.unpersisted_from.map_or(first, |u| u.min(first)));
+            // A change takes effect when appended and is undone if its entry
+            // is truncated (§4.1): rebuild when either may have happened.
+            if has_conf || first <= self.membership_index {
+                self.recompute_membership();
+            }
+        }
+        if commit > self.log.commit {
+            self.log.commit = commit.min(last_new);
+        }
+        // The acknowledgement promises these entries are on our disk.
+        self.send(from, MessageBody::AppendResponse(Ok(last_new)), true);
+    }
+
+    /// The largest index at or below `index` whose term is at most `term`:
+    /// everything after it certainly conflicts with a log whose entry at
+    /// `index` has `term` (fast backtracking, §5.3).
+    fn find_conflict_by_term(&self, index: Index, term: Term) -> Index {
+        let mut i = index;
+        while i > self.log.snapshot.index {
+            match self.log.term(i) {
+                Some(t) if t > term => i -= 1,
+                _ => break,
+            }
+        }
+        i
+    }
+
+    fn handle_snapshot(&mut self, from: NodeId, snapshot: Snapshot) {
+        let meta = snapshot.meta.clone();
+        if meta.index <= self.log.commit {
+            let commit = self.log.commit;
+            self.send(from, MessageBody::AppendResponse(Ok(commit)), false);
+            return;
+        }
+        self.log.restore(meta.clone());
+        self.unpersisted_from = None;
+        self.apply_handed = self.apply_handed.max(meta.index);
+        self.recompute_membership();
+        self.received_snapshot = Some(snapshot);
+        self.send(from, MessageBody::AppendResponse(Ok(meta.index)), true);
+    }
+
+    fn handle_append_response(&mut self, from: NodeId, result: Result<Index, RejectHint>) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last = self.log.last_index();
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.active = true;
+        match result {
+            Ok(matched) => {
+                if matched > pr.match_index {
+                    pr.match_index = matched;
+                }
+                pr.next_index = pr.next_index.max(matched + 1);
+                while pr.inflight.front().is_some_and(|&i| i <= matched) {
+                    pr.inflight.pop_front();
+                }
+                match pr.state {
+                    ProgressState::Probe => {
+                        pr.state = ProgressState::Replicate;
+                        pr.probe_sent = false;
+                        pr.inflight.clear();
+                        pr.next_index = pr.match_index + 1;
+                    }
+                    ProgressState::Snapshot { index } if pr.match_index >= index => {
+                        pr.become_probe();
+                    }
+                    _ => {}
+                }
+                let caught_up = pr.match_index == last;
+                if self.maybe_commit() {
+                    self.broadcast_commit();
+                }
+                if self.transferee == Some(from) && caught_up {
+                    self.send(from, MessageBody::TimeoutNow, false);
+                }
+                self.send_commit(from);
+                self.send_append(from);
+            }
+            Err(hint) => {
+                if hint.rejected == 0 && hint.hint_index == 0 {
+                    return; // our answer to a stale leader; nothing to do
+                }
+                match pr.state {
+                    ProgressState::Replicate if hint.rejected <= pr.match_index => return, // stale
+                    ProgressState::Probe if hint.rejected != pr.next_index - 1 => return,  // stale
+                    _ => {}
+                }
+                let next = {
+                    // Skip the follower's whole conflicting term at once.
+                    let i = self.find_conflict_by_term(hint.hint_index, hint.hint_term);
+                    (i + 1).max(pr_match(&self.progress, from) + 1)
+                };
+                let pr = self.progress.get_mut(&from).unwrap();
+                pr.become_probe();
+                pr.next_index = next.min(hint.rejected).max(pr.match_index + 1);
+                self.send_append(from);
+            }
+        }
+    }
+
+    fn handle_heartbeat_response(&mut self, from: NodeId, read_seq: u64) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last = self.log.last_index();
+        if let Some(pr) = self.progress.get_mut(&from) {
+            pr.active = true;
+            pr.probe_sent = false;
+            if pr.match_index < last {
+                if pr.state == ProgressState::Replicate && pr.match_index == pr.match_at_heartbeat {
+                    // Nothing acknowledged for a whole heartbeat round while
+                    // entries were out: they were lost. Probe and resend.
+                    pr.become_probe();
+                }
+                pr.match_at_heartbeat = pr.match_index;
+                self.send_append(from);
+            }
+        }
+        if read_seq == 0 || !self.membership.voters.contains(&from) {
+            return;
+        }
+        for read in self.pending_reads.iter_mut() {
+            if read.seq <= read_seq {
+                read.acks.insert(from);
+            }
+        }
+        let quorum = self.membership.quorum();
+        // Release in order: a later read confirmed implies earlier ones are.
+        let confirmed = self.pending_reads.iter().rposition(|r| {
+            r.acks
+                .iter()
+                .filter(|a| self.membership.voters.contains(a))
+                .count()
+                >= quorum
+        });
+        if let Some(last_confirmed) = confirmed {
+            for read in self.pending_reads.drain(..=last_confirmed) {
+                self.read_states.push(ReadState {
+                    ctx: read.ctx,
+                    index: read.index,
+                });
+            }
+        }
+    }
+
+    /// The Figure 8 rule: advance commit to the highest index stored on a
+    /// majority **whose entry is from the current term** (§5.4.2).
+    fn maybe_commit(&mut self) -> bool {
+        let me = self.cfg.id;
+        let mut matched: Vec<Index> = self
+            .membership
+            .voters
+            .iter()
+            .map(|id| {
+                if *id == me {
+                    self.log.persisted
+                } else {
+                    self.progress.get(id).map_or(0, |p| p.match_index)
+                }
+            })
+            .collect();
+        if matched.is_empty() {
+            return false;
+        }
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let candidate = matched[self.membership.quorum() - 1];
+        #[cfg(feature = "sim")]
+        let candidate = if crate::bugs::enabled(crate::bugs::Bug::CommitWithoutQuorum) {
+            matched[0]
+        } else {
+            candidate
+        };
+        if candidate > self.log.commit && self.log.term(candidate) == Some(self.term) {
+            self.log.commit = candidate;
+            self.on_commit_advanced();
+            return true;
+        }
+        false
+    }
+
+    fn on_commit_advanced(&mut self) {
+        if self.log.term(self.log.commit) == Some(self.term) {
+            for ctx in std::mem::take(&mut self.reads_waiting_for_commit) {
+                self.start_read(ctx);
+            }
+        }
+        // A leader removed from the group steps down once that is committed.
+        if self.role == Role::Leader && !self.is_voter() && self.membership_index <= self.log.commit
+        {
+            let term = self.term;
+            self.become_follower(term, None);
+        }
+    }
+
+    // ----- persistence and application -----------------------------------------------
+
+    /// Whether [`Raft::ready`] has anything.
+    pub fn has_ready(&self) -> bool {
+        self.hard_state() != self.persisted_hard_state
+            || self.unpersisted_from.is_some()
+            || self.received_snapshot.is_some()
+            || !self.messages.is_empty()
+            || !self.persisted_messages.is_empty()
+            || !self.read_states.is_empty()
+            || !self.aborted_reads.is_empty()
+            || self.apply_handed < self.log.commit.min(self.log.persisted)
+    }
+
+    /// Takes everything the driver must do now. See the module docs. If it
+    /// has a `snapshot`, install it before applying `committed_entries`.
+    pub fn ready(&mut self) -> Ready {
+        let hard_state = self.hard_state();
+        let entries = match self.unpersisted_from.take() {
+            Some(from) => self.log.slice(from, self.log.last_index(), usize::MAX),
+            None => Vec::new(),
+        };
+        let apply_to = self.log.commit.min(self.log.persisted);
+        let committed_entries = if apply_to > self.apply_handed {
+            let from = self.apply_handed + 1;
+            self.apply_handed = apply_to;
+            self.log.slice(from, apply_to, usize::MAX)
+        } else {
+            Vec::new()
+        };
+        Ready {
+            hard_state: (hard_state != self.persisted_hard_state).then(|| {
+                self.persisted_hard_state = hard_state;
+                hard_state
+            }),
+            snapshot: self.received_snapshot.take(),
+            entries,
+            messages: std::mem::take(&mut self.messages),
+            persisted_messages: std::mem::take(&mut self.persisted_messages),
+            committed_entries,
+            read_states: std::mem::take(&mut self.read_states),
+            aborted_reads: std::mem::take(&mut self.aborted_reads),
+        }
+    }
+
+    /// The driver made the log durable through `index` (whose entry has
+    /// `term`). A later overwrite of that index makes the call a no-op.
+    pub fn on_persisted(&mut self, index: Index, term: Term) {
+        if index > self.log.persisted && self.log.term(index) == Some(term) {
+            self.log.persisted = index;
+            if self.role == Role::Leader && self.maybe_commit() {
+                self.broadcast_commit();
+            }
+        }
+    }
+
+    /// The driver applied every committed entry through `index`.
+    pub fn on_applied(&mut self, index: Index) {
+        assert!(index <= self.log.commit, "applied past the commit index");
+        self.log.applied = self.log.applied.max(index);
+    }
+
+    /// The driver took a snapshot of its state machine at `index` (applied):
+    /// drop the log before it, and keep the snapshot to send to followers
+    /// that fall too far behind.
+    pub fn compact(&mut self, index: Index, data: Arc<Vec<u8>>) {
+        let Some(term) = self.log.term(index) else {
+            return;
+        };
+        let membership = self.membership_at(index);
+        let meta = SnapshotMeta {
+            index,
+            term,
+            membership,
+        };
+        self.log.compact(meta.clone());
+        self.local_snapshot = Some(Snapshot { meta, data });
+    }
+
+    /// The membership in effect right after `index` (at or after the
+    /// snapshot): the snapshot's (or the initial one) plus the changes in
+    /// the log up to `index`.
+    fn membership_at(&self, index: Index) -> Membership {
+        let mut m = if self.log.snapshot.index > 0 {
+            self.log.snapshot.membership.clone()
+        } else {
+            self.initial_membership.clone()
+        };
+        for i in self.log.first_index()..=index {
+            if let Some(Entry {
+                data: EntryData::ConfChange(change),
+                ..
+            }) = self.log.entry(i)
+            {
+                m.apply(change);
+            }
+        }
+        m
+    }
+}
+
+fn pr_match(progress: &BTreeMap<NodeId, Progress>, id: NodeId) -> Index {
+    progress.get(&id).map_or(0, |p| p.match_index)
+}
