@@ -192,6 +192,18 @@ impl Repl {
     }
 }
 
+/// Lines of `input`, split on `\n` with a trailing `\r` dropped. A line that
+/// is not UTF-8 comes back as `Err` (to be answered with an `ERROR` line)
+/// instead of ending the input. A read error ends it.
+pub fn input_lines(input: impl std::io::BufRead) -> impl Iterator<Item = Result<String, String>> {
+    input.split(b'\n').map_while(Result::ok).map(|mut line| {
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        String::from_utf8(line).map_err(|_| "input line is not valid UTF-8".to_string())
+    })
+}
+
 /// Logs go to stderr (never stdout, which carries replies), filtered by
 /// `RUST_LOG` or `default` (e.g. `"info"`).
 pub fn init_logging(default: &str) {

@@ -158,6 +158,39 @@ impl PartitionMap {
         Ok(map)
     }
 
+    /// Checks a map received from the network before trusting it: every
+    /// table's partitions exist, are contiguous from 0 with an open end, and
+    /// have replicas on known servers.
+    pub fn validate(&self) -> Result<(), String> {
+        for table in self.tables.values() {
+            if table.partitions.is_empty() {
+                return Err(format!("table {} has no partitions", table.name));
+            }
+            let mut next = 0;
+            for (i, id) in table.partitions.iter().enumerate() {
+                let p = self
+                    .partitions
+                    .get(id)
+                    .ok_or(format!("table {} lists unknown partition {id}", table.name))?;
+                let last = i + 1 == table.partitions.len();
+                if p.table != table.name || p.start != next || p.end.is_none() != last {
+                    return Err(format!("partition {id} does not tile table {}", table.name));
+                }
+                if p.replicas.is_empty() || p.replicas.iter().any(|r| !self.servers.contains_key(r))
+                {
+                    return Err(format!("partition {id} has no replica or an unknown one"));
+                }
+                if let Some(end) = p.end {
+                    if end <= p.start {
+                        return Err(format!("partition {id} is empty"));
+                    }
+                    next = end;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The partition holding `key`, or an error if its table is unknown.
     pub fn partition_of(&self, key: &Key) -> Result<&Partition, OpError> {
         let table = self
@@ -245,6 +278,21 @@ mod tests {
     fn a_key_space_smaller_than_the_cluster_gets_fewer_partitions() {
         let map = PartitionMap::build(&[("t".into(), 2)], &addrs(5), 3).unwrap();
         assert_eq!(map.partitions.len(), 2);
+    }
+
+    #[test]
+    fn built_maps_validate_and_broken_ones_do_not() {
+        let map = PartitionMap::build(&[("t".into(), 100), ("u".into(), 3)], &addrs(3), 3).unwrap();
+        assert_eq!(map.validate(), Ok(()));
+        let mut broken = map.clone();
+        broken.partitions.get_mut(&0).unwrap().replicas.clear();
+        assert!(broken.validate().is_err());
+        let mut broken = map.clone();
+        broken.partitions.get_mut(&1).unwrap().start += 1;
+        assert!(broken.validate().is_err());
+        let mut broken = map;
+        broken.servers.remove(&2);
+        assert!(broken.validate().is_err());
     }
 
     #[test]

@@ -17,6 +17,12 @@ pub const OPS_PER_COMMAND_MAX: usize = 1024;
 /// Most key/value pairs one SCAN returns; a wider result is an error rather
 /// than an unbounded reply. Narrow the range or page through it.
 pub const SCAN_RESULT_ROWS_MAX: usize = 100_000;
+/// Most bytes (keys and values) the SCANs of one command may return from one
+/// partition, so every reply fits in a frame.
+pub const SCAN_RESULT_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Most bytes (key text and values) in one command, so every request fits in
+/// a frame.
+pub const COMMAND_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// One operation of a command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +91,8 @@ pub enum OpError {
     TooManyOps(usize),
     #[error("empty command: add operations with 'op' before 'done'")]
     EmptyCommand,
+    #[error("command too large: {0} bytes of keys and values (limit {COMMAND_BYTES_MAX})")]
+    CommandTooLarge(usize),
 }
 
 impl Op {
@@ -106,6 +114,16 @@ impl Op {
                 &key.table
             }
             Op::Scan { start, .. } => &start.table,
+        }
+    }
+
+    /// Bytes of key text and values, for the command size limit.
+    pub fn size_bytes(&self) -> usize {
+        let key = |k: &Key| k.table.len() + 20;
+        match self {
+            Op::Put { key: k, value } | Op::Swap { key: k, value } => key(k) + value.len(),
+            Op::Get { key: k } | Op::Delete { key: k } => key(k),
+            Op::Scan { start, end } => key(start) + key(end),
         }
     }
 
@@ -145,6 +163,10 @@ pub fn validate_command(ops: &[Op]) -> Result<(), (Option<usize>, OpError)> {
     }
     if ops.len() > OPS_PER_COMMAND_MAX {
         return Err((None, OpError::TooManyOps(ops.len())));
+    }
+    let bytes: usize = ops.iter().map(Op::size_bytes).sum();
+    if bytes > COMMAND_BYTES_MAX {
+        return Err((None, OpError::CommandTooLarge(bytes)));
     }
     for (i, op) in ops.iter().enumerate() {
         op.validate().map_err(|e| (Some(i), e))?;

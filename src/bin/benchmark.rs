@@ -3,7 +3,7 @@ use clap::{Parser, Subcommand};
 use distkv::cli::single_op_output;
 use distkv::client::{Client, ClientConfig};
 use distkv::rt::tokio_rt::TokioRuntime;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -59,8 +59,14 @@ fn stdin_mode(rt: &tokio::runtime::Runtime, client: Client<TokioRuntime>, key_le
     let mut session = client.session();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    for line in std::io::stdin().lock().lines() {
-        let Ok(line) = line else { break };
+    for line in distkv::cli::input_lines(std::io::stdin().lock()) {
+        let line = match line {
+            Ok(line) => line,
+            Err(e) => {
+                let _ = writeln!(out, "ERROR {e}").and_then(|_| out.flush());
+                continue;
+            }
+        };
         let request = line.trim();
         if request.is_empty() {
             continue;

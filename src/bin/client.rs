@@ -3,7 +3,7 @@ use clap::Parser;
 use distkv::cli::{command_output, single_op_output, Action, Repl, HELP};
 use distkv::client::{Client, ClientConfig, Session};
 use distkv::rt::tokio_rt::TokioRuntime;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -90,8 +90,14 @@ fn main() {
     if !std::io::stdin().is_terminal() {
         // Scripted: no prompt, no banner, only replies.
         let mut out = stdout.lock();
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
+        for line in distkv::cli::input_lines(std::io::stdin().lock()) {
+            let line = match line {
+                Ok(line) => line,
+                Err(e) => {
+                    let _ = writeln!(out, "ERROR {e}").and_then(|_| out.flush());
+                    continue;
+                }
+            };
             if !term.line(&line, &mut out) {
                 break;
             }

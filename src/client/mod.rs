@@ -174,26 +174,26 @@ impl<R: Runtime> Client<R> {
         Ok(())
     }
 
-    /// Sends `build(req)` to `to` and waits up to `wait` for the reply.
+    /// Sends `build(req)` to `to` and waits up to `wait` for the reply
+    /// (`Ok(None)`: no reply in time). `Err`: the request could not be
+    /// encoded (too large), so it was certainly not sent.
     async fn call(
         &self,
         to: SocketAddr,
         build: impl FnOnce(u64) -> Msg,
         wait: Duration,
-    ) -> Option<Msg> {
+    ) -> Result<Option<Msg>, String> {
         let req = self.inner.next_req.fetch_add(1, Ordering::Relaxed);
+        let bytes = encode_msg(&build(req)).map_err(|e| format!("request not sent: {e}"))?;
         let (tx, rx) = oneshot::channel();
         self.inner.pending.lock().unwrap().insert(req, tx);
-        match encode_msg(&build(req)) {
-            Ok(bytes) => self.inner.net.send(to, bytes),
-            Err(e) => tracing::error!("cannot encode request: {e}"),
-        }
+        self.inner.net.send(to, bytes);
         let reply = timeout(&self.inner.rt, wait, rx).await;
         self.inner.pending.lock().unwrap().remove(&req);
-        match reply {
+        Ok(match reply {
             Ok(Ok(msg)) => Some(msg),
             _ => None,
-        }
+        })
     }
 
     /// Fetches the map from the manager; keeps the newest one seen.
@@ -207,9 +207,13 @@ impl<R: Runtime> Client<R> {
                 )));
             }
             let wait = self.inner.config.attempt_timeout.min(deadline - now);
-            if let Some(Msg::MapReply { map, .. }) =
+            if let Ok(Some(Msg::MapReply { map, .. })) =
                 self.call(manager, |req| Msg::GetMap { req }, wait).await
             {
+                if let Err(e) = map.validate() {
+                    tracing::warn!("ignoring an invalid partition map from {manager}: {e}");
+                    continue;
+                }
                 let mut slot = self.inner.map.lock().unwrap();
                 if slot.as_ref().is_none_or(|m| m.epoch <= map.epoch) {
                     *slot = Some(Arc::new(map));
@@ -261,6 +265,11 @@ impl<R: Runtime> Client<R> {
                     wait,
                 )
                 .await;
+            let reply = match reply {
+                Ok(reply) => reply,
+                Err(e) if maybe_applied => return PartOutcome::Unknown(e),
+                Err(e) => return PartOutcome::Rejected(e),
+            };
             match reply {
                 Some(Msg::ExecuteReply {
                     result: Ok(results),

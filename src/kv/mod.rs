@@ -7,7 +7,7 @@
 
 use crate::key::Key;
 use crate::map::Partition;
-use crate::op::{Op, OpResult, SCAN_RESULT_ROWS_MAX};
+use crate::op::{Op, OpResult, SCAN_RESULT_BYTES_MAX, SCAN_RESULT_ROWS_MAX};
 use std::collections::BTreeMap;
 
 /// Why a command was refused by a partition. Nothing was applied.
@@ -25,6 +25,8 @@ pub enum ApplyError {
         "SCAN {start}..{end} would return more than {SCAN_RESULT_ROWS_MAX} rows; narrow the range"
     )]
     ScanTooLarge { start: String, end: String },
+    #[error("the SCANs of this command would return more than {SCAN_RESULT_BYTES_MAX} bytes from one partition; narrow the range")]
+    ScanTooManyBytes,
     #[error("invalid operation: {0}")]
     Invalid(String),
 }
@@ -37,8 +39,13 @@ pub struct PartitionStore {
     data: BTreeMap<u64, Vec<u8>>,
     /// Client session id -> (last command sequence number, its outcome), so a
     /// retried command returns its first outcome instead of running again.
-    sessions: BTreeMap<u64, (u64, Result<Vec<OpResult>, ApplyError>)>,
+    /// The outcome of a read-only command is not kept (`None`): running it
+    /// again is harmless, and SCAN results can be large.
+    sessions: BTreeMap<u64, (u64, Option<Outcome>)>,
 }
+
+/// What a command came to: one result per operation, or why none applied.
+pub type Outcome = Result<Vec<OpResult>, ApplyError>;
 
 /// The outcome of [`PartitionStore::execute_once`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +116,7 @@ impl PartitionStore {
     /// Checks that every operation can be applied here. After this succeeds,
     /// [`PartitionStore::apply`] cannot fail.
     pub fn validate(&self, ops: &[Op]) -> Result<(), ApplyError> {
+        let mut scan_bytes = 0usize;
         for op in ops {
             op.validate()
                 .map_err(|e| ApplyError::Invalid(e.to_string()))?;
@@ -125,6 +133,13 @@ impl PartitionStore {
                                 start: start.to_string(),
                                 end: end.to_string(),
                             });
+                        }
+                        let row_key = self.range.table.len() + 20;
+                        for (_, value) in self.data.range(lo..=hi) {
+                            scan_bytes += row_key + value.len();
+                            if scan_bytes > SCAN_RESULT_BYTES_MAX {
+                                return Err(ApplyError::ScanTooManyBytes);
+                            }
                         }
                     }
                 }
@@ -160,24 +175,33 @@ impl PartitionStore {
         let duplicate_apply = crate::bugs::enabled(crate::bugs::Bug::DuplicateApply);
         #[cfg(not(feature = "sim"))]
         let duplicate_apply = false;
-        if let Some((last, outcome)) = self.sessions.get(&session).filter(|_| !duplicate_apply) {
-            if seq == *last {
+        let last = self
+            .sessions
+            .get(&session)
+            .filter(|_| !duplicate_apply)
+            .map(|(last, _)| *last);
+        match last {
+            Some(last) if seq < last => {
+                return Err(StaleRequest { session, seq, last });
+            }
+            Some(last) if seq == last => {
+                let result = match &self.sessions[&session].1 {
+                    Some(outcome) => outcome.clone(),
+                    // A retried read-only command: running it again is safe.
+                    None => self.execute(ops),
+                };
                 return Ok(Executed {
-                    result: outcome.clone(),
+                    result,
                     changed: false,
                 });
             }
-            if seq < *last {
-                return Err(StaleRequest {
-                    session,
-                    seq,
-                    last: *last,
-                });
-            }
+            _ => {}
         }
         let outcome = self.execute(ops);
-        let changed = outcome.is_ok() && ops.iter().any(Op::is_write);
-        self.sessions.insert(session, (seq, outcome.clone()));
+        let writes = ops.iter().any(Op::is_write);
+        let changed = outcome.is_ok() && writes;
+        self.sessions
+            .insert(session, (seq, writes.then(|| outcome.clone())));
         Ok(Executed {
             result: outcome,
             changed,

@@ -243,6 +243,17 @@ pub async fn run_server<R: Runtime, D: Disk>(
             }
         };
         let reply = match msg {
+            Msg::RegisterReply { .. } if from != config.manager_addr => {
+                tracing::warn!(%from, "ignoring a registration reply that did not come from the manager");
+                None
+            }
+            Msg::RegisterReply { result: Ok(map) } if map.validate().is_err() => {
+                tracing::error!(
+                    "ignoring an invalid partition map from the manager: {:?}",
+                    map.validate()
+                );
+                None
+            }
             Msg::RegisterReply { result: Ok(map) } => {
                 for range in core.install_map(map) {
                     if let Some(s) = storage.as_mut() {

@@ -28,6 +28,9 @@ pub struct GroupCommitConfig {
     pub batch_timeout: Duration,
 }
 
+/// How often the flusher logs its batching statistics.
+const STATS_INTERVAL: Duration = Duration::from_secs(5);
+
 #[derive(Default)]
 struct Pending {
     buf: Vec<u8>,
@@ -127,6 +130,8 @@ async fn flusher<R: Runtime, D: Disk>(
     durable_tx: watch::Sender<Durable>,
     config: GroupCommitConfig,
 ) {
+    // Operators' view of group commit: how many records each fsync carried.
+    let (mut records, mut fsyncs, mut report_at) = (0u64, 0u64, rt.now() + STATS_INTERVAL);
     loop {
         // Wait for work.
         let first_at = loop {
@@ -157,6 +162,18 @@ async fn flusher<R: Runtime, D: Disk>(
             (std::mem::take(&mut p.buf), std::mem::take(&mut p.count))
         };
         let result = wal.lock().await.write_and_sync(&buf, count).await;
+        records += count;
+        fsyncs += 1;
+        if rt.now() >= report_at {
+            tracing::info!(
+                records,
+                fsyncs,
+                records_per_fsync = format!("{:.1}", records as f64 / fsyncs as f64),
+                "group commit in the last {}s",
+                STATS_INTERVAL.as_secs()
+            );
+            (records, fsyncs, report_at) = (0, 0, rt.now() + STATS_INTERVAL);
+        }
         match result {
             Ok(lsn) => {
                 if durable_tx.send(Ok(lsn)).is_err() {

@@ -1,0 +1,528 @@
+//! Shared helpers for the integration tests: a real cluster of `manager` and
+//! `server` processes on loopback, and bounded runs of `benchmark` / `client`.
+//!
+//! Every wait is bounded: a helper that does not finish in time is killed and
+//! the test fails with its stderr. Every child is killed when its guard (or
+//! the [`Cluster`]) is dropped, also when a test panics.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const MANAGER: &str = env!("CARGO_BIN_EXE_manager");
+pub const SERVER: &str = env!("CARGO_BIN_EXE_server");
+pub const BENCHMARK: &str = env!("CARGO_BIN_EXE_benchmark");
+pub const CLIENT: &str = env!("CARGO_BIN_EXE_client");
+
+/// The longest any one helper process may run before it is killed.
+pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a cluster may take to answer after (re)starting.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The default tables: `customers` (key space 1000) and `orders` (100).
+pub const TABLES: &str = "customers=1000,orders=100";
+
+/// `n` distinct free loopback ports: bind port 0, read it, release it. All
+/// listeners are held until every port is picked, so the ports differ.
+pub fn free_ports(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr"))
+        .collect()
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct ChildGuard {
+    pub child: Child,
+    pub name: String,
+    pub stderr_path: Option<PathBuf>,
+}
+
+impl ChildGuard {
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// kill -9 and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = wait_timeout(&mut self.child, Duration::from_secs(10));
+    }
+
+    /// The process's stderr so far (if it goes to a file).
+    pub fn stderr(&self) -> String {
+        self.stderr_path
+            .as_deref()
+            .map(read_lossy)
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = wait_timeout(&mut self.child, Duration::from_secs(10));
+    }
+}
+
+fn read_lossy(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// Polls `try_wait` until the child exits or `limit` passes.
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            _ => return None,
+        }
+    }
+}
+
+/// What a finished helper process produced.
+#[derive(Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `program args` with `stdin` as its input, waits at most
+/// [`PROCESS_TIMEOUT`] (then kills it and panics with its stderr).
+pub fn run(program: &str, args: &[&str], stdin: &str) -> Output {
+    run_bytes(program, args, stdin.as_bytes())
+}
+
+/// [`run`] with arbitrary bytes as input.
+pub fn run_bytes(program: &str, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+    // Drain stdout and stderr in threads so a full pipe cannot block the child.
+    let drain = |mut r: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    // The child may exit before reading everything (e.g. after STOP): ignore EPIPE.
+    let writer = thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let mut guard = ChildGuard {
+        child,
+        name: program.to_string(),
+        stderr_path: None,
+    };
+    let status = wait_timeout(&mut guard.child, PROCESS_TIMEOUT);
+    if status.is_none() {
+        guard.kill();
+    }
+    let _ = writer.join();
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    match status {
+        Some(status) => Output {
+            status,
+            stdout,
+            stderr,
+        },
+        None => panic!(
+            "{program} {args:?} did not finish within {PROCESS_TIMEOUT:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+        ),
+    }
+}
+
+/// A running cluster: one manager and N servers on free loopback ports.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub manager_addr: SocketAddr,
+    pub server_addrs: Vec<SocketAddr>,
+    pub tables: String,
+    manager: Option<ChildGuard>,
+    servers: Vec<Option<ChildGuard>>,
+    /// Every process started so far and its stderr file, in start order.
+    log_files: Vec<(String, PathBuf)>,
+}
+
+impl Cluster {
+    /// A 3-server cluster with [`TABLES`].
+    pub fn start() -> Cluster {
+        Cluster::start_with(3, TABLES)
+    }
+
+    /// Starts a manager and `n` servers and waits until every partition of
+    /// every table answers. Retries with new ports if a port was taken in the
+    /// meantime (another test may have grabbed it).
+    pub fn start_with(n: usize, tables: &str) -> Cluster {
+        let mut last_error = String::new();
+        for _attempt in 0..3 {
+            let mut cluster = Cluster::spawn(n, tables);
+            match cluster.wait_ready() {
+                Ok(()) => return cluster,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("the cluster did not come up: {last_error}");
+    }
+
+    fn spawn(n: usize, tables: &str) -> Cluster {
+        let ports = free_ports(n + 1);
+        let mut cluster = Cluster {
+            dir: tempfile::tempdir().expect("tempdir"),
+            manager_addr: ports[0],
+            server_addrs: ports[1..].to_vec(),
+            tables: tables.to_string(),
+            manager: None,
+            servers: (0..n).map(|_| None).collect(),
+            log_files: Vec::new(),
+        };
+        cluster.start_manager();
+        for i in 0..n {
+            cluster.start_server(i);
+        }
+        cluster
+    }
+
+    fn spawn_logged(&mut self, name: &str, program: &str, args: &[String]) -> ChildGuard {
+        let path = self
+            .dir
+            .path()
+            .join(format!("{name}.{}.stderr", self.log_files.len()));
+        self.log_files.push((name.to_string(), path.clone()));
+        let stderr = File::create(&path).expect("create a log file");
+        let child = Command::new(program)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        ChildGuard {
+            child,
+            name: name.to_string(),
+            stderr_path: Some(path),
+        }
+    }
+
+    fn start_manager(&mut self) {
+        let servers = self
+            .server_addrs
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let args = vec![
+            "--listen-addr".to_string(),
+            self.manager_addr.to_string(),
+            "--servers".to_string(),
+            servers,
+            "--tables".to_string(),
+            self.tables.clone(),
+        ];
+        let guard = self.spawn_logged("manager", MANAGER, &args);
+        self.manager = Some(guard);
+    }
+
+    fn start_server(&mut self, i: usize) {
+        let args = vec![
+            "--node-id".to_string(),
+            i.to_string(),
+            "--listen-addr".to_string(),
+            self.server_addrs[i].to_string(),
+            "--manager-addr".to_string(),
+            self.manager_addr.to_string(),
+            // Re-register quickly so a restarted manager learns of us soon.
+            "--heartbeat-ms".to_string(),
+            "200".to_string(),
+        ];
+        let guard = self.spawn_logged(&format!("server{i}"), SERVER, &args);
+        self.servers[i] = Some(guard);
+    }
+
+    /// Waits until a benchmark can scan every table over its whole number
+    /// range (so every partition on every server answers), or
+    /// [`READY_TIMEOUT`] passes. Fails early if a process exited.
+    pub fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut probe = String::new();
+        for table in self.tables.split(',') {
+            let name = table.split('=').next().unwrap();
+            probe.push_str(&format!("SCAN {name}0 {name}{}\n", u64::MAX));
+        }
+        probe.push_str("STOP\n");
+        loop {
+            if let Some(dead) = self.dead_process() {
+                return Err(format!("{dead} exited early:\n{}", self.logs()));
+            }
+            let out = run(
+                BENCHMARK,
+                &[
+                    "--connect-addr",
+                    &self.manager_addr.to_string(),
+                    "--timeout-ms",
+                    "1000",
+                ],
+                &probe,
+            );
+            if out.status.success()
+                && !out.stdout.contains("ERROR")
+                && out.stdout.ends_with("STOP\n")
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "not ready within {READY_TIMEOUT:?}; last probe:\n{}\n{}\n{}",
+                    out.stdout,
+                    out.stderr,
+                    self.logs()
+                ));
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn dead_process(&mut self) -> Option<String> {
+        let manager = self.manager.iter_mut();
+        let servers = self.servers.iter_mut().flatten();
+        for p in manager.chain(servers) {
+            if !p.is_running() {
+                return Some(p.name.clone());
+            }
+        }
+        None
+    }
+
+    /// The stderr of every process started so far (killed ones included),
+    /// for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for (name, path) in &self.log_files {
+            out.push_str(&format!("--- {name} stderr\n{}\n", read_lossy(path)));
+        }
+        out
+    }
+
+    /// Panics (with the logs) unless the manager and every server still run.
+    pub fn assert_all_running(&mut self) {
+        if let Some(dead) = self.dead_process() {
+            panic!("{dead} is no longer running (its log follows)");
+        }
+    }
+
+    /// Whether server `i` is running.
+    pub fn server_running(&mut self, i: usize) -> bool {
+        self.servers[i].as_mut().is_some_and(ChildGuard::is_running)
+    }
+
+    /// Whether the manager is running.
+    pub fn manager_running(&mut self) -> bool {
+        self.manager.as_mut().is_some_and(ChildGuard::is_running)
+    }
+
+    /// kill -9 server `i`.
+    pub fn kill_server(&mut self, i: usize) {
+        if let Some(mut s) = self.servers[i].take() {
+            s.kill();
+        }
+    }
+
+    /// Starts server `i` again (killing it first if it runs) and waits until
+    /// the cluster answers everywhere.
+    pub fn restart_server(&mut self, i: usize) {
+        self.kill_server(i);
+        self.start_server(i);
+        if let Err(e) = self.wait_ready() {
+            panic!("server {i} did not come back: {e}");
+        }
+    }
+
+    /// kill -9 the manager.
+    pub fn kill_manager(&mut self) {
+        if let Some(mut m) = self.manager.take() {
+            m.kill();
+        }
+    }
+
+    /// Starts the manager again and waits until the cluster answers.
+    pub fn restart_manager(&mut self) {
+        self.kill_manager();
+        self.start_manager();
+        if let Err(e) = self.wait_ready() {
+            panic!("the manager did not come back: {e}");
+        }
+    }
+
+    /// The `--connect-addr` arguments for this cluster.
+    pub fn connect_args(&self) -> Vec<String> {
+        vec!["--connect-addr".to_string(), self.manager_addr.to_string()]
+    }
+
+    /// Runs `benchmark` with `args` (after `--connect-addr`) and `stdin`;
+    /// asserts it exits 0 and returns its stdout.
+    pub fn run_benchmark(&self, args: &[&str], stdin: &str) -> String {
+        self.run_ok(BENCHMARK, args, stdin)
+    }
+
+    /// Runs `client` on piped `stdin`; asserts it exits 0 and returns its stdout.
+    pub fn run_client(&self, stdin: &str) -> String {
+        self.run_ok(CLIENT, &[], stdin)
+    }
+
+    fn run_ok(&self, program: &str, args: &[&str], stdin: &str) -> String {
+        let connect = self.connect_args();
+        let mut all: Vec<&str> = connect.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        let out = run(program, &all, stdin);
+        assert!(
+            out.status.success(),
+            "{program} {all:?} failed with {}\n--- stdout\n{}\n--- stderr\n{}\n{}",
+            out.status,
+            out.stdout,
+            out.stderr,
+            self.logs()
+        );
+        out.stdout
+    }
+
+    /// Starts a long-lived `client` whose stdin stays open (see [`Interactive`]).
+    pub fn spawn_client(&self, args: &[&str]) -> Interactive {
+        let connect = self.connect_args();
+        let mut all: Vec<&str> = connect.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        Interactive::spawn(CLIENT, &all)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("cluster logs (in {}):", self.dir.path().display());
+            eprintln!("{}", self.logs());
+        }
+        // Children are killed by their guards; servers first, then the manager.
+        for s in &mut self.servers {
+            drop(s.take());
+        }
+        drop(self.manager.take());
+    }
+}
+
+/// A process fed line by line through a pipe kept open, with stdout read
+/// line by line with a timeout.
+pub struct Interactive {
+    guard: ChildGuard,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    stderr: thread::JoinHandle<String>,
+}
+
+impl Interactive {
+    pub fn spawn(program: &str, args: &[&str]) -> Interactive {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let mut stderr_pipe = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = stderr_pipe.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        });
+        Interactive {
+            stdin: child.stdin.take(),
+            guard: ChildGuard {
+                child,
+                name: program.to_string(),
+                stderr_path: None,
+            },
+            lines,
+            stderr,
+        }
+    }
+
+    /// Writes `text` (lines) to the process's stdin.
+    pub fn send(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin is open");
+        stdin
+            .write_all(text.as_bytes())
+            .expect("write to the child");
+        stdin.flush().expect("flush to the child");
+    }
+
+    /// The next stdout line, waiting at most [`PROCESS_TIMEOUT`].
+    pub fn line(&mut self) -> String {
+        match self.lines.recv_timeout(PROCESS_TIMEOUT) {
+            Ok(line) => line,
+            Err(e) => panic!(
+                "no output line from {} within {PROCESS_TIMEOUT:?}: {e}",
+                self.guard.name
+            ),
+        }
+    }
+
+    /// The next `n` stdout lines, each followed by `\n`.
+    pub fn lines(&mut self, n: usize) -> String {
+        (0..n).map(|_| self.line() + "\n").collect()
+    }
+
+    /// Closes stdin, waits (bounded) for the exit and returns the status and
+    /// any stdout lines not read yet.
+    pub fn finish(mut self) -> (ExitStatus, String, String) {
+        drop(self.stdin.take());
+        let status = wait_timeout(&mut self.guard.child, PROCESS_TIMEOUT);
+        let Some(status) = status else {
+            self.guard.kill();
+            panic!("{} did not exit after its stdin closed", self.guard.name);
+        };
+        let mut rest = String::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        let stderr = std::mem::replace(&mut self.stderr, thread::spawn(String::new))
+            .join()
+            .unwrap_or_default();
+        (status, rest, stderr)
+    }
+}
