@@ -8,14 +8,18 @@ tables="customers=100000,orders=10000"
 manager_port=24000
 server_port=23000
 open_client=1
+persistence=0
 
 usage() {
   cat <<USAGE
-usage: $0 [--servers N] [--tables t1=N1,t2=N2] [--manager-port P] [--server-port P] [--no-client]
+usage: $0 [--servers N] [--tables t1=N1,t2=N2] [--manager-port P] [--server-port P]
+          [--persistence] [--no-client]
 
 Builds distkv (release), starts a manager on 127.0.0.1:<manager-port> and N servers on
 127.0.0.1:<server-port>.., then opens the interactive client. Logs go to \$DISTKV_LOGS
-(default: a fresh temporary directory). With --no-client it waits until Ctrl-C instead.
+(default: a fresh temporary directory). With --persistence the servers keep their data in
+\$DISTKV_DATA (default: ./data) and find it again when the cluster is started the same way.
+With --no-client it waits until Ctrl-C instead.
 
 defaults: --servers $servers --tables $tables --manager-port $manager_port --server-port $server_port
 USAGE
@@ -28,6 +32,7 @@ while [ $# -gt 0 ]; do
     --manager-port) manager_port="$2"; shift 2 ;;
     --server-port) server_port="$2"; shift 2 ;;
     --no-client) open_client=0; shift ;;
+    --persistence) persistence=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -55,8 +60,13 @@ manager="127.0.0.1:$manager_port"
 "$bin/manager" --listen-addr "$manager" --servers "$addrs" --tables "$tables" 2>"$logs/manager.log" &
 pids+=($!)
 for ((i = 0; i < servers; i++)); do
+  durable=()
+  if [ "$persistence" = 1 ]; then
+    data="${DISTKV_DATA:-./data}"
+    durable=(--persistence --db-path "$data/db$i" --log-path "$data/log$i")
+  fi
   "$bin/server" --node-id "$i" --listen-addr "127.0.0.1:$((server_port + i))" \
-    --manager-addr "$manager" 2>"$logs/server$i.log" &
+    --manager-addr "$manager" "${durable[@]}" 2>"$logs/server$i.log" &
   pids+=($!)
 done
 
