@@ -204,6 +204,28 @@ pub fn input_lines(input: impl std::io::BufRead) -> impl Iterator<Item = Result<
     })
 }
 
+/// Connects a front end to the cluster through the manager at `addr`, with
+/// a per-command deadline of `timeout_ms`; exits with a one-line reason if
+/// the manager cannot be reached.
+pub fn connect_or_exit(
+    rt: &tokio::runtime::Runtime,
+    addr: std::net::SocketAddr,
+    timeout_ms: u64,
+) -> crate::client::Client<crate::rt::tokio_rt::TokioRuntime> {
+    let mut config = crate::client::ClientConfig::new(addr);
+    config.command_timeout = std::time::Duration::from_millis(timeout_ms);
+    match rt.block_on(crate::client::Client::connect(
+        crate::rt::tokio_rt::TokioRuntime,
+        config,
+    )) {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("error: cannot connect to the cluster: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// Logs go to stderr (never stdout, which carries replies), filtered by
 /// `RUST_LOG` or `default` (e.g. `"info"`).
 pub fn init_logging(default: &str) {

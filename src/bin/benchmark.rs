@@ -1,11 +1,10 @@
 //! `benchmark`: scripted requests on stdin (default), or a load generator (`load`).
 use clap::{Parser, Subcommand};
 use distkv::cli::single_op_output;
-use distkv::client::{Client, ClientConfig};
+use distkv::client::Client;
 use distkv::rt::tokio_rt::TokioRuntime;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -36,15 +35,7 @@ fn main() {
     let args = Args::parse();
     distkv::cli::init_logging("warn");
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let mut config = ClientConfig::new(args.connect_addr);
-    config.command_timeout = Duration::from_millis(args.timeout_ms);
-    let client = match rt.block_on(Client::connect(TokioRuntime, config)) {
-        Ok(client) => client,
-        Err(e) => {
-            eprintln!("error: cannot connect to the cluster: {e}");
-            std::process::exit(1);
-        }
-    };
+    let client = distkv::cli::connect_or_exit(&rt, args.connect_addr, args.timeout_ms);
     match args.mode {
         Some(Mode::Load(load)) => {
             let code = rt.block_on(distkv::bench::run_load_cli(TokioRuntime, client, load));

@@ -1,11 +1,11 @@
 //! `client`: the interactive terminal.
 use clap::Parser;
 use distkv::cli::{command_output, single_op_output, Action, Repl, HELP};
-use distkv::client::{Client, ClientConfig, Session};
+use distkv::client::Session;
 use distkv::rt::tokio_rt::TokioRuntime;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -71,15 +71,7 @@ fn main() {
     let args = Args::parse();
     distkv::cli::init_logging("warn");
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let mut config = ClientConfig::new(args.connect_addr);
-    config.command_timeout = Duration::from_millis(args.timeout_ms);
-    let client = match rt.block_on(Client::connect(TokioRuntime, config)) {
-        Ok(client) => client,
-        Err(e) => {
-            eprintln!("error: cannot connect to the cluster: {e}");
-            std::process::exit(1);
-        }
-    };
+    let client = distkv::cli::connect_or_exit(&rt, args.connect_addr, args.timeout_ms);
     let mut term = Terminal {
         session: client.session(),
         rt,
