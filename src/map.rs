@@ -33,6 +33,12 @@ pub struct Partition {
 }
 
 impl Partition {
+    /// Whether the range holds at least one key number. Maps from the
+    /// network and partitions read from disk are checked with this.
+    pub fn is_valid_range(&self) -> bool {
+        self.end.is_none_or(|end| end > self.start) && !self.replicas.is_empty()
+    }
+
     pub fn contains(&self, num: u64) -> bool {
         num >= self.start && self.end.is_none_or(|end| num < end)
     }

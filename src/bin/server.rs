@@ -44,7 +44,7 @@ struct Args {
     batch_size: u64,
     /// Group commit: flush the log at most this many milliseconds after the first pending
     /// write (fractions allowed, e.g. 0.5). While one fsync runs, the next batch fills anyway.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_batch_timeout)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_batch_timeout, allow_negative_numbers = true)]
     batch_timeout: f64,
     /// Take snapshots and drop the log behind them after this many MiB of log.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -82,6 +82,14 @@ fn main() {
         );
         std::process::exit(2);
     }
+    if args.persistence {
+        for (flag, dir) in [("--db-path", &args.db_path), ("--log-path", &args.log_path)] {
+            if let Some(dir) = dir.as_ref().filter(|d| d.exists() && !d.is_dir()) {
+                eprintln!("error: {flag} {} is not a directory", dir.display());
+                std::process::exit(2);
+            }
+        }
+    }
     let batch_timeout = Duration::from_micros(args.batch_timeout_us());
     let config = ServerConfig {
         node_id: args.node_id,
@@ -100,7 +108,10 @@ fn main() {
                 batch_size: args.batch_size as usize,
                 batch_timeout,
             },
-            segment_bytes_max: SEGMENT_BYTES_DEFAULT,
+            // A checkpoint can only delete whole segments: keep them no
+            // larger than the checkpoint interval, or a small
+            // --checkpoint-log-mb never frees any log.
+            segment_bytes_max: SEGMENT_BYTES_DEFAULT.min(args.checkpoint_log_mb * 1024 * 1024),
             checkpoint_log_bytes: args.checkpoint_log_mb * 1024 * 1024,
         }),
     };

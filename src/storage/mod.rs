@@ -158,6 +158,12 @@ impl<D: Disk> Storage<D> {
                 continue; // already in the snapshot
             }
             match entry {
+                LogEntry::Host(range) if !range.is_valid_range() => {
+                    return Err(bad(format!(
+                        "partition {} has an empty range or no replicas",
+                        range.id
+                    )));
+                }
                 LogEntry::Host(range) => {
                     recovery
                         .stores

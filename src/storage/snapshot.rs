@@ -103,6 +103,9 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<(u64, Lsn, PartitionState), Strin
         .reject_trailing_bytes()
         .deserialize(body)
         .map_err(|e| format!("body does not decode: {e}"))?;
+    if !state.range().is_valid_range() {
+        return Err("the partition's range is empty or has no replicas".into());
+    }
     if state.range().id != partition {
         return Err(format!(
             "body is partition {}, header says {partition}",

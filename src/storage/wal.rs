@@ -301,8 +301,12 @@ impl<D: Disk> Wal<D> {
                         )
                     }
                     Ok((record, used)) => {
+                        // A crafted (checksum-valid) record at LSN u64::MAX
+                        // must not overflow: refuse it like corruption.
+                        next = next.checked_add(1).ok_or_else(|| {
+                            corrupt(offset, format!("record LSN {} is out of range", record.lsn))
+                        })?;
                         records.push(record);
-                        next += 1;
                         offset += used;
                         continue;
                     }

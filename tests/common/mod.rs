@@ -168,6 +168,11 @@ pub struct Cluster {
     servers: Vec<Option<ChildGuard>>,
     /// Every process started so far and its stderr file, in start order.
     log_files: Vec<(String, PathBuf)>,
+    /// Servers run with `--persistence`, data in [`Cluster::db_dir`] and
+    /// [`Cluster::log_dir`] (kept across restarts).
+    persistence: bool,
+    /// Extra flags for every server (e.g. `--checkpoint-log-mb 1`).
+    server_args: Vec<String>,
 }
 
 impl Cluster {
@@ -180,9 +185,20 @@ impl Cluster {
     /// every table answers. Retries with new ports if a port was taken in the
     /// meantime (another test may have grabbed it).
     pub fn start_with(n: usize, tables: &str) -> Cluster {
+        Cluster::start_opts(n, tables, false, &[])
+    }
+
+    /// Like [`Cluster::start_with`], with every server run with
+    /// `--persistence --db-path <dir>/db<i> --log-path <dir>/log<i>` and
+    /// `server_args`. Restarts reuse the same directories.
+    pub fn start_persistent(n: usize, tables: &str, server_args: &[&str]) -> Cluster {
+        Cluster::start_opts(n, tables, true, server_args)
+    }
+
+    fn start_opts(n: usize, tables: &str, persistence: bool, server_args: &[&str]) -> Cluster {
         let mut last_error = String::new();
         for _attempt in 0..3 {
-            let mut cluster = Cluster::spawn(n, tables);
+            let mut cluster = Cluster::spawn(n, tables, persistence, server_args);
             match cluster.wait_ready() {
                 Ok(()) => return cluster,
                 Err(e) => last_error = e,
@@ -191,7 +207,7 @@ impl Cluster {
         panic!("the cluster did not come up: {last_error}");
     }
 
-    fn spawn(n: usize, tables: &str) -> Cluster {
+    fn spawn(n: usize, tables: &str, persistence: bool, server_args: &[&str]) -> Cluster {
         let ports = free_ports(n + 1);
         let mut cluster = Cluster {
             dir: tempfile::tempdir().expect("tempdir"),
@@ -201,6 +217,8 @@ impl Cluster {
             manager: None,
             servers: (0..n).map(|_| None).collect(),
             log_files: Vec::new(),
+            persistence,
+            server_args: server_args.iter().map(|a| a.to_string()).collect(),
         };
         cluster.start_manager();
         for i in 0..n {
@@ -262,6 +280,15 @@ impl Cluster {
             "--heartbeat-ms".to_string(),
             "200".to_string(),
         ];
+        let mut args = args;
+        if self.persistence {
+            args.push("--persistence".to_string());
+            args.push("--db-path".to_string());
+            args.push(self.db_dir(i).display().to_string());
+            args.push("--log-path".to_string());
+            args.push(self.log_dir(i).display().to_string());
+        }
+        args.extend(self.server_args.iter().cloned());
         let guard = self.spawn_logged(&format!("server{i}"), SERVER, &args);
         self.servers[i] = Some(guard);
     }
@@ -377,6 +404,139 @@ impl Cluster {
         self.start_manager();
         if let Err(e) = self.wait_ready() {
             panic!("the manager did not come back: {e}");
+        }
+    }
+
+    /// Server `i`'s snapshot directory (with [`Cluster::start_persistent`]).
+    pub fn db_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("db{i}"))
+    }
+
+    /// Server `i`'s write-ahead log directory (with [`Cluster::start_persistent`]).
+    pub fn log_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("log{i}"))
+    }
+
+    /// Starts server `i` (killing it first if it runs) without waiting for
+    /// anything: for servers expected to fail, or to time their start.
+    pub fn spawn_server(&mut self, i: usize) {
+        self.kill_server(i);
+        self.start_server(i);
+    }
+
+    /// Waits at most `limit` for server `i` to exit; its status, or `None`
+    /// if it still runs (or was never started).
+    pub fn wait_server_exit(&mut self, i: usize, limit: Duration) -> Option<ExitStatus> {
+        let guard = self.servers[i].as_mut()?;
+        wait_timeout(&mut guard.child, limit)
+    }
+
+    /// The stderr of the latest incarnation of server `i` (also after it was
+    /// killed or exited).
+    pub fn server_stderr(&self, i: usize) -> String {
+        let name = format!("server{i}");
+        self.log_files
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == name)
+            .map(|(_, path)| read_lossy(path))
+            .unwrap_or_default()
+    }
+
+    /// kill -9 the given servers (all signals first, then reaping), then
+    /// starts them again and waits until the cluster answers everywhere.
+    pub fn restart_servers(&mut self, which: &[usize]) {
+        for &i in which {
+            if let Some(s) = self.servers[i].as_mut() {
+                let _ = s.child.kill();
+            }
+        }
+        for &i in which {
+            self.kill_server(i);
+        }
+        for &i in which {
+            self.start_server(i);
+        }
+        if let Err(e) = self.wait_ready() {
+            panic!("servers {which:?} did not come back: {e}");
+        }
+    }
+
+    /// kill -9 the manager and every server at once: every signal is sent
+    /// before any process is reaped.
+    pub fn kill_all(&mut self) {
+        let manager = self.manager.iter_mut();
+        for p in manager.chain(self.servers.iter_mut().flatten()) {
+            let _ = p.child.kill();
+        }
+        self.kill_manager();
+        for i in 0..self.servers.len() {
+            self.kill_server(i);
+        }
+    }
+
+    /// Starts the manager and every server that is not running, and waits
+    /// until the cluster answers everywhere.
+    pub fn start_all(&mut self) {
+        if !self.manager_running() {
+            self.kill_manager();
+            self.start_manager();
+        }
+        for i in 0..self.servers.len() {
+            if !self.server_running(i) {
+                self.kill_server(i);
+                self.start_server(i);
+            }
+        }
+        if let Err(e) = self.wait_ready() {
+            panic!("the cluster did not come back: {e}");
+        }
+    }
+
+    /// Starts `benchmark` (stdin mode) with `args` and feeds it `input` from
+    /// a thread; every stdout line is sent on `tx` as `(tag, line)` as soon
+    /// as it is printed. Its stderr goes to the cluster's log files. The
+    /// process is killed when the returned guard is dropped.
+    pub fn stream_benchmark(
+        &mut self,
+        args: &[&str],
+        input: String,
+        tag: usize,
+        tx: mpsc::Sender<(usize, String)>,
+    ) -> ChildGuard {
+        let name = format!("benchmark{tag}");
+        let path = self
+            .dir
+            .path()
+            .join(format!("{name}.{}.stderr", self.log_files.len()));
+        self.log_files.push((name.clone(), path.clone()));
+        let stderr = File::create(&path).expect("create a log file");
+        let mut child = Command::new(BENCHMARK)
+            .args(self.connect_args())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BENCHMARK}: {e}"));
+        let mut stdin = child.stdin.take().unwrap();
+        // The process may be killed before it read everything: ignore EPIPE.
+        thread::spawn(move || {
+            let _ = stdin.write_all(input.as_bytes());
+        });
+        let stdout = child.stdout.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send((tag, line)).is_err() {
+                    break;
+                }
+            }
+        });
+        ChildGuard {
+            child,
+            name,
+            stderr_path: Some(path),
         }
     }
 
