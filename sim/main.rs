@@ -1,12 +1,16 @@
 //! Deterministic simulation of a distkv cluster on madsim
 //! (`cargo test --features sim --test sim`).
 //!
-//! [`harness::scenario`] starts a manager, three servers and four clients on
-//! their own simulated nodes, running the production code paths on
-//! `SimRuntime`; injects packet loss, latency, server kills and restarts and
-//! clogged links; checks every command's outcome against the per-key
-//! [`model::Model`]; and finally heals everything and requires every client to
-//! make progress. See each module's docs for what exactly is checked.
+//! The scenario and its checker live in the library
+//! ([`distkv::simulation`]): [`harness::scenario`] starts a manager, three
+//! servers and four clients on their own simulated nodes, running the
+//! production code paths on `SimRuntime`; injects packet loss, latency,
+//! server kills and restarts and clogged links; checks every command's
+//! outcome against the per-key [`distkv::simulation::model::Model`]; and
+//! finally heals everything and requires every client to make progress. See
+//! each module's docs for what exactly is checked. The `sim` binary
+//! (`cargo run --release --features sim --bin sim -- --help`) runs the same
+//! scenario for many seeds in parallel.
 //!
 //! Seeds: `#[madsim::test]` reads `MADSIM_TEST_SEED` (default: the current
 //! time) and `MADSIM_TEST_NUM`, e.g.
@@ -24,11 +28,10 @@
 //! the bugs `distkv::bugs` can inject.
 #![cfg(madsim)]
 
-mod harness;
-mod model;
+mod model_tests;
 
 use distkv::bugs::Bug;
-use harness::{Mode, Summary};
+use distkv::simulation::harness::{self, Mode, Summary};
 use madsim::runtime::Runtime;
 use madsim::Config;
 

@@ -19,7 +19,9 @@
 //!   `sim`) madsim implementations;
 //! - thin drivers generic over the runtime: [`server::run_server`],
 //!   [`manager::run_manager`], [`client::Client`];
-//! - [`bench`]: the load generator and history writer.
+//! - [`bench`]: the load generator and history writer;
+//! - (feature `sim`) `bugs`, injectable bugs, and `simulation`, the
+//!   seeded whole-cluster madsim scenario and its model checker.
 
 #[cfg(all(feature = "sim", not(madsim)))]
 compile_error!("feature `sim` requires `--cfg madsim` (see .cargo/config.toml)");
@@ -27,6 +29,7 @@ compile_error!("feature `sim` requires `--cfg madsim` (see .cargo/config.toml)")
 pub mod bench;
 #[cfg(feature = "sim")]
 pub mod bugs;
+pub mod checker;
 pub mod cli;
 pub mod client;
 pub mod key;
@@ -37,5 +40,7 @@ pub mod op;
 pub mod raft;
 pub mod rt;
 pub mod server;
+#[cfg(feature = "sim")]
+pub mod simulation;
 pub mod storage;
 pub mod wire;

@@ -29,11 +29,18 @@ struct Args {
 enum Mode {
     /// Generate load and report throughput and latency.
     Load(distkv::bench::LoadArgs),
+    /// Check a history file (from `load --history`) for linearizability / strict
+    /// serializability; needs no cluster. Exit 0 ok, 1 violation, 2 bad input, 3 gave up.
+    Check(distkv::checker::CheckArgs),
 }
 
 fn main() {
     let args = Args::parse();
     distkv::cli::init_logging("warn");
+    // `check` reads a file and needs no cluster: run it before connecting.
+    if let Some(Mode::Check(check)) = &args.mode {
+        std::process::exit(distkv::checker::run_check_cli(check));
+    }
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let client = distkv::cli::connect_or_exit(&rt, args.connect_addr, args.timeout_ms);
     match args.mode {
@@ -41,6 +48,7 @@ fn main() {
             let code = rt.block_on(distkv::bench::run_load_cli(TokioRuntime, client, load));
             std::process::exit(code);
         }
+        Some(Mode::Check(_)) => unreachable!("handled before connecting"),
         None => stdin_mode(&rt, client, args.key_len as usize),
     }
 }

@@ -969,9 +969,13 @@ impl Raft {
     ) {
         if prev_log_index < self.log.commit {
             // Everything through our commit index matches the leader's log
-            // (Log Matching); answer with it so the leader moves on.
-            let commit = self.log.commit;
-            self.send(from, MessageBody::AppendResponse(Ok(commit)), false);
+            // (Log Matching); answer with it so the leader moves on. This
+            // answer goes out at once, so it may only claim what is durable:
+            // the commit index can be ahead of the durable log while the
+            // append that carried it is being written, and a leader whose
+            // matchIndex exceeds our log after a crash never repairs it.
+            let matched = self.log.commit.min(self.log.persisted);
+            self.send(from, MessageBody::AppendResponse(Ok(matched)), false);
             return;
         }
         if self.log.term(prev_log_index) != Some(prev_log_term) {
@@ -1022,8 +1026,9 @@ impl Raft {
     fn handle_snapshot(&mut self, from: NodeId, snapshot: Snapshot) {
         let meta = snapshot.meta.clone();
         if meta.index <= self.log.commit {
-            let commit = self.log.commit;
-            self.send(from, MessageBody::AppendResponse(Ok(commit)), false);
+            // Sent at once: claim only what is durable (see handle_append).
+            let matched = self.log.commit.min(self.log.persisted);
+            self.send(from, MessageBody::AppendResponse(Ok(matched)), false);
             return;
         }
         self.log.restore(meta.clone());

@@ -973,3 +973,69 @@ fn random_faults_never_violate_safety_and_the_cluster_recovers() {
         c.check_log_matching();
     }
 }
+
+#[test]
+fn a_follower_never_acknowledges_entries_that_are_not_durable_yet() {
+    // Figure 2: an AppendEntries success promises the entries are on the
+    // follower's disk; the leader never lowers matchIndex. A follower learns
+    // the commit index from the same append that carries the entries, so its
+    // commit index can be ahead of its durable log while the write is in
+    // flight. Answering a stale (duplicated, reordered) append with
+    // `Ok(commit)` at once would claim entries a crash can still lose: the
+    // leader's matchIndex would then exceed the restarted follower's log,
+    // every later append would be rejected as "stale", and the follower
+    // would never catch up (found by the sim_raft simulation, seed 286).
+    let mut f = Raft::new(
+        Config::new(2),
+        RaftState {
+            initial_membership: Membership::new([1, 2, 3]),
+            ..Default::default()
+        },
+        2,
+    );
+    let entries: Vec<Entry> = (1..=3)
+        .map(|i| Entry {
+            term: 1,
+            index: i,
+            data: EntryData::Normal(vec![i as u8]),
+        })
+        .collect();
+    let append = |prev: Index, entries: Vec<Entry>, commit: Index| Message {
+        from: 1,
+        to: 2,
+        term: 1,
+        body: MessageBody::Append {
+            prev_log_index: prev,
+            prev_log_term: if prev == 0 { 0 } else { 1 },
+            entries,
+            commit,
+        },
+    };
+    f.step(append(0, entries.clone(), 3));
+    let ready = f.ready();
+    assert_eq!(ready.entries.len(), 3, "entries 1..=3 to persist");
+    assert_eq!(f.commit(), 3, "commit learned from the same append");
+    // Not durable yet. A duplicate of an older append arrives.
+    f.step(append(1, entries[1..2].to_vec(), 2));
+    let ready = f.ready();
+    let claimed: Vec<Index> = ready
+        .messages
+        .iter()
+        .filter_map(|m| match m.body {
+            MessageBody::AppendResponse(Ok(i)) => Some(i),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        claimed.iter().all(|&i| i == 0),
+        "an immediate acknowledgement claims only durable entries, got {claimed:?}"
+    );
+    // Once durable, the same stale append is answered with the commit index.
+    f.on_persisted(3, 1);
+    f.step(append(1, entries[1..2].to_vec(), 2));
+    let ready = f.ready();
+    assert!(ready
+        .messages
+        .iter()
+        .any(|m| m.body == MessageBody::AppendResponse(Ok(3))));
+}

@@ -27,18 +27,23 @@
 //! 3. Liveness: each client must then complete a PUT+GET in every partition
 //!    and a SCAN of each table, all successfully, within [`LIVENESS_BOUND`]
 //!    of simulated time.
+//!
+//! [`Config::faults`] narrows the fault menu ([`FaultKind`]). The whole
+//! schedule is still drawn from the rng and the disabled kinds are then left
+//! out, so narrowing keeps the remaining faults where they were (the run as a
+//! whole still differs: fewer faults change every later random draw).
 
-use crate::model::{fmt_ops, Counts, Model};
-use distkv::client::{Client, ClientConfig, ClientError, Session};
-use distkv::key::Key;
-use distkv::manager::{run_manager, ManagerConfig};
-use distkv::map::{PartitionId, PartitionMap};
-use distkv::op::Op;
-use distkv::rt::sim_rt::SimRuntime;
-use distkv::rt::SimDisk;
-use distkv::server::{run_server, ServerConfig};
-use distkv::storage::group_commit::GroupCommitConfig;
-use distkv::storage::StorageConfig;
+use super::model::{fmt_ops, Counts, Model};
+use crate::client::{Client, ClientConfig, ClientError, Session};
+use crate::key::Key;
+use crate::manager::{run_manager, ManagerConfig};
+use crate::map::{PartitionId, PartitionMap};
+use crate::op::Op;
+use crate::rt::sim_rt::SimRuntime;
+use crate::rt::SimDisk;
+use crate::server::{run_server, ServerConfig};
+use crate::storage::group_commit::GroupCommitConfig;
+use crate::storage::StorageConfig;
 use madsim::net::NetSim;
 use madsim::rand::{seq::SliceRandom, Rng};
 use madsim::runtime::Handle;
@@ -103,6 +108,145 @@ impl Mode {
             Mode::Durable => "chaos_durable",
         }
     }
+
+    /// Lower-case name, as the `sim` runner's `--mode` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Memory => "memory",
+            Mode::Durable => "durable",
+        }
+    }
+}
+
+/// A kind of fault the scenario can inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FaultKind {
+    /// Server kills and restarts (power cuts in [`Mode::Durable`]).
+    Kill,
+    /// Clogged client→server / server→client links.
+    Clog,
+    /// A manager kill and restart (in half the seeds).
+    Manager,
+    /// 1–3 % datagram loss. Without it nothing is lost.
+    Loss,
+    /// Random latency from 1 ms up to a per-seed maximum of 2–20 ms, which
+    /// reorders datagrams. Without it every datagram takes 1 ms (madsim has
+    /// no zero latency).
+    Latency,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 5] = [
+        FaultKind::Kill,
+        FaultKind::Clog,
+        FaultKind::Manager,
+        FaultKind::Loss,
+        FaultKind::Latency,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Kill => "kill",
+            FaultKind::Clog => "clog",
+            FaultKind::Manager => "manager",
+            FaultKind::Loss => "loss",
+            FaultKind::Latency => "latency",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<FaultKind> {
+        FaultKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// A set of [`FaultKind`]s; the default is all of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Faults(u8);
+
+impl Faults {
+    pub fn all() -> Faults {
+        Faults(FaultKind::ALL.iter().fold(0, |bits, k| bits | k.bit()))
+    }
+
+    pub fn none() -> Faults {
+        Faults(0)
+    }
+
+    pub fn with(self, kind: FaultKind) -> Faults {
+        Faults(self.0 | kind.bit())
+    }
+
+    pub fn contains(self, kind: FaultKind) -> bool {
+        self.0 & kind.bit() != 0
+    }
+
+    /// Parses a comma-separated list of [`FaultKind`] names, or `all` /
+    /// `none`.
+    pub fn parse(list: &str) -> Result<Faults, String> {
+        match list.trim() {
+            "all" => return Ok(Faults::all()),
+            "none" | "" => return Ok(Faults::none()),
+            _ => {}
+        }
+        list.split(',')
+            .map(str::trim)
+            .try_fold(Faults::none(), |set, name| {
+                FaultKind::parse(name).map(|k| set.with(k)).ok_or_else(|| {
+                    let names: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+                    format!(
+                    "unknown fault `{name}` (expected a comma-separated list of {}, or all / none)",
+                    names.join(", ")
+                )
+                })
+            })
+    }
+}
+
+impl Default for Faults {
+    fn default() -> Faults {
+        Faults::all()
+    }
+}
+
+impl fmt::Display for Faults {
+    /// The comma-separated list [`Faults::parse`] reads back.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == Faults::none() {
+            return f.write_str("none");
+        }
+        let names: Vec<&str> = FaultKind::ALL
+            .into_iter()
+            .filter(|k| self.contains(*k))
+            .map(FaultKind::name)
+            .collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+/// How to run [`scenario_with`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub mode: Mode,
+    /// Which faults to inject (default: all).
+    pub faults: Faults,
+    /// Print the reproduce line before and the [`Summary`] after the run
+    /// (the test front end does; the runner prints its own lines).
+    pub print: bool,
+}
+
+impl Config {
+    /// All faults, printing on.
+    pub fn new(mode: Mode) -> Config {
+        Config {
+            mode,
+            faults: Faults::all(),
+            print: true,
+        }
+    }
 }
 
 /// What one run did; equal for two runs of the same seed.
@@ -110,6 +254,7 @@ impl Mode {
 pub struct Summary {
     pub mode: Mode,
     pub seed: u64,
+    pub faults: Faults,
     pub counts: Counts,
     pub kills: u64,
     pub clogs: u64,
@@ -126,10 +271,15 @@ impl fmt::Display for Summary {
         let c = &self.counts;
         write!(
             f,
-            "{:?} seed {}: {} commands ({} ok, {} unknown outcome, {} unavailable), {} kills, {} clogs, \
+            "{:?} seed {}{}: {} commands ({} ok, {} unknown outcome, {} unavailable), {} kills, {} clogs, \
              loss {}, latency 1..{} ms, timeouts {:?}/{:?}, ended at {:.1?}, trace {:016x}",
             self.mode,
             self.seed,
+            if self.faults == Faults::all() {
+                String::new()
+            } else {
+                format!(" (faults: {})", self.faults)
+            },
             c.commands,
             c.ok,
             c.unknown,
@@ -198,6 +348,16 @@ enum Fault {
     Unclog(NodeId, NodeId),
 }
 
+impl Fault {
+    fn kind(&self) -> FaultKind {
+        match self {
+            Fault::KillManager | Fault::RestartManager => FaultKind::Manager,
+            Fault::Kill(_) | Fault::Restart(_) => FaultKind::Kill,
+            Fault::Clog(..) | Fault::Unclog(..) => FaultKind::Clog,
+        }
+    }
+}
+
 /// [`scenario`] with in-memory servers.
 pub async fn scenario_memory() -> Summary {
     scenario(Mode::Memory).await
@@ -223,22 +383,45 @@ fn storage_config(rng: &mut impl Rng, server: usize) -> StorageConfig {
     }
 }
 
-/// Runs the whole scenario on the current simulation and returns its
-/// summary. Panics (with the seed) on any checker violation.
+/// Runs the whole scenario, with every fault, on the current simulation and
+/// returns its summary. Panics (with the seed) on any checker violation.
 pub async fn scenario(mode: Mode) -> Summary {
+    scenario_with(Config::new(mode)).await
+}
+
+/// [`scenario`] with the faults of `config` only.
+pub async fn scenario_with(config: Config) -> Summary {
+    let Config {
+        mode,
+        faults: enabled,
+        print,
+    } = config;
     let handle = Handle::current();
     let seed = handle.seed();
-    println!(
-        "{mode:?} seed {seed}: reproduce with `MADSIM_TEST_SEED={seed} cargo test --release --features sim --test sim {} -- --exact`",
-        mode.test_name()
-    );
+    if print {
+        println!(
+            "{mode:?} seed {seed}: reproduce with `MADSIM_TEST_SEED={seed} cargo test --release --features sim --test sim {} -- --exact`",
+            mode.test_name()
+        );
+    }
     let mut rng = madsim::rand::thread_rng();
     let net = NetSim::current();
-    let loss: f64 = rng.gen_range(0.01..0.03);
-    let max_latency_ms: u64 = rng.gen_range(2..=20);
+    // Drawn even when disabled, so the rest of the schedule stays put.
+    let mut loss: f64 = rng.gen_range(0.01..0.03);
+    let mut max_latency_ms: u64 = rng.gen_range(2..=20);
+    if !enabled.contains(FaultKind::Loss) {
+        loss = 0.0;
+    }
+    let latency = if enabled.contains(FaultKind::Latency) {
+        Duration::from_millis(1)..Duration::from_millis(max_latency_ms)
+    } else {
+        // An empty range would panic in madsim: 1 ms plus at most 1 ns.
+        max_latency_ms = 1;
+        Duration::from_millis(1)..Duration::from_millis(1) + Duration::from_nanos(1)
+    };
     net.update_config(|c| {
         c.packet_loss_rate = loss;
-        c.send_latency = Duration::from_millis(1)..Duration::from_millis(max_latency_ms);
+        c.send_latency = latency;
     });
 
     // Short deadlines make more unknown outcomes and more retries.
@@ -355,6 +538,7 @@ pub async fn scenario(mode: Mode) -> Summary {
         faults.push((secs(at), Fault::KillManager));
         faults.push((secs(at + rng.gen_range(0.5..4.0)), Fault::RestartManager));
     }
+    faults.retain(|(_, fault)| enabled.contains(fault.kind()));
     faults.sort_by_key(|(at, _)| *at);
 
     let (mut kills, mut clogs) = (0, 0);
@@ -438,6 +622,7 @@ pub async fn scenario(mode: Mode) -> Summary {
     let summary = Summary {
         mode,
         seed,
+        faults: enabled,
         counts: model.counts.clone(),
         kills,
         clogs,
@@ -448,8 +633,42 @@ pub async fn scenario(mode: Mode) -> Summary {
         end: shared.elapsed(),
         trace_hash: model.trace_hash(),
     };
-    println!("{summary}");
+    if print {
+        println!("{summary}");
+    }
     summary
+}
+
+/// Names the check that a failure message (the panic message of a failed
+/// [`scenario`]) comes from, for one-line reports:
+/// - `model`: a reply no possible state explains (lost or phantom write,
+///   wrong value), a malformed reply, or an error a valid command must not get;
+/// - `liveness`: no progress after everything was healed;
+/// - `connect`: a client never got the partition map;
+/// - `node-stopped`: a server or the manager exited with an error;
+/// - `client-task`: a client node's task died;
+/// - `deadlock`: madsim found every task blocked with no timer pending;
+/// - `time-limit`: madsim's time limit was exceeded;
+/// - `panic`: anything else (an assertion inside the library, say).
+pub fn failed_check(message: &str) -> &'static str {
+    let is = |s: &str| message.contains(s);
+    if is(": liveness: ") {
+        "liveness"
+    } else if is(" cannot connect: ") {
+        "connect"
+    } else if is(" stopped: ") && (is(": server ") || message.starts_with("manager stopped")) {
+        "node-stopped"
+    } else if is(" task failed: ") {
+        "client-task"
+    } else if message.starts_with("seed ") && is(" command `") {
+        "model"
+    } else if is("all tasks will block forever") {
+        "deadlock"
+    } else if is("time limit exceeded") {
+        "time-limit"
+    } else {
+        "panic"
+    }
 }
 
 /// One client node: connect, random commands until healed, then liveness.

@@ -34,9 +34,9 @@
 //! (absent from the rows = `None`); other clients' keys are concurrent and not
 //! checked further.
 
-use distkv::client::ClientError;
-use distkv::key::Key;
-use distkv::op::{Op, OpResult};
+use crate::client::ClientError;
+use crate::key::Key;
+use crate::op::{Op, OpResult};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
@@ -212,6 +212,15 @@ impl Model {
     /// The keys of the universe, in order.
     pub fn universe(&self) -> impl Iterator<Item = &Key> {
         self.keys.keys()
+    }
+
+    /// The values `key` may hold now (`None` = absent); empty for a key
+    /// outside the universe.
+    pub fn possible(&self, key: &Key) -> BTreeSet<Value> {
+        self.keys
+            .get(key)
+            .map(|s| s.possible.clone())
+            .unwrap_or_default()
     }
 
     /// Hash of every outcome seen so far, in order: equal for equal runs.
@@ -453,122 +462,4 @@ fn observed(key: &Key, steps: &[(usize, Step)], results: &[OpResult]) -> Vec<Obs
             }
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn k(n: u64) -> Key {
-        Key::new("t", n)
-    }
-    fn v(s: &str) -> Vec<u8> {
-        s.as_bytes().to_vec()
-    }
-    fn model() -> Model {
-        Model::new(0, 2, (0..4).map(k), &[v("a"), v("b")])
-    }
-    const T: Duration = Duration::ZERO;
-
-    #[test]
-    fn definite_replies_narrow_and_wrong_ones_fail() {
-        let mut m = model();
-        let put = vec![Op::Put {
-            key: k(0),
-            value: v("a"),
-        }];
-        let inv = m.invoke(0, &put, T);
-        m.complete(&inv, &Ok(vec![OpResult::Put { found: false }]), T)
-            .unwrap();
-        let get = vec![Op::Get { key: k(0) }];
-        let inv = m.invoke(0, &get, T);
-        let err = m
-            .complete(&inv, &Ok(vec![OpResult::Get(None)]), T)
-            .unwrap_err();
-        assert!(err.contains("key t0"), "{err}");
-        let inv = m.invoke(0, &get, T);
-        m.complete(&inv, &Ok(vec![OpResult::Get(Some(v("a")))]), T)
-            .unwrap();
-    }
-
-    #[test]
-    fn unknown_outcomes_allow_both_and_a_read_resolves_them() {
-        let mut m = model();
-        let put = vec![Op::Put {
-            key: k(0),
-            value: v("a"),
-        }];
-        let inv = m.invoke(0, &put, T);
-        m.complete(&inv, &Err(ClientError::UnknownOutcome("x".into())), T)
-            .unwrap();
-        assert_eq!(m.keys[&k(0)].possible, BTreeSet::from([None, Some(v("a"))]));
-        // SWAP observing "a" proves the PUT happened.
-        let swap = vec![Op::Swap {
-            key: k(0),
-            value: v("b"),
-        }];
-        let inv = m.invoke(0, &swap, T);
-        m.complete(&inv, &Ok(vec![OpResult::Swap(Some(v("a")))]), T)
-            .unwrap();
-        assert_eq!(m.keys[&k(0)].possible, BTreeSet::from([Some(v("b"))]));
-    }
-
-    #[test]
-    fn a_wipe_during_a_command_allows_pre_and_post_wipe_execution() {
-        let mut m = model();
-        let put = vec![Op::Put {
-            key: k(0),
-            value: v("a"),
-        }];
-        let inv = m.invoke(0, &put, T);
-        m.complete(&inv, &Ok(vec![OpResult::Put { found: false }]), T)
-            .unwrap();
-        // DELETE in flight while the server is killed: it may have run before
-        // (found) or after (not found) the wipe.
-        let del = vec![Op::Delete { key: k(0) }];
-        for found in [true, false] {
-            let inv = m.invoke(0, &del, T);
-            m.wipe([k(0)]);
-            m.complete(&inv, &Ok(vec![OpResult::Delete { found }]), T)
-                .unwrap();
-            assert_eq!(m.keys[&k(0)].possible, BTreeSet::from([None]));
-            let inv = m.invoke(0, &put, T);
-            m.complete(&inv, &Ok(vec![OpResult::Put { found: false }]), T)
-                .unwrap();
-        }
-    }
-
-    #[test]
-    fn scans_check_owned_keys_and_row_order() {
-        let mut m = model();
-        let put = vec![Op::Put {
-            key: k(2),
-            value: v("b"),
-        }];
-        let inv = m.invoke(0, &put, T);
-        m.complete(&inv, &Ok(vec![OpResult::Put { found: false }]), T)
-            .unwrap();
-        let scan = vec![Op::Scan {
-            start: k(0),
-            end: k(3),
-        }];
-        // Client 1's key t1 is concurrent: anything goes.
-        let inv = m.invoke(0, &scan, T);
-        let rows = vec![(k(1), v("a")), (k(2), v("b"))];
-        m.complete(&inv, &Ok(vec![OpResult::Scan(rows)]), T)
-            .unwrap();
-        // Missing t2 is a lost write.
-        let inv = m.invoke(0, &scan, T);
-        let err = m
-            .complete(&inv, &Ok(vec![OpResult::Scan(vec![(k(1), v("a"))])]), T)
-            .unwrap_err();
-        assert!(err.contains("key t2"), "{err}");
-        // Out of order rows.
-        let inv = m.invoke(0, &scan, T);
-        let rows = vec![(k(2), v("b")), (k(1), v("a"))];
-        let err = m
-            .complete(&inv, &Ok(vec![OpResult::Scan(rows)]), T)
-            .unwrap_err();
-        assert!(err.contains("not strictly after"), "{err}");
-    }
 }

@@ -1,0 +1,561 @@
+//! `sim`: runs the whole-cluster simulation ([`distkv::simulation`]) for many
+//! seeds in parallel and reports every failing seed with a command that
+//! replays it.
+//!
+//! ```text
+//! cargo run --release --features sim --bin sim -- --seed 1 --seeds 1000
+//! cargo run --release --features sim --bin sim -- --seed 42 --mode durable --verbose
+//! cargo run --release --features sim --bin sim -- --seeds 500 --inject-bug duplicate-apply
+//! ```
+//!
+//! Each run (one seed in one mode) gets a fresh OS thread and a fresh madsim
+//! runtime seeded with the seed, so a run depends on nothing but its seed,
+//! mode, fault menu and injected bug: the same arguments replay it exactly,
+//! in any process. Output: one `FAIL` line plus a reproduce command per
+//! failing run (`--verbose`: also one `PASS` line with the trace hash per
+//! passing run), in seed order; then `<N> passed, <M> failed`, and the
+//! simulated-time throughput. Exit status 1 if any run failed (with
+//! `--inject-bug`, failing is the point: the runner names the first seed that
+//! caught the bug), 2 on bad arguments.
+
+use clap::{Parser, ValueEnum};
+use distkv::bugs::{self, Bug};
+use distkv::simulation::harness::{self, Config, Faults, Mode, Summary};
+use madsim::runtime::Runtime;
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::panic::{self, AssertUnwindSafe};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Runs the seeded whole-cluster simulation (manager, three servers, four
+/// clients, a per-key model checker) for a range of seeds.
+#[derive(Parser, Debug)]
+#[command(name = "sim", version)]
+struct Args {
+    /// First seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Number of seeds: runs SEED, SEED+1, ..., SEED+SEEDS-1.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    seeds: u64,
+    /// Runs in parallel, each on its own fresh OS thread [default: the
+    /// number of available cores].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    jobs: Option<u64>,
+    /// Server storage: in memory, durable (write-ahead log on a disk that
+    /// loses unsynced bytes at a kill), or both (two runs per seed).
+    #[arg(long, value_enum, default_value_t = ModeArg::Both)]
+    mode: ModeArg,
+    /// Inject a bug (see `distkv::bugs`) into every run: some seed is then
+    /// expected to fail, and the runner reports the first that did. One of
+    /// ack-before-fsync (durable mode only), duplicate-apply; the Raft-level
+    /// forget-vote, commit-without-quorum and stale-read are accepted but do
+    /// nothing here yet (the servers do not use Raft).
+    #[arg(long, value_name = "NAME", value_parser = parse_bug)]
+    inject_bug: Option<Bug>,
+    /// Faults to inject: a comma-separated list of kill (server kills and
+    /// restarts), clog (clogged client/server links), manager (manager kill
+    /// and restart), loss (datagram loss), latency (random latency, which
+    /// reorders; without it every datagram takes 1 ms); or all, or none.
+    #[arg(long, value_name = "LIST", default_value = "all", value_parser = Faults::parse)]
+    faults: Faults,
+    /// Run every seed twice and require identical outcomes (trace hash,
+    /// counts, end time; or the same failure).
+    #[arg(long)]
+    check_determinism: bool,
+    /// Also print one line per passing run, with its trace hash, and the
+    /// whole message and location of each failure.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ModeArg {
+    Memory,
+    Durable,
+    Both,
+}
+
+impl ModeArg {
+    fn modes(self) -> &'static [Mode] {
+        match self {
+            ModeArg::Memory => &[Mode::Memory],
+            ModeArg::Durable => &[Mode::Durable],
+            ModeArg::Both => &[Mode::Memory, Mode::Durable],
+        }
+    }
+}
+
+fn parse_bug(name: &str) -> Result<Bug, String> {
+    Bug::parse(name).ok_or_else(|| {
+        let names: Vec<&str> = Bug::ALL.iter().map(|b| b.name()).collect();
+        format!(
+            "unknown bug `{name}` (expected one of {})",
+            names.join(", ")
+        )
+    })
+}
+
+/// Whether this scenario exercises the code `bug` breaks. Exhaustive on
+/// purpose: a new bug must be classified here.
+fn wired_into_scenario(bug: Bug) -> bool {
+    match bug {
+        Bug::AckBeforeFsync | Bug::DuplicateApply => true,
+        Bug::CommitWithoutQuorum | Bug::ForgetVote | Bug::StaleRead => false,
+    }
+}
+
+/// Names of the threads that run one seed; the panic hook keeps quiet on them.
+const SEED_THREAD: &str = "sim-seed-";
+
+thread_local! {
+    /// The first panic on this seed thread: location and simulated time.
+    static FIRST_PANIC: RefCell<Option<(String, Option<Duration>)>> = const { RefCell::new(None) };
+}
+
+/// Replaces the default panic hook: panics on seed threads are expected
+/// (that is how the checker reports) and are printed by the runner as one
+/// line, so the hook only records where and when they happened. Any other
+/// thread's panic is a runner bug and goes to the default hook.
+fn install_panic_hook() {
+    let default = panic::take_hook();
+    panic::set_hook(Box::new(move |info| {
+        let on_seed_thread = thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with(SEED_THREAD));
+        if !on_seed_thread {
+            return default(info);
+        }
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_else(|| "unknown location".into());
+        // Still inside the simulation: this is the simulated time of the panic.
+        let at = madsim::time::TimeHandle::try_current().map(|t| t.elapsed());
+        FIRST_PANIC.with(|p| {
+            p.borrow_mut().get_or_insert((location, at));
+        });
+    }));
+}
+
+/// Why a run failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Failure {
+    /// The panic message.
+    message: String,
+    location: String,
+}
+
+impl Failure {
+    fn check(&self) -> &'static str {
+        harness::failed_check(&self.message)
+    }
+
+    /// The message's first line, without the `seed <S>: ` prefix most
+    /// messages start with (the report line names the seed).
+    fn first_line(&self) -> &str {
+        let line = self.message.lines().next().unwrap_or("");
+        match line
+            .strip_prefix("seed ")
+            .and_then(|rest| rest.split_once(": "))
+        {
+            Some((seed, rest)) if seed.bytes().all(|b| b.is_ascii_digit()) => rest,
+            _ => line,
+        }
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".into()
+    }
+}
+
+/// One run's outcome and how much simulated time it covered.
+struct Run {
+    result: Result<Summary, Failure>,
+    simulated: Duration,
+}
+
+/// Runs the scenario once for `seed` on a fresh OS thread, with `bug` (if
+/// any) enabled on that thread only.
+fn run_once(seed: u64, config: Config, bug: Option<Bug>) -> Run {
+    let thread = thread::Builder::new()
+        .name(format!("{SEED_THREAD}{seed}"))
+        .spawn(move || {
+            if let Some(bug) = bug {
+                bugs::enable(bug);
+            }
+            let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
+            let result = panic::catch_unwind(AssertUnwindSafe(|| {
+                rt.block_on(harness::scenario_with(config))
+            }));
+            // Dropping a runtime whose simulation panicked drops its tasks
+            // mid-flight; keep the first failure if that panics too.
+            let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(rt)));
+            let first = FIRST_PANIC.with(|p| p.borrow_mut().take());
+            match result {
+                Ok(summary) => Run {
+                    simulated: summary.end,
+                    result: Ok(summary),
+                },
+                Err(payload) => {
+                    let (location, at) = first.unwrap_or(("unknown location".into(), None));
+                    Run {
+                        result: Err(Failure {
+                            message: panic_message(payload.as_ref()),
+                            location,
+                        }),
+                        simulated: at.unwrap_or_default(),
+                    }
+                }
+            }
+        })
+        .expect("cannot spawn a seed thread");
+    // Backstop: the thread catches the simulation's panics itself.
+    thread.join().unwrap_or_else(|payload| Run {
+        result: Err(Failure {
+            message: panic_message(payload.as_ref()),
+            location: "sim runner seed thread".into(),
+        }),
+        simulated: Duration::ZERO,
+    })
+}
+
+fn describe(result: &Result<Summary, Failure>) -> String {
+    match result {
+        Ok(s) => format!(
+            "passed with trace {:016x}, ended at {:?}",
+            s.trace_hash, s.end
+        ),
+        Err(f) => format!("failed ({}): {}", f.check(), f.first_line()),
+    }
+}
+
+/// One seed in one mode, run once or (checking determinism) twice.
+struct Report {
+    seed: u64,
+    mode: Mode,
+    result: Result<Summary, Failure>,
+    /// With `--check-determinism`: both runs' outcomes when they differ.
+    nondeterministic: Option<(String, String)>,
+    simulated: Duration,
+}
+
+impl Report {
+    fn passed(&self) -> bool {
+        self.result.is_ok() && self.nondeterministic.is_none()
+    }
+
+    fn check(&self) -> String {
+        match (&self.nondeterministic, &self.result) {
+            (Some((a, b)), _) => {
+                format!("determinism: first run {a}; second run {b}")
+            }
+            (None, Err(f)) => format!("{}: {}", f.check(), f.first_line()),
+            (None, Ok(_)) => String::new(),
+        }
+    }
+}
+
+fn run_report(seed: u64, config: Config, args: &Args) -> Report {
+    let first = run_once(seed, config, args.inject_bug);
+    let mut simulated = first.simulated;
+    let mut nondeterministic = None;
+    if args.check_determinism {
+        let second = run_once(seed, config, args.inject_bug);
+        simulated += second.simulated;
+        if second.result != first.result {
+            nondeterministic = Some((describe(&first.result), describe(&second.result)));
+        }
+    }
+    Report {
+        seed,
+        mode: config.mode,
+        result: first.result,
+        nondeterministic,
+        simulated,
+    }
+}
+
+fn reproduce(args: &Args, report: &Report) -> String {
+    let mut cmd = format!(
+        "cargo run --release --features sim --bin sim -- --seed {} --mode {}",
+        report.seed,
+        report.mode.name()
+    );
+    if args.faults != Faults::all() {
+        cmd += &format!(" --faults {}", args.faults);
+    }
+    if let Some(bug) = args.inject_bug {
+        cmd += &format!(" --inject-bug {}", bug.name());
+    }
+    if report.nondeterministic.is_some() {
+        cmd += " --check-determinism";
+    }
+    cmd
+}
+
+fn print_report(args: &Args, report: &Report) {
+    if report.passed() {
+        if args.verbose {
+            let s = report.result.as_ref().expect("passed");
+            let c = &s.counts;
+            println!(
+                "PASS seed={} mode={} trace={:016x} ({} commands: {} ok, {} unknown, {} unavailable; \
+                 {} kills, {} clogs, loss {}, latency 1..{} ms; simulated {:.1?})",
+                report.seed,
+                report.mode.name(),
+                s.trace_hash,
+                c.commands,
+                c.ok,
+                c.unknown,
+                c.unavailable,
+                s.kills,
+                s.clogs,
+                s.loss,
+                s.max_latency_ms,
+                s.end
+            );
+        }
+        return;
+    }
+    println!(
+        "FAIL seed={} mode={} check={}",
+        report.seed,
+        report.mode.name(),
+        report.check()
+    );
+    if args.verbose {
+        if let Err(f) = &report.result {
+            println!("  at {}, simulated {:.3?}", f.location, report.simulated);
+            if f.message.lines().nth(1).is_some() {
+                for line in f.message.lines() {
+                    println!("  | {line}");
+                }
+            }
+        }
+    }
+    println!("  reproduce: {}", reproduce(args, report));
+}
+
+fn main() -> ExitCode {
+    let args = Arc::new(Args::parse());
+    let Some(end) = args.seed.checked_add(args.seeds) else {
+        eprintln!("error: --seed + --seeds overflows u64");
+        return ExitCode::from(2);
+    };
+    let modes = args.mode.modes();
+    let total = usize::try_from(args.seeds)
+        .ok()
+        .and_then(|n| n.checked_mul(modes.len()))
+        .expect("too many seeds");
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    let jobs = args
+        .jobs
+        .map_or(cores, |j| usize::try_from(j).unwrap_or(usize::MAX))
+        .min(total);
+    if let Some(bug) = args.inject_bug {
+        if !wired_into_scenario(bug) {
+            println!(
+                "note: {} is a Raft-level bug; the servers do not use Raft yet, so this \
+                 scenario cannot catch it",
+                bug.name()
+            );
+        } else if bug == Bug::AckBeforeFsync && args.mode == ModeArg::Memory {
+            println!("note: ack-before-fsync only matters with durable servers (--mode durable)");
+        }
+    }
+    println!(
+        "sim: seeds {} to {} ({} run(s): {} seed(s) x {}), {} job(s), faults {}{}{}",
+        args.seed,
+        end - 1,
+        total,
+        args.seeds,
+        modes.iter().map(|m| m.name()).collect::<Vec<_>>().join("+"),
+        jobs,
+        args.faults,
+        args.inject_bug
+            .map(|b| format!(", injected bug {}", b.name()))
+            .unwrap_or_default(),
+        if args.check_determinism {
+            ", each run twice (determinism check)"
+        } else {
+            ""
+        }
+    );
+
+    install_panic_hook();
+    let stderr_filter = stderr_filter::install();
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = mpsc::channel::<(usize, Report)>();
+    let workers: Vec<_> = (0..jobs)
+        .map(|_| {
+            let (args, next, tx) = (args.clone(), next.clone(), tx.clone());
+            thread::spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let seed = args.seed + (i / modes.len()) as u64;
+                let config = Config {
+                    mode: modes[i % modes.len()],
+                    faults: args.faults,
+                    print: false,
+                };
+                let report = run_report(seed, config, &args);
+                if tx.send((i, report)).is_err() {
+                    break;
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+
+    // Print in seed order as results arrive.
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let mut simulated = Duration::ZERO;
+    let mut first_failure: Option<(u64, Mode, String)> = None;
+    let mut pending: BTreeMap<usize, Report> = BTreeMap::new();
+    let mut next_to_print = 0;
+    for (i, report) in rx {
+        pending.insert(i, report);
+        while let Some(report) = pending.remove(&next_to_print) {
+            next_to_print += 1;
+            simulated += report.simulated;
+            if report.passed() {
+                passed += 1;
+            } else {
+                failed += 1;
+                first_failure.get_or_insert((report.seed, report.mode, report.check()));
+            }
+            print_report(&args, &report);
+        }
+    }
+    let wall = started.elapsed();
+    if let Some(filter) = stderr_filter {
+        filter.remove();
+    }
+    for worker in workers {
+        worker.join().expect("sim worker thread panicked");
+    }
+
+    if let Some(bug) = args.inject_bug {
+        match &first_failure {
+            Some((seed, mode, check)) => println!(
+                "injected bug {} first caught by seed {seed} mode={} check={check} \
+                 ({failed} of {total} runs failed)",
+                bug.name(),
+                mode.name()
+            ),
+            None => println!("injected bug {} was NOT caught in {total} runs", bug.name()),
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    let secs = wall.as_secs_f64().max(1e-9);
+    let executions = total as f64 * if args.check_determinism { 2.0 } else { 1.0 };
+    println!(
+        "simulated {:.0} s in {:.2} s wall with {jobs} job(s): {:.0} simulated s per real s, \
+         {:.1} seeds/s, {:.1} scenario runs/s",
+        simulated.as_secs_f64(),
+        wall.as_secs_f64(),
+        simulated.as_secs_f64() / secs,
+        args.seeds as f64 / secs,
+        executions / secs,
+    );
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// madsim prints `context: node=.. task=.. (spawned at ..)` to stderr for every
+/// task that panics, outside the panic hook: one line per failing run. While
+/// the seeds run, fd 2 is a pipe whose reader drops those lines and passes
+/// everything else on to the real stderr.
+#[cfg(unix)]
+mod stderr_filter {
+    use std::fs::File;
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::thread::JoinHandle;
+
+    const DROPPED: &[u8] = b"context: node=";
+
+    pub struct Filter {
+        /// The real stderr, to put back on fd 2.
+        saved: OwnedFd,
+        reader: JoinHandle<()>,
+    }
+
+    /// Redirects fd 2 through the filter; `None` (unfiltered) if any step
+    /// fails.
+    pub fn install() -> Option<Filter> {
+        let mut fds = [0; 2];
+        // SAFETY: plain fd syscalls; each fd they return is owned exactly once.
+        unsafe {
+            if libc::pipe(fds.as_mut_ptr()) != 0 {
+                return None;
+            }
+            let (read, write) = (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]));
+            let saved = libc::dup(2);
+            if saved < 0 {
+                return None;
+            }
+            let saved = OwnedFd::from_raw_fd(saved);
+            let mut out = File::from(saved.try_clone().ok()?);
+            if libc::dup2(fds[1], 2) < 0 {
+                return None;
+            }
+            // fd 2 is now the pipe's only writer.
+            drop(write);
+            let reader = std::thread::spawn(move || {
+                for line in BufReader::new(File::from(read)).split(b'\n') {
+                    let Ok(mut line) = line else { break };
+                    if !line.starts_with(DROPPED) {
+                        line.push(b'\n');
+                        let _ = out.write_all(&line);
+                    }
+                }
+            });
+            Some(Filter { saved, reader })
+        }
+    }
+
+    impl Filter {
+        /// Puts the real stderr back and waits until everything written
+        /// before has been passed on.
+        pub fn remove(self) {
+            let _ = std::io::stderr().flush();
+            // SAFETY: `saved` is open; dup2 closes the pipe's last writer.
+            unsafe {
+                libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&self.saved), 2);
+            }
+            let _ = self.reader.join();
+        }
+    }
+}
+
+#[cfg(not(unix))]
+mod stderr_filter {
+    pub struct Filter;
+
+    pub fn install() -> Option<Filter> {
+        None
+    }
+
+    impl Filter {
+        pub fn remove(self) {}
+    }
+}
