@@ -1,0 +1,671 @@
+//! The scenario: one Raft group, one member per simulated node, a client
+//! node, a nemesis, and the checkers.
+//!
+//! ```text
+//!   nodes   10.0.1.1..=n:7000   n = 3 or 5 (by seed), SimRuntime + harness SimDisk each
+//!   client  10.0.2.1            2 client tasks + the log-matching spot checker
+//! ```
+//!
+//! Every choice below is drawn from the simulation's seeded rng:
+//! 1. **Setup**: packet loss 0–10 %, latency 1–(1..30) ms, injected message
+//!    duplication 0–5 %, fsync delay 0–2 ms (in 30 % of seeds 2–20 ms),
+//!    group-commit batching, WAL segment size (2–64 KiB, so logs roll over),
+//!    and Raft tuning (election 10–20 ticks of 10 ms,
+//!    heartbeat 1–3 ticks, append batch and pipelining window, pre-vote and
+//!    check-quorum each on in 3 seeds of 4).
+//! 2. **Chaos** (8–14 s): two clients propose unique values (`c<k>-<i>`) to
+//!    whichever node looks like the leader and issue ReadIndex reads, each
+//!    with a 1 s deadline (a timeout is an unknown outcome). Meanwhile the
+//!    nemesis, every 0.1–1 s, kills a node (often the leader; its disk
+//!    crashes: unsynced bytes are dropped, kept in part or torn) and restarts
+//!    it later (30 % of restarts within 60 ms, to race in-flight votes),
+//!    clogs a node, clogs single links (one direction, sometimes both),
+//!    isolates the leader, pauses a node (each undone after 0.1–3 s), or
+//!    asks the leader to transfer leadership to another member.
+//! 3. **Heal**: every link unclogged, paused nodes resumed, dead nodes
+//!    restarted, loss set to 0 (latency and duplication stay).
+//! 4. **Liveness** (bound [`LIVENESS_BOUND`]): a leader exists, a new
+//!    proposal is acknowledged, a ReadIndex read sees it, and all nodes reach
+//!    the same applied index.
+//! 5. **Final checks**: every acknowledged value is applied at its index on
+//!    every node; log matching over all final logs.
+//!
+//! The checkers themselves are in [`crate::checker`].
+
+use crate::checker::{Check, Counts, LogImage};
+use crate::node::{node_ip, run_node, NodeParams};
+use crate::shared::{Request, Shared};
+use distkv::bugs::Bug;
+use distkv::raft::{Index, NodeId};
+use distkv::rt::SimDisk;
+use distkv::storage::group_commit::GroupCommitConfig;
+use madsim::net::NetSim;
+use madsim::rand::Rng;
+use madsim::runtime::Handle;
+use madsim::time::{sleep, sleep_until, timeout};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// After healing, the liveness phase must finish within this.
+pub const LIVENESS_BOUND: Duration = Duration::from_secs(20);
+/// A client's deadline for one request.
+const OP_TIMEOUT: Duration = Duration::from_secs(1);
+const CLIENTS: usize = 2;
+/// How often the log-matching spot check runs.
+const LOG_CHECK_EVERY: Duration = Duration::from_millis(200);
+
+fn ms(m: u64) -> Duration {
+    Duration::from_millis(m)
+}
+
+/// What one run did; equal for two runs of the same seed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    pub seed: u64,
+    pub nodes: u64,
+    pub loss_permille: u64,
+    pub max_latency_ms: u64,
+    pub dup_ppm: u64,
+    pub kills: u64,
+    pub clogs: u64,
+    pub pauses: u64,
+    pub transfers: u64,
+    pub counts: Counts,
+    pub final_index: Index,
+    pub end: Duration,
+    pub trace_hash: u64,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.counts;
+        write!(
+            f,
+            "seed {}: {} nodes, loss {:.1}%, latency 1..{} ms, dup {:.1}%: {} kills, {} clogs, \
+             {} pauses, {} transfers; {} proposals ({} acked), {} reads ({} ok), {} leaders, final index {}, \
+             ended at {:.1?}, trace {:016x}",
+            self.seed,
+            self.nodes,
+            self.loss_permille as f64 / 10.0,
+            self.max_latency_ms,
+            self.dup_ppm as f64 / 10_000.0,
+            self.kills,
+            self.clogs,
+            self.pauses,
+            self.transfers,
+            c.proposals,
+            c.acked,
+            c.reads,
+            c.reads_ok,
+            c.leaders,
+            self.final_index,
+            self.end,
+            self.trace_hash
+        )
+    }
+}
+
+/// The one-line command that reruns `seed` (with `bug` injected, if any).
+pub fn reproduce(seed: u64, bug: Option<Bug>) -> String {
+    let env = bug.map_or(String::new(), |b| format!("SIM_RAFT_BUG={} ", b.name()));
+    format!(
+        "{env}MADSIM_TEST_SEED={seed} cargo test --release --features sim --test sim_raft \
+         raft_chaos -- --exact --nocapture"
+    )
+}
+
+/// Faults in effect, to undo them and to heal everything at the end.
+enum Undo {
+    Restart(NodeId),
+    UnclogNode(NodeId),
+    UnclogLink(NodeId, NodeId),
+    Resume(NodeId),
+}
+
+struct World {
+    handle: Handle,
+    net: Arc<NetSim>,
+    shared: Arc<Shared>,
+    n: u64,
+    nodes: BTreeMap<NodeId, madsim::task::NodeId>,
+    disks: BTreeMap<NodeId, SimDisk>,
+    down: BTreeSet<NodeId>,
+    paused: BTreeSet<NodeId>,
+    /// Clog reference counts (faults overlap).
+    clogged_nodes: BTreeMap<NodeId, u32>,
+    clogged_links: BTreeMap<(NodeId, NodeId), u32>,
+    kills: u64,
+    clogs: u64,
+    pauses: u64,
+    transfers: u64,
+}
+
+impl World {
+    fn kill(&mut self, id: NodeId, rng: &mut impl Rng) {
+        self.handle.kill(self.nodes[&id]);
+        // A power cut: unsynced WAL bytes are lost, kept in part, or torn.
+        let report = self.disks[&id].crash(|n| rng.gen_range(0..n));
+        {
+            let mut views = self.shared.views.lock().unwrap();
+            let v = views.get_mut(&id).unwrap();
+            v.up = false;
+            v.role = None;
+            v.mailbox = None;
+        }
+        self.down.insert(id);
+        self.kills += 1;
+        self.shared.trace(&format!(
+            "kill {id}: unsynced {} kept {} torn {}",
+            report.unsynced_bytes, report.kept_bytes, report.torn_files
+        ));
+    }
+
+    fn restart(&mut self, id: NodeId) {
+        // Always after a kill: restart alone cannot re-bind the address.
+        if self.down.remove(&id) {
+            self.handle.restart(self.nodes[&id]);
+            self.shared.trace(&format!("restart {id}"));
+        }
+    }
+
+    fn clog_node(&mut self, id: NodeId) {
+        *self.clogged_nodes.entry(id).or_default() += 1;
+        self.net.clog_node(self.nodes[&id]);
+        self.clogs += 1;
+        self.shared.trace(&format!("clog {id}"));
+    }
+
+    fn unclog_node(&mut self, id: NodeId) {
+        let c = self.clogged_nodes.entry(id).or_default();
+        *c = c.saturating_sub(1);
+        if *c == 0 {
+            self.clogged_nodes.remove(&id);
+            self.net.unclog_node(self.nodes[&id]);
+            self.shared.trace(&format!("unclog {id}"));
+        }
+    }
+
+    fn clog_link(&mut self, a: NodeId, b: NodeId) {
+        *self.clogged_links.entry((a, b)).or_default() += 1;
+        self.net.clog_link(self.nodes[&a], self.nodes[&b]);
+        self.clogs += 1;
+        self.shared.trace(&format!("clog {a}->{b}"));
+    }
+
+    fn unclog_link(&mut self, a: NodeId, b: NodeId) {
+        let c = self.clogged_links.entry((a, b)).or_default();
+        *c = c.saturating_sub(1);
+        if *c == 0 {
+            self.clogged_links.remove(&(a, b));
+            self.net.unclog_link(self.nodes[&a], self.nodes[&b]);
+            self.shared.trace(&format!("unclog {a}->{b}"));
+        }
+    }
+
+    fn pause(&mut self, id: NodeId) {
+        self.handle.pause(self.nodes[&id]);
+        self.paused.insert(id);
+        self.pauses += 1;
+        self.shared.trace(&format!("pause {id}"));
+    }
+
+    fn resume(&mut self, id: NodeId) {
+        if self.paused.remove(&id) {
+            self.handle.resume(self.nodes[&id]);
+            self.shared.trace(&format!("resume {id}"));
+        }
+    }
+
+    fn undo(&mut self, u: Undo) {
+        match u {
+            Undo::Restart(id) => self.restart(id),
+            Undo::UnclogNode(id) => self.unclog_node(id),
+            Undo::UnclogLink(a, b) => self.unclog_link(a, b),
+            Undo::Resume(id) => self.resume(id),
+        }
+    }
+
+    /// Nodes that are running and not paused.
+    fn live(&self) -> Vec<NodeId> {
+        (1..=self.n)
+            .filter(|id| !self.down.contains(id) && !self.paused.contains(id))
+            .collect()
+    }
+
+    /// Injects one random fault; returns how to undo it and when.
+    fn fault(&mut self, rng: &mut impl Rng) -> Vec<(Duration, Undo)> {
+        let live = self.live();
+        let leader = self.shared.leader().filter(|l| live.contains(l));
+        let n = self.n;
+        let hold = ms(rng.gen_range(100..3000));
+        match rng.gen_range(0..100) {
+            // Kill (half of the time the leader); restart later.
+            0..=34 if !live.is_empty() => {
+                let id = match leader {
+                    Some(l) if rng.gen_bool(0.5) => l,
+                    _ => live[rng.gen_range(0..live.len())],
+                };
+                let down = if rng.gen_bool(0.3) {
+                    ms(rng.gen_range(0..60))
+                } else {
+                    hold
+                };
+                self.kill(id, rng);
+                vec![(down, Undo::Restart(id))]
+            }
+            35..=49 => {
+                let id = rng.gen_range(1..=n);
+                self.clog_node(id);
+                vec![(hold, Undo::UnclogNode(id))]
+            }
+            50..=69 => {
+                let a = rng.gen_range(1..=n);
+                let b = (a + rng.gen_range(0..n - 1)) % n + 1;
+                self.clog_link(a, b);
+                let mut undo = vec![(hold, Undo::UnclogLink(a, b))];
+                if rng.gen_bool(0.3) {
+                    self.clog_link(b, a);
+                    undo.push((hold, Undo::UnclogLink(b, a)));
+                }
+                undo
+            }
+            70..=87 => match leader {
+                Some(id) => {
+                    self.clog_node(id);
+                    vec![(hold, Undo::UnclogNode(id))]
+                }
+                None => Vec::new(),
+            },
+            88..=93 if !live.is_empty() => {
+                let id = live[rng.gen_range(0..live.len())];
+                self.pause(id);
+                vec![(hold.min(ms(2000)), Undo::Resume(id))]
+            }
+            94..=99 => {
+                // Leadership transfer to a random other member.
+                if let Some(l) = leader {
+                    let to = (l + rng.gen_range(0..n - 1)) % n + 1;
+                    if let Some(mailbox) = self.shared.mailbox(l) {
+                        let _ = mailbox.send(Request::Transfer { to });
+                        self.transfers += 1;
+                        self.shared.trace(&format!("transfer {l}->{to}"));
+                    }
+                }
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Undoes every fault: the final heal.
+    fn heal(&mut self) {
+        for id in std::mem::take(&mut self.clogged_nodes).into_keys() {
+            self.net.unclog_node(self.nodes[&id]);
+        }
+        for (a, b) in std::mem::take(&mut self.clogged_links).into_keys() {
+            self.net.unclog_link(self.nodes[&a], self.nodes[&b]);
+        }
+        for id in std::mem::take(&mut self.paused) {
+            self.handle.resume(self.nodes[&id]);
+        }
+        for id in self.down.clone() {
+            self.restart(id);
+        }
+        self.net.update_config(|c| c.packet_loss_rate = 0.0);
+        self.shared.trace("heal");
+    }
+}
+
+/// Runs the whole scenario on the current simulation and returns its
+/// summary. Panics (with the seed, the failed check and a reproduce command)
+/// on any violation. `bug` is only used in the reproduce command: the caller
+/// enables it on the simulation's thread.
+pub async fn scenario(bug: Option<Bug>) -> Summary {
+    let handle = Handle::current();
+    let seed = handle.seed();
+    let reproduce = reproduce(seed, bug);
+    println!("seed {seed}: reproduce with `{reproduce}`");
+    let mut rng = madsim::rand::thread_rng();
+    let n: u64 = if rng.gen_bool(0.5) { 3 } else { 5 };
+    let loss_permille: u64 = rng.gen_range(0..=100);
+    let max_latency_ms: u64 = rng.gen_range(1..=30);
+    let dup_ppm: u64 = rng.gen_range(0..=50_000);
+    let net = NetSim::current();
+    net.update_config(|c| {
+        c.packet_loss_rate = loss_permille as f64 / 1000.0;
+        c.send_latency = ms(1)..ms(max_latency_ms + 1);
+    });
+    // Mostly a fast disk (0–2 ms per fsync), sometimes a slow one (2–20 ms):
+    // the slower the fsync, the more kills land inside one.
+    let sync_delay = Duration::from_micros(if rng.gen_bool(0.7) {
+        rng.gen_range(0..=2000)
+    } else {
+        rng.gen_range(2000..=20_000)
+    });
+    let base = NodeParams {
+        id: 0,
+        n,
+        election_ticks: rng.gen_range(10..=20),
+        heartbeat_ticks: rng.gen_range(1..=3),
+        max_entries_per_append: *[1, 4, 64, 256].get(rng.gen_range(0..4)).unwrap(),
+        max_inflight_appends: *[1, 2, 8, 64].get(rng.gen_range(0..4)).unwrap(),
+        pre_vote: rng.gen_bool(0.75),
+        check_quorum: rng.gen_bool(0.75),
+        group_commit: GroupCommitConfig {
+            batch_size: rng.gen_range(1..=16),
+            batch_timeout: Duration::from_micros(rng.gen_range(0..=2000)),
+        },
+        segment_bytes: rng.gen_range(2..=64) * 1024,
+        dup_ppm,
+    };
+    let chaos = ms(rng.gen_range(8000..=14000));
+    let shared = Arc::new(Shared::new(seed, reproduce, n));
+    shared.trace(&format!("{base:?} loss {loss_permille} latency {max_latency_ms} sync {sync_delay:?} chaos {chaos:?}"));
+
+    let mut nodes = BTreeMap::new();
+    let mut disks = BTreeMap::new();
+    for id in 1..=n {
+        let disk = SimDisk::new();
+        // Syncs take time, so kills land in the middle of some.
+        disk.set_sync_delay(sync_delay);
+        let params = NodeParams { id, ..base.clone() };
+        let (s, d) = (shared.clone(), disk.clone());
+        let node = handle
+            .create_node()
+            .name(format!("raft{id}"))
+            .ip(node_ip(id))
+            // `init` runs again on every restart, with empty memory and
+            // whatever the disk kept.
+            .init(move || run_node(params.clone(), s.clone(), d.clone()))
+            .build();
+        nodes.insert(id, node.id());
+        disks.insert(id, disk);
+    }
+    let client_node = handle
+        .create_node()
+        .name("client")
+        .ip(IpAddr::from([10, 0, 2, 1]))
+        .build();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|me| client_node.spawn(client(me, n, shared.clone(), stop.clone())))
+        .collect();
+    client_node.spawn(log_checker(shared.clone()));
+
+    let mut world = World {
+        handle: handle.clone(),
+        net: net.clone(),
+        shared: shared.clone(),
+        n,
+        nodes,
+        disks,
+        down: BTreeSet::new(),
+        paused: BTreeSet::new(),
+        clogged_nodes: BTreeMap::new(),
+        clogged_links: BTreeMap::new(),
+        kills: 0,
+        clogs: 0,
+        pauses: 0,
+        transfers: 0,
+    };
+
+    // The nemesis: faults at random intervals, each undone after a while.
+    let mut undo: BTreeMap<(Duration, u64), Undo> = BTreeMap::new();
+    let mut undo_seq = 0;
+    let mut next_fault = ms(rng.gen_range(300..1500));
+    loop {
+        let next_undo = undo.first_key_value().map(|(k, _)| k.0);
+        let at = next_undo.map_or(next_fault, |u| u.min(next_fault));
+        if at >= chaos {
+            break;
+        }
+        sleep_until(shared.start + at).await;
+        if next_undo == Some(at) {
+            let (_, u) = undo.pop_first().unwrap();
+            world.undo(u);
+        } else {
+            for (after, u) in world.fault(&mut rng) {
+                undo_seq += 1;
+                undo.insert((at + after, undo_seq), u);
+            }
+            next_fault = at + ms(rng.gen_range(100..1000));
+        }
+    }
+    sleep_until(shared.start + chaos).await;
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.expect("client task");
+    }
+
+    world.heal();
+    let healed_at = shared.elapsed();
+    let deadline = healed_at + LIVENESS_BOUND;
+    let final_index = liveness(&shared, deadline, n).await;
+
+    // (4) Every acknowledged value is applied at its index on every node.
+    {
+        let checker = shared.checker.lock().unwrap();
+        let views = shared.views.lock().unwrap();
+        for ack in checker.acks() {
+            for (id, v) in views.iter() {
+                if v.applied.get(&ack.index) != Some(&ack.value) {
+                    shared.fail_with(
+                        Check::AckedLost,
+                        format!(
+                            "value {:?} was acknowledged at index {}, but node {id} applied {:?} \
+                             there (its applied index: {})",
+                            String::from_utf8_lossy(&ack.value),
+                            ack.index,
+                            v.applied
+                                .get(&ack.index)
+                                .map(|x| String::from_utf8_lossy(x)),
+                            v.applied_index
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    check_logs(&shared);
+
+    let checker = shared.checker.lock().unwrap();
+    let summary = Summary {
+        seed,
+        nodes: n,
+        loss_permille,
+        max_latency_ms,
+        dup_ppm,
+        kills: world.kills,
+        clogs: world.clogs,
+        pauses: world.pauses,
+        transfers: world.transfers,
+        counts: checker.counts.clone(),
+        final_index,
+        end: shared.elapsed(),
+        trace_hash: checker.trace_hash(),
+    };
+    println!("{summary}");
+    summary
+}
+
+/// After the heal: a leader, a committed proposal, a read that sees it, and
+/// all nodes at the same applied index, before `deadline`. Returns that index.
+async fn liveness(shared: &Shared, deadline: Duration, n: u64) -> Index {
+    let late = |what: &str| -> ! {
+        shared.fail_with(
+            Check::Liveness,
+            format!(
+                "{what} within {LIVENESS_BOUND:?} after the heal (leader: {:?}; views: {})",
+                shared.leader(),
+                describe_views(shared)
+            ),
+        )
+    };
+    let mut attempt = 0;
+    let final_index = loop {
+        if shared.elapsed() > deadline {
+            late("no proposal committed");
+        }
+        if let Some(leader) = shared.leader() {
+            attempt += 1;
+            let value = format!("final-{attempt}").into_bytes();
+            if let Some(index) = propose(shared, leader, value).await {
+                break index;
+            }
+        }
+        sleep(ms(20)).await;
+    };
+    loop {
+        if shared.elapsed() > deadline {
+            late("no ReadIndex read succeeded");
+        }
+        if let Some(leader) = shared.leader() {
+            if let Some(r) = read(shared, leader).await {
+                if r.read_index >= final_index {
+                    break;
+                }
+            }
+        }
+        sleep(ms(20)).await;
+    }
+    loop {
+        if shared.elapsed() > deadline {
+            late("the nodes did not converge to one applied index");
+        }
+        let converged = {
+            let views = shared.views.lock().unwrap();
+            let first = views[&1].applied_index;
+            first >= final_index
+                && (1..=n).all(|id| views[&id].up && views[&id].applied_index == first)
+        };
+        if converged {
+            let index = shared.views.lock().unwrap()[&1].applied_index;
+            shared.trace(&format!("converged at {index}"));
+            return index;
+        }
+        sleep(ms(10)).await;
+    }
+}
+
+fn describe_views(shared: &Shared) -> String {
+    let views = shared.views.lock().unwrap();
+    views
+        .iter()
+        .map(|(id, v)| {
+            format!(
+                "{id}: up {} {:?} term {} applied {} log {} commit {}{}",
+                v.up,
+                v.role,
+                v.term,
+                v.applied_index,
+                v.log.entries.len(),
+                v.log.commit,
+                if v.matches.is_empty() {
+                    String::new()
+                } else {
+                    format!(" matches {:?}", v.matches)
+                }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// (3) The log-matching spot check over the newest published logs.
+fn check_logs(shared: &Shared) {
+    let images: Vec<(NodeId, LogImage)> = {
+        let views = shared.views.lock().unwrap();
+        views.iter().map(|(id, v)| (*id, v.log.clone())).collect()
+    };
+    let refs: Vec<(NodeId, &LogImage)> = images.iter().map(|(id, l)| (*id, l)).collect();
+    let result = shared.checker.lock().unwrap().log_matching(&refs);
+    shared.check(result);
+}
+
+async fn log_checker(shared: Arc<Shared>) {
+    loop {
+        sleep(LOG_CHECK_EVERY).await;
+        check_logs(&shared);
+    }
+}
+
+/// Proposes `value` at `node`; the index it was applied at, if acknowledged.
+async fn propose(shared: &Shared, node: NodeId, value: Vec<u8>) -> Option<Index> {
+    let mailbox = shared.mailbox(node)?;
+    shared.checker.lock().unwrap().proposed();
+    let (tx, rx) = oneshot::channel();
+    let request = Request::Propose {
+        value: value.clone(),
+        reply: tx,
+    };
+    let outcome: Result<Index, String> = if mailbox.send(request).is_err() {
+        Err("node died".into())
+    } else {
+        match timeout(OP_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("node died".into()),
+            Err(_) => Err("timeout".into()),
+        }
+    };
+    let v = String::from_utf8_lossy(&value).into_owned();
+    match outcome {
+        Ok(index) => {
+            let result = shared.checker.lock().unwrap().acked(&value, index);
+            shared.check(result);
+            shared.trace(&format!("ack {v} at {index} by {node}"));
+            Some(index)
+        }
+        Err(why) => {
+            shared.checker.lock().unwrap().propose_failed();
+            shared.trace(&format!("unknown {v} at {node}: {why}"));
+            None
+        }
+    }
+}
+
+/// A ReadIndex read at `node`, checked; the result if it returned.
+async fn read(shared: &Shared, node: NodeId) -> Option<crate::checker::ReadResult> {
+    let mailbox = shared.mailbox(node)?;
+    let token = shared.checker.lock().unwrap().read_invoked();
+    let (tx, rx) = oneshot::channel();
+    mailbox.send(Request::Read { reply: tx }).ok()?;
+    match timeout(OP_TIMEOUT, rx).await {
+        Ok(Ok(Ok(result))) => {
+            let checked = shared
+                .checker
+                .lock()
+                .unwrap()
+                .read_returned(node, &token, &result);
+            shared.check(checked);
+            shared.trace(&format!("read {result:?} at {node}"));
+            Some(result)
+        }
+        _ => {
+            shared.trace(&format!("read failed at {node}"));
+            None
+        }
+    }
+}
+
+/// A client: proposals (70 %) and reads (30 %) to whoever looks like the
+/// leader, until stopped.
+async fn client(me: usize, n: u64, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
+    let mut rng = madsim::rand::thread_rng();
+    let mut k = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let node = shared.leader().unwrap_or_else(|| rng.gen_range(1..=n));
+        if rng.gen_bool(0.7) {
+            k += 1;
+            let value = format!("c{me}-{k}").into_bytes();
+            propose(&shared, node, value).await;
+        } else {
+            read(&shared, node).await;
+        }
+        sleep(ms(rng.gen_range(1..20))).await;
+    }
+}
