@@ -125,9 +125,7 @@ use distkv::map::Partition;
 use distkv::rt::tokio_rt::TokioRuntime;
 use distkv::rt::{Disk, SimDisk};
 use distkv::storage::group_commit::GroupCommitConfig;
-use distkv::storage::snapshot::{
-    decode_snapshot, encode_snapshot, SNAPSHOT_HEADER_LEN, SNAPSHOT_MAGIC, SNAPSHOT_VERSION,
-};
+use distkv::storage::snapshot::{decode_snapshot, encode_snapshot};
 use distkv::storage::wal::{
     decode_record, decode_segment_header, encode_record, encode_segment_header, segment_name, Wal,
     RECORD_HEADER_LEN, RECORD_PAYLOAD_LEN_MAX, SEGMENT_HEADER_LEN,
@@ -206,17 +204,7 @@ fn check_snapshot(bytes: &[u8]) {
 
 /// A snapshot file with valid header and checksums around any `body`.
 pub fn wrap_snapshot(partition: u64, lsn: u64, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_LEN + body.len());
-    out.extend_from_slice(SNAPSHOT_MAGIC);
-    out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-    out.extend_from_slice(&partition.to_le_bytes());
-    out.extend_from_slice(&lsn.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-    let hdr_crc = crc32fast::hash(&out[0..40]);
-    out.extend_from_slice(&hdr_crc.to_le_bytes());
-    out.extend_from_slice(body);
-    out
+    distkv::storage::snapshot::frame_snapshot(partition, lsn, body)
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {

@@ -34,7 +34,6 @@
 //! hands out committed entries from index 1 again).
 
 use crate::checker::{fingerprint, Check, LogImage, ReadResult};
-use crate::disk::NodeDisk;
 use crate::shared::{Request, Shared};
 use distkv::bugs::{self, Bug};
 use distkv::raft::{
@@ -181,11 +180,10 @@ pub async fn run_node(p: NodeParams, shared: Arc<Shared>, disk: SimDisk) {
         .await
         .unwrap_or_else(|e| panic!("seed {}: node {id} cannot bind: {e}", shared.seed));
     let net = Arc::new(net);
-    let (wal, recovered) =
-        match Wal::open(NodeDisk(disk), Path::new(WAL_DIR), p.segment_bytes, 1).await {
-            Ok(x) => x,
-            Err(e) => shared.fail_with(Check::Recovery, format!("node {id}: WAL open failed: {e}")),
-        };
+    let (wal, recovered) = match Wal::open(disk, Path::new(WAL_DIR), p.segment_bytes, 1).await {
+        Ok(x) => x,
+        Err(e) => shared.fail_with(Check::Recovery, format!("node {id}: WAL open failed: {e}")),
+    };
     let (mut hard, entries) = rebuild(&recovered.records)
         .unwrap_or_else(|e| shared.fail_with(Check::Recovery, format!("node {id}: {e}")));
     if bugs::enabled(Bug::ForgetVote) {

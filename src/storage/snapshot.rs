@@ -59,16 +59,22 @@ fn body_options() -> impl Options {
 /// Encodes a snapshot file's bytes.
 pub fn encode_snapshot(partition: u64, lsn: Lsn, state: &PartitionState) -> Vec<u8> {
     let body = body_options().serialize(state).expect("state serializes");
+    frame_snapshot(partition, lsn, &body)
+}
+
+/// Puts the header (magic, version, partition, lsn, length, checksums) in
+/// front of an already-encoded `body`.
+pub fn frame_snapshot(partition: u64, lsn: Lsn, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(SNAPSHOT_HEADER_LEN + body.len());
     out.extend_from_slice(SNAPSHOT_MAGIC);
     out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
     out.extend_from_slice(&partition.to_le_bytes());
     out.extend_from_slice(&lsn.to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
     let hdr_crc = crc32fast::hash(&out[0..40]);
     out.extend_from_slice(&hdr_crc.to_le_bytes());
-    out.extend_from_slice(&body);
+    out.extend_from_slice(body);
     out
 }
 
