@@ -200,6 +200,30 @@ fn mutate(
 
 /// A partition store with some keys and client sessions, as a snapshot
 /// holds it.
+/// A checkpoint of one replica holding `pairs`, with a log tail.
+fn sample_group(id: u64, pairs: &[(u64, Vec<u8>)]) -> distkv::storage::GroupSnapshot {
+    use distkv::raft::{Entry, EntryData, HardState, Membership, SnapshotMeta};
+    let meta = SnapshotMeta {
+        index: pairs.len() as u64,
+        term: 2,
+        membership: Membership::new([0, 1]),
+    };
+    distkv::storage::GroupSnapshot {
+        store: sample_store(id, pairs),
+        tail: vec![Entry {
+            term: 3,
+            index: meta.index + 1,
+            data: EntryData::Noop,
+        }],
+        hard_state: HardState {
+            term: 3,
+            vote: Some(1),
+            commit: meta.index,
+        },
+        meta,
+    }
+}
+
 fn sample_store(id: u64, pairs: &[(u64, Vec<u8>)]) -> PartitionStore {
     let mut store = PartitionStore::new(distkv::map::Partition {
         id,
@@ -308,7 +332,7 @@ proptest! {
         cut in proptest::option::of(any::<proptest::sample::Index>()),
         rewrap: bool,
     ) {
-        let store = sample_store(id, &pairs);
+        let store = sample_group(id, &pairs);
         let original = encode_snapshot(id, lsn, &store);
         let mut bytes = original.clone();
         if rewrap {
@@ -321,7 +345,7 @@ proptest! {
             match decode_snapshot(&bytes) {
                 Ok((p, l, state)) => {
                     prop_assert_eq!((p, l), (id, lsn));
-                    prop_assert_eq!(state.range().id, id);
+                    prop_assert_eq!(state.store.range().id, id);
                 }
                 Err(_) => prop_assert!(bytes != original),
             }
@@ -397,7 +421,14 @@ proptest! {
 
 /// Log entries that decode but may make no sense: commands with keys of
 /// other tables or out of range, SCANs backwards, hosts of odd ranges.
+/// A client command as the server puts it in a Raft entry.
+fn command_bytes(session: u64, seq: u64, ops: Vec<Op>) -> Vec<u8> {
+    let command = distkv::server::replica::Command { session, seq, ops };
+    bincode::Options::serialize(bincode::DefaultOptions::new(), &command).unwrap()
+}
+
 fn odd_entry() -> impl Strategy<Value = distkv::storage::LogEntry> {
+    use distkv::raft::{Entry, EntryData, HardState};
     use distkv::storage::LogEntry;
     let num = prop_oneof![0u64..20, Just(u64::MAX), any::<u64>()];
     let key = (prop_oneof![Just("t"), Just("u"), Just("")], num)
@@ -410,8 +441,32 @@ fn odd_entry() -> impl Strategy<Value = distkv::storage::LogEntry> {
         key.clone().prop_map(|key| Op::Delete { key }),
         (key.clone(), key).prop_map(|(start, end)| Op::Scan { start, end }),
     ];
-    let command = (0u64..3, 0u64..5, proptest::collection::vec(op, 0..4))
-        .prop_map(|(session, seq, ops)| LogEntry::Command { session, seq, ops });
+    let entry = (
+        0u64..3,
+        0u64..6,
+        proptest::option::of((0u64..3, 0u64..5, proptest::collection::vec(op, 0..4))),
+    )
+        .prop_map(|(term, index, command)| Entry {
+            term,
+            index,
+            data: match command {
+                Some((session, seq, ops)) => EntryData::Normal(command_bytes(session, seq, ops)),
+                None => EntryData::Noop,
+            },
+        });
+    let hard_state = proptest::option::of((0u64..4, 0u64..8)).prop_map(|hs| {
+        hs.map(|(term, commit)| HardState {
+            term,
+            vote: None,
+            commit,
+        })
+    });
+    let command = (hard_state, proptest::collection::vec(entry, 0..4)).prop_map(
+        |(hard_state, entries)| LogEntry::Raft {
+            hard_state,
+            entries,
+        },
+    );
     // Non-empty ranges only (an empty one is a known bug, see
     // `replay_of_a_host_entry_with_an_empty_range_does_not_panic`).
     let start = prop_oneof![0u64..20, Just(u64::MAX - 1)];
@@ -501,12 +556,20 @@ fn replay_of_a_host_entry_with_an_empty_range_does_not_panic() {
         end: Some(0),
         replicas: vec![0],
     });
-    let scan = LogEntry::Command {
-        session: 1,
-        seq: 1,
-        ops: vec![Op::Scan {
-            start: Key::new("t", 0),
-            end: Key::new("t", 5),
+    let ops = vec![Op::Scan {
+        start: Key::new("t", 0),
+        end: Key::new("t", 5),
+    }];
+    let scan = LogEntry::Raft {
+        hard_state: Some(distkv::raft::HardState {
+            term: 1,
+            vote: None,
+            commit: 1,
+        }),
+        entries: vec![distkv::raft::Entry {
+            term: 1,
+            index: 1,
+            data: distkv::raft::EntryData::Normal(command_bytes(1, 1, ops)),
         }],
     };
     let mut data = Vec::new();

@@ -94,6 +94,7 @@ impl NodeParams {
             max_inflight_appends: self.max_inflight_appends,
             pre_vote: self.pre_vote,
             check_quorum: self.check_quorum,
+            ..Config::new(self.id)
         }
     }
 }

@@ -2,7 +2,7 @@
 use clap::Parser;
 use distkv::rt::tokio_rt::TokioRuntime;
 use distkv::rt::FsDisk;
-use distkv::server::{run_server, ServerConfig};
+use distkv::server::{run_server, RaftTuning, ServerConfig};
 use distkv::storage::group_commit::GroupCommitConfig;
 use distkv::storage::wal::SEGMENT_BYTES_DEFAULT;
 use distkv::storage::StorageConfig;
@@ -35,8 +35,9 @@ struct Args {
     /// The manager to register with.
     #[arg(long, default_value = "0.0.0.0:24000")]
     manager_addr: SocketAddr,
-    /// Keep data on disk (write-ahead log + snapshots) and acknowledge a request only after
-    /// everything it observed is fsynced. Without it, data lives in memory only.
+    /// Keep data on disk (write-ahead log + snapshots): a write is acknowledged only after
+    /// it is fsynced on a majority of its partition's replicas. Without it, data lives in
+    /// memory only (still replicated).
     #[arg(long)]
     persistence: bool,
     /// Group commit: flush (fsync) the log once this many writes are pending (count).
@@ -52,6 +53,16 @@ struct Args {
     /// How often to re-register with the manager, in milliseconds.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
     heartbeat_ms: u64,
+    /// The Raft tick, in milliseconds: one timer drives every Raft group on the server.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    raft_tick_ms: u64,
+    /// Ticks without hearing a leader before a replica starts an election (randomized
+    /// between this and twice this). Default: 10 ticks = 0.5-1 s.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(3..=10_000))]
+    election_ticks: u32,
+    /// Ticks between a leader's heartbeats; must be below --election-ticks.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    heartbeat_ticks: u32,
 }
 
 fn parse_batch_timeout(s: &str) -> Result<f64, String> {
@@ -90,6 +101,13 @@ fn main() {
             }
         }
     }
+    if args.heartbeat_ticks >= args.election_ticks {
+        eprintln!(
+            "error: --heartbeat-ticks {} must be below --election-ticks {}",
+            args.heartbeat_ticks, args.election_ticks
+        );
+        std::process::exit(2);
+    }
     let batch_timeout = Duration::from_micros(args.batch_timeout_us());
     let config = ServerConfig {
         node_id: args.node_id,
@@ -114,6 +132,12 @@ fn main() {
             segment_bytes_max: SEGMENT_BYTES_DEFAULT.min(args.checkpoint_log_mb * 1024 * 1024),
             checkpoint_log_bytes: args.checkpoint_log_mb * 1024 * 1024,
         }),
+        raft_tick: Duration::from_millis(args.raft_tick_ms),
+        raft: RaftTuning {
+            election_ticks: args.election_ticks,
+            heartbeat_ticks: args.heartbeat_ticks,
+            ..RaftTuning::default()
+        },
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     if let Err(e) = rt.block_on(run_server(TokioRuntime, FsDisk::new(), config)) {

@@ -4,9 +4,11 @@
 //!  Session::execute(ops)
 //!    1. validate (limits, known tables)              -> ClientError::Invalid
 //!    2. split by partition (a SCAN may span several)  using the cached map
-//!    3. per part: Execute(session, seq) to its server; on no reply, retry
-//!       with the SAME (session, seq) until the deadline, so the server
-//!       applies it at most once; on WrongPartition refresh the map
+//!    3. per part: Execute(session, seq) to the partition's leader (cached;
+//!       followers answer NotLeader with a hint; with no hint, or no reply,
+//!       try the next replica); retry with the SAME (session, seq) until the
+//!       deadline, so the replicated session table applies it at most once;
+//!       on WrongPartition refresh the map
 //!    4. merge results back into operation order
 //! ```
 //! A write that got no reply by the deadline is reported as
@@ -17,7 +19,7 @@
 //! with *writes* in several partitions is not atomic as a whole (README,
 //! "Status").
 
-use crate::map::{PartitionId, PartitionMap};
+use crate::map::{NodeId, PartitionId, PartitionMap};
 use crate::op::{validate_command, Op, OpError, OpResult};
 use crate::rt::{timeout, Net, Runtime};
 use crate::wire::{decode_msg, encode_msg, ExecError, Msg};
@@ -82,6 +84,8 @@ struct Inner<R: Runtime> {
     net: R::Net,
     config: ClientConfig,
     map: Mutex<Option<Arc<PartitionMap>>>,
+    /// The leader last seen for each partition.
+    leaders: Mutex<HashMap<PartitionId, NodeId>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Msg>>>,
     next_req: AtomicU64,
 }
@@ -129,6 +133,7 @@ impl<R: Runtime> Client<R> {
             net,
             config,
             map: Mutex::new(None),
+            leaders: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             next_req: AtomicU64::new(1),
         });
@@ -223,8 +228,31 @@ impl<R: Runtime> Client<R> {
         }
     }
 
+    /// The replica to try for `partition`: the cached leader if it is still
+    /// a replica, else the `attempt`-th replica in map order.
+    fn target(&self, map: &PartitionMap, partition: PartitionId, attempt: usize) -> Option<NodeId> {
+        let p = map.partitions.get(&partition)?;
+        let cached = self.inner.leaders.lock().unwrap().get(&partition).copied();
+        match cached {
+            Some(leader) if p.replicas.contains(&leader) => Some(leader),
+            _ => Some(p.replicas[attempt % p.replicas.len()]),
+        }
+    }
+
+    /// Remembers (or forgets, with `None`) who leads `partition`.
+    fn set_leader(&self, partition: PartitionId, leader: Option<NodeId>) {
+        let mut leaders = self.inner.leaders.lock().unwrap();
+        match leader {
+            Some(l) => leaders.insert(partition, l),
+            None => leaders.remove(&partition),
+        };
+    }
+
     /// Runs one partition's part of a command until it has an answer or the
-    /// deadline passes.
+    /// deadline passes. Requests go to the partition's leader: a follower
+    /// answers `NotLeader` with a hint, which is followed; with no hint (an
+    /// election is under way) the replicas are tried in turn, with a backoff
+    /// after each full round.
     async fn run_part(
         &self,
         session: u64,
@@ -237,19 +265,23 @@ impl<R: Runtime> Client<R> {
         let op_count = ops.len();
         let mut maybe_applied = false;
         let mut last_error = String::from("deadline passed before the first attempt");
+        // Counts replicas tried without finding a leader (rotation).
+        let mut attempt = 0usize;
         loop {
             let now = self.inner.rt.now();
             if now >= deadline {
                 break;
             }
             let map = self.map();
-            let Some(addr) = map
-                .partitions
-                .get(&partition)
-                .and_then(|p| map.leader_addr(p))
-            else {
+            let Some(node) = self.target(&map, partition, attempt) else {
                 return PartOutcome::NotApplied(format!("partition {partition} is not in the map"));
             };
+            let Some(addr) = map.servers.get(&node).copied() else {
+                return PartOutcome::NotApplied(format!(
+                    "server {node} of partition {partition} has no address in the map"
+                ));
+            };
+            let replica_count = map.partitions.get(&partition).map_or(1, |p| p.replicas.len());
             let wait = self.inner.config.attempt_timeout.min(deadline - now);
             let ops = ops.clone();
             let reply = self
@@ -270,6 +302,11 @@ impl<R: Runtime> Client<R> {
                 Err(e) if maybe_applied => return PartOutcome::Unknown(e),
                 Err(e) => return PartOutcome::Rejected(e),
             };
+            // Try another replica next, pausing after a full round.
+            let rotate = |attempt: &mut usize| {
+                *attempt += 1;
+                *attempt % replica_count == 0
+            };
             match reply {
                 Some(Msg::ExecuteReply {
                     result: Ok(results),
@@ -281,6 +318,7 @@ impl<R: Runtime> Client<R> {
                             results.len()
                         ));
                     }
+                    self.set_leader(partition, Some(node));
                     return PartOutcome::Done(results);
                 }
                 Some(Msg::ExecuteReply {
@@ -291,12 +329,37 @@ impl<R: Runtime> Client<R> {
                     result: Err(e @ (ExecError::Stale(_) | ExecError::Storage { .. })),
                     ..
                 }) => return PartOutcome::Unknown(e.to_string()),
+                Some(Msg::ExecuteReply {
+                    result:
+                        Err(
+                            ref e @ (ExecError::NotLeader { leader, .. }
+                            | ExecError::LeaderChanged { leader, .. }),
+                        ),
+                    ..
+                }) => {
+                    last_error = e.to_string();
+                    if matches!(e, ExecError::LeaderChanged { .. }) {
+                        // Proposed but not known to be committed.
+                        maybe_applied = true;
+                    }
+                    match leader.filter(|&l| l != node) {
+                        Some(l) => self.set_leader(partition, Some(l)),
+                        None => {
+                            self.set_leader(partition, None);
+                            if rotate(&mut attempt) {
+                                self.inner.rt.sleep(self.inner.config.retry_backoff).await;
+                            }
+                        }
+                    }
+                }
                 Some(Msg::ExecuteReply { result: Err(e), .. }) => {
                     // WrongPartition / NotReady: certainly not applied.
                     last_error = e.to_string();
                     if matches!(e, ExecError::WrongPartition { .. }) {
                         let _ = self.refresh_map(deadline).await;
                     }
+                    self.set_leader(partition, None);
+                    rotate(&mut attempt);
                     self.inner.rt.sleep(self.inner.config.retry_backoff).await;
                 }
                 Some(other) => {
@@ -304,9 +367,14 @@ impl<R: Runtime> Client<R> {
                     maybe_applied = true;
                 }
                 None => {
-                    last_error = format!("no reply from server {addr} for partition {partition}");
+                    last_error = format!(
+                        "no reply from server {node} ({addr}) for partition {partition}"
+                    );
                     maybe_applied = true;
-                    // The server may have moved (a new map) or restarted.
+                    // It may be down: try the next replica. The map may also
+                    // have changed (a server moved or restarted).
+                    self.set_leader(partition, None);
+                    rotate(&mut attempt);
                     let _ = timeout(
                         &self.inner.rt,
                         self.inner.config.attempt_timeout,

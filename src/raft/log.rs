@@ -77,6 +77,27 @@ impl RaftLog {
         self.entries[start..end].to_vec()
     }
 
+    /// Like [`RaftLog::slice`], also stopping before `max_bytes` of entry
+    /// payload (but always returning at least one entry if there is one).
+    pub fn slice_bytes(&self, from: Index, to: Index, max: usize, max_bytes: usize) -> Vec<Entry> {
+        let to = to.min(self.last_index());
+        if from > to || from < self.first_index() {
+            return Vec::new();
+        }
+        let start = (from - self.first_index()) as usize;
+        let end = ((to - self.first_index()) as usize + 1).min(start.saturating_add(max));
+        let mut bytes = 0usize;
+        let mut out = Vec::new();
+        for e in &self.entries[start..end] {
+            bytes += e.payload_len();
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push(e.clone());
+        }
+        out
+    }
+
     /// Whether a candidate's log is at least as up-to-date as ours (§5.4.1).
     pub fn is_up_to_date(&self, last_index: Index, last_term: Term) -> bool {
         (last_term, last_index) >= (self.last_term(), self.last_index())

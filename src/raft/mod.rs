@@ -56,10 +56,21 @@ pub struct Config {
     pub heartbeat_ticks: u32,
     /// Most entries in one append message.
     pub max_entries_per_append: usize,
+    /// Most bytes of entry payload in one append message (at least one
+    /// entry is always sent), so messages stay far below the frame limit.
+    pub max_append_bytes: usize,
     /// Most append messages in flight to one follower (pipelining window).
     pub max_inflight_appends: usize,
     pub pre_vote: bool,
     pub check_quorum: bool,
+    /// For members without durable state (servers running without
+    /// `--persistence`): a member that starts with an empty log may have
+    /// lost a log and votes it gave before a restart, so until it has caught
+    /// up with a leader (accepted an append that brings its log up to that
+    /// leader's commit index) it votes only for candidates whose log is
+    /// empty too. A new cluster still elects its first leader; a restarted
+    /// member cannot help elect a leader that lacks entries it acknowledged.
+    pub amnesia_guard: bool,
 }
 
 impl Config {
@@ -69,9 +80,11 @@ impl Config {
             election_ticks: 10,
             heartbeat_ticks: 2,
             max_entries_per_append: 256,
+            max_append_bytes: 1024 * 1024,
             max_inflight_appends: 64,
             pre_vote: true,
             check_quorum: true,
+            amnesia_guard: false,
         }
     }
 }
@@ -219,6 +232,8 @@ pub struct Raft {
     initial_membership: Membership,
     /// Highest committed index handed to the driver in a `Ready`.
     apply_handed: Index,
+    /// See [`Config::amnesia_guard`]: started empty and not caught up yet.
+    amnesiac: bool,
     // Output.
     persisted_hard_state: HardState,
     unpersisted_from: Option<Index>,
@@ -243,7 +258,9 @@ impl Raft {
             state.hard_state.commit,
         );
         let apply_handed = log.applied;
+        let amnesiac = cfg.amnesia_guard && log.last_index() == 0;
         let mut raft = Raft {
+            amnesiac,
             term: state.hard_state.term,
             vote: state.hard_state.vote,
             role: Role::Follower,
@@ -776,9 +793,12 @@ impl Raft {
             self.send_snapshot(to);
             return true;
         };
-        let entries = self
-            .log
-            .slice(pr.next_index, last, self.cfg.max_entries_per_append);
+        let entries = self.log.slice_bytes(
+            pr.next_index,
+            last,
+            self.cfg.max_entries_per_append,
+            self.cfg.max_append_bytes,
+        );
         if entries.is_empty() && pr.state == ProgressState::Replicate {
             return false; // nothing new; heartbeats carry liveness
         }
@@ -873,7 +893,8 @@ impl Raft {
                 // its log is up to date, and we have no live leader.
                 let granted = msg.term > self.term
                     && !self.in_lease()
-                    && self.log.is_up_to_date(last_log_index, last_log_term);
+                    && self.log.is_up_to_date(last_log_index, last_log_term)
+                    && (!self.amnesiac || last_log_index == 0);
                 let term = if granted { msg.term } else { self.term };
                 self.messages.push(Message {
                     from: self.cfg.id,
@@ -889,7 +910,8 @@ impl Raft {
             } => {
                 // §5.2, §5.4.1: one vote per term, only for an up-to-date log.
                 let granted = self.vote.is_none_or(|v| v == msg.from)
-                    && self.log.is_up_to_date(last_log_index, last_log_term);
+                    && self.log.is_up_to_date(last_log_index, last_log_term)
+                    && (!self.amnesiac || last_log_index == 0);
                 if granted {
                     self.vote = Some(msg.from);
                     self.election_elapsed = 0;
@@ -1004,6 +1026,10 @@ impl Raft {
         }
         if commit > self.log.commit {
             self.log.commit = commit.min(last_new);
+        }
+        if self.amnesiac && self.log.last_index() >= commit {
+            // Caught up with a leader: everything committed is here now.
+            self.amnesiac = false;
         }
         // The acknowledgement promises these entries are on our disk.
         self.send(from, MessageBody::AppendResponse(Ok(last_new)), true);

@@ -27,6 +27,16 @@ pub struct Entry {
     pub data: EntryData,
 }
 
+impl Entry {
+    /// Bytes of application payload (for message size limits).
+    pub fn payload_len(&self) -> usize {
+        match &self.data {
+            EntryData::Normal(data) => data.len(),
+            EntryData::Noop | EntryData::ConfChange(_) => 0,
+        }
+    }
+}
+
 /// One-server-at-a-time membership changes. A change takes effect as soon as
 /// its entry is in a server's log (committed or not, §4.1), so a leader
 /// allows only one uncommitted change at a time.

@@ -1,22 +1,29 @@
-//! The server: hosts partitions and executes commands on them.
+//! The server: hosts replicas of partitions, each a member of its
+//! partition's Raft group.
 //!
 //! ```text
 //!   start --Register--> manager   (then every heartbeat interval)
-//!         <--RegisterReply(map)-- : host the partitions whose leader is us
-//!   client --Execute(session, seq, partition, ops)--> ServerCore --> PartitionStore
-//!          <--ExecuteReply(results | ExecError)--
+//!         <--RegisterReply(map)-- : a replica for every partition placed on us
+//!   client --Execute(session, seq, partition, ops)--> leader replica
+//!          <--ExecuteReply(results | NotLeader{hint} | ...)--
+//!   peer <--Raft(batch of (partition, message))--> peer   (one per destination)
 //! ```
-//! [`ServerCore`] is the pure part (messages in, replies out); [`run_server`]
-//! is the thin driver that feeds it from the network. Until replication lands
-//! each partition has one serving copy, kept in memory.
+//! [`ServerCore`] (in [`replica`]) is the pure part: events in, an
+//! [`Output`] out. [`run_server`] is the driver: it feeds the core from the
+//! network and one tick timer shared by every group, logs what the core
+//! asks in the shared write-ahead log (one fsync covers every group), and
+//! sends votes and acknowledgements only once what they promise is durable.
 
-use crate::kv::PartitionStore;
-use crate::map::{NodeId, Partition, PartitionId, PartitionMap};
-use crate::op::{Op, OpResult};
+pub mod replica;
+
+pub use replica::{Output, RaftTuning, ReplyTo, ServerCore};
+
+use crate::map::{NodeId, PartitionId};
+use crate::raft::{Index, Message, Term};
 use crate::rt::{Disk, Net, Runtime};
 use crate::storage::wal::Lsn;
 use crate::storage::{Storage, StorageConfig};
-use crate::wire::{decode_msg, encode_msg, ExecError, Msg};
+use crate::wire::{decode_msg, encode_msg, Msg};
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
@@ -36,126 +43,84 @@ pub struct ServerConfig {
     pub heartbeat_interval: Duration,
     /// Durable storage (`--persistence`); `None` keeps everything in memory.
     pub storage: Option<StorageConfig>,
+    /// The Raft tick: one timer drives every group on the server.
+    pub raft_tick: Duration,
+    pub raft: RaftTuning,
 }
 
 impl ServerConfig {
     pub const HEARTBEAT_INTERVAL_DEFAULT: Duration = Duration::from_millis(1000);
+    /// With the default tuning: heartbeats every 100 ms, elections after
+    /// 500–1000 ms without a leader.
+    pub const RAFT_TICK_DEFAULT: Duration = Duration::from_millis(50);
 }
 
 /// Most log records appended but not yet durable; past it the server stops
 /// reading requests until the disk catches up (backpressure, bounded memory).
 const PENDING_RECORDS_MAX: u64 = 64 * 1024;
 
-/// The server's state machine: the map it knows and the partitions it hosts.
-pub struct ServerCore {
-    node_id: NodeId,
-    map: Option<PartitionMap>,
-    stores: BTreeMap<PartitionId, PartitionStore>,
-}
+/// Messages received but not yet handled (the receiver task waits when full).
+const INBOX_MAX: usize = 4096;
 
-impl ServerCore {
-    pub fn new(node_id: NodeId) -> ServerCore {
-        ServerCore::with_stores(node_id, BTreeMap::new())
-    }
+/// Raft messages to one server are sent in frames of about this size.
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
 
-    /// A core holding partitions recovered from disk.
-    pub fn with_stores(
-        node_id: NodeId,
-        stores: BTreeMap<PartitionId, PartitionStore>,
-    ) -> ServerCore {
-        ServerCore {
-            node_id,
-            map: None,
-            stores,
-        }
-    }
-
-    pub fn map(&self) -> Option<&PartitionMap> {
-        self.map.as_ref()
-    }
-
-    pub fn stores(&self) -> &BTreeMap<PartitionId, PartitionStore> {
-        &self.stores
-    }
-
-    /// Adopts `map` if it is newer than ours and opens a store for every
-    /// partition we now serve. Existing stores keep their data. Returns the
-    /// partitions newly hosted (a durable server logs them).
-    pub fn install_map(&mut self, map: PartitionMap) -> Vec<Partition> {
-        if self.map.as_ref().is_some_and(|m| m.epoch >= map.epoch) {
-            return Vec::new();
-        }
-        let mut hosted = Vec::new();
-        for partition in map.partitions.values() {
-            if partition.leader() == self.node_id && !self.stores.contains_key(&partition.id) {
-                tracing::info!(
-                    node_id = self.node_id,
-                    partition = partition.id,
-                    table = %partition.table,
-                    start = partition.start,
-                    end = ?partition.end,
-                    "hosting partition"
-                );
-                self.stores
-                    .insert(partition.id, PartitionStore::new(partition.clone()));
-                hosted.push(partition.clone());
-            }
-        }
-        self.map = Some(map);
-        hosted
-    }
-
-    /// Executes a client's command on one of our partitions. The flag says
-    /// whether it changed state (and so must be logged before the reply).
-    pub fn execute(
-        &mut self,
-        session: u64,
-        seq: u64,
-        partition: PartitionId,
-        ops: &[Op],
-    ) -> (Result<Vec<OpResult>, ExecError>, bool) {
-        if self.map.is_none() {
-            let not_ready = ExecError::NotReady {
-                node_id: self.node_id,
-            };
-            return (Err(not_ready), false);
-        }
-        let Some(store) = self.stores.get_mut(&partition) else {
-            let wrong = ExecError::WrongPartition {
-                node_id: self.node_id,
-                partition,
-            };
-            return (Err(wrong), false);
-        };
-        match store.execute_once(session, seq, ops) {
-            Ok(executed) => (executed.result.map_err(ExecError::from), executed.changed),
-            Err(stale) => (Err(stale.into()), false),
-        }
-    }
+/// What waits for the log to be durable through `lsn`.
+struct Pending {
+    lsn: Lsn,
+    partition: PartitionId,
+    messages: Vec<Message>,
+    last: Option<(Index, Term)>,
 }
 
 enum Event {
     Durable(Result<Lsn, String>),
-    Received(io::Result<(SocketAddr, Vec<u8>)>),
+    Tick,
+    Received(Option<(SocketAddr, Vec<u8>)>),
+}
+
+/// The driver's state besides the core.
+struct Driver<R: Runtime, D: Disk> {
+    rt: R,
+    config: ServerConfig,
+    net: Arc<R::Net>,
+    storage: Option<Storage<D>>,
+    core: ServerCore,
+    pending: VecDeque<Pending>,
+    /// Where each peer server is: from the map, and from the messages peers
+    /// send (so a restarted server finds its group while the manager is down).
+    peers: BTreeMap<NodeId, SocketAddr>,
 }
 
 /// Runs a server until its network endpoint or its storage fails, or the
 /// manager refuses it. With `config.storage`, the server first recovers its
-/// partitions from `disk`, logs every state change, and answers a request
-/// only once everything it observed is durable.
+/// replicas from `disk` and logs every Raft state change before anything
+/// that depends on it leaves the server.
 pub async fn run_server<R: Runtime, D: Disk>(
     rt: R,
     disk: D,
     config: ServerConfig,
 ) -> io::Result<()> {
-    let (mut storage, recovered) = match &config.storage {
+    let (storage, recovered) = match &config.storage {
         Some(storage_config) => {
             let (storage, recovery) = Storage::open(&rt, disk, storage_config.clone())
                 .await
                 .map_err(|e| io::Error::other(format!("cannot recover storage: {e}")))?;
-            (Some(storage), recovery.stores)
+            (Some(storage), recovery.groups)
         }
         None => (None, BTreeMap::new()),
+    };
+    #[cfg(feature = "sim")]
+    let recovered = {
+        let mut recovered = recovered;
+        if crate::bugs::enabled(crate::bugs::Bug::ForgetVote) {
+            // Injected bug: the term and vote are not recovered.
+            for group in recovered.values_mut() {
+                group.raft.hard_state.term = 0;
+                group.raft.hard_state.vote = None;
+            }
+        }
+        recovered
     };
     let net = Arc::new(
         rt.bind(Some(config.listen_addr), Some(config.advertise_addr))
@@ -167,7 +132,7 @@ pub async fn run_server<R: Runtime, D: Disk>(
         advertise = %config.advertise_addr,
         manager = %config.manager_addr,
         persistence = storage.is_some(),
-        recovered_partitions = recovered.len(),
+        recovered_replicas = recovered.len(),
         "server started"
     );
     let register = encode_msg(&Msg::Register {
@@ -185,89 +150,126 @@ pub async fn run_server<R: Runtime, D: Disk>(
             }
         });
     }
-    let mut core = ServerCore::with_stores(config.node_id, recovered);
-    // Replies waiting for the log to be durable up to their LSN (ascending).
-    let mut held: VecDeque<(Lsn, SocketAddr, Msg)> = VecDeque::new();
-    let send = |to: SocketAddr, reply: &Msg| match encode_msg(reply) {
-        Ok(bytes) => net.send(to, bytes),
-        Err(e) => tracing::error!("cannot encode reply: {e}"),
+    // `Net::recv` is not cancel-safe: receive in a task of its own.
+    let (inbox, mut received) = tokio::sync::mpsc::channel(INBOX_MAX);
+    {
+        let net = net.clone();
+        rt.spawn(async move {
+            loop {
+                let item = net.recv().await;
+                let stop = item.is_err();
+                if inbox.send(item).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+    }
+    let core = ServerCore::new(
+        config.node_id,
+        recovered,
+        storage.is_some(),
+        config.raft.clone(),
+        rt.rand_u64(),
+    );
+    let mut d = Driver {
+        rt: rt.clone(),
+        config,
+        net,
+        storage,
+        core,
+        pending: VecDeque::new(),
+        peers: BTreeMap::new(),
     };
+    d.flush()?;
+    let tick = d.config.raft_tick;
+    let mut next_tick = rt.now() + tick;
     loop {
-        let event = match storage.as_mut() {
-            Some(s) => {
-                let accept = s.pending_records() < PENDING_RECORDS_MAX;
-                tokio::select! {
-                    biased;
-                    durable = s.durable_changed() => Event::Durable(durable),
-                    received = net.recv(), if accept => Event::Received(received),
+        let accept = d
+            .storage
+            .as_ref()
+            .is_none_or(|s| s.pending_records() < PENDING_RECORDS_MAX);
+        let wait = next_tick.saturating_duration_since(rt.now());
+        let event = {
+            let storage = d.storage.as_mut();
+            let durable = async move {
+                match storage {
+                    Some(s) => s.durable_changed().await,
+                    None => std::future::pending().await,
                 }
+            };
+            tokio::select! {
+                biased;
+                durable = durable => Event::Durable(durable),
+                _ = rt.sleep(wait) => Event::Tick,
+                item = received.recv(), if accept => Event::Received(match item {
+                    Some(Ok(x)) => Some(x),
+                    Some(Err(e)) => return Err(e),
+                    None => None,
+                }),
             }
-            None => Event::Received(net.recv().await),
         };
-        let (from, payload) = match event {
-            Event::Durable(Ok(lsn)) => {
-                while held.front().is_some_and(|(wait, _, _)| *wait <= lsn) {
-                    let (_, to, reply) = held.pop_front().unwrap();
-                    send(to, &reply);
-                }
-                if let Some(s) = storage.as_mut() {
-                    s.maybe_checkpoint(&rt, core.stores());
-                }
-                continue;
-            }
+        match event {
+            Event::Durable(Ok(_)) => {}
             Event::Durable(Err(reason)) => {
                 // Fail-stop: in-memory state is ahead of what is on disk.
-                for (_, to, reply) in held.drain(..) {
-                    if let Msg::ExecuteReply { req, .. } = reply {
-                        let failed = Msg::ExecuteReply {
-                            req,
-                            result: Err(ExecError::Storage {
-                                node_id: config.node_id,
-                                reason: reason.clone(),
-                            }),
-                        };
-                        send(to, &failed);
-                    }
-                }
                 return Err(io::Error::other(format!(
                     "storage failed, stopping (restart to recover from disk): {reason}"
                 )));
             }
-            Event::Received(received) => received?,
-        };
-        let msg = match decode_msg(&payload) {
+            Event::Tick => {
+                let now = rt.now();
+                next_tick = if now >= next_tick + tick {
+                    now + tick // fell behind (a long pause): do not burst
+                } else {
+                    next_tick + tick
+                };
+                d.core.tick();
+            }
+            Event::Received(None) => {
+                return Err(io::Error::other("the network endpoint closed"));
+            }
+            Event::Received(Some((from, payload))) => d.handle(from, &payload)?,
+        }
+        d.flush()?;
+        if let Some(s) = d.storage.as_mut() {
+            if s.checkpoint_due() {
+                s.checkpoint(&d.rt, d.core.group_snapshots());
+            }
+        }
+    }
+}
+
+impl<R: Runtime, D: Disk> Driver<R, D> {
+    fn handle(&mut self, from: SocketAddr, payload: &[u8]) -> io::Result<()> {
+        let msg = match decode_msg(payload) {
             Ok(msg) => msg,
             Err(e) => {
                 tracing::warn!(%from, "dropping message: {e}");
-                continue;
+                return Ok(());
             }
         };
-        let reply = match msg {
-            Msg::RegisterReply { .. } if from != config.manager_addr => {
+        match msg {
+            Msg::RegisterReply { .. } if from != self.config.manager_addr => {
                 tracing::warn!(%from, "ignoring a registration reply that did not come from the manager");
-                None
             }
             Msg::RegisterReply { result: Ok(map) } if map.validate().is_err() => {
                 tracing::error!(
                     "ignoring an invalid partition map from the manager: {:?}",
                     map.validate()
                 );
-                None
             }
             Msg::RegisterReply { result: Ok(map) } => {
-                for range in core.install_map(map) {
-                    if let Some(s) = storage.as_mut() {
-                        s.log_host(rt.now(), &range);
-                    }
+                for (&id, &addr) in &map.servers {
+                    self.peers.insert(id, addr);
                 }
-                None
+                self.core.install_map(map);
             }
             Msg::RegisterReply {
                 result: Err(reason),
             } => {
                 return Err(io::Error::other(format!(
                     "the manager at {} refused this server: {reason}",
-                    config.manager_addr
+                    self.config.manager_addr
                 )));
             }
             Msg::Execute {
@@ -277,88 +279,430 @@ pub async fn run_server<R: Runtime, D: Disk>(
                 partition,
                 ops,
             } => {
-                let (result, changed) = core.execute(session, seq, partition, &ops);
-                if changed {
-                    if let Some(s) = storage.as_mut() {
-                        s.log_command(rt.now(), partition, session, seq, &ops);
-                    }
+                let to = ReplyTo { addr: from, req };
+                self.core.execute(to, session, seq, partition, ops);
+            }
+            Msg::Raft {
+                from: peer,
+                messages,
+            } => {
+                if peer != self.config.node_id {
+                    self.peers.insert(peer, from);
+                    self.core.step(peer, messages);
                 }
-                Some(Msg::ExecuteReply { req, result })
             }
             other => {
                 tracing::warn!(%from, "server ignores unexpected message {other:?}");
-                None
-            }
-        };
-        if let Some(reply) = reply {
-            // Whatever this reply reflects must be durable first: that is
-            // everything appended so far (reads too may have seen it).
-            #[cfg(feature = "sim")]
-            let ack_before_fsync = crate::bugs::enabled(crate::bugs::Bug::AckBeforeFsync);
-            #[cfg(not(feature = "sim"))]
-            let ack_before_fsync = false;
-            match storage.as_ref() {
-                Some(s)
-                    if !ack_before_fsync
-                        && !matches!(s.durable(), Ok(d) if d >= s.last_appended()) =>
-                {
-                    held.push_back((s.last_appended(), from, reply));
-                }
-                _ => send(from, &reply),
             }
         }
+        Ok(())
+    }
+
+    /// Carries out everything the core asked for, until it asks nothing.
+    fn flush(&mut self) -> io::Result<()> {
+        loop {
+            let out = self.core.take_output();
+            if out.is_empty() {
+                return self.release();
+            }
+            self.perform(out)?;
+        }
+    }
+
+    fn perform(&mut self, out: Output) -> io::Result<()> {
+        let now = self.rt.now();
+        for range in &out.hosted {
+            if let Some(s) = self.storage.as_mut() {
+                s.log_host(now, range);
+            }
+        }
+        for p in out.persist {
+            match self.storage.as_mut() {
+                Some(s) => {
+                    if let Some((meta, data)) = p.snapshot {
+                        s.log_snapshot(now, p.partition, meta, data);
+                    }
+                    if p.hard_state.is_some() || !p.entries.is_empty() {
+                        s.log_raft(now, p.partition, p.hard_state, p.entries);
+                    }
+                    if !p.messages.is_empty() || p.last.is_some() {
+                        self.pending.push_back(Pending {
+                            lsn: s.last_appended(),
+                            partition: p.partition,
+                            messages: p.messages,
+                            last: p.last,
+                        });
+                    }
+                }
+                None => {
+                    // In memory, "durable" is now.
+                    self.send_raft(group_by_destination(p.partition, p.messages));
+                    self.core.persisted(p.partition, p.last);
+                }
+            }
+        }
+        self.send_raft(out.messages);
+        for (to, reply) in out.replies {
+            match encode_msg(&reply) {
+                Ok(bytes) => self.net.send(to, bytes),
+                Err(e) => tracing::error!("cannot encode reply: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what waited for the durable log and tells the core.
+    fn release(&mut self) -> io::Result<()> {
+        let Some(s) = self.storage.as_ref() else {
+            return Ok(());
+        };
+        let durable = s.durable().map_err(|reason| {
+            io::Error::other(format!(
+                "storage failed, stopping (restart to recover from disk): {reason}"
+            ))
+        })?;
+        let mut released = false;
+        while self.pending.front().is_some_and(|p| p.lsn <= durable) {
+            let p = self.pending.pop_front().unwrap();
+            self.send_raft(group_by_destination(p.partition, p.messages));
+            self.core.persisted(p.partition, p.last);
+            released = true;
+        }
+        if released {
+            // The core may have more to do (commits, replies).
+            let out = self.core.take_output();
+            if !out.is_empty() {
+                self.perform(out)?;
+                return self.release();
+            }
+        }
+        Ok(())
+    }
+
+    fn send_raft(&self, batches: BTreeMap<NodeId, Vec<(PartitionId, Message)>>) {
+        for (to, messages) in batches {
+            let Some(&addr) = self.peers.get(&to) else {
+                tracing::debug!(to, "no address for server yet; dropping Raft messages");
+                continue;
+            };
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            for (partition, msg) in messages {
+                let size = message_size(&msg);
+                if !batch.is_empty() && bytes + size > BATCH_BYTES {
+                    self.send_batch(addr, std::mem::take(&mut batch));
+                    bytes = 0;
+                }
+                bytes += size;
+                batch.push((partition, msg));
+            }
+            if !batch.is_empty() {
+                self.send_batch(addr, batch);
+            }
+        }
+    }
+
+    fn send_batch(&self, addr: SocketAddr, messages: Vec<(PartitionId, Message)>) {
+        let msg = Msg::Raft {
+            from: self.config.node_id,
+            messages,
+        };
+        match encode_msg(&msg) {
+            Ok(bytes) => self.net.send(addr, bytes),
+            Err(e) => tracing::error!(%addr, "cannot send Raft messages: {e}"),
+        }
+    }
+}
+
+fn group_by_destination(
+    partition: PartitionId,
+    messages: Vec<Message>,
+) -> BTreeMap<NodeId, Vec<(PartitionId, Message)>> {
+    let mut out: BTreeMap<NodeId, Vec<(PartitionId, Message)>> = BTreeMap::new();
+    for m in messages {
+        out.entry(m.to).or_default().push((partition, m));
+    }
+    out
+}
+
+/// A rough upper bound of a message's encoded size.
+fn message_size(msg: &Message) -> usize {
+    use crate::raft::MessageBody;
+    128 + match &msg.body {
+        MessageBody::Append { entries, .. } => {
+            entries.iter().map(|e| e.payload_len() + 32).sum::<usize>()
+        }
+        MessageBody::InstallSnapshot(s) => s.data.len(),
+        _ => 0,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::op::parse_op;
+    use crate::map::PartitionMap;
+    use crate::op::{parse_op, Op, OpResult};
+    use crate::raft::Role;
+    use crate::wire::ExecError;
+    use std::collections::BTreeSet;
 
-    fn map() -> PartitionMap {
-        let servers: Vec<SocketAddr> = vec![
-            "127.0.0.1:1".parse().unwrap(),
-            "127.0.0.1:2".parse().unwrap(),
-        ];
-        PartitionMap::build(&[("t".into(), 100)], &servers, 1).unwrap()
+    const CLIENT: &str = "127.0.0.9:1";
+
+    /// Server cores wired together in memory, driven like `run_server`
+    /// drives one in memory mode (durable = at once).
+    struct Cores {
+        cores: Vec<ServerCore>,
+        down: BTreeSet<NodeId>,
+        replies: BTreeMap<u64, Result<Vec<OpResult>, ExecError>>,
+        next_req: u64,
+    }
+
+    impl Cores {
+        fn new(n: usize) -> Cores {
+            let servers: Vec<SocketAddr> = (0..n)
+                .map(|i| format!("127.0.0.1:{}", 1000 + i).parse().unwrap())
+                .collect();
+            let map = PartitionMap::build(&[("t".into(), 90)], &servers, n).unwrap();
+            let mut c = Cores {
+                cores: (0..n as u64)
+                    .map(|i| ServerCore::new(i, BTreeMap::new(), false, RaftTuning::default(), i))
+                    .collect(),
+                down: BTreeSet::new(),
+                replies: BTreeMap::new(),
+                next_req: 1,
+            };
+            for core in &mut c.cores {
+                core.install_map(map.clone());
+            }
+            c.pump();
+            c
+        }
+
+        /// Delivers everything until no core has anything to do.
+        fn pump(&mut self) {
+            loop {
+                let mut quiet = true;
+                for i in 0..self.cores.len() {
+                    let out = self.cores[i].take_output();
+                    if out.is_empty() {
+                        continue;
+                    }
+                    quiet = false;
+                    let mut sends = out.messages;
+                    for p in out.persist {
+                        for m in p.messages {
+                            sends.entry(m.to).or_default().push((p.partition, m));
+                        }
+                        self.cores[i].persisted(p.partition, p.last);
+                    }
+                    if self.down.contains(&(i as u64)) {
+                        continue; // a crashed server sends nothing
+                    }
+                    for (to, msgs) in sends {
+                        if !self.down.contains(&to) {
+                            self.cores[to as usize].step(i as u64, msgs);
+                        }
+                    }
+                    for (_, reply) in out.replies {
+                        if let Msg::ExecuteReply { req, result } = reply {
+                            self.replies.insert(req, result);
+                        }
+                    }
+                }
+                if quiet {
+                    return;
+                }
+            }
+        }
+
+        fn ticks(&mut self, n: usize) {
+            for _ in 0..n {
+                for i in 0..self.cores.len() {
+                    if !self.down.contains(&(i as u64)) {
+                        self.cores[i].tick();
+                    }
+                }
+                self.pump();
+            }
+        }
+
+        fn leader(&self, partition: PartitionId) -> Option<NodeId> {
+            let leaders: Vec<NodeId> = (0..self.cores.len() as u64)
+                .filter(|i| !self.down.contains(i))
+                .filter(|&i| {
+                    self.cores[i as usize].replicas()[&partition].raft.role() == Role::Leader
+                })
+                .collect();
+            assert!(leaders.len() <= 1, "two live leaders: {leaders:?}");
+            leaders.first().copied()
+        }
+
+        /// Sends a command to `node` and returns its reply, if one came.
+        fn exec(
+            &mut self,
+            node: NodeId,
+            session: u64,
+            seq: u64,
+            partition: PartitionId,
+            ops: &[&str],
+        ) -> Option<Result<Vec<OpResult>, ExecError>> {
+            let ops: Vec<Op> = ops.iter().map(|o| parse_op(o).unwrap()).collect();
+            let req = self.next_req;
+            self.next_req += 1;
+            let to = ReplyTo {
+                addr: CLIENT.parse().unwrap(),
+                req,
+            };
+            self.cores[node as usize].execute(to, session, seq, partition, ops);
+            self.pump();
+            self.replies.remove(&req)
+        }
     }
 
     #[test]
-    fn refuses_until_it_has_a_map_then_serves_only_its_partitions() {
-        let mut core = ServerCore::new(1);
-        let put = vec![parse_op("PUT t60 x").unwrap()];
-        let not_ready = ExecError::NotReady { node_id: 1 };
-        assert_eq!(core.execute(1, 1, 1, &put), (Err(not_ready), false));
+    fn a_write_commits_on_the_leader_and_reaches_every_replica() {
+        let mut c = Cores::new(3);
+        assert_eq!(c.leader(0), None, "no leader before an election timeout");
+        c.ticks(25);
+        let leader = c.leader(0).expect("a leader after two election timeouts");
+        let follower = (leader + 1) % 3;
         assert_eq!(
-            core.install_map(map()).len(),
-            1,
-            "newly hosted partitions are reported"
+            c.exec(follower, 1, 1, 0, &["PUT t5 a"]),
+            Some(Err(ExecError::NotLeader {
+                node_id: follower,
+                partition: 0,
+                leader: Some(leader)
+            })),
+            "a follower refuses and names the leader"
         );
-        assert_eq!(core.stores().len(), 1);
-        let wrong = ExecError::WrongPartition {
-            node_id: 1,
-            partition: 0,
+        assert_eq!(
+            c.exec(leader, 1, 1, 0, &["PUT t5 a"]),
+            Some(Ok(vec![OpResult::Put { found: false }]))
+        );
+        assert_eq!(
+            c.exec(leader, 1, 2, 0, &["GET t5"]),
+            Some(Ok(vec![OpResult::Get(Some(b"a".to_vec()))])),
+            "a ReadIndex read sees the write"
+        );
+        c.ticks(3); // followers learn the commit index
+        for core in &c.cores {
+            let replica = &core.replicas()[&0];
+            let mut store = replica.store.clone();
+            let get = [parse_op("GET t5").unwrap()];
+            assert_eq!(
+                store.execute(&get).unwrap(),
+                vec![OpResult::Get(Some(b"a".to_vec()))],
+                "server {} applied the write",
+                core.node_id()
+            );
+        }
+    }
+
+    #[test]
+    fn after_the_leader_crashes_a_retry_gets_the_original_outcome_once() {
+        let mut c = Cores::new(3);
+        c.ticks(25);
+        let old = c.leader(0).unwrap();
+        assert_eq!(
+            c.exec(old, 7, 1, 0, &["SWAP t1 x"]),
+            Some(Ok(vec![OpResult::Swap(None)]))
+        );
+        assert_eq!(
+            c.exec(old, 7, 2, 0, &["PUT t1 y"]),
+            Some(Ok(vec![OpResult::Put { found: false }]))
+        );
+        c.down.insert(old);
+        c.ticks(45);
+        let new = c.leader(0).expect("the survivors elect a new leader");
+        assert_ne!(new, old);
+        // The client never saw the reply to seq 2 and retries it here: the
+        // session table answers with the original outcome, not "found".
+        assert_eq!(
+            c.exec(new, 7, 2, 0, &["PUT t1 y"]),
+            Some(Ok(vec![OpResult::Put { found: false }]))
+        );
+        assert_eq!(
+            c.exec(new, 7, 3, 0, &["GET t1"]),
+            Some(Ok(vec![OpResult::Get(Some(b"y".to_vec()))]))
+        );
+        assert_eq!(
+            c.exec(new, 7, 1, 0, &["SWAP t1 x"]).map(|r| r.is_err()),
+            Some(true),
+            "a delayed duplicate of an older request is refused"
+        );
+    }
+
+    #[test]
+    fn an_isolated_leader_neither_commits_nor_serves_reads() {
+        let mut c = Cores::new(3);
+        c.ticks(25);
+        let old = c.leader(0).unwrap();
+        assert_eq!(
+            c.exec(old, 1, 1, 0, &["PUT t2 before"]),
+            Some(Ok(vec![OpResult::Put { found: false }]))
+        );
+        // Cut the leader off: it hears nothing and nothing it sends arrives.
+        c.down.insert(old);
+        let ops = [parse_op("PUT t2 lost").unwrap()];
+        let to = |req| ReplyTo {
+            addr: CLIENT.parse().unwrap(),
+            req,
         };
-        assert_eq!(core.execute(1, 1, 0, &put), (Err(wrong), false));
-        let created = vec![OpResult::Put { found: false }];
+        c.cores[old as usize].execute(to(100), 2, 1, 0, ops.to_vec());
+        c.cores[old as usize].execute(to(101), 3, 1, 0, vec![parse_op("GET t2").unwrap()]);
+        c.pump();
+        assert!(c.replies.is_empty(), "nothing is answered without a quorum");
+        // The others elect a leader and overwrite the value.
+        c.ticks(45);
+        let new = c.leader(0).unwrap();
         assert_eq!(
-            core.execute(1, 1, 1, &put),
-            (Ok(created), true),
-            "a write changes state"
+            c.exec(new, 4, 1, 0, &["PUT t2 after"]),
+            Some(Ok(vec![OpResult::Put { found: true }]))
         );
-        assert!(
-            core.install_map(map()).is_empty(),
-            "same epoch: nothing new"
-        );
+        // The old leader steps down (check-quorum) on its own ticks and
+        // answers both requests honestly.
+        for _ in 0..45 {
+            c.cores[old as usize].tick();
+            let out = c.cores[old as usize].take_output();
+            for (_, reply) in out.replies {
+                if let Msg::ExecuteReply { req, result } = reply {
+                    c.replies.insert(req, result);
+                }
+            }
+        }
+        assert!(matches!(
+            c.replies.get(&100),
+            Some(Err(ExecError::LeaderChanged { .. }))
+        ));
+        assert!(matches!(
+            c.replies.get(&101),
+            Some(Err(ExecError::NotLeader { .. }))
+        ));
     }
 
     #[test]
-    fn an_older_map_does_not_replace_a_newer_one() {
-        let mut core = ServerCore::new(0);
-        let mut newer = map();
-        newer.epoch = 5;
-        core.install_map(newer);
-        core.install_map(map());
-        assert_eq!(core.map().unwrap().epoch, 5);
+    fn refuses_until_it_has_a_map_then_only_its_partitions() {
+        let mut core = ServerCore::new(5, BTreeMap::new(), false, RaftTuning::default(), 1);
+        let to = ReplyTo {
+            addr: CLIENT.parse().unwrap(),
+            req: 1,
+        };
+        core.execute(to, 1, 1, 0, vec![parse_op("GET t1").unwrap()]);
+        let out = core.take_output();
+        assert!(matches!(
+            &out.replies[..],
+            [(_, Msg::ExecuteReply { result: Err(ExecError::NotReady { node_id: 5 }), .. })]
+        ));
+        let servers: Vec<SocketAddr> = vec!["127.0.0.1:1".parse().unwrap(); 1];
+        let mut map = PartitionMap::build(&[("t".into(), 10)], &servers, 1).unwrap();
+        map.servers.insert(5, "127.0.0.1:5".parse().unwrap());
+        core.install_map(map);
+        assert!(core.replicas().is_empty(), "no partition is placed on server 5");
+        core.execute(to, 1, 1, 0, vec![parse_op("GET t1").unwrap()]);
+        let out = core.take_output();
+        assert!(matches!(
+            &out.replies[..],
+            [(_, Msg::ExecuteReply { result: Err(ExecError::WrongPartition { node_id: 5, partition: 0 }), .. })]
+        ));
     }
 }

@@ -470,6 +470,8 @@ pub async fn scenario_with(config: Config) -> Summary {
                 manager_addr: manager_addr(),
                 heartbeat_interval: ServerConfig::HEARTBEAT_INTERVAL_DEFAULT,
                 storage,
+                raft_tick: ServerConfig::RAFT_TICK_DEFAULT,
+                raft: Default::default(),
             };
             let disk = disks[i].clone();
             handle

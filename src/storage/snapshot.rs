@@ -9,8 +9,11 @@
 //!   | magic | version | partition | lsn | body_len | body_crc | hdr_crc | body (body_len B) |
 //!   | 8 B   | u32     | u64       | u64 | u64      | u32      | u32     |                   |
 //!   magic = "DKVSNAP\n", hdr_crc = crc32(bytes 0..40), body_crc = crc32(body)
-//!   body  = bincode (varint) of `SnapshotBody`: the partition's range, its
-//!           key/value pairs in key order, and its client session table
+//!   body  = bincode (varint) of `GroupSnapshot`: the replica's state
+//!           machine (the partition's range, its key/value pairs in key
+//!           order, its client session table) through Raft index
+//!           `meta.index`, the snapshot meta (index, term, membership), the
+//!           Raft hard state, and the log entries after `meta.index`
 //! ```
 //!
 //! # Writing
@@ -18,7 +21,8 @@
 //! and the directory is synced: a crash leaves either no snapshot or a whole
 //! one under the final name. Only then may the log before `lsn` be purged.
 
-use crate::kv::PartitionStore as PartitionState;
+use super::GroupSnapshot;
+use crate::kv::PartitionStore;
 use crate::rt::Disk;
 use bincode::Options;
 use std::path::{Path, PathBuf};
@@ -26,7 +30,7 @@ use std::path::{Path, PathBuf};
 use super::wal::Lsn;
 
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"DKVSNAP\n";
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 pub const SNAPSHOT_HEADER_LEN: usize = 44;
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +61,7 @@ fn body_options() -> impl Options {
 }
 
 /// Encodes a snapshot file's bytes.
-pub fn encode_snapshot(partition: u64, lsn: Lsn, state: &PartitionState) -> Vec<u8> {
+pub fn encode_snapshot(partition: u64, lsn: Lsn, state: &GroupSnapshot) -> Vec<u8> {
     let body = body_options().serialize(state).expect("state serializes");
     frame_snapshot(partition, lsn, &body)
 }
@@ -79,7 +83,7 @@ pub fn frame_snapshot(partition: u64, lsn: Lsn, body: &[u8]) -> Vec<u8> {
 }
 
 /// Decodes and verifies a snapshot file's bytes: `(partition, lsn, state)`.
-pub fn decode_snapshot(bytes: &[u8]) -> Result<(u64, Lsn, PartitionState), String> {
+pub fn decode_snapshot(bytes: &[u8]) -> Result<(u64, Lsn, GroupSnapshot), String> {
     if bytes.len() < SNAPSHOT_HEADER_LEN {
         return Err(format!("{} bytes is shorter than the header", bytes.len()));
     }
@@ -105,20 +109,45 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<(u64, Lsn, PartitionState), Strin
     if crc32fast::hash(body) != u32_at(36) {
         return Err("body checksum mismatch".into());
     }
-    let state: PartitionState = body_options()
+    let state: GroupSnapshot = body_options()
         .reject_trailing_bytes()
         .deserialize(body)
         .map_err(|e| format!("body does not decode: {e}"))?;
-    if !state.range().is_valid_range() {
+    if !state.store.range().is_valid_range() {
         return Err("the partition's range is empty or has no replicas".into());
     }
-    if state.range().id != partition {
+    if state.store.range().id != partition {
         return Err(format!(
             "body is partition {}, header says {partition}",
-            state.range().id
+            state.store.range().id
         ));
     }
+    if !state
+        .tail
+        .iter()
+        .zip(state.meta.index + 1..)
+        .all(|(e, i)| e.index == i)
+    {
+        return Err("log entries after the snapshot are not contiguous".into());
+    }
     Ok((partition, lsn, state))
+}
+
+/// Encodes a replica's state machine (the data of a Raft snapshot).
+pub fn encode_store(store: &PartitionStore) -> Vec<u8> {
+    body_options().serialize(store).expect("state serializes")
+}
+
+/// Decodes [`encode_store`]'s bytes, checking the range.
+pub fn decode_store(bytes: &[u8]) -> Result<PartitionStore, String> {
+    let store: PartitionStore = body_options()
+        .reject_trailing_bytes()
+        .deserialize(bytes)
+        .map_err(|e| format!("snapshot data does not decode: {e}"))?;
+    if !store.range().is_valid_range() {
+        return Err("the snapshot's partition range is empty or has no replicas".into());
+    }
+    Ok(store)
 }
 
 /// Writes a snapshot durably (temp file, sync, rename, sync dir).
@@ -127,7 +156,7 @@ pub async fn write_snapshot<D: Disk>(
     dir: &Path,
     partition: u64,
     lsn: Lsn,
-    state: &PartitionState,
+    state: &GroupSnapshot,
 ) -> Result<PathBuf, SnapshotError> {
     let path = dir.join(snapshot_name(partition, lsn));
     let tmp = dir.join(format!("{}.tmp", snapshot_name(partition, lsn)));
@@ -150,7 +179,7 @@ pub async fn write_snapshot<D: Disk>(
 pub async fn load_snapshots<D: Disk>(
     disk: &D,
     dir: &Path,
-) -> Result<Vec<(Lsn, PartitionState)>, SnapshotError> {
+) -> Result<Vec<(Lsn, GroupSnapshot)>, SnapshotError> {
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |source| SnapshotError::Io { path: p, source }

@@ -8,6 +8,7 @@ use super::frame::FRAME_PAYLOAD_LEN_MAX;
 use crate::kv::{ApplyError, StaleRequest};
 use crate::map::{NodeId, PartitionId, PartitionMap};
 use crate::op::{Op, OpResult};
+use crate::raft::Message as RaftMessage;
 use bincode::Options;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -47,10 +48,18 @@ pub enum Msg {
         req: u64,
         result: Result<Vec<OpResult>, ExecError>,
     },
+
+    /// Server -> server: Raft messages of any number of partitions' groups,
+    /// batched per destination. `from` is the sending server.
+    Raft {
+        from: NodeId,
+        messages: Vec<(PartitionId, RaftMessage)>,
+    },
 }
 
-/// Why a server did not execute a command. Every variant means the command
-/// was *not* applied, so the client may retry it safely.
+/// Why a server did not execute a command. Unless a variant says otherwise
+/// the command was *not* applied. Retrying with the same `(session, seq)` is
+/// always safe: a write is applied at most once.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum ExecError {
     /// This server does not serve that partition (stale map on the client).
@@ -72,6 +81,23 @@ pub enum ExecError {
     /// A delayed duplicate of a request the session has moved past.
     #[error(transparent)]
     Stale(#[from] StaleRequest),
+    /// This replica is not its partition's leader; `leader` is the one it
+    /// knows of, if any. Not applied.
+    #[error("server {node_id} is not the leader of partition {partition} (leader: {})", leader.map_or("unknown".to_string(), |l| format!("server {l}")))]
+    NotLeader {
+        node_id: NodeId,
+        partition: PartitionId,
+        leader: Option<NodeId>,
+    },
+    /// The command was proposed, but this server lost leadership before it
+    /// committed: it *may* still be applied by the new leader. Retry with
+    /// the same `(session, seq)` to learn the outcome.
+    #[error("server {node_id} lost the leadership of partition {partition} while the command was in flight (new leader: {})", leader.map_or("unknown".to_string(), |l| format!("server {l}")))]
+    LeaderChanged {
+        node_id: NodeId,
+        partition: PartitionId,
+        leader: Option<NodeId>,
+    },
 }
 
 fn options() -> impl Options {

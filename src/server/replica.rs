@@ -1,0 +1,651 @@
+//! One server's replicas, sans-IO: every partition it holds is a member of
+//! that partition's Raft group, with the partition's state machine beside it.
+//!
+//! ```text
+//!  Execute (writes) ──propose(Command)──▶ Raft ──committed──▶ apply ──▶ reply
+//!  Execute (reads)  ──read_index(ctx)───▶ Raft ──ReadState(i)──▶ applied ≥ i ──▶ read ──▶ reply
+//!  Raft messages ─────step──────────────▶ Raft
+//!  tick (one timer for all groups) ─────▶ Raft
+//!                                          │ Ready
+//!                                          ▼
+//!   Output: records to persist (+ messages and "persisted" notices to
+//!   release once they are durable), messages to send now (by server),
+//!   client replies
+//! ```
+//! The driver ([`super::run_server`]) owns the I/O: it logs what an
+//! [`Output`] asks, sends messages, and reports durability back through
+//! [`ServerCore::persisted`].
+//!
+//! A write is answered after its entry is committed and applied; a read
+//! after the leader confirmed its leadership with a quorum (ReadIndex,
+//! Raft dissertation §6.4) and the state machine caught up to the read
+//! index, so a deposed leader never serves a stale read. Every write
+//! carries the client's `(session, seq)`; the state machine's session table
+//! (replicated, and in snapshots) applies a retried write at most once and
+//! answers it with the original outcome.
+
+use crate::kv::PartitionStore;
+use crate::map::{NodeId, Partition, PartitionId, PartitionMap};
+use crate::op::{Op, OpResult};
+use crate::raft::{
+    Config, Entry, EntryData, HardState, Index, Membership, Message, MessageBody, ProposeError,
+    Raft, RaftState, Role, SnapshotMeta, Term,
+};
+use crate::storage::snapshot::{decode_store, encode_store};
+use crate::storage::{GroupSnapshot, RecoveredGroup};
+use crate::wire::{ExecError, Msg};
+use bincode::Options;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Raft timing and limits for every group of a server.
+#[derive(Clone, Debug)]
+pub struct RaftTuning {
+    /// Ticks without a leader before an election (randomized up to twice).
+    pub election_ticks: u32,
+    pub heartbeat_ticks: u32,
+    /// Applied entries kept in memory before the log is compacted into a
+    /// snapshot of the state machine.
+    pub compact_entries: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> RaftTuning {
+        RaftTuning {
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            compact_entries: 10_000,
+        }
+    }
+}
+
+/// A client command as it travels in a Raft entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub session: u64,
+    pub seq: u64,
+    pub ops: Vec<Op>,
+}
+
+fn command_options() -> impl Options {
+    bincode::DefaultOptions::new()
+        .with_limit(crate::storage::wal::RECORD_PAYLOAD_LEN_MAX as u64)
+}
+
+/// Most bytes of an InstallSnapshot's data: the snapshot travels in one
+/// frame and is logged in one record (chunking is future work).
+pub const SNAPSHOT_DATA_MAX: usize = crate::wire::FRAME_PAYLOAD_LEN_MAX - 64 * 1024;
+
+/// Where a reply goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplyTo {
+    pub addr: SocketAddr,
+    pub req: u64,
+}
+
+struct Proposal {
+    term: Term,
+    to: ReplyTo,
+}
+
+struct Read {
+    to: ReplyTo,
+    ops: Vec<Op>,
+}
+
+/// What a replica asks the driver to persist. `messages` go out, and
+/// [`ServerCore::persisted`] is called with `last`, only once the records
+/// logged for this (and every earlier) `Persist` are durable.
+#[derive(Debug, Default)]
+pub struct Persist {
+    pub partition: PartitionId,
+    pub snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    pub hard_state: Option<HardState>,
+    pub entries: Vec<Entry>,
+    pub messages: Vec<Message>,
+    pub last: Option<(Index, Term)>,
+}
+
+impl Persist {
+    /// Whether there is anything to log.
+    pub fn has_records(&self) -> bool {
+        self.snapshot.is_some() || self.hard_state.is_some() || !self.entries.is_empty()
+    }
+}
+
+/// Everything the driver must do after a call into the core.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Replicas created by a new map (a durable server logs them first).
+    pub hosted: Vec<Partition>,
+    pub persist: Vec<Persist>,
+    /// Raft messages to send now, batched per destination server.
+    pub messages: BTreeMap<NodeId, Vec<(PartitionId, Message)>>,
+    pub replies: Vec<(SocketAddr, Msg)>,
+}
+
+impl Output {
+    pub fn is_empty(&self) -> bool {
+        self.hosted.is_empty()
+            && self.persist.is_empty()
+            && self.messages.is_empty()
+            && self.replies.is_empty()
+    }
+}
+
+/// One partition's replica on this server.
+pub struct Replica {
+    pub raft: Raft,
+    pub store: PartitionStore,
+    /// Index the store has applied.
+    applied: Index,
+    proposals: BTreeMap<Index, Proposal>,
+    reads: BTreeMap<u64, Read>,
+    ready_reads: VecDeque<(Index, Read)>,
+    next_ctx: u64,
+    was_leader: bool,
+    /// A snapshot received in `step`, already decoded (see [`Replica::step`]).
+    incoming: Option<(Index, PartitionStore)>,
+}
+
+impl Replica {
+    fn new(raft: Raft, store: PartitionStore) -> Replica {
+        let applied = raft.log().applied;
+        Replica {
+            raft,
+            store,
+            applied,
+            proposals: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            ready_reads: VecDeque::new(),
+            next_ctx: 1,
+            was_leader: false,
+            incoming: None,
+        }
+    }
+
+    pub fn applied(&self) -> Index {
+        self.applied
+    }
+
+    /// This replica's state for a checkpoint (call right after the core's
+    /// output was logged, so it matches the log).
+    pub fn group_snapshot(&self) -> GroupSnapshot {
+        let log = self.raft.log();
+        GroupSnapshot {
+            store: self.store.clone(),
+            meta: SnapshotMeta {
+                index: self.applied,
+                term: log.term(self.applied).unwrap_or(0),
+                membership: self.raft.membership().clone(),
+            },
+            hard_state: self.raft.hard_state(),
+            tail: log.slice(self.applied + 1, log.last_index(), usize::MAX),
+        }
+    }
+}
+
+/// The server's replicas and the map they come from. See the module docs.
+pub struct ServerCore {
+    node_id: NodeId,
+    map: Option<PartitionMap>,
+    replicas: BTreeMap<PartitionId, Replica>,
+    tuning: RaftTuning,
+    /// Without durable state, replicas start with the amnesia guard.
+    durable: bool,
+    rng: u64,
+    out: Output,
+}
+
+impl ServerCore {
+    /// A core with the replicas recovered from disk (none in memory mode).
+    /// `seed` randomizes election timeouts.
+    pub fn new(
+        node_id: NodeId,
+        recovered: BTreeMap<PartitionId, RecoveredGroup>,
+        durable: bool,
+        tuning: RaftTuning,
+        seed: u64,
+    ) -> ServerCore {
+        let mut core = ServerCore {
+            node_id,
+            map: None,
+            replicas: BTreeMap::new(),
+            tuning,
+            durable,
+            rng: seed,
+            out: Output::default(),
+        };
+        for (id, group) in recovered {
+            let replica = core.replica(group.raft, group.store);
+            core.replicas.insert(id, replica);
+            // Re-apply what is known committed.
+            core.process(id);
+        }
+        core
+    }
+
+    fn next_seed(&mut self) -> u64 {
+        self.rng = self
+            .rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.rng
+    }
+
+    fn replica(&mut self, state: RaftState, store: PartitionStore) -> Replica {
+        let config = Config {
+            election_ticks: self.tuning.election_ticks,
+            heartbeat_ticks: self.tuning.heartbeat_ticks,
+            amnesia_guard: !self.durable,
+            ..Config::new(self.node_id)
+        };
+        let snapshot_index = state.snapshot.index;
+        let seed = self.next_seed();
+        let mut raft = Raft::new(config, state, seed);
+        if snapshot_index > 0 {
+            // Keep the snapshot to send to followers that fall behind it.
+            raft.compact(snapshot_index, Arc::new(encode_store(&store)));
+        }
+        Replica::new(raft, store)
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub fn map(&self) -> Option<&PartitionMap> {
+        self.map.as_ref()
+    }
+
+    pub fn replicas(&self) -> &BTreeMap<PartitionId, Replica> {
+        &self.replicas
+    }
+
+    /// Takes what the driver must do now.
+    pub fn take_output(&mut self) -> Output {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Every replica's state for a checkpoint.
+    pub fn group_snapshots(&self) -> Vec<GroupSnapshot> {
+        self.replicas.values().map(Replica::group_snapshot).collect()
+    }
+
+    /// Adopts `map` if it is newer than ours and creates a replica (empty)
+    /// for every partition placed on us that we do not hold yet.
+    pub fn install_map(&mut self, map: PartitionMap) {
+        if self.map.as_ref().is_some_and(|m| m.epoch >= map.epoch) {
+            return;
+        }
+        for partition in map.partitions.values() {
+            if !partition.replicas.contains(&self.node_id)
+                || self.replicas.contains_key(&partition.id)
+            {
+                continue;
+            }
+            tracing::info!(
+                node_id = self.node_id,
+                partition = partition.id,
+                table = %partition.table,
+                start = partition.start,
+                end = ?partition.end,
+                replicas = ?partition.replicas,
+                "hosting a replica"
+            );
+            let state = RaftState {
+                initial_membership: Membership::new(partition.replicas.iter().copied()),
+                ..RaftState::default()
+            };
+            let replica = self.replica(state, PartitionStore::new(partition.clone()));
+            self.replicas.insert(partition.id, replica);
+            self.out.hosted.push(partition.clone());
+        }
+        self.map = Some(map);
+        let ids: Vec<PartitionId> = self.replicas.keys().copied().collect();
+        for id in ids {
+            self.process(id);
+        }
+    }
+
+    /// Advances every group's clock by one tick.
+    pub fn tick(&mut self) {
+        let ids: Vec<PartitionId> = self.replicas.keys().copied().collect();
+        for id in ids {
+            self.replicas.get_mut(&id).unwrap().raft.tick();
+            self.process(id);
+        }
+    }
+
+    /// Delivers Raft messages from server `from`.
+    pub fn step(&mut self, from: NodeId, messages: Vec<(PartitionId, Message)>) {
+        let mut touched = Vec::new();
+        for (partition, msg) in messages {
+            let Some(replica) = self.replicas.get_mut(&partition) else {
+                tracing::debug!(partition, from, "message for a partition we do not hold");
+                continue;
+            };
+            if msg.from != from || msg.to != self.node_id {
+                tracing::warn!(partition, from, "dropping a misaddressed Raft message");
+                continue;
+            }
+            if let MessageBody::InstallSnapshot(snapshot) = &msg.body {
+                // Decode now, so a snapshot the core accepts can always be
+                // installed; garbage is dropped here.
+                match decode_store(&snapshot.data) {
+                    Ok(store) if store.range().id == partition => {
+                        replica.incoming = Some((snapshot.meta.index, store));
+                    }
+                    Ok(_) | Err(_) => {
+                        tracing::warn!(partition, from, "dropping an undecodable snapshot");
+                        continue;
+                    }
+                }
+            }
+            replica.raft.step(msg);
+            if touched.last() != Some(&partition) {
+                touched.push(partition);
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for id in touched {
+            self.process(id);
+        }
+    }
+
+    /// The records of earlier `Persist`s of `partition` up to `last` are
+    /// durable.
+    pub fn persisted(&mut self, partition: PartitionId, last: Option<(Index, Term)>) {
+        if let (Some((index, term)), Some(replica)) = (last, self.replicas.get_mut(&partition)) {
+            replica.raft.on_persisted(index, term);
+            self.process(partition);
+        }
+    }
+
+    /// A client's command on one of our partitions. The reply comes out in
+    /// an [`Output`], now or once the command has committed.
+    pub fn execute(
+        &mut self,
+        to: ReplyTo,
+        session: u64,
+        seq: u64,
+        partition: PartitionId,
+        ops: Vec<Op>,
+    ) {
+        let node_id = self.node_id;
+        if self.map.is_none() && self.replicas.is_empty() {
+            self.reply(to, Err(ExecError::NotReady { node_id }));
+            return;
+        }
+        let Some(replica) = self.replicas.get_mut(&partition) else {
+            self.reply(
+                to,
+                Err(ExecError::WrongPartition { node_id, partition }),
+            );
+            return;
+        };
+        let not_leader = |leader: Option<NodeId>| ExecError::NotLeader {
+            node_id,
+            partition,
+            leader,
+        };
+        if !ops.iter().any(Op::is_write) {
+            #[cfg(feature = "sim")]
+            let stale_read = crate::bugs::enabled(crate::bugs::Bug::StaleRead);
+            #[cfg(not(feature = "sim"))]
+            let stale_read = false;
+            if stale_read && replica.raft.role() == Role::Leader {
+                // Injected bug: serve from local state, no ReadIndex.
+                let result = replica.store.execute(&ops).map_err(ExecError::from);
+                self.reply(to, result);
+                return;
+            }
+            let ctx = replica.next_ctx;
+            replica.next_ctx += 1;
+            match replica.raft.read_index(ctx) {
+                Ok(()) => {
+                    replica.reads.insert(ctx, Read { to, ops });
+                }
+                Err(e) => {
+                    let leader = leader_of(&e, &replica.raft);
+                    self.reply(to, Err(not_leader(leader)));
+                    return;
+                }
+            }
+        } else {
+            let command = Command { session, seq, ops };
+            let data = command_options()
+                .serialize(&command)
+                .expect("commands within limits encode");
+            match replica.raft.propose(data) {
+                Ok(index) => {
+                    let term = replica.raft.term();
+                    if let Some(old) = replica.proposals.insert(index, Proposal { term, to }) {
+                        // The index was proposed before in an older term and
+                        // overwritten: that command's fate is unknown.
+                        let leader = Some(node_id);
+                        let lost = ExecError::LeaderChanged {
+                            node_id,
+                            partition,
+                            leader,
+                        };
+                        self.reply(old.to, Err(lost));
+                    }
+                }
+                Err(e) => {
+                    let leader = leader_of(&e, &replica.raft);
+                    self.reply(to, Err(not_leader(leader)));
+                    return;
+                }
+            }
+        }
+        self.process(partition);
+    }
+
+    fn reply(&mut self, to: ReplyTo, result: Result<Vec<OpResult>, ExecError>) {
+        self.out.replies.push((
+            to.addr,
+            Msg::ExecuteReply {
+                req: to.req,
+                result,
+            },
+        ));
+    }
+
+    /// Runs `partition`'s Readies until its core has nothing more.
+    fn process(&mut self, partition: PartitionId) {
+        let node_id = self.node_id;
+        let compact_entries = self.tuning.compact_entries;
+        let Some(r) = self.replicas.get_mut(&partition) else {
+            return;
+        };
+        let out = &mut self.out;
+        let reply = |out: &mut Output, to: ReplyTo, result| {
+            out.replies.push((
+                to.addr,
+                Msg::ExecuteReply {
+                    req: to.req,
+                    result,
+                },
+            ))
+        };
+        while r.raft.has_ready() {
+            let rd = r.raft.ready();
+            for msg in rd.messages {
+                out.messages
+                    .entry(msg.to)
+                    .or_default()
+                    .push((partition, msg));
+            }
+            let mut persist = Persist {
+                partition,
+                hard_state: rd.hard_state,
+                last: rd.entries.last().map(|e| (e.index, e.term)),
+                entries: rd.entries,
+                messages: rd.persisted_messages,
+                snapshot: None,
+            };
+            if let Some(snapshot) = rd.snapshot {
+                let meta = snapshot.meta.clone();
+                match r.incoming.take() {
+                    Some((index, store)) if index == meta.index => {
+                        r.store = store;
+                    }
+                    _ => {
+                        // step() decoded every snapshot it passed on.
+                        r.store = decode_store(&snapshot.data)
+                            .expect("snapshots are checked before the core sees them");
+                    }
+                }
+                r.applied = meta.index;
+                // Entries the snapshot replaced: their commands' fate is
+                // unknown here.
+                let covered: Vec<Index> = r.proposals.range(..=meta.index).map(|(i, _)| *i).collect();
+                for i in covered {
+                    let p = r.proposals.remove(&i).unwrap();
+                    let lost = ExecError::LeaderChanged {
+                        node_id,
+                        partition,
+                        leader: r.raft.leader(),
+                    };
+                    reply(out, p.to, Err(lost));
+                }
+                if persist.last.is_none() {
+                    persist.last = Some((meta.index, meta.term));
+                }
+                persist.snapshot = Some((meta, snapshot.data.to_vec()));
+            }
+            #[cfg(feature = "sim")]
+            if crate::bugs::enabled(crate::bugs::Bug::AckBeforeFsync) {
+                // Injected bug: votes and acknowledgements go out before
+                // the state they promise is durable.
+                for msg in persist.messages.drain(..) {
+                    out.messages
+                        .entry(msg.to)
+                        .or_default()
+                        .push((partition, msg));
+                }
+            }
+            if persist.has_records() || !persist.messages.is_empty() || persist.last.is_some() {
+                out.persist.push(persist);
+            }
+            if let Some(last) = rd.committed_entries.last().map(|e| e.index) {
+                for entry in rd.committed_entries {
+                    apply(r, node_id, partition, entry, out);
+                }
+                r.raft.on_applied(last);
+            }
+            for rs in rd.read_states {
+                if let Some(read) = r.reads.remove(&rs.ctx) {
+                    r.ready_reads.push_back((rs.index, read));
+                }
+            }
+            for ctx in rd.aborted_reads {
+                if let Some(read) = r.reads.remove(&ctx) {
+                    let e = ExecError::NotLeader {
+                        node_id,
+                        partition,
+                        leader: r.raft.leader(),
+                    };
+                    reply(out, read.to, Err(e));
+                }
+            }
+            while r.ready_reads.front().is_some_and(|(i, _)| *i <= r.applied) {
+                let (_, read) = r.ready_reads.pop_front().unwrap();
+                let result = r.store.execute(&read.ops).map_err(ExecError::from);
+                reply(out, read.to, result);
+            }
+        }
+        // A deposed leader's proposals may or may not commit under the new
+        // leader: say so now rather than let the client time out.
+        let is_leader = r.raft.role() == Role::Leader;
+        if r.was_leader && !is_leader {
+            for (_, p) in std::mem::take(&mut r.proposals) {
+                let lost = ExecError::LeaderChanged {
+                    node_id,
+                    partition,
+                    leader: r.raft.leader(),
+                };
+                reply(out, p.to, Err(lost));
+            }
+            for (_, read) in std::mem::take(&mut r.reads) {
+                let e = ExecError::NotLeader {
+                    node_id,
+                    partition,
+                    leader: r.raft.leader(),
+                };
+                reply(out, read.to, Err(e));
+            }
+        }
+        r.was_leader = is_leader;
+        // Bound the in-memory log: compact it into a snapshot of the state
+        // machine (at an index that is durable here, so a restart's log
+        // still reaches it).
+        let log = r.raft.log();
+        if r.applied >= log.first_index() + compact_entries && r.applied <= log.persisted {
+            let data = encode_store(&r.store);
+            if data.len() <= SNAPSHOT_DATA_MAX {
+                r.raft.compact(r.applied, Arc::new(data));
+            } else {
+                tracing::warn!(
+                    partition,
+                    bytes = data.len(),
+                    "partition too large to snapshot for followers; keeping its log"
+                );
+            }
+        }
+    }
+}
+
+/// Who the leader is, as far as a refusal tells.
+fn leader_of(e: &ProposeError, raft: &Raft) -> Option<NodeId> {
+    match e {
+        ProposeError::NotLeader { leader } => *leader,
+        _ => raft.leader().filter(|&l| l != raft.id()),
+    }
+}
+
+/// Applies one committed entry to the state machine and answers its
+/// proposer, if it is waiting here.
+fn apply(r: &mut Replica, node_id: NodeId, partition: PartitionId, entry: Entry, out: &mut Output) {
+    debug_assert_eq!(entry.index, r.applied + 1, "entries apply in order");
+    r.applied = entry.index;
+    let result = match &entry.data {
+        EntryData::Normal(data) => {
+            match command_options().reject_trailing_bytes().deserialize::<Command>(data) {
+                Ok(c) => Some(match r.store.execute_once(c.session, c.seq, &c.ops) {
+                    Ok(executed) => executed.result.map_err(ExecError::from),
+                    Err(stale) => Err(ExecError::from(stale)),
+                }),
+                Err(e) => {
+                    // Only our own code proposes, so this is a bug; every
+                    // replica skips the entry the same way.
+                    tracing::error!(partition, index = entry.index, "skipping an undecodable entry: {e}");
+                    None
+                }
+            }
+        }
+        EntryData::Noop | EntryData::ConfChange(_) => None,
+    };
+    if let Some(p) = r.proposals.remove(&entry.index) {
+        let result = match result {
+            Some(result) if p.term == entry.term => result,
+            // Another entry took the index: ours was overwritten.
+            _ => Err(ExecError::LeaderChanged {
+                node_id,
+                partition,
+                leader: r.raft.leader(),
+            }),
+        };
+        out.replies.push((
+            p.to.addr,
+            Msg::ExecuteReply {
+                req: p.to.req,
+                result,
+            },
+        ));
+    }
+}
