@@ -1114,6 +1114,15 @@ impl Raft {
                     ProgressState::Probe if hint.rejected != pr.next_index - 1 => return,  // stale
                     _ => {}
                 }
+                if hint.rejected <= pr.match_index {
+                    // The follower lacks an entry it acknowledged: it
+                    // restarted without durable state (`amnesia_guard`), or
+                    // this is a duplicate of an old probe's answer. Probing
+                    // from below is safe either way (matchIndex only feeds
+                    // the commit index, which never moves back), and without
+                    // it an emptied follower would never be repaired.
+                    pr.match_index = hint.hint_index.min(hint.rejected.saturating_sub(1));
+                }
                 let next = {
                     // Skip the follower's whole conflicting term at once.
                     let i = self.find_conflict_by_term(hint.hint_index, hint.hint_term);

@@ -1039,3 +1039,111 @@ fn a_follower_never_acknowledges_entries_that_are_not_durable_yet() {
         .iter()
         .any(|m| m.body == MessageBody::AppendResponse(Ok(3))));
 }
+
+#[test]
+fn a_member_without_durable_state_votes_only_after_catching_up() {
+    // Not in the paper, which assumes durable state: a member that restarts
+    // empty (a server without --persistence) may have acknowledged entries
+    // and granted votes before the crash. Until it has caught up with a
+    // leader it must not help elect a candidate that may lack those entries,
+    // yet a brand-new cluster (every log empty) must still elect a leader.
+    let mut cfg = Config::new(3);
+    cfg.amnesia_guard = true;
+    cfg.check_quorum = false;
+    let state = RaftState {
+        initial_membership: Membership::new([1, 2, 3]),
+        ..Default::default()
+    };
+    let vote = |from: NodeId, term: Term, last_log_index: Index| Message {
+        from,
+        to: 3,
+        term,
+        body: MessageBody::Vote {
+            last_log_index,
+            last_log_term: if last_log_index == 0 { 0 } else { 1 },
+            transfer: false,
+        },
+    };
+    let granted = |r: &mut Raft| {
+        let ready = r.ready();
+        ready
+            .persisted_messages
+            .iter()
+            .chain(&ready.messages)
+            .find_map(|m| match m.body {
+                MessageBody::VoteResponse { granted } => Some(granted),
+                _ => None,
+            })
+    };
+    // A new cluster: the candidate's log is empty too.
+    let mut fresh = Raft::new(cfg.clone(), state.clone(), 1);
+    fresh.step(vote(1, 1, 0));
+    assert_eq!(granted(&mut fresh), Some(true));
+
+    // Restarted empty: a candidate with a non-empty log is refused.
+    let mut amnesiac = Raft::new(cfg.clone(), state.clone(), 2);
+    amnesiac.step(vote(1, 3, 4));
+    assert_eq!(granted(&mut amnesiac), Some(false));
+    // Leader 2 sends its log up to its commit index: caught up.
+    let entries: Vec<Entry> = (1..=4)
+        .map(|i| Entry {
+            term: 1,
+            index: i,
+            data: EntryData::Normal(vec![i as u8]),
+        })
+        .collect();
+    amnesiac.step(Message {
+        from: 2,
+        to: 3,
+        term: 3,
+        body: MessageBody::Append {
+            prev_log_index: 0,
+            prev_log_term: 0,
+            entries,
+            commit: 4,
+        },
+    });
+    let _ = amnesiac.ready();
+    amnesiac.step(vote(1, 4, 4));
+    assert_eq!(
+        granted(&mut amnesiac),
+        Some(true),
+        "after catching up it votes normally"
+    );
+
+    // Without the guard (durable members) the same request is granted.
+    cfg.amnesia_guard = false;
+    let mut durable = Raft::new(cfg, state, 3);
+    durable.step(vote(1, 3, 4));
+    assert_eq!(granted(&mut durable), Some(true));
+}
+
+#[test]
+fn a_follower_that_restarts_empty_is_repaired_by_the_same_leader() {
+    // Without durable state (servers without --persistence) a follower can
+    // come back with an empty log while the leader's matchIndex for it is
+    // high. Its rejections must lower matchIndex, or the leader would keep
+    // probing at the old matchIndex forever and never re-replicate the log.
+    fn config(id: NodeId) -> Config {
+        Config {
+            amnesia_guard: true,
+            ..Config::new(id)
+        }
+    }
+    let mut c = Cluster::with_config(3, config);
+    c.elect(1);
+    c.propose(1, "x=1");
+    c.propose(1, "x=2");
+    assert_eq!(c.applied(3), vec!["x=1", "x=2"]);
+    // Node 3 loses everything (no disk) and restarts.
+    c.start(3, Disk::default());
+    c.propose(1, "x=3");
+    c.tick_all(4 * Config::new(1).heartbeat_ticks);
+    assert_eq!(
+        c.applied(3),
+        vec!["x=1", "x=2", "x=3"],
+        "the emptied follower has the whole log again"
+    );
+    assert_eq!(c.raft(1).match_index(3), Some(c.raft(1).log().last_index()));
+    c.check_log_matching();
+}
