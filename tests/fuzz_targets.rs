@@ -461,12 +461,13 @@ fn odd_entry() -> impl Strategy<Value = distkv::storage::LogEntry> {
             commit,
         })
     });
-    let command = (hard_state, proptest::collection::vec(entry, 0..4)).prop_map(
-        |(hard_state, entries)| LogEntry::Raft {
-            hard_state,
-            entries,
-        },
-    );
+    let command =
+        (hard_state, proptest::collection::vec(entry, 0..4)).prop_map(|(hard_state, entries)| {
+            LogEntry::Raft {
+                hard_state,
+                entries,
+            }
+        });
     // Non-empty ranges only (an empty one is a known bug, see
     // `replay_of_a_host_entry_with_an_empty_range_does_not_panic`).
     let start = prop_oneof![0u64..20, Just(u64::MAX - 1)];

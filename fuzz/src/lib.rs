@@ -317,13 +317,8 @@ pub fn check_log_replay(data: &[u8]) {
             assert!(recovery.records_replayed < lsn as usize);
             // Restarting the replicas re-applies their committed entries,
             // whatever commands those hold.
-            let mut core = distkv::server::ServerCore::new(
-                0,
-                recovery.groups,
-                true,
-                Default::default(),
-                1,
-            );
+            let mut core =
+                distkv::server::ServerCore::new(0, recovery.groups, true, Default::default(), 1);
             let _ = core.take_output();
             core.tick();
             let _ = core.take_output();

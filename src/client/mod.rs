@@ -281,7 +281,10 @@ impl<R: Runtime> Client<R> {
                     "server {node} of partition {partition} has no address in the map"
                 ));
             };
-            let replica_count = map.partitions.get(&partition).map_or(1, |p| p.replicas.len());
+            let replica_count = map
+                .partitions
+                .get(&partition)
+                .map_or(1, |p| p.replicas.len());
             let wait = self.inner.config.attempt_timeout.min(deadline - now);
             let ops = ops.clone();
             let reply = self
@@ -367,9 +370,8 @@ impl<R: Runtime> Client<R> {
                     maybe_applied = true;
                 }
                 None => {
-                    last_error = format!(
-                        "no reply from server {node} ({addr}) for partition {partition}"
-                    );
+                    last_error =
+                        format!("no reply from server {node} ({addr}) for partition {partition}");
                     maybe_applied = true;
                     // It may be down: try the next replica. The map may also
                     // have changed (a server moved or restarted).

@@ -691,18 +691,36 @@ mod tests {
         let out = core.take_output();
         assert!(matches!(
             &out.replies[..],
-            [(_, Msg::ExecuteReply { result: Err(ExecError::NotReady { node_id: 5 }), .. })]
+            [(
+                _,
+                Msg::ExecuteReply {
+                    result: Err(ExecError::NotReady { node_id: 5 }),
+                    ..
+                }
+            )]
         ));
         let servers: Vec<SocketAddr> = vec!["127.0.0.1:1".parse().unwrap(); 1];
         let mut map = PartitionMap::build(&[("t".into(), 10)], &servers, 1).unwrap();
         map.servers.insert(5, "127.0.0.1:5".parse().unwrap());
         core.install_map(map);
-        assert!(core.replicas().is_empty(), "no partition is placed on server 5");
+        assert!(
+            core.replicas().is_empty(),
+            "no partition is placed on server 5"
+        );
         core.execute(to, 1, 1, 0, vec![parse_op("GET t1").unwrap()]);
         let out = core.take_output();
         assert!(matches!(
             &out.replies[..],
-            [(_, Msg::ExecuteReply { result: Err(ExecError::WrongPartition { node_id: 5, partition: 0 }), .. })]
+            [(
+                _,
+                Msg::ExecuteReply {
+                    result: Err(ExecError::WrongPartition {
+                        node_id: 5,
+                        partition: 0
+                    }),
+                    ..
+                }
+            )]
         ));
     }
 }

@@ -70,8 +70,7 @@ pub struct Command {
 }
 
 fn command_options() -> impl Options {
-    bincode::DefaultOptions::new()
-        .with_limit(crate::storage::wal::RECORD_PAYLOAD_LEN_MAX as u64)
+    bincode::DefaultOptions::new().with_limit(crate::storage::wal::RECORD_PAYLOAD_LEN_MAX as u64)
 }
 
 /// Most bytes of an InstallSnapshot's data: the snapshot travels in one
@@ -271,7 +270,10 @@ impl ServerCore {
 
     /// Every replica's state for a checkpoint.
     pub fn group_snapshots(&self) -> Vec<GroupSnapshot> {
-        self.replicas.values().map(Replica::group_snapshot).collect()
+        self.replicas
+            .values()
+            .map(Replica::group_snapshot)
+            .collect()
     }
 
     /// Adopts `map` if it is newer than ours and creates a replica (empty)
@@ -381,10 +383,7 @@ impl ServerCore {
             return;
         }
         let Some(replica) = self.replicas.get_mut(&partition) else {
-            self.reply(
-                to,
-                Err(ExecError::WrongPartition { node_id, partition }),
-            );
+            self.reply(to, Err(ExecError::WrongPartition { node_id, partition }));
             return;
         };
         let not_leader = |leader: Option<NodeId>| ExecError::NotLeader {
@@ -503,7 +502,8 @@ impl ServerCore {
                 r.applied = meta.index;
                 // Entries the snapshot replaced: their commands' fate is
                 // unknown here.
-                let covered: Vec<Index> = r.proposals.range(..=meta.index).map(|(i, _)| *i).collect();
+                let covered: Vec<Index> =
+                    r.proposals.range(..=meta.index).map(|(i, _)| *i).collect();
                 for i in covered {
                     let p = r.proposals.remove(&i).unwrap();
                     let lost = ExecError::LeaderChanged {
@@ -615,7 +615,10 @@ fn apply(r: &mut Replica, node_id: NodeId, partition: PartitionId, entry: Entry,
     r.applied = entry.index;
     let result = match &entry.data {
         EntryData::Normal(data) => {
-            match command_options().reject_trailing_bytes().deserialize::<Command>(data) {
+            match command_options()
+                .reject_trailing_bytes()
+                .deserialize::<Command>(data)
+            {
                 Ok(c) => Some(match r.store.execute_once(c.session, c.seq, &c.ops) {
                     Ok(executed) => executed.result.map_err(ExecError::from),
                     Err(stale) => Err(ExecError::from(stale)),
@@ -623,7 +626,11 @@ fn apply(r: &mut Replica, node_id: NodeId, partition: PartitionId, entry: Entry,
                 Err(e) => {
                     // Only our own code proposes, so this is a bug; every
                     // replica skips the entry the same way.
-                    tracing::error!(partition, index = entry.index, "skipping an undecodable entry: {e}");
+                    tracing::error!(
+                        partition,
+                        index = entry.index,
+                        "skipping an undecodable entry: {e}"
+                    );
                     None
                 }
             }

@@ -162,7 +162,9 @@ impl Rebuild {
     /// Entries replace the log from the first one's index on (entries the
     /// snapshot already covers are skipped: they are committed, so equal).
     fn append(&mut self, entries: Vec<Entry>) -> Result<(), String> {
-        let mut entries = entries.into_iter().skip_while(|e| e.index <= self.meta.index);
+        let mut entries = entries
+            .into_iter()
+            .skip_while(|e| e.index <= self.meta.index);
         let Some(first) = entries.next() else {
             return Ok(());
         };
@@ -490,9 +492,9 @@ mod tests {
     use crate::map::PartitionMap;
     use crate::op::Op;
     use crate::raft::EntryData;
-    use crate::server::replica::Command;
     use crate::rt::tokio_rt::TokioRuntime;
     use crate::rt::SimDisk;
+    use crate::server::replica::Command;
     use rand::{Rng, SeedableRng};
     use std::time::Duration;
 
