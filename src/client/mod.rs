@@ -110,6 +110,15 @@ pub struct Session<R: Runtime> {
     seq: u64,
 }
 
+/// What became of one request.
+enum Answer {
+    Reply(Msg),
+    /// No reply in time: the request may or may not have been applied.
+    NoReply,
+    /// The request certainly never left this process (peer unreachable).
+    Undelivered,
+}
+
 /// What one partition's part of a command came to.
 enum PartOutcome {
     Done(Vec<OpResult>),
@@ -179,26 +188,40 @@ impl<R: Runtime> Client<R> {
         Ok(())
     }
 
-    /// Sends `build(req)` to `to` and waits up to `wait` for the reply
-    /// (`Ok(None)`: no reply in time). `Err`: the request could not be
-    /// encoded (too large), so it was certainly not sent.
+    /// Sends `build(req)` to `to` and waits up to `wait` for the reply.
+    /// `Err`: the request could not be encoded (too large), so it was
+    /// certainly not sent.
     async fn call(
         &self,
         to: SocketAddr,
         build: impl FnOnce(u64) -> Msg,
         wait: Duration,
-    ) -> Result<Option<Msg>, String> {
+    ) -> Result<Answer, String> {
         let req = self.inner.next_req.fetch_add(1, Ordering::Relaxed);
         let bytes = encode_msg(&build(req)).map_err(|e| format!("request not sent: {e}"))?;
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         self.inner.pending.lock().unwrap().insert(req, tx);
-        self.inner.net.send(to, bytes);
-        let reply = timeout(&self.inner.rt, wait, rx).await;
+        let mut undelivered = self.inner.net.send_tracked(to, bytes);
+        let answer = async {
+            let mut tracking = true;
+            loop {
+                tokio::select! {
+                    biased;
+                    reply = &mut rx => {
+                        return reply.map_or(Answer::NoReply, Answer::Reply);
+                    }
+                    dropped = &mut undelivered, if tracking => match dropped {
+                        Ok(()) => return Answer::Undelivered,
+                        Err(_) => tracking = false, // it may have arrived
+                    },
+                }
+            }
+        };
+        let answer = timeout(&self.inner.rt, wait, answer)
+            .await
+            .unwrap_or(Answer::NoReply);
         self.inner.pending.lock().unwrap().remove(&req);
-        Ok(match reply {
-            Ok(Ok(msg)) => Some(msg),
-            _ => None,
-        })
+        Ok(answer)
     }
 
     /// Fetches the map from the manager; keeps the newest one seen.
@@ -212,7 +235,7 @@ impl<R: Runtime> Client<R> {
                 )));
             }
             let wait = self.inner.config.attempt_timeout.min(deadline - now);
-            if let Ok(Some(Msg::MapReply { map, .. })) =
+            if let Ok(Answer::Reply(Msg::MapReply { map, .. })) =
                 self.call(manager, |req| Msg::GetMap { req }, wait).await
             {
                 if let Err(e) = map.validate() {
@@ -310,6 +333,20 @@ impl<R: Runtime> Client<R> {
                 *attempt += 1;
                 *attempt % replica_count == 0
             };
+            let reply = match reply {
+                Answer::Reply(msg) => Some(msg),
+                Answer::NoReply => None,
+                Answer::Undelivered => {
+                    // Certainly not applied by this attempt.
+                    last_error =
+                        format!("server {node} ({addr}) of partition {partition} is unreachable");
+                    self.set_leader(partition, None);
+                    if rotate(&mut attempt) {
+                        self.inner.rt.sleep(self.inner.config.retry_backoff).await;
+                    }
+                    continue;
+                }
+            };
             match reply {
                 Some(Msg::ExecuteReply {
                     result: Ok(results),
@@ -386,10 +423,12 @@ impl<R: Runtime> Client<R> {
                 }
             }
         }
+        let why =
+            format!("no leader of partition {partition} answered in time (last: {last_error})");
         if has_writes && maybe_applied {
-            PartOutcome::Unknown(last_error)
+            PartOutcome::Unknown(why)
         } else {
-            PartOutcome::NotApplied(last_error)
+            PartOutcome::NotApplied(why)
         }
     }
 }

@@ -38,6 +38,14 @@ pub trait Net: Send + Sync + 'static {
     /// Queues `payload` for `to` and returns at once. Never blocks; a message
     /// that cannot be queued (peer unreachable, queue full) is dropped.
     fn send(&self, to: SocketAddr, payload: Vec<u8>);
+    /// Like [`Net::send`], and the returned receiver gets `()` if the payload
+    /// certainly never left this process (the peer could not be reached, or
+    /// its queue was full). Otherwise the sender is dropped (`Err`): the
+    /// payload may have been delivered. The default knows nothing.
+    fn send_tracked(&self, to: SocketAddr, payload: Vec<u8>) -> tokio::sync::oneshot::Receiver<()> {
+        self.send(to, payload);
+        tokio::sync::oneshot::channel().1
+    }
     /// The next message that arrived, with the sender's address. Replies sent
     /// to that address reach the sender (for clients without a listen
     /// address, over the connection the message came on).

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Frames waiting to be written to one peer; more are dropped (best effort).
 const OUTBOX_FRAMES_MAX: usize = 16 * 1024;
@@ -68,9 +68,24 @@ impl Runtime for TokioRuntime {
     }
 }
 
+/// A frame waiting in an outbox. `undelivered` (from `send_tracked`) is
+/// told if the frame is dropped without being written to a connection.
+struct Outgoing {
+    frame: Vec<u8>,
+    undelivered: Option<oneshot::Sender<()>>,
+}
+
+impl Outgoing {
+    fn dropped(self) {
+        if let Some(tx) = self.undelivered {
+            let _ = tx.send(());
+        }
+    }
+}
+
 struct Peer {
     conn_id: u64,
-    outbox: mpsc::Sender<Vec<u8>>,
+    outbox: mpsc::Sender<Outgoing>,
 }
 
 struct Shared {
@@ -129,31 +144,13 @@ impl Net for TcpNet {
     }
 
     fn send(&self, to: SocketAddr, payload: Vec<u8>) {
-        if payload.len() > FRAME_PAYLOAD_LEN_MAX {
-            tracing::error!(bytes = payload.len(), %to, "dropping oversized message");
-            return;
-        }
-        let frame = encode_frame(&payload);
-        let mut peers = self.shared.peers.lock().unwrap();
-        let frame = match peers.get(&to) {
-            Some(peer) => match peer.outbox.try_send(frame) {
-                Ok(()) => return,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::warn!(%to, "outbox full, dropping message");
-                    return;
-                }
-                Err(mpsc::error::TrySendError::Closed(frame)) => {
-                    peers.remove(&to);
-                    frame
-                }
-            },
-            None => frame,
-        };
-        let (outbox, rx) = mpsc::channel(OUTBOX_FRAMES_MAX);
-        outbox.try_send(frame).expect("fresh channel has room");
-        let conn_id = self.shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        peers.insert(to, Peer { conn_id, outbox });
-        tokio::spawn(dial(self.shared.clone(), to, conn_id, rx));
+        self.enqueue(to, payload, None);
+    }
+
+    fn send_tracked(&self, to: SocketAddr, payload: Vec<u8>) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(to, payload, Some(tx));
+        rx
     }
 
     async fn recv(&self) -> io::Result<(SocketAddr, Vec<u8>)> {
@@ -166,6 +163,47 @@ impl Net for TcpNet {
     }
 }
 
+impl TcpNet {
+    fn enqueue(&self, to: SocketAddr, payload: Vec<u8>, undelivered: Option<oneshot::Sender<()>>) {
+        let item = Outgoing {
+            frame: Vec::new(),
+            undelivered,
+        };
+        if payload.len() > FRAME_PAYLOAD_LEN_MAX {
+            tracing::error!(bytes = payload.len(), %to, "dropping oversized message");
+            item.dropped();
+            return;
+        }
+        let item = Outgoing {
+            frame: encode_frame(&payload),
+            ..item
+        };
+        let mut peers = self.shared.peers.lock().unwrap();
+        let item = match peers.get(&to) {
+            Some(peer) => match peer.outbox.try_send(item) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(item)) => {
+                    tracing::warn!(%to, "outbox full, dropping message");
+                    item.dropped();
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(item)) => {
+                    peers.remove(&to);
+                    item
+                }
+            },
+            None => item,
+        };
+        let (outbox, rx) = mpsc::channel(OUTBOX_FRAMES_MAX);
+        if let Err(e) = outbox.try_send(item) {
+            unreachable!("a fresh channel has room: {e}");
+        }
+        let conn_id = self.shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        peers.insert(to, Peer { conn_id, outbox });
+        tokio::spawn(dial(self.shared.clone(), to, conn_id, rx));
+    }
+}
+
 impl Shared {
     fn forget(&self, key: SocketAddr, conn_id: u64) {
         let mut peers = self.peers.lock().unwrap();
@@ -175,17 +213,31 @@ impl Shared {
     }
 }
 
-async fn dial(shared: Arc<Shared>, to: SocketAddr, conn_id: u64, outbox: mpsc::Receiver<Vec<u8>>) {
+/// The connection could not be made: nothing queued for it was sent.
+fn undeliverable(
+    shared: &Shared,
+    to: SocketAddr,
+    conn_id: u64,
+    mut outbox: mpsc::Receiver<Outgoing>,
+) {
+    shared.forget(to, conn_id);
+    outbox.close();
+    while let Ok(item) = outbox.try_recv() {
+        item.dropped();
+    }
+}
+
+async fn dial(shared: Arc<Shared>, to: SocketAddr, conn_id: u64, outbox: mpsc::Receiver<Outgoing>) {
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(to)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             tracing::debug!(%to, error = %e, "connect failed");
-            shared.forget(to, conn_id);
+            undeliverable(&shared, to, conn_id, outbox);
             return;
         }
         Err(_) => {
             tracing::debug!(%to, "connect timed out");
-            shared.forget(to, conn_id);
+            undeliverable(&shared, to, conn_id, outbox);
             return;
         }
     };
@@ -197,7 +249,7 @@ async fn dial(shared: Arc<Shared>, to: SocketAddr, conn_id: u64, outbox: mpsc::R
     .expect("hello encodes");
     if let Err(e) = write.write_all(&encode_frame(&hello)).await {
         tracing::debug!(%to, error = %e, "handshake failed");
-        shared.forget(to, conn_id);
+        undeliverable(&shared, to, conn_id, outbox);
         return;
     }
     tokio::spawn(read_loop(shared.clone(), read, to, conn_id));
@@ -308,18 +360,20 @@ async fn read_loop(
 async fn write_loop(
     shared: Arc<Shared>,
     write: tokio::net::tcp::OwnedWriteHalf,
-    mut outbox: mpsc::Receiver<Vec<u8>>,
+    mut outbox: mpsc::Receiver<Outgoing>,
     key: SocketAddr,
     conn_id: u64,
 ) {
+    // From here on a frame may reach the peer: dropping `undelivered`
+    // (without a message) tells a tracked sender "maybe delivered".
     let mut write = BufWriter::with_capacity(WRITE_BUFFER_BYTES, write);
-    'outer: while let Some(frame) = outbox.recv().await {
-        if write.write_all(&frame).await.is_err() {
+    'outer: while let Some(item) = outbox.recv().await {
+        if write.write_all(&item.frame).await.is_err() {
             break;
         }
         // Batch whatever else is queued into the same flush.
-        while let Ok(frame) = outbox.try_recv() {
-            if write.write_all(&frame).await.is_err() {
+        while let Ok(item) = outbox.try_recv() {
+            if write.write_all(&item.frame).await.is_err() {
                 break 'outer;
             }
         }
@@ -328,4 +382,9 @@ async fn write_loop(
         }
     }
     shared.forget(key, conn_id);
+    // Frames still queued were never written.
+    outbox.close();
+    while let Ok(item) = outbox.try_recv() {
+        item.dropped();
+    }
 }
