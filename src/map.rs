@@ -27,8 +27,8 @@ pub struct Partition {
     pub start: u64,
     /// One past the last key number, or `None` for the open-ended last range.
     pub end: Option<u64>,
-    /// Servers holding a replica. The first is the one that serves requests
-    /// until replication lands (see README, "Status").
+    /// Servers holding a replica: the members of the partition's Raft group.
+    /// The first is where clients look for the leader first.
     pub replicas: Vec<NodeId>,
 }
 
@@ -48,6 +48,7 @@ impl Partition {
         self.end.map_or(u64::MAX, |end| end - 1)
     }
 
+    /// The first replica: the preferred place to look for the leader.
     pub fn leader(&self) -> NodeId {
         self.replicas[0]
     }

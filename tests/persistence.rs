@@ -448,11 +448,34 @@ fn garbage_appended_to_the_newest_log_file_is_truncated() {
             log.contains("WARN") && log.contains("truncating torn log tail"),
             "{variant}: no truncation warning in:\n{log}"
         );
-        assert_eq!(
-            std::fs::read(&segment).unwrap(),
-            before,
-            "{variant}: the file is cut back to its last whole record"
+        // The file was cut back to its last whole record; the restarted
+        // server may since have appended new records to it (with Raft, at
+        // least its new term and vote), which must be whole, valid records
+        // right after the old ones: none of the garbage is left.
+        let after = std::fs::read(&segment).unwrap();
+        assert!(
+            after.len() >= before.len() && after[..before.len()] == before[..],
+            "{variant}: the file no longer starts with its records from before the crash \
+             ({} bytes before, {} now)",
+            before.len(),
+            after.len()
         );
+        if after.len() > before.len() {
+            // Panics unless the file ends with a whole record.
+            let new_last = last_lsn(&after);
+            assert!(
+                new_last > last_lsn(&before),
+                "{variant}: records appended after the truncation have new LSNs"
+            );
+            let (record, _) = decode_record(&after[before.len()..]).unwrap_or_else(|e| {
+                panic!("{variant}: what follows the old records is not a record: {e}")
+            });
+            assert_eq!(
+                record.lsn,
+                last_lsn(&before) + 1,
+                "{variant}: the first record after the truncation point continues the LSNs"
+            );
+        }
         assert_contents(&read_all(&cluster), &expected);
         eprintln!("{variant}: {} garbage bytes truncated", garbage.len());
     }

@@ -172,14 +172,9 @@ fn garbage_on_tcp_ports_closes_only_that_connection() {
 
 /// Well-formed frames with messages a process does not expect from that
 /// peer: a client-looking connection must not be able to stop a server by
-/// sending it what only the manager sends.
-///
-/// Ignored: this currently fails, see the report: the server trusts a
-/// `RegisterReply` from any connection, exits on `Err(_)`, and panics on a
-/// map whose partition has no replicas (`Partition::leader` indexes
-/// `replicas[0]`).
+/// sending it what only the manager sends (a `RegisterReply` with an error,
+/// or with a map whose partitions have no replicas).
 #[test]
-
 fn unexpected_messages_from_a_client_do_not_stop_a_server() {
     let mut cluster = Cluster::start();
     let mut bad_map =

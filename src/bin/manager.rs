@@ -48,12 +48,6 @@ fn main() {
     let replicas = args
         .replicas
         .map_or(3.min(args.servers.len()), |r| r as usize);
-    if replicas > 1 {
-        tracing::warn!(
-            replicas,
-            "replication is not implemented yet: each partition is served by one copy (README \"Status\")"
-        );
-    }
     let config = ManagerConfig {
         listen_addr: args.listen_addr,
         servers: args.servers,

@@ -943,6 +943,18 @@ impl Raft {
             }
             MessageBody::Heartbeat { commit, read_seq } => {
                 self.follow(msg.from);
+                if commit > self.log.last_index() {
+                    // A heartbeat's commit index is at most our matchIndex,
+                    // so the leader thinks we hold entries we do not: we
+                    // restarted without durable state. Say where our log
+                    // ends, or an idle leader would never repair it.
+                    let hint = RejectHint {
+                        rejected: commit,
+                        hint_index: self.log.last_index(),
+                        hint_term: self.log.last_term(),
+                    };
+                    self.send(msg.from, MessageBody::AppendResponse(Err(hint)), false);
+                }
                 if commit > self.log.commit {
                     self.log.commit = commit.min(self.log.last_index());
                 }
@@ -1109,7 +1121,13 @@ impl Raft {
                 if hint.rejected == 0 && hint.hint_index == 0 {
                     return; // our answer to a stale leader; nothing to do
                 }
+                // Members without durable state (`amnesia_guard`) can lose
+                // their log: a follower whose log ends below its matchIndex
+                // is repaired even if the answer could be a stale one (then
+                // the cost is only a resend).
+                let lost_log = self.cfg.amnesia_guard && hint.hint_index < pr.match_index;
                 match pr.state {
+                    _ if lost_log => {}
                     ProgressState::Replicate if hint.rejected <= pr.match_index => return, // stale
                     ProgressState::Probe if hint.rejected != pr.next_index - 1 => return,  // stale
                     _ => {}

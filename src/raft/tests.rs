@@ -1147,3 +1147,32 @@ fn a_follower_that_restarts_empty_is_repaired_by_the_same_leader() {
     assert_eq!(c.raft(1).match_index(3), Some(c.raft(1).log().last_index()));
     c.check_log_matching();
 }
+
+#[test]
+fn an_idle_leader_repairs_a_follower_that_restarted_empty() {
+    // Like the test above, but nothing is proposed after the restart: the
+    // leader has nothing to append, so only heartbeats reach the emptied
+    // follower. A heartbeat's commit index is at most the follower's
+    // matchIndex; a follower whose log is shorter must say so (found by the
+    // real-process tests: an idle in-memory partition stayed unrepaired,
+    // and could then neither elect a leader nor keep its data).
+    fn config(id: NodeId) -> Config {
+        Config {
+            amnesia_guard: true,
+            ..Config::new(id)
+        }
+    }
+    let mut c = Cluster::with_config(3, config);
+    c.elect(1);
+    c.propose(1, "x=1");
+    c.propose(1, "x=2");
+    c.tick_all(2 * Config::new(1).heartbeat_ticks);
+    c.start(3, Disk::default());
+    c.tick_all(4 * Config::new(1).heartbeat_ticks);
+    assert_eq!(
+        c.applied(3),
+        vec!["x=1", "x=2"],
+        "the emptied follower has the whole log again"
+    );
+    c.check_log_matching();
+}

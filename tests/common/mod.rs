@@ -6,9 +6,14 @@
 //! the [`Cluster`]) is dropped, also when a test panics.
 #![allow(dead_code)] // each test binary uses a different subset
 
+use distkv::key::Key;
+use distkv::map::PartitionMap;
+use distkv::op::Op;
+use distkv::wire::frame::{encode_frame, FrameHeader};
+use distkv::wire::{decode_msg, encode_msg, Msg, FRAME_HEADER_LEN};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -173,6 +178,8 @@ pub struct Cluster {
     persistence: bool,
     /// Extra flags for every server (e.g. `--checkpoint-log-mb 1`).
     server_args: Vec<String>,
+    /// Extra flags for the manager (e.g. `--replicas 3`).
+    manager_args: Vec<String>,
 }
 
 impl Cluster {
@@ -195,10 +202,29 @@ impl Cluster {
         Cluster::start_opts(n, tables, true, server_args)
     }
 
+    /// `n` servers with [`TABLES`] and `--replicas replicas` on the manager,
+    /// with `--persistence` (in the cluster's temporary directory) or in
+    /// memory. Restarts reuse the same flags and directories.
+    pub fn start_replicated(n: usize, replicas: usize, persistence: bool) -> Cluster {
+        let replicas = replicas.to_string();
+        Cluster::start_full(n, TABLES, persistence, &[], &["--replicas", &replicas])
+    }
+
     fn start_opts(n: usize, tables: &str, persistence: bool, server_args: &[&str]) -> Cluster {
+        Cluster::start_full(n, tables, persistence, server_args, &[])
+    }
+
+    /// The most general start: every flag list is kept for restarts.
+    pub fn start_full(
+        n: usize,
+        tables: &str,
+        persistence: bool,
+        server_args: &[&str],
+        manager_args: &[&str],
+    ) -> Cluster {
         let mut last_error = String::new();
         for _attempt in 0..3 {
-            let mut cluster = Cluster::spawn(n, tables, persistence, server_args);
+            let mut cluster = Cluster::spawn(n, tables, persistence, server_args, manager_args);
             match cluster.wait_ready() {
                 Ok(()) => return cluster,
                 Err(e) => last_error = e,
@@ -207,7 +233,13 @@ impl Cluster {
         panic!("the cluster did not come up: {last_error}");
     }
 
-    fn spawn(n: usize, tables: &str, persistence: bool, server_args: &[&str]) -> Cluster {
+    fn spawn(
+        n: usize,
+        tables: &str,
+        persistence: bool,
+        server_args: &[&str],
+        manager_args: &[&str],
+    ) -> Cluster {
         let ports = free_ports(n + 1);
         let mut cluster = Cluster {
             dir: tempfile::tempdir().expect("tempdir"),
@@ -219,6 +251,7 @@ impl Cluster {
             log_files: Vec::new(),
             persistence,
             server_args: server_args.iter().map(|a| a.to_string()).collect(),
+            manager_args: manager_args.iter().map(|a| a.to_string()).collect(),
         };
         cluster.start_manager();
         for i in 0..n {
@@ -256,7 +289,7 @@ impl Cluster {
             .map(SocketAddr::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        let args = vec![
+        let mut args = vec![
             "--listen-addr".to_string(),
             self.manager_addr.to_string(),
             "--servers".to_string(),
@@ -264,6 +297,7 @@ impl Cluster {
             "--tables".to_string(),
             self.tables.clone(),
         ];
+        args.extend(self.manager_args.iter().cloned());
         let guard = self.spawn_logged("manager", MANAGER, &args);
         self.manager = Some(guard);
     }
@@ -540,6 +574,40 @@ impl Cluster {
         }
     }
 
+    /// The partition map the manager serves: a pure function of its flags,
+    /// rebuilt here from the same ones.
+    pub fn partition_map(&self) -> PartitionMap {
+        let tables: Vec<(String, u64)> = self
+            .tables
+            .split(',')
+            .map(|t| {
+                let (name, size) = t.split_once('=').expect("table=size");
+                (name.to_string(), size.parse().expect("a table size"))
+            })
+            .collect();
+        let replicas = self
+            .manager_args
+            .windows(2)
+            .find(|w| w[0] == "--replicas")
+            .map_or(3, |w| w[1].parse().expect("a replica count"));
+        PartitionMap::build(&tables, &self.server_addrs, replicas).expect("a valid map")
+    }
+
+    /// Which running server leads the partition of `key`, found by asking
+    /// each one directly for a GET of `key` (see [`probe_leader`]); `None`
+    /// if none answers as a leader within `wait`.
+    pub fn leader_of(&mut self, key: &str, wait: Duration) -> Option<usize> {
+        let key = Key::parse(key).expect("a valid key");
+        let map = self.partition_map();
+        let partition = map.partition_of(&key).expect("a known table").id;
+        let running: Vec<usize> = (0..self.server_addrs.len())
+            .filter(|&i| self.server_running(i))
+            .collect();
+        running
+            .into_iter()
+            .find(|&i| probe_leader(self.server_addrs[i], partition, &key, wait) == Some(true))
+    }
+
     /// The `--connect-addr` arguments for this cluster.
     pub fn connect_args(&self) -> Vec<String> {
         vec!["--connect-addr".to_string(), self.manager_addr.to_string()]
@@ -593,6 +661,44 @@ impl Drop for Cluster {
         }
         drop(self.manager.take());
     }
+}
+
+/// Asks the server at `addr` to run `GET key` on `partition`, as a client
+/// would, over a fresh connection: `Some(true)` if it answers with a result
+/// (only a leader that confirmed its quorum does), `Some(false)` if it
+/// answers with an error (e.g. `NotLeader`), `None` without an answer within
+/// `wait`.
+pub fn probe_leader(addr: SocketAddr, partition: u64, key: &Key, wait: Duration) -> Option<bool> {
+    let mut stream = TcpStream::connect_timeout(&addr, wait).ok()?;
+    stream.set_read_timeout(Some(wait)).ok()?;
+    let msgs = [
+        Msg::Hello { advertise: None },
+        Msg::Execute {
+            req: 1,
+            session: rand::random::<u64>() | 1,
+            seq: 1,
+            partition,
+            ops: vec![Op::Get { key: key.clone() }],
+        },
+    ];
+    for m in &msgs {
+        stream
+            .write_all(&encode_frame(&encode_msg(m).expect("encodable")))
+            .ok()?;
+    }
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        let mut header = [0u8; FRAME_HEADER_LEN];
+        stream.read_exact(&mut header).ok()?;
+        let header = FrameHeader::parse(header).ok()?;
+        let mut payload = vec![0u8; header.payload_len()];
+        stream.read_exact(&mut payload).ok()?;
+        header.verify(&payload).ok()?;
+        if let Ok(Msg::ExecuteReply { req: 1, result }) = decode_msg(&payload) {
+            return Some(result.is_ok());
+        }
+    }
+    None
 }
 
 /// A process fed line by line through a pipe kept open, with stdout read
