@@ -145,14 +145,18 @@ pub struct Replica {
     ready_reads: VecDeque<(Index, Read)>,
     next_ctx: u64,
     was_leader: bool,
-    /// A snapshot received in `step`, already decoded (see [`Replica::step`]).
+    /// A snapshot received in `step`, already decoded (see [`ServerCore::step`]).
     incoming: Option<(Index, PartitionStore)>,
+    /// Term and vote as last handed to the log.
+    logged: HardState,
 }
 
 impl Replica {
     fn new(raft: Raft, store: PartitionStore) -> Replica {
         let applied = raft.log().applied;
+        let logged = raft.hard_state();
         Replica {
+            logged,
             raft,
             store,
             applied,
@@ -479,9 +483,19 @@ impl ServerCore {
                     .or_default()
                     .push((partition, msg));
             }
+            // A hard state whose term and vote did not change only moves the
+            // commit index, which need not be durable (a restarted member
+            // learns it from the leader): log it only along with entries, so
+            // followers do not spend an fsync on every commit.
+            let hard_state = rd.hard_state.filter(|hs| {
+                hs.term != r.logged.term || hs.vote != r.logged.vote || !rd.entries.is_empty()
+            });
+            if let Some(hs) = hard_state {
+                r.logged = hs;
+            }
             let mut persist = Persist {
                 partition,
-                hard_state: rd.hard_state,
+                hard_state,
                 last: rd.entries.last().map(|e| (e.index, e.term)),
                 entries: rd.entries,
                 messages: rd.persisted_messages,
