@@ -3,12 +3,16 @@
 //!
 //! The scenario and its checker live in the library
 //! ([`distkv::simulation`]): [`harness::scenario`] starts a manager, three
-//! servers and four clients on their own simulated nodes, running the
-//! production code paths on `SimRuntime`; injects packet loss, latency,
-//! server kills and restarts and clogged links; checks every command's
-//! outcome against the per-key [`distkv::simulation::model::Model`]; and
-//! finally heals everything and requires every client to make progress. See
-//! each module's docs for what exactly is checked. The `sim` binary
+//! Raft-replicated servers and four clients on their own simulated nodes,
+//! running the production code paths on `SimRuntime`; injects packet loss,
+//! latency, server kills and restarts (power cuts, also of every server at
+//! once, in durable mode; a minority at a time in memory mode), server
+//! partitions, pauses, manager restarts and clogged client links; checks
+//! every command's outcome against the per-key
+//! [`distkv::simulation::model::Model`]; heals everything and requires every
+//! client to make progress; and finally checks the whole history with the
+//! linearizability checker (`distkv::checker`). See each module's docs for
+//! what exactly is checked. The `sim` binary
 //! (`cargo run --release --features sim --bin sim -- --help`) runs the same
 //! scenario for many seeds in parallel.
 //!
@@ -24,8 +28,9 @@
 //!
 //! Besides the seeded scenarios (`chaos`: in-memory servers, `chaos_durable`:
 //! servers with `--persistence` on a disk that loses unsynced bytes), the
-//! binary checks that runs are deterministic, and that the checker catches
-//! the bugs `distkv::bugs` can inject.
+//! binary checks that runs are deterministic, and that the checkers (the
+//! per-key model and the final linearizability check) catch every bug
+//! `distkv::bugs` can inject.
 #![cfg(madsim)]
 
 mod model_tests;
@@ -62,25 +67,46 @@ async fn chaos_durable() {
 
 /// The same seed gives the same run: identical outcomes at identical
 /// simulated times (the trace hash covers every command and its outcome).
+/// In one process, for in-memory servers; see [`same_seed_same_run_across_processes`]
+/// for durable ones.
 #[test]
 fn same_seed_same_run() {
-    for mode in [Mode::Memory, Mode::Durable] {
-        let a = run_seed(mode, 7);
-        let b = run_seed(mode, 7);
-        assert_eq!(a, b, "{mode:?}: seed 7 ran differently twice");
-        let c = run_seed(mode, 8);
-        assert_ne!(
-            a.trace_hash, c.trace_hash,
-            "{mode:?}: seeds 7 and 8 ran identically"
-        );
-    }
+    let mode = Mode::Memory;
+    let a = run_seed(mode, 7);
+    let b = run_seed(mode, 7);
+    assert_eq!(a, b, "{mode:?}: seed 7 ran differently twice");
+    let c = run_seed(mode, 8);
+    assert_ne!(
+        a.trace_hash, c.trace_hash,
+        "{mode:?}: seeds 7 and 8 ran identically"
+    );
 }
 
-/// madsim's own check: runs twice and compares every random draw.
+/// The same seed gives the same run in two separate processes, in both
+/// modes (the `sim` runner's `--check-determinism`, one child process per
+/// run). Durable runs are not compared within one process: the storage
+/// layer's `tokio::sync::watch` channel picks notification shards with
+/// tokio's thread-local RNG, which tokio seeds from a process-wide counter,
+/// so a second run of a seed in the same process can wake the log's waiters
+/// in another order (see the runner's `run_child`).
+#[test]
+fn same_seed_same_run_across_processes() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sim"))
+        .args(["--seed", "7", "--seeds", "2", "--check-determinism"])
+        .output()
+        .expect("the sim runner starts");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// madsim's own check: runs twice and compares every random draw (in one
+/// process, so in-memory servers only; see above).
 #[test]
 fn madsim_determinism_check() {
     Runtime::check_determinism(3, Config::default(), harness::scenario_memory);
-    Runtime::check_determinism(3, Config::default(), harness::scenario_durable);
 }
 
 /// Regression (a harness bug, not a library one): under 2.6 % loss with a
@@ -92,39 +118,112 @@ fn regression_seed_10941_connect_under_loss() {
     run_seed(Mode::Memory, 10941);
 }
 
-/// Runs seeds `1..=count` with `bug` injected (see `distkv::bugs`) and
-/// returns the first seed whose run fails, if any.
-fn first_failing_seed(mode: Mode, bug: Bug, count: u64) -> Option<u64> {
-    (1..=count).find(|&seed| {
-        std::thread::spawn(move || {
-            // Per thread: only this run sees the bug.
-            distkv::bugs::enable(bug);
-            let rt = Runtime::with_seed_and_config(seed, Config::default());
-            rt.block_on(harness::scenario(mode))
-        })
-        .join()
-        .is_err()
-    })
+/// Regression (a harness bug, not a library one): a write whose outcome
+/// was unknown to the client (its requests were queued at a leader frozen
+/// by a pause) was proposed and committed when that leader resumed, 3 s
+/// later and after a SCAN of the same client had shown it not applied. That
+/// is allowed (an unknown outcome may take effect at any later time, until
+/// the session's next acknowledged write in that partition fences it), but
+/// the per-key model assumed unknown writes land before their completion.
+/// It now keeps them pending until fenced. (The schedule has changed since,
+/// so this seed no longer replays that exact run; the model unit test
+/// `an_unknown_write_may_land_late_until_a_later_write_fences_it` pins the rule.)
+#[test]
+fn regression_seed_1195_unknown_write_lands_late() {
+    run_seed(Mode::Memory, 1195);
+}
+
+/// Runs seeds `1..=count` in `mode` with `bug` injected (see
+/// `distkv::bugs`) through the `sim` runner, one child process per run as
+/// its reproduce commands do, stopping at the first failure; returns that
+/// seed and the check that failed, with the runner's line about it.
+fn first_failing_seed(mode: Mode, bug: Bug, count: u64) -> Option<(u64, String, String)> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sim"))
+        .args(["--seed", "1", "--seeds", &count.to_string()])
+        .args(["--mode", mode.name(), "--inject-bug", bug.name()])
+        .arg("--stop-on-failure")
+        .output()
+        .expect("the sim runner starts");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().find(|l| {
+        l.starts_with(&format!(
+            "injected bug {} first caught by seed ",
+            bug.name()
+        ))
+    })?;
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .map(str::to_string)
+    };
+    let seed = line
+        .split("by seed ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some((seed, field("check=")?, line.to_string()))
+}
+
+/// The checks that report a safety violation (see [`harness::failed_check`]).
+const SAFETY: &[&str] = &["model", "linearizability", "raft-safety"];
+
+/// Asserts that `bug` is caught in `mode` within seeds `1..=count` by one of
+/// the `expected` checks (see [`harness::failed_check`]).
+fn assert_caught(mode: Mode, bug: Bug, count: u64, expected: &[&str]) {
+    let Some((seed, check, line)) = first_failing_seed(mode, bug, count) else {
+        panic!("{mode:?}: {} went unnoticed in {count} seeds", bug.name());
+    };
+    println!("{mode:?}: {line}");
+    assert!(
+        expected.contains(&check.trim_end_matches(':')),
+        "{mode:?}: {} seed {seed} failed check {check}, not one of {expected:?}",
+        bug.name()
+    );
 }
 
 /// The checker is not vacuous: a server that re-applies retried writes
-/// (ignoring its session table) is caught, in both modes.
+/// (ignoring its session table) is caught, in both modes (nearly every
+/// seed).
 #[test]
 fn catches_injected_duplicate_apply() {
-    for mode in [Mode::Memory, Mode::Durable] {
-        let found = first_failing_seed(mode, Bug::DuplicateApply, 20);
-        assert!(found.is_some(), "{mode:?}: duplicate-apply went unnoticed");
-    }
+    assert_caught(Mode::Memory, Bug::DuplicateApply, 20, &["model"]);
+    assert_caught(Mode::Durable, Bug::DuplicateApply, 20, &["model"]);
 }
 
-/// A durable server that acknowledges writes before they are fsynced loses
-/// acknowledged writes in a power cut; the durable scenario must notice
-/// (about one seed in eight does: the kill must land in the window).
+/// Followers that acknowledge appends (and votes) before fsyncing them let
+/// a leader commit an entry that a power cut of every server then loses
+/// (the followers' slow disks had not synced it); the durable scenario must
+/// notice. About 2.6 % of durable seeds do (first: seed 30).
 #[test]
 fn catches_injected_ack_before_fsync() {
-    let found = first_failing_seed(Mode::Durable, Bug::AckBeforeFsync, 60);
-    assert!(
-        found.is_some(),
-        "ack-before-fsync went unnoticed in 60 seeds"
-    );
+    assert_caught(Mode::Durable, Bug::AckBeforeFsync, 200, SAFETY);
+}
+
+/// A leader cut off from its peers that commits alone acknowledges writes
+/// the new leader never had (nearly half the seeds).
+#[test]
+fn catches_injected_commit_without_quorum() {
+    assert_caught(Mode::Durable, Bug::CommitWithoutQuorum, 20, SAFETY);
+    assert_caught(Mode::Memory, Bug::CommitWithoutQuorum, 20, SAFETY);
+}
+
+/// A server that forgets its term and vote in a restart can vote twice in
+/// one term, or follow a deposed leader: two histories get committed.
+/// About 10 % of durable seeds catch it (first: seed 8).
+#[test]
+fn catches_injected_forget_vote() {
+    assert_caught(Mode::Durable, Bug::ForgetVote, 150, SAFETY);
+}
+
+/// A leader that serves reads from its own state without confirming its
+/// leadership (ReadIndex) answers from a stale state after it was deposed
+/// (frozen and cut off from its peers while a new leader took writes); a
+/// client whose leader cache still points at it reads another client's key
+/// there and the linearizability check catches it (about 2.6 % of
+/// in-memory seeds, first: seed 21; 25 % of durable ones).
+#[test]
+fn catches_injected_stale_read() {
+    assert_caught(Mode::Memory, Bug::StaleRead, 150, SAFETY);
 }

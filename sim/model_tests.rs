@@ -120,3 +120,46 @@ fn scans_check_owned_keys_and_row_order() {
         .unwrap_err();
     assert!(err.contains("not strictly after"), "{err}");
 }
+
+#[test]
+fn an_unknown_write_may_land_late_until_a_later_write_fences_it() {
+    let mut m = model();
+    let put = |value: &str| {
+        vec![Op::Put {
+            key: k(0),
+            value: v(value),
+        }]
+    };
+    let get = vec![Op::Get { key: k(0) }];
+    let inv = m.invoke(0, &put("a"), T);
+    m.complete(&inv, &Err(ClientError::UnknownOutcome("x".into())), T)
+        .unwrap();
+    // A read sees it has not happened (yet)...
+    let inv = m.invoke(0, &get, T);
+    m.complete(&inv, &Ok(vec![OpResult::Get(None)]), T).unwrap();
+    // ...and a later one that it has: it was queued at a frozen leader.
+    let inv = m.invoke(0, &get, T);
+    m.complete(&inv, &Ok(vec![OpResult::Get(Some(v("a")))]), T)
+        .unwrap();
+    // Unknown again; then an acknowledged write of the same client in the
+    // same partition fences it: it landed before (found) or never will.
+    let inv = m.invoke(0, &put("b"), T);
+    m.complete(&inv, &Err(ClientError::UnknownOutcome("x".into())), T)
+        .unwrap();
+    let del = vec![Op::Delete { key: k(2) }];
+    let inv = m.invoke(0, &del, T);
+    m.complete(&inv, &Ok(vec![OpResult::Delete { found: false }]), T)
+        .unwrap();
+    assert_eq!(
+        m.possible(&k(0)),
+        BTreeSet::from([Some(v("a")), Some(v("b"))])
+    );
+    let inv = m.invoke(0, &get, T);
+    m.complete(&inv, &Ok(vec![OpResult::Get(Some(v("a")))]), T)
+        .unwrap();
+    let inv = m.invoke(0, &get, T);
+    let err = m
+        .complete(&inv, &Ok(vec![OpResult::Get(Some(v("b")))]), T)
+        .unwrap_err();
+    assert!(err.contains("key t0"), "{err}");
+}

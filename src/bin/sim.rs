@@ -8,10 +8,13 @@
 //! cargo run --release --features sim --bin sim -- --seeds 500 --inject-bug duplicate-apply
 //! ```
 //!
-//! Each run (one seed in one mode) gets a fresh OS thread and a fresh madsim
-//! runtime seeded with the seed, so a run depends on nothing but its seed,
-//! mode, fault menu and injected bug: the same arguments replay it exactly,
-//! in any process. Output: one `FAIL` line plus a reproduce command per
+//! Each run (one seed in one mode) gets a child process of its own (this
+//! binary with a hidden `--child` flag) and in it a fresh madsim runtime
+//! seeded with the seed, so a run depends on nothing but its seed, mode,
+//! fault menu and injected bug: the same arguments replay it exactly, and
+//! `--check-determinism` compares two separate processes. (`--in-process`
+//! runs the seeds on threads of one process instead; see [`run_child`] for
+//! the process-wide state that can then leak between runs.) Output: one `FAIL` line plus a reproduce command per
 //! failing run (`--verbose`: also one `PASS` line with the trace hash per
 //! passing run), in seed order; then `<N> passed, <M> failed`, and the
 //! simulated-time throughput. Exit status 1 if any run failed (with
@@ -22,18 +25,20 @@ use clap::{Parser, ValueEnum};
 use distkv::bugs::{self, Bug};
 use distkv::simulation::harness::{self, Config, Faults, Mode, Summary};
 use madsim::runtime::Runtime;
+use serde::{Deserialize, Serialize};
 use std::any::Any;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::panic::{self, AssertUnwindSafe};
-use std::process::ExitCode;
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Runs the seeded whole-cluster simulation (manager, three servers, four
-/// clients, a per-key model checker) for a range of seeds.
+/// Runs the seeded whole-cluster simulation (manager, three Raft-replicated
+/// servers, four clients; a per-key model and a linearizability checker) for
+/// a range of seeds.
 #[derive(Parser, Debug)]
 #[command(name = "sim", version)]
 struct Args {
@@ -43,8 +48,8 @@ struct Args {
     /// Number of seeds: runs SEED, SEED+1, ..., SEED+SEEDS-1.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     seeds: u64,
-    /// Runs in parallel, each on its own fresh OS thread [default: the
-    /// number of available cores].
+    /// Runs in parallel, each in its own child process [default: the number
+    /// of available cores].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     jobs: Option<u64>,
     /// Server storage: in memory, durable (write-ahead log on a disk that
@@ -53,14 +58,17 @@ struct Args {
     mode: ModeArg,
     /// Inject a bug (see `distkv::bugs`) into every run: some seed is then
     /// expected to fail, and the runner reports the first that did. One of
-    /// ack-before-fsync (durable mode only), duplicate-apply; the Raft-level
-    /// forget-vote, commit-without-quorum and stale-read are accepted but do
-    /// nothing here yet (the servers do not use Raft).
+    /// ack-before-fsync and forget-vote (durable mode only: in memory nothing
+    /// is fsynced or recovered), duplicate-apply, commit-without-quorum,
+    /// stale-read.
     #[arg(long, value_name = "NAME", value_parser = parse_bug)]
     inject_bug: Option<Bug>,
     /// Faults to inject: a comma-separated list of kill (server kills and
-    /// restarts), clog (clogged client/server links), manager (manager kill
-    /// and restart), loss (datagram loss), latency (random latency, which
+    /// restarts; durable: power cuts, also of several or all servers),
+    /// partition (server-to-server partitions: a server cut off both ways or
+    /// one way, or one peer link cut), pause (a server frozen for a while),
+    /// clog (clogged client/server links), manager (manager kill and
+    /// restart), loss (datagram loss), latency (random latency, which
     /// reorders; without it every datagram takes 1 ms); or all, or none.
     #[arg(long, value_name = "LIST", default_value = "all", value_parser = Faults::parse)]
     faults: Faults,
@@ -72,6 +80,22 @@ struct Args {
     /// whole message and location of each failure.
     #[arg(long, short)]
     verbose: bool,
+    /// Stop at the first failing run, in seed order (runs after it are not
+    /// started, or not reported): with --inject-bug, finds the first
+    /// catching seed without running the rest.
+    #[arg(long)]
+    stop_on_failure: bool,
+    /// Run the seeds on threads of this process instead of one child
+    /// process per run. Faster to start, but state that leaks between runs
+    /// in one process (tokio's process-wide RNG seeds, see `run_child`) can
+    /// make a run differ from its replay, which `--check-determinism` then
+    /// reports.
+    #[arg(long)]
+    in_process: bool,
+    /// Internal: run exactly one seed in one mode and print its outcome as
+    /// one JSON line (what the parent runner starts per run).
+    #[arg(long, hide = true)]
+    child: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -101,12 +125,15 @@ fn parse_bug(name: &str) -> Result<Bug, String> {
     })
 }
 
-/// Whether this scenario exercises the code `bug` breaks. Exhaustive on
-/// purpose: a new bug must be classified here.
-fn wired_into_scenario(bug: Bug) -> bool {
+/// The modes in which `bug` changes anything. Exhaustive on purpose: a new
+/// bug must be classified here.
+fn bug_modes(bug: Bug) -> &'static [Mode] {
     match bug {
-        Bug::AckBeforeFsync | Bug::DuplicateApply => true,
-        Bug::CommitWithoutQuorum | Bug::ForgetVote | Bug::StaleRead => false,
+        // In memory mode nothing is fsynced, and nothing is recovered.
+        Bug::AckBeforeFsync | Bug::ForgetVote => &[Mode::Durable],
+        Bug::DuplicateApply | Bug::CommitWithoutQuorum | Bug::StaleRead => {
+            &[Mode::Memory, Mode::Durable]
+        }
     }
 }
 
@@ -144,7 +171,7 @@ fn install_panic_hook() {
 }
 
 /// Why a run failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Failure {
     /// The panic message.
     message: String,
@@ -180,15 +207,54 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-/// One run's outcome and how much simulated time it covered.
+/// What a passing run reports: what must be equal for equal runs, and the
+/// details of its `PASS` line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Passed {
+    trace_hash: u64,
+    end_ns: u64,
+    /// `(N commands: ...; simulated ...)`, from the run's [`Summary`].
+    details: String,
+}
+
+impl Passed {
+    fn of(s: &Summary) -> Passed {
+        let c = &s.counts;
+        Passed {
+            trace_hash: s.trace_hash,
+            end_ns: s.end.as_nanos() as u64,
+            details: format!(
+                "({} commands: {} ok, {} unknown, {} unavailable; {} kills ({} skipped), \
+                 {} clogs, {} partitions, {} pauses, loss {}, latency 1..{} ms; {}; simulated {:.1?})",
+                c.commands,
+                c.ok,
+                c.unknown,
+                c.unavailable,
+                s.kills,
+                s.kills_skipped,
+                s.clogs,
+                s.partitions,
+                s.pauses,
+                s.loss,
+                s.max_latency_ms,
+                s.linearizability,
+                s.end
+            ),
+        }
+    }
+}
+
+/// One run's outcome and how much simulated time it covered (the line a
+/// child process prints).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Run {
-    result: Result<Summary, Failure>,
-    simulated: Duration,
+    result: Result<Passed, Failure>,
+    simulated_ns: u64,
 }
 
 /// Runs the scenario once for `seed` on a fresh OS thread, with `bug` (if
 /// any) enabled on that thread only.
-fn run_once(seed: u64, config: Config, bug: Option<Bug>) -> Run {
+fn run_in_thread(seed: u64, config: Config, bug: Option<Bug>) -> Run {
     let thread = thread::Builder::new()
         .name(format!("{SEED_THREAD}{seed}"))
         .spawn(move || {
@@ -205,8 +271,8 @@ fn run_once(seed: u64, config: Config, bug: Option<Bug>) -> Run {
             let first = FIRST_PANIC.with(|p| p.borrow_mut().take());
             match result {
                 Ok(summary) => Run {
-                    simulated: summary.end,
-                    result: Ok(summary),
+                    simulated_ns: summary.end.as_nanos() as u64,
+                    result: Ok(Passed::of(&summary)),
                 },
                 Err(payload) => {
                     let (location, at) = first.unwrap_or(("unknown location".into(), None));
@@ -215,7 +281,7 @@ fn run_once(seed: u64, config: Config, bug: Option<Bug>) -> Run {
                             message: panic_message(payload.as_ref()),
                             location,
                         }),
-                        simulated: at.unwrap_or_default(),
+                        simulated_ns: at.unwrap_or_default().as_nanos() as u64,
                     }
                 }
             }
@@ -227,15 +293,96 @@ fn run_once(seed: u64, config: Config, bug: Option<Bug>) -> Run {
             message: panic_message(payload.as_ref()),
             location: "sim runner seed thread".into(),
         }),
-        simulated: Duration::ZERO,
+        simulated_ns: 0,
     })
 }
 
-fn describe(result: &Result<Summary, Failure>) -> String {
+/// Runs the scenario once in a child process (`sim --child ...`): a run then
+/// depends on nothing but its arguments, as its reproduce command does.
+/// Within one process, state outside the simulation leaks from run to run:
+/// tokio seeds the thread-local RNG that `tokio::sync::watch` uses to pick a
+/// notification shard from a process-wide counter, so two tasks waiting on
+/// one watch channel (as the durable storage's flusher watchers do) can
+/// wake in a different order in the second run of a seed than in the first.
+fn run_child(seed: u64, config: Config, bug: Option<Bug>) -> Run {
+    let failed = |message: String| Run {
+        result: Err(Failure {
+            message,
+            location: "sim runner child process".into(),
+        }),
+        simulated_ns: 0,
+    };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return failed(format!("cannot find the sim executable: {e}")),
+    };
+    let mut cmd = Command::new(exe);
+    cmd.arg("--child")
+        .args(["--seed", &seed.to_string()])
+        .args(["--mode", config.mode.name()])
+        .args(["--faults", &config.faults.to_string()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    if let Some(bug) = bug {
+        cmd.args(["--inject-bug", bug.name()]);
+    }
+    let output = match cmd.output() {
+        Ok(output) => output,
+        Err(e) => return failed(format!("cannot start a child process: {e}")),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    match stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Run>(l).ok())
+    {
+        Some(run) => run,
+        None => failed(format!(
+            "the child process for seed {seed} ended with {} without a result; its output: {}",
+            output.status,
+            stdout.trim()
+        )),
+    }
+}
+
+/// `sim --child`: one run, its outcome as one JSON line on stdout.
+fn child_main(args: &Args) -> ExitCode {
+    let [mode] = args.mode.modes() else {
+        eprintln!("error: --child needs --mode memory or --mode durable");
+        return ExitCode::from(2);
+    };
+    install_panic_hook();
+    let filter = stderr_filter::install();
+    let config = Config {
+        mode: *mode,
+        faults: args.faults,
+        print: false,
+    };
+    let run = run_in_thread(args.seed, config, args.inject_bug);
+    if let Some(filter) = filter {
+        filter.remove();
+    }
+    println!(
+        "{}",
+        serde_json::to_string(&run).expect("a run's outcome encodes")
+    );
+    ExitCode::SUCCESS
+}
+
+fn run_once(seed: u64, config: Config, args: &Args) -> Run {
+    if args.in_process {
+        run_in_thread(seed, config, args.inject_bug)
+    } else {
+        run_child(seed, config, args.inject_bug)
+    }
+}
+
+fn describe(result: &Result<Passed, Failure>) -> String {
     match result {
-        Ok(s) => format!(
+        Ok(p) => format!(
             "passed with trace {:016x}, ended at {:?}",
-            s.trace_hash, s.end
+            p.trace_hash,
+            Duration::from_nanos(p.end_ns)
         ),
         Err(f) => format!("failed ({}): {}", f.check(), f.first_line()),
     }
@@ -245,7 +392,7 @@ fn describe(result: &Result<Summary, Failure>) -> String {
 struct Report {
     seed: u64,
     mode: Mode,
-    result: Result<Summary, Failure>,
+    result: Result<Passed, Failure>,
     /// With `--check-determinism`: both runs' outcomes when they differ.
     nondeterministic: Option<(String, String)>,
     simulated: Duration,
@@ -268,12 +415,12 @@ impl Report {
 }
 
 fn run_report(seed: u64, config: Config, args: &Args) -> Report {
-    let first = run_once(seed, config, args.inject_bug);
-    let mut simulated = first.simulated;
+    let first = run_once(seed, config, args);
+    let mut simulated = Duration::from_nanos(first.simulated_ns);
     let mut nondeterministic = None;
     if args.check_determinism {
-        let second = run_once(seed, config, args.inject_bug);
-        simulated += second.simulated;
+        let second = run_once(seed, config, args);
+        simulated += Duration::from_nanos(second.simulated_ns);
         if second.result != first.result {
             nondeterministic = Some((describe(&first.result), describe(&second.result)));
         }
@@ -301,6 +448,9 @@ fn reproduce(args: &Args, report: &Report) -> String {
     }
     if report.nondeterministic.is_some() {
         cmd += " --check-determinism";
+        if args.in_process {
+            cmd += " --in-process";
+        }
     }
     cmd
 }
@@ -308,23 +458,13 @@ fn reproduce(args: &Args, report: &Report) -> String {
 fn print_report(args: &Args, report: &Report) {
     if report.passed() {
         if args.verbose {
-            let s = report.result.as_ref().expect("passed");
-            let c = &s.counts;
+            let p = report.result.as_ref().expect("passed");
             println!(
-                "PASS seed={} mode={} trace={:016x} ({} commands: {} ok, {} unknown, {} unavailable; \
-                 {} kills, {} clogs, loss {}, latency 1..{} ms; simulated {:.1?})",
+                "PASS seed={} mode={} trace={:016x} {}",
                 report.seed,
                 report.mode.name(),
-                s.trace_hash,
-                c.commands,
-                c.ok,
-                c.unknown,
-                c.unavailable,
-                s.kills,
-                s.clogs,
-                s.loss,
-                s.max_latency_ms,
-                s.end
+                p.trace_hash,
+                p.details
             );
         }
         return;
@@ -350,6 +490,9 @@ fn print_report(args: &Args, report: &Report) {
 
 fn main() -> ExitCode {
     let args = Arc::new(Args::parse());
+    if args.child {
+        return child_main(&args);
+    }
     let Some(end) = args.seed.checked_add(args.seeds) else {
         eprintln!("error: --seed + --seeds overflows u64");
         return ExitCode::from(2);
@@ -365,14 +508,11 @@ fn main() -> ExitCode {
         .map_or(cores, |j| usize::try_from(j).unwrap_or(usize::MAX))
         .min(total);
     if let Some(bug) = args.inject_bug {
-        if !wired_into_scenario(bug) {
+        if !modes.iter().any(|m| bug_modes(bug).contains(m)) {
             println!(
-                "note: {} is a Raft-level bug; the servers do not use Raft yet, so this \
-                 scenario cannot catch it",
+                "note: {} only matters with durable servers (--mode durable)",
                 bug.name()
             );
-        } else if bug == Bug::AckBeforeFsync && args.mode == ModeArg::Memory {
-            println!("note: ack-before-fsync only matters with durable servers (--mode durable)");
         }
     }
     println!(
@@ -398,13 +538,16 @@ fn main() -> ExitCode {
     let stderr_filter = stderr_filter::install();
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
+    // With --stop-on-failure: the index of the first failing run seen so far.
+    let stop_at = Arc::new(AtomicUsize::new(usize::MAX));
     let (tx, rx) = mpsc::channel::<(usize, Report)>();
     let workers: Vec<_> = (0..jobs)
         .map(|_| {
             let (args, next, tx) = (args.clone(), next.clone(), tx.clone());
+            let stop_at = stop_at.clone();
             thread::spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
+                if i >= total || i > stop_at.load(Ordering::Relaxed) {
                     break;
                 }
                 let seed = args.seed + (i / modes.len()) as u64;
@@ -414,6 +557,9 @@ fn main() -> ExitCode {
                     print: false,
                 };
                 let report = run_report(seed, config, &args);
+                if args.stop_on_failure && !report.passed() {
+                    stop_at.fetch_min(i, Ordering::Relaxed);
+                }
                 if tx.send((i, report)).is_err() {
                     break;
                 }
@@ -428,9 +574,12 @@ fn main() -> ExitCode {
     let mut first_failure: Option<(u64, Mode, String)> = None;
     let mut pending: BTreeMap<usize, Report> = BTreeMap::new();
     let mut next_to_print = 0;
-    for (i, report) in rx {
+    'results: for (i, report) in rx {
         pending.insert(i, report);
         while let Some(report) = pending.remove(&next_to_print) {
+            if args.stop_on_failure && first_failure.is_some() {
+                break 'results;
+            }
             next_to_print += 1;
             simulated += report.simulated;
             if report.passed() {
@@ -450,27 +599,29 @@ fn main() -> ExitCode {
         worker.join().expect("sim worker thread panicked");
     }
 
+    // Runs reported (all of them, unless --stop-on-failure stopped early).
+    let runs = passed + failed;
     if let Some(bug) = args.inject_bug {
         match &first_failure {
             Some((seed, mode, check)) => println!(
                 "injected bug {} first caught by seed {seed} mode={} check={check} \
-                 ({failed} of {total} runs failed)",
+                 ({failed} of {runs} runs failed)",
                 bug.name(),
                 mode.name()
             ),
-            None => println!("injected bug {} was NOT caught in {total} runs", bug.name()),
+            None => println!("injected bug {} was NOT caught in {runs} runs", bug.name()),
         }
     }
     println!("{passed} passed, {failed} failed");
     let secs = wall.as_secs_f64().max(1e-9);
-    let executions = total as f64 * if args.check_determinism { 2.0 } else { 1.0 };
+    let executions = runs as f64 * if args.check_determinism { 2.0 } else { 1.0 };
     println!(
         "simulated {:.0} s in {:.2} s wall with {jobs} job(s): {:.0} simulated s per real s, \
          {:.1} seeds/s, {:.1} scenario runs/s",
         simulated.as_secs_f64(),
         wall.as_secs_f64(),
         simulated.as_secs_f64() / secs,
-        args.seeds as f64 / secs,
+        runs as f64 / modes.len() as f64 / secs,
         executions / secs,
     );
     if failed > 0 {

@@ -9,21 +9,34 @@
 //! - a definite reply must be explained by at least one possible state; the set
 //!   then narrows to the post-states of the explaining pre-states;
 //! - `UnknownOutcome`: the command may or may not have happened, so the set
-//!   becomes the union of "not applied" and "applied";
+//!   becomes the union of "not applied" and "applied". It may also still
+//!   happen *later*: a request queued at a frozen or cut-off leader can be
+//!   proposed and committed seconds after the client gave up and moved on
+//!   (even after a read showed it had not happened yet). So the command
+//!   stays *pending* on its keys, and every later observation is explained
+//!   from the states reachable by letting pending commands land, until the
+//!   client's next acknowledged write in the same partition (its group, see
+//!   [`Model::set_groups`]) fences them: the partition's session table
+//!   refuses a sequence number older than one it applied, so nothing older
+//!   can land after that;
 //! - `Unavailable`: certainly not applied, nothing changes;
 //! - `Rejected`, `Invalid`, `PartiallyApplied`: the harness only builds valid
 //!   single-partition writes, so any of these is reported as a failure;
-//! - a server kill wipes its partitions (data lives in memory only, one copy):
-//!   every key there becomes `{None}` and its *wipe epoch* is bumped. A command
-//!   whose keys were wiped while it was in flight may have executed before the
-//!   wipe (its reply reflects the pre-state, the data is gone) or after it, on
-//!   the empty store (possibly as a retry of an execution the kill erased), so
-//!   its reply must be explained by a pre-state or by `None`, and the key ends
-//!   as `None` or as the command applied to `None`.
+//! - [`Model::wipe`] models data that is really lost (a store with one copy
+//!   in memory whose server died): every key there becomes `{None}` and its
+//!   *wipe epoch* is bumped. A command whose keys were wiped while it was in
+//!   flight may have executed before the wipe (its reply reflects the
+//!   pre-state, the data is gone) or after it, on the empty store (possibly
+//!   as a retry of an execution the kill erased), so its reply must be
+//!   explained by a pre-state or by `None`, and the key ends as `None` or as
+//!   the command applied to `None`.
 //!
-//! With durable servers a kill wipes nothing: every acknowledged write must
-//! survive the power cut, so the ordinary rules apply unchanged (a reply is
-//! only sent once durable; a command without one is an unknown outcome).
+//! The whole-cluster scenario never wipes: partitions are replicated, and
+//! it only injects the crashes SPEC.md promises to survive (a minority of
+//! each partition's replicas in memory mode; anything, including every
+//! server at once, with `--persistence`), so every acknowledged write must
+//! survive and the ordinary rules apply unchanged (a reply is only sent
+//! once committed; a command without one is an unknown outcome).
 //!
 //! The model is per key, so it forgets correlations between keys of one
 //! multi-key command; that only makes it more permissive, never wrong.
@@ -32,7 +45,9 @@
 //! strictly ascending, only keys of the key universe, values from the value
 //! space), and for the keys the scanning client owns as a read of each key
 //! (absent from the rows = `None`); other clients' keys are concurrent and not
-//! checked further.
+//! checked further here. A GET of another client's key is likewise only
+//! checked for its value space. Those reads are what the whole-history
+//! linearizability check ([`crate::checker`]) adds on top of this model.
 
 use crate::client::ClientError;
 use crate::key::Key;
@@ -66,6 +81,10 @@ enum Step {
 }
 
 impl Step {
+    fn is_write(&self) -> bool {
+        matches!(self, Step::Put(_) | Step::Swap(_) | Step::Delete)
+    }
+
     /// Applies the step to `state`, returning what it observes.
     fn apply(&self, state: &mut Value) -> Obs {
         match self {
@@ -88,20 +107,53 @@ fn run_steps(pre: &Value, steps: &[(usize, Step)]) -> (Vec<Obs>, Value) {
     (obs, state)
 }
 
+/// Every state reachable from `possible` by letting any of the `pending`
+/// commands land, in any order (a command may count more than once: that
+/// only makes the model more permissive). The value space is small, so this
+/// stays small.
+fn closure(possible: &BTreeSet<Value>, pending: &[Vec<(usize, Step)>]) -> BTreeSet<Value> {
+    let mut set = possible.clone();
+    loop {
+        let reached: Vec<Value> = pending
+            .iter()
+            .flat_map(|steps| set.iter().map(move |s| run_steps(s, steps).1))
+            .collect();
+        let before = set.len();
+        set.extend(reached);
+        if set.len() == before {
+            return set;
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct KeyState {
     possible: BTreeSet<Value>,
-    /// Bumped every time the key's server is killed (its memory wiped).
+    /// Bumped every time the key's data is wiped.
     wipes: u64,
+    /// Steps of unknown-outcome commands that may still land (see the
+    /// module docs).
+    pending: Vec<Vec<(usize, Step)>>,
+    /// The key's partition: an acknowledged write of the owner in it fences
+    /// the pending commands of every key in it.
+    group: u64,
 }
 
 /// What the model knew about one key when a command started.
 #[derive(Clone, Debug)]
 struct KeyAtInvoke {
     possible: BTreeSet<Value>,
+    pending: Vec<Vec<(usize, Step)>>,
     wipes: u64,
     /// The command's operations on this key: (operation index, effect).
     steps: Vec<(usize, Step)>,
+}
+
+impl KeyAtInvoke {
+    /// The states the command may have started from (wipes aside).
+    fn candidates(&self) -> BTreeSet<Value> {
+        closure(&self.possible, &self.pending)
+    }
 }
 
 /// A command in flight: everything needed to check its outcome.
@@ -195,12 +247,22 @@ impl Model {
                     let state = KeyState {
                         possible: BTreeSet::from([None]),
                         wipes: 0,
+                        pending: Vec::new(),
+                        group: 0,
                     };
                     (k, state)
                 })
                 .collect(),
             trace_hash: 0,
             counts: Counts::default(),
+        }
+    }
+
+    /// Puts each key in the group (partition) `group_of` names; by default
+    /// every key is in group 0.
+    pub fn set_groups(&mut self, group_of: impl Fn(&Key) -> u64) {
+        for (key, state) in &mut self.keys {
+            state.group = group_of(key);
         }
     }
 
@@ -236,6 +298,7 @@ impl Model {
             keys.entry(key.clone())
                 .or_insert_with(|| KeyAtInvoke {
                     possible: state.possible.clone(),
+                    pending: state.pending.clone(),
                     wipes: state.wipes,
                     steps: Vec::new(),
                 })
@@ -245,6 +308,9 @@ impl Model {
         for (i, op) in ops.iter().enumerate() {
             let step = match op {
                 Op::Put { key, value } => Some((key, Step::Put(value.clone()))),
+                // Another client's key is concurrent: only the
+                // linearizability checker judges that read.
+                Op::Get { key } if self.keys.contains_key(key) && self.owner(key) != client => None,
                 Op::Get { key } => Some((key, Step::Get)),
                 Op::Swap { key, value } => Some((key, Step::Swap(value.clone()))),
                 Op::Delete { key } => Some((key, Step::Delete)),
@@ -264,7 +330,7 @@ impl Model {
             if let Some((key, step)) = step {
                 assert!(
                     self.keys.contains_key(key) && self.owner(key) == client,
-                    "harness bug: client {client} writes {key}, which it does not own"
+                    "harness bug: client {client} uses {key}, which it does not own"
                 );
                 add(key, i, step);
             }
@@ -277,11 +343,12 @@ impl Model {
         }
     }
 
-    /// A server was killed: the keys it held are gone.
+    /// The keys' data was lost (e.g. the only copy died): they are absent.
     pub fn wipe(&mut self, keys: impl IntoIterator<Item = Key>) {
         for key in keys {
             if let Some(state) = self.keys.get_mut(&key) {
                 state.possible = BTreeSet::from([None]);
+                state.pending.clear();
                 state.wipes += 1;
             }
         }
@@ -320,7 +387,7 @@ impl Model {
                 for (key, at) in &inv.keys {
                     let actual = observed(key, &at.steps, results);
                     let wiped = self.keys[key].wipes != at.wipes;
-                    let mut candidates = at.possible.clone();
+                    let mut candidates = at.candidates();
                     if wiped {
                         candidates.insert(None);
                     }
@@ -336,9 +403,18 @@ impl Model {
                     }
                     if post.is_empty() {
                         return Err(fail(format!(
-                            "key {key}: observed {} but the possible states {}{} allow only: {}",
+                            "key {key}: observed {} but the possible states {}{}{} allow only: {}",
                             fmt_obs(&actual),
                             fmt_set(&at.possible),
+                            if at.pending.is_empty() {
+                                String::new()
+                            } else {
+                                format!(
+                                    " (or {} with {} pending unknown-outcome command(s) landing)",
+                                    fmt_set(&at.candidates()),
+                                    at.pending.len()
+                                )
+                            },
                             if wiped {
                                 " (or null: its server was killed meanwhile)"
                             } else {
@@ -351,6 +427,27 @@ impl Model {
                         post = BTreeSet::from([None, run_steps(&None, &at.steps).1]);
                     }
                     updates.push((key.clone(), post));
+                }
+                // An acknowledged write fences the client's pending commands
+                // in its partitions: they landed before it, or never will.
+                let fenced: BTreeSet<u64> = inv
+                    .ops
+                    .iter()
+                    .filter(|op| op.is_write())
+                    .filter_map(|op| match op {
+                        Op::Put { key, .. } | Op::Swap { key, .. } | Op::Delete { key } => {
+                            Some(self.keys[key].group)
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                let client = inv.client;
+                for (key, state) in self.keys.iter_mut() {
+                    let owned = (key.num % self.clients as u64) as usize == client;
+                    if owned && fenced.contains(&state.group) && !state.pending.is_empty() {
+                        state.possible = closure(&state.possible, &state.pending);
+                        state.pending.clear();
+                    }
                 }
                 for (key, post) in updates {
                     self.keys.get_mut(&key).unwrap().possible = post;
@@ -365,11 +462,15 @@ impl Model {
                         state.possible = BTreeSet::from([None, run_steps(&None, &at.steps).1]);
                     } else {
                         let applied: Vec<Value> = at
-                            .possible
+                            .candidates()
                             .iter()
                             .map(|pre| run_steps(pre, &at.steps).1)
                             .collect();
                         state.possible.extend(applied);
+                    }
+                    // It may also land later (see the module docs).
+                    if at.steps.iter().any(|(_, s)| s.is_write()) {
+                        state.pending.push(at.steps.clone());
                     }
                 }
                 Ok(())
