@@ -108,12 +108,10 @@ impl LogWriter {
         self.durable.borrow().clone()
     }
 
-    /// A receiver of durable-LSN updates, for background tasks.
-    pub fn durable_watch(&self) -> watch::Receiver<Durable> {
-        self.durable.clone()
-    }
-
-    /// Waits until the durable LSN changes (or the log fails).
+    /// Waits until the durable LSN changes (or the log fails). Only the
+    /// driver waits on this channel: a `watch` wakes several waiters in an
+    /// order drawn from tokio's thread-local RNG, which would make
+    /// simulations nondeterministic.
     pub async fn durable_changed(&mut self) -> Durable {
         if self.durable.changed().await.is_err() {
             return Err("log flusher stopped".into());

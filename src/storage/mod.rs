@@ -236,6 +236,11 @@ pub struct Storage<D: Disk> {
     bytes_since_checkpoint: u64,
     checkpoint_running: Arc<AtomicBool>,
     checkpoints_done: Arc<std::sync::atomic::AtomicU64>,
+    /// The running checkpoint's LSN and the gate its task waits on until
+    /// the log is durable through that LSN (opened by the driver's own
+    /// durable-LSN updates, so only one task ever waits on the log's
+    /// watch channel: see [`Storage::checkpoint`]).
+    checkpoint_gate: Option<(Lsn, tokio::sync::oneshot::Sender<()>)>,
 }
 
 impl<D: Disk> Storage<D> {
@@ -351,6 +356,7 @@ impl<D: Disk> Storage<D> {
                 bytes_since_checkpoint: 0,
                 checkpoint_running: Arc::new(AtomicBool::new(false)),
                 checkpoints_done: Arc::new(Default::default()),
+                checkpoint_gate: None,
             },
             recovery,
         ))
@@ -405,7 +411,27 @@ impl<D: Disk> Storage<D> {
     }
 
     pub async fn durable_changed(&mut self) -> Result<Lsn, String> {
-        self.log.durable_changed().await
+        let durable = self.log.durable_changed().await;
+        self.open_checkpoint_gate();
+        durable
+    }
+
+    /// Lets a waiting checkpoint go on once the log is durable through its
+    /// LSN, or stops it if the log failed.
+    fn open_checkpoint_gate(&mut self) {
+        let Some(&(lsn, _)) = self.checkpoint_gate.as_ref() else {
+            return;
+        };
+        match self.durable() {
+            Ok(durable) if durable < lsn => {}
+            Ok(_) => {
+                if let Some((_, gate)) = self.checkpoint_gate.take() {
+                    let _ = gate.send(());
+                }
+            }
+            // Dropping the gate stops the checkpoint.
+            Err(_) => self.checkpoint_gate = None,
+        }
     }
 
     /// Records appended but not yet durable (for backpressure).
@@ -433,7 +459,9 @@ impl<D: Disk> Storage<D> {
         }
         self.bytes_since_checkpoint = 0;
         let lsn = self.last_appended();
-        let mut durable = self.log.durable_watch();
+        let (gate, opened) = tokio::sync::oneshot::channel();
+        self.checkpoint_gate = Some((lsn, gate));
+        self.open_checkpoint_gate();
         let (disk, dir, wal) = (
             self.disk.clone(),
             self.config.db_dir.clone(),
@@ -446,12 +474,14 @@ impl<D: Disk> Storage<D> {
         rt.spawn(async move {
             // A snapshot must never get ahead of the durable log: if it did,
             // a crash could leave the log shorter than the snapshot and later
-            // records would reuse LSNs the snapshot already claims.
-            while !matches!(*durable.borrow(), Ok(d) if d >= lsn) {
-                if durable.changed().await.is_err() || durable.borrow().is_err() {
-                    running.store(false, Ordering::Release);
-                    return;
-                }
+            // records would reuse LSNs the snapshot already claims. The
+            // driver opens the gate from its own durable-LSN updates; this
+            // task does not wait on the log's watch channel itself, because
+            // a watch with two waiters wakes them in an order drawn from
+            // tokio's thread-local RNG, which the simulator does not seed.
+            if opened.await.is_err() {
+                running.store(false, Ordering::Release);
+                return;
             }
             let result: Result<usize, StorageError> = async {
                 for group in &groups {
