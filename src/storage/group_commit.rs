@@ -108,6 +108,13 @@ impl LogWriter {
         self.durable.borrow().clone()
     }
 
+    /// A receiver of durable-LSN updates, for a driver that cannot lend
+    /// out `&mut self` while it waits. Whoever holds it must be the only
+    /// waiter (see [`LogWriter::durable_changed`]).
+    pub fn durable_watch(&self) -> watch::Receiver<Durable> {
+        self.durable.clone()
+    }
+
     /// Waits until the durable LSN changes (or the log fails). Only the
     /// driver waits on this channel: a `watch` wakes several waiters in an
     /// order drawn from tokio's thread-local RNG, which would make
