@@ -6,6 +6,8 @@
 //! the [`Cluster`]) is dropped, also when a test panics.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod nemesis;
+
 use distkv::key::Key;
 use distkv::map::PartitionMap;
 use distkv::op::Op;
