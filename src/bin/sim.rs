@@ -8,6 +8,10 @@
 //! cargo run --release --features sim --bin sim -- --seeds 500 --inject-bug duplicate-apply
 //! ```
 //!
+//! Swarm testing: each seed enables a random subset of the fault kinds of
+//! `--faults` (`--no-swarm`: all of them), and every `FAIL` / `PASS` line
+//! names that subset (`faults=`).
+//!
 //! Each run (one seed in one mode) gets a child process of its own (this
 //! binary with a hidden `--child` flag) and in it a fresh madsim runtime
 //! seeded with the seed, so a run depends on nothing but its seed, mode,
@@ -23,7 +27,7 @@
 
 use clap::{Parser, ValueEnum};
 use distkv::bugs::{self, Bug};
-use distkv::simulation::harness::{self, Config, Faults, Mode, Summary};
+use distkv::simulation::harness::{self, Config, Faults, Mode, Shape, Summary};
 use madsim::runtime::Runtime;
 use serde::{Deserialize, Serialize};
 use std::any::Any;
@@ -36,9 +40,9 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Runs the seeded whole-cluster simulation (manager, three Raft-replicated
-/// servers, four clients; a per-key model and a linearizability checker) for
-/// a range of seeds.
+/// Runs the seeded whole-cluster simulation (manager, 3–5 servers with
+/// Raft-replicated partitions, four clients; a per-key model and a
+/// linearizability checker) for a range of seeds.
 #[derive(Parser, Debug)]
 #[command(name = "sim", version)]
 struct Args {
@@ -66,12 +70,22 @@ struct Args {
     /// Faults to inject: a comma-separated list of kill (server kills and
     /// restarts; durable: power cuts, also of several or all servers),
     /// partition (server-to-server partitions: a server cut off both ways or
-    /// one way, or one peer link cut), pause (a server frozen for a while),
+    /// one way, or a bridge: one peer link cut, or with 4-5 servers two
+    /// sides that only a middle server connects), pause (a server frozen for a while),
     /// clog (clogged client/server links), manager (manager kill and
-    /// restart), loss (datagram loss), latency (random latency, which
-    /// reorders; without it every datagram takes 1 ms); or all, or none.
+    /// restart), loss (datagram loss), dup (datagram duplication), latency
+    /// (random latency, which reorders; without it every datagram takes
+    /// 1 ms), disk (durable only: a server's disk fails writes or fsyncs for
+    /// a while; the server must stop, and is restarted as after a power
+    /// cut), rolling (every server restarted in turn); or all, or none.
+    /// Swarm testing: each seed enables a random subset of these (see
+    /// --no-swarm); the runner's lines name the subset of each run.
     #[arg(long, value_name = "LIST", default_value = "all", value_parser = Faults::parse)]
     faults: Faults,
+    /// Inject every kind of --faults in every run, instead of the random
+    /// subset each seed enables (swarm testing).
+    #[arg(long)]
+    no_swarm: bool,
     /// Run every seed twice and require identical outcomes (trace hash,
     /// counts, end time; or the same failure).
     #[arg(long)]
@@ -225,7 +239,10 @@ impl Passed {
             end_ns: s.end.as_nanos() as u64,
             details: format!(
                 "({} commands: {} ok, {} unknown, {} unavailable; {} kills ({} skipped), \
-                 {} clogs, {} partitions, {} pauses, loss {}, latency 1..{} ms; {}; simulated {:.1?})",
+                 {} clogs, {} partitions, {} pauses, {} rolling restarts, {} disk faults \
+                 ({} fail-stops), loss {}, \
+                 dup {}, latency 1..{} ms; {}; \
+                 simulated {:.1?})",
                 c.commands,
                 c.ok,
                 c.unknown,
@@ -235,7 +252,11 @@ impl Passed {
                 s.clogs,
                 s.partitions,
                 s.pauses,
+                s.rolling,
+                s.disk_faults,
+                s.fail_stops,
                 s.loss,
+                s.dup,
                 s.max_latency_ms,
                 s.linearizability,
                 s.end
@@ -326,6 +347,9 @@ fn run_child(seed: u64, config: Config, bug: Option<Bug>) -> Run {
     if let Some(bug) = bug {
         cmd.args(["--inject-bug", bug.name()]);
     }
+    if !config.swarm {
+        cmd.arg("--no-swarm");
+    }
     let output = match cmd.output() {
         Ok(output) => output,
         Err(e) => return failed(format!("cannot start a child process: {e}")),
@@ -356,6 +380,7 @@ fn child_main(args: &Args) -> ExitCode {
     let config = Config {
         mode: *mode,
         faults: args.faults,
+        swarm: !args.no_swarm,
         print: false,
     };
     let run = run_in_thread(args.seed, config, args.inject_bug);
@@ -392,6 +417,10 @@ fn describe(result: &Result<Passed, Failure>) -> String {
 struct Report {
     seed: u64,
     mode: Mode,
+    /// The fault kinds the run injected (its swarm subset of --faults).
+    faults: Faults,
+    /// The seed's cluster.
+    shape: Shape,
     result: Result<Passed, Failure>,
     /// With `--check-determinism`: both runs' outcomes when they differ.
     nondeterministic: Option<(String, String)>,
@@ -428,6 +457,8 @@ fn run_report(seed: u64, config: Config, args: &Args) -> Report {
     Report {
         seed,
         mode: config.mode,
+        faults: config.enabled(seed),
+        shape: Shape::for_seed(seed),
         result: first.result,
         nondeterministic,
         simulated,
@@ -442,6 +473,9 @@ fn reproduce(args: &Args, report: &Report) -> String {
     );
     if args.faults != Faults::all() {
         cmd += &format!(" --faults {}", args.faults);
+    }
+    if args.no_swarm {
+        cmd += " --no-swarm";
     }
     if let Some(bug) = args.inject_bug {
         cmd += &format!(" --inject-bug {}", bug.name());
@@ -460,9 +494,11 @@ fn print_report(args: &Args, report: &Report) {
         if args.verbose {
             let p = report.result.as_ref().expect("passed");
             println!(
-                "PASS seed={} mode={} trace={:016x} {}",
+                "PASS seed={} mode={} faults={} cluster=\"{}\" trace={:016x} {}",
                 report.seed,
                 report.mode.name(),
+                report.faults,
+                report.shape,
                 p.trace_hash,
                 p.details
             );
@@ -470,9 +506,11 @@ fn print_report(args: &Args, report: &Report) {
         return;
     }
     println!(
-        "FAIL seed={} mode={} check={}",
+        "FAIL seed={} mode={} faults={} cluster=\"{}\" check={}",
         report.seed,
         report.mode.name(),
+        report.faults,
+        report.shape,
         report.check()
     );
     if args.verbose {
@@ -554,6 +592,7 @@ fn main() -> ExitCode {
                 let config = Config {
                     mode: modes[i % modes.len()],
                     faults: args.faults,
+                    swarm: !args.no_swarm,
                     print: false,
                 };
                 let report = run_report(seed, config, &args);
@@ -571,7 +610,7 @@ fn main() -> ExitCode {
     // Print in seed order as results arrive.
     let (mut passed, mut failed) = (0u64, 0u64);
     let mut simulated = Duration::ZERO;
-    let mut first_failure: Option<(u64, Mode, String)> = None;
+    let mut first_failure: Option<(u64, Mode, Faults, String)> = None;
     let mut pending: BTreeMap<usize, Report> = BTreeMap::new();
     let mut next_to_print = 0;
     'results: for (i, report) in rx {
@@ -586,7 +625,12 @@ fn main() -> ExitCode {
                 passed += 1;
             } else {
                 failed += 1;
-                first_failure.get_or_insert((report.seed, report.mode, report.check()));
+                first_failure.get_or_insert((
+                    report.seed,
+                    report.mode,
+                    report.faults,
+                    report.check(),
+                ));
             }
             print_report(&args, &report);
         }
@@ -603,9 +647,9 @@ fn main() -> ExitCode {
     let runs = passed + failed;
     if let Some(bug) = args.inject_bug {
         match &first_failure {
-            Some((seed, mode, check)) => println!(
-                "injected bug {} first caught by seed {seed} mode={} check={check} \
-                 ({failed} of {runs} runs failed)",
+            Some((seed, mode, faults, check)) => println!(
+                "injected bug {} first caught by seed {seed} mode={} faults={faults} \
+                 check={check} ({failed} of {runs} runs failed)",
                 bug.name(),
                 mode.name()
             ),

@@ -41,6 +41,8 @@ struct State {
     next_inode: Inode,
     fail_writes: bool,
     fail_syncs: bool,
+    /// Operations that failed because of `fail_writes` / `fail_syncs`.
+    failures: Vec<InjectedFailure>,
     syncs: u64,
     /// Simulated time a file sync takes (only under the simulator).
     sync_delay: std::time::Duration,
@@ -58,6 +60,7 @@ impl Clone for State {
             next_inode: self.next_inode,
             fail_writes: false,
             fail_syncs: false,
+            failures: Vec::new(),
             syncs: self.syncs,
             sync_delay: self.sync_delay,
             images: None,
@@ -86,6 +89,27 @@ impl State {
             }
         }
     }
+}
+
+/// Which operation an injected error failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailedOp {
+    /// `append` or `truncate` of a file.
+    Write,
+    /// `sync` of a file.
+    Sync,
+    /// `sync_dir` of a directory.
+    SyncDir,
+}
+
+/// One operation that failed because of [`SimDisk::set_fail_writes`] or
+/// [`SimDisk::set_fail_syncs`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InjectedFailure {
+    pub op: FailedOp,
+    pub path: PathBuf,
+    /// When it failed (`Instant::now()`: simulated time under madsim).
+    pub at: std::time::Instant,
 }
 
 /// What a crash did to the unsynced bytes, for logs and assertions.
@@ -121,6 +145,18 @@ impl SimDisk {
     /// Makes later `sync`/`sync_dir` calls fail with an I/O error.
     pub fn set_fail_syncs(&self, fail: bool) {
         self.state.lock().unwrap().fail_syncs = fail;
+    }
+
+    /// How many operations have failed with an injected error since the
+    /// last [`SimDisk::take_failures`].
+    pub fn failure_count(&self) -> usize {
+        self.state.lock().unwrap().failures.len()
+    }
+
+    /// The operations that failed with an injected error since the last
+    /// call, oldest first.
+    pub fn take_failures(&self) -> Vec<InjectedFailure> {
+        std::mem::take(&mut self.state.lock().unwrap().failures)
     }
 
     /// Makes every `sync` take `delay` of simulated time, so crashes can
@@ -208,6 +244,23 @@ impl SimDisk {
 }
 
 impl State {
+    /// The injected error for `op` on `path`, if one is due (and records it).
+    fn injected(&mut self, op: FailedOp, path: &Path) -> io::Result<()> {
+        let (fail, what) = match op {
+            FailedOp::Write => (self.fail_writes, "write"),
+            FailedOp::Sync | FailedOp::SyncDir => (self.fail_syncs, "fsync"),
+        };
+        if !fail {
+            return Ok(());
+        }
+        self.failures.push(InjectedFailure {
+            op,
+            path: path.to_path_buf(),
+            at: std::time::Instant::now(),
+        });
+        Err(io::Error::other(format!("injected {what} error")))
+    }
+
     fn file_mut(&mut self, path: &Path, create: bool) -> io::Result<&mut File> {
         let inode = match self.names.get(path) {
             Some(inode) => *inode,
@@ -260,9 +313,7 @@ impl Disk for SimDisk {
 
     async fn append(&self, path: &Path, data: &[u8]) -> io::Result<u64> {
         let mut st = self.state.lock().unwrap();
-        if st.fail_writes {
-            return Err(io::Error::other("injected write error"));
-        }
+        st.injected(FailedOp::Write, path)?;
         let file = st.file_mut(path, true)?;
         file.data.extend_from_slice(data);
         file.generation += 1;
@@ -271,9 +322,7 @@ impl Disk for SimDisk {
 
     async fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
         let mut st = self.state.lock().unwrap();
-        if st.fail_writes {
-            return Err(io::Error::other("injected write error"));
-        }
+        st.injected(FailedOp::Write, path)?;
         let file = st.file_mut(path, true)?;
         file.data.resize(len as usize, 0);
         file.generation += 1;
@@ -285,9 +334,7 @@ impl Disk for SimDisk {
         // the node dies before it returns, none of it is promised durable.
         let (covered, generation, delay) = {
             let mut st = self.state.lock().unwrap();
-            if st.fail_syncs {
-                return Err(io::Error::other("injected fsync error"));
-            }
+            st.injected(FailedOp::Sync, path)?;
             let delay = st.sync_delay;
             let file = st.file_mut(path, false)?;
             (file.data.clone(), file.generation, delay)
@@ -313,9 +360,7 @@ impl Disk for SimDisk {
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut st = self.state.lock().unwrap();
-        if st.fail_syncs {
-            return Err(io::Error::other("injected fsync error"));
-        }
+        st.injected(FailedOp::SyncDir, dir)?;
         let st = &mut *st;
         st.durable_names.retain(|p, _| p.parent() != Some(dir));
         for (p, inode) in &st.names {
@@ -445,6 +490,21 @@ mod tests {
             d.append(Path::new("/f"), b"x").await.unwrap();
             d.set_fail_syncs(true);
             assert!(d.sync(Path::new("/f")).await.is_err());
+            assert!(d.sync_dir(Path::new("/")).await.is_err());
+            let ops: Vec<(FailedOp, PathBuf)> = d
+                .take_failures()
+                .into_iter()
+                .map(|f| (f.op, f.path))
+                .collect();
+            assert_eq!(
+                ops,
+                vec![
+                    (FailedOp::Write, PathBuf::from("/f")),
+                    (FailedOp::Sync, PathBuf::from("/f")),
+                    (FailedOp::SyncDir, PathBuf::from("/")),
+                ]
+            );
+            assert_eq!(d.failure_count(), 0);
         });
     }
 }

@@ -1,33 +1,43 @@
-//! The cluster scenario: one manager, three servers and four clients on their
-//! own simulated nodes, running the production drivers (`run_manager`,
-//! `run_server`, `Client`/`Session`) on [`SimRuntime`].
+//! The cluster scenario: one manager, three to five servers and four clients
+//! on their own simulated nodes, running the production drivers
+//! (`run_manager`, `run_server`, `Client`/`Session`) on [`SimRuntime`].
 //!
 //! ```text
-//!   manager 10.0.0.100:24000      tables t (key space 60), u (key space 30)
-//!   servers 10.0.0.1..3:23000     3 partitions per table, each a Raft group
-//!                                 with a replica on every server (--replicas 3)
+//!   manager 10.0.0.100:24000      one to three tables (t, u, v), key spaces 20–80
+//!   servers 10.0.0.1..N:23000     N = 3..5; N partitions per table, each a Raft
+//!                                 group of 3 replicas placed by the manager
 //!   clients 10.0.1.1..4           one Session each, random commands
 //! ```
 //!
-//! Timeline (all choices drawn from the simulation's seeded rng):
+//! One seed derives everything. The cluster's [`Shape`] and the run's swarm
+//! subset of fault kinds ([`Faults::swarm`]) come from a hash of the seed
+//! (so the runner can name them without running the seed); every other
+//! choice is drawn from the simulation's seeded rng. Timeline:
 //! 1. `0 s ..` [`CHAOS`]: every client runs random commands (PUT, GET, SWAP,
 //!    DELETE, SCAN, reads of other clients' keys, and multi-operation
 //!    commands inside one partition) with a small value space; one client in
 //!    four is *slow* (long think times, so its leader cache goes stale), and
 //!    every client now and then idles for 0.5–3 s.
-//!    Meanwhile the nemesis injects, each kind a [`FaultKind`] of the
-//!    `--faults` menu:
+//!    Meanwhile the nemesis injects faults, each kind a [`FaultKind`] of the
+//!    `--faults` menu. Swarm testing: each seed enables only a random subset
+//!    of the kinds ([`Faults::swarm`]; kills likely, disk errors in durable
+//!    mode only), and within each kind the number, timing and rates of its
+//!    faults are drawn per seed as described here:
 //!    - `kill`: one to four server kills (two to five in durable mode),
 //!      each restarted after 0.3–6 s or,
 //!      one time in three, after 1–60 ms (racing in-flight votes). In
 //!      [`Mode::Durable`] a kill is a power cut (the harness-owned
 //!      [`SimDisk`] loses or tears unsynced bytes; disks take 0–8 ms or, on
 //!      some servers, 10–60 ms to sync), and two kills in five take down
-//!      every server at once, one in five two of them;
+//!      every server at once, one in five two of them (with four or five
+//!      servers: two up to all but one);
 //!    - `partition`: one to three server↔server partitions: a server cut
 //!      off from its peers (both ways, or only its outgoing or incoming
-//!      traffic), or one peer link cut (a bridge); clients still reach every
-//!      server, so an isolated leader keeps receiving requests;
+//!      traffic), or a bridge: one peer link cut or, with four or five
+//!      servers, the others split in two sides ({a,b} | c | {d,e}) that
+//!      cannot talk to each other but both talk to the server in the
+//!      middle; clients still reach every server, so an isolated leader
+//!      keeps receiving requests;
 //!    - `pause`: one or two GC-like freezes of a server (0.2–4 s); half of
 //!      them with the frozen server also cut off from its peers until
 //!      0.3–1.5 s after it resumes (a deposed leader waking up still
@@ -36,7 +46,19 @@
 //!      resumes (next to a follower that lost its volatile state);
 //!    - `clog`: one to three clogged client→server / server→client links;
 //!    - `manager`: in half the seeds a manager kill and restart;
-//!    - `loss` (1–3 % of datagrams) and `latency` (1 ms up to 2–20 ms).
+//!    - `loss` (1–3 % of datagrams), `dup` (1–5 % of datagrams sent twice,
+//!      the copy up to 10 ms later) and `latency` (1 ms up to 2–20 ms);
+//!    - `disk` (durable mode): one or two episodes of 0.2–3 s in which one
+//!      server's disk fails its writes, its fsyncs, or both. The server must
+//!      fail-stop: a failed write-ahead-log write or fsync makes it exit with
+//!      an error (expected, not a failure), and it must not have
+//!      acknowledged anything that was not durable. If it is still running
+//!      [`FAIL_STOP_BOUND`] after its log failed, the run fails
+//!      (`fail-stop`). When the episode ends the disk works again and the
+//!      server is restarted as after a power cut (unsynced bytes lost);
+//!    - `rolling`: in half the seeds a rolling restart: every server in
+//!      random order killed and restarted after 0.05–1.5 s, the next one
+//!      [`CATCHUP`] + 0.2–2 s after the previous one came back.
 //!
 //!    Two storage modes ([`Mode`]). [`Mode::Durable`]: servers run with
 //!    `--persistence`, and every acknowledged write must survive everything,
@@ -51,7 +73,7 @@
 //!    dies. With that, the checks are the same in both modes: no
 //!    acknowledged write is ever lost.
 //! 2. At [`CHAOS`] everything is healed: links unclogged, paused servers
-//!    resumed, dead servers restarted, loss set to zero.
+//!    resumed, dead servers restarted, loss and duplication set to zero.
 //! 3. Liveness: each client must then complete a PUT+GET in every partition
 //!    and a SCAN of each table, retrying while leaders are elected and
 //!    restarted replicas catch up, within [`LIVENESS_BOUND`] of simulated
@@ -65,12 +87,14 @@
 //! Every command's outcome also goes through the per-key [`Model`] as it
 //! completes, so most violations are reported at the command that shows them.
 //!
-//! [`Config::faults`] narrows the fault menu ([`FaultKind`]). The whole
+//! [`Config::faults`] narrows the fault menu ([`FaultKind`]), and swarm
+//! testing narrows it further per seed ([`Config::enabled`]). The whole
 //! schedule is still drawn from the rng and the disabled kinds are then left
 //! out, so narrowing keeps the remaining faults where they were (the run as a
 //! whole still differs: fewer faults change every later random draw; and in
 //! memory mode, dropping other faults can let more kills through the
-//! minority rule).
+//! minority rule). The swarm subset comes from a hash of the seed, not from
+//! the rng, so it shifts no draw either.
 
 use super::model::{fmt_ops, Counts, Model};
 use crate::bench::history::{HistoryOp, HistoryRecord};
@@ -80,6 +104,7 @@ use crate::key::Key;
 use crate::manager::{run_manager, ManagerConfig};
 use crate::map::{Partition, PartitionId, PartitionMap};
 use crate::op::{Op, OpResult};
+use crate::rt::sim_disk::FailedOp;
 use crate::rt::sim_rt::SimRuntime;
 use crate::rt::SimDisk;
 use crate::server::{run_server, ServerConfig};
@@ -93,10 +118,13 @@ use madsim::time::{sleep, sleep_until, Instant};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// A server whose write-ahead log failed must have stopped within this
+/// (of running time): it learns of the failure from its log flusher at once.
+pub const FAIL_STOP_BOUND: Duration = Duration::from_millis(200);
 /// Length of the faulty phase.
 pub const CHAOS: Duration = Duration::from_secs(30);
 /// After healing, every client must finish its liveness commands within
@@ -112,14 +140,10 @@ pub const CATCHUP: f64 = 3.0;
 /// summary, not failed.
 const LINEARIZABILITY_MAX_STATES: u64 = 4_000_000;
 const CLIENTS: usize = 4;
-const SERVERS: usize = 3;
-/// Replicas per partition (the manager's default for three servers).
+/// Replicas per partition; the manager places them on 3–5 servers.
 const REPLICAS: usize = 3;
-/// Tables and their initial key spaces.
-const TABLES: [(&str, u64); 2] = [("t", 60), ("u", 30)];
-/// Key numbers used per table: a little beyond the key space, so the
-/// open-ended last partition gets keys past `N` too.
-const UNIVERSE: [(&str, u64); 2] = [("t", 66), ("u", 33)];
+/// Table names, in the order a seed's tables take them.
+const TABLE_NAMES: [&str; 3] = ["t", "u", "v"];
 /// Small value space, so values collide.
 const VALUES: [&str; 4] = ["v0", "v1", "v2", "v3"];
 
@@ -135,12 +159,64 @@ fn client_ip(i: usize) -> IpAddr {
     IpAddr::from([10, 0, 1, i as u8 + 1])
 }
 
-fn manager_config() -> ManagerConfig {
-    ManagerConfig {
-        listen_addr: manager_addr(),
-        servers: (0..SERVERS).map(server_addr).collect(),
-        tables: TABLES.iter().map(|(t, n)| (t.to_string(), *n)).collect(),
-        replicas: REPLICAS,
+/// The cluster of one seed: drawn from a hash of the seed alone (like the
+/// swarm subset, so the runner can name it and it shifts no other draw).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// 3 (two seeds in five), 4 or 5 servers; each partition has
+    /// [`REPLICAS`] replicas, placed by the manager.
+    pub servers: usize,
+    /// One to three tables with key spaces of 20–80 keys (each table gets
+    /// one partition per server).
+    pub tables: Vec<(String, u64)>,
+}
+
+impl Shape {
+    pub fn for_seed(seed: u64) -> Shape {
+        let mut state = splitmix64(seed ^ 0x5348_4150_4500);
+        let mut next = |n: u64| {
+            state = splitmix64(state);
+            state % n
+        };
+        let servers = match next(5) {
+            0 | 1 => 3,
+            2 | 3 => 4,
+            _ => 5,
+        };
+        let tables = (0..1 + next(3) as usize)
+            .map(|i| (TABLE_NAMES[i].to_string(), 20 + next(61)))
+            .collect();
+        Shape { servers, tables }
+    }
+
+    /// Key numbers used per table: a little beyond the key space, so the
+    /// open-ended last partition gets keys past it too.
+    fn universe(&self) -> Vec<(String, u64)> {
+        self.tables
+            .iter()
+            .map(|(t, n)| (t.clone(), n + n / 10))
+            .collect()
+    }
+
+    fn manager_config(&self) -> ManagerConfig {
+        ManagerConfig {
+            listen_addr: manager_addr(),
+            servers: (0..self.servers).map(server_addr).collect(),
+            tables: self.tables.clone(),
+            replicas: REPLICAS,
+        }
+    }
+}
+
+impl fmt::Display for Shape {
+    /// `5 servers, tables t:60,u:30`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tables: Vec<String> = self
+            .tables
+            .iter()
+            .map(|(t, n)| format!("{t}:{n}"))
+            .collect();
+        write!(f, "{} servers, tables {}", self.servers, tables.join(","))
     }
 }
 
@@ -191,15 +267,30 @@ pub enum FaultKind {
     /// no zero latency).
     Latency,
     /// Server↔server partitions: a server cut off from its peers (both
-    /// ways or one way), or a single peer link cut.
+    /// ways or one way), or a bridge: a single peer link cut or, with four
+    /// or five servers, two sides that only a middle server connects.
     Partition,
     /// A server frozen for a while (a GC pause), sometimes with another
     /// server crashing just before it resumes.
     Pause,
+    /// Datagram duplication: 1–5 % of datagrams (per seed) are sent twice,
+    /// the copy up to 10 ms later ([`crate::rt::sim_rt::set_duplication`]).
+    /// madsim itself never duplicates.
+    Dup,
+    /// [`Mode::Durable`] only: one server's disk fails its writes, its
+    /// fsyncs, or both for a while. The server must stop (fail-stop) once
+    /// its write-ahead log fails, and acknowledge nothing that is not
+    /// durable; when the fault ends it is restarted as after a power cut.
+    Disk,
+    /// A rolling restart: every server in turn is killed and restarted
+    /// (0.05–1.5 s later), the next one only after the previous one has
+    /// had [`CATCHUP`] seconds to catch up. In memory mode each of its
+    /// kills also obeys the minority rule.
+    Rolling,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::Kill,
         FaultKind::Clog,
         FaultKind::Manager,
@@ -207,6 +298,9 @@ impl FaultKind {
         FaultKind::Latency,
         FaultKind::Partition,
         FaultKind::Pause,
+        FaultKind::Dup,
+        FaultKind::Disk,
+        FaultKind::Rolling,
     ];
 
     pub fn name(self) -> &'static str {
@@ -218,6 +312,9 @@ impl FaultKind {
             FaultKind::Latency => "latency",
             FaultKind::Partition => "partition",
             FaultKind::Pause => "pause",
+            FaultKind::Dup => "dup",
+            FaultKind::Disk => "disk",
+            FaultKind::Rolling => "rolling",
         }
     }
 
@@ -225,14 +322,27 @@ impl FaultKind {
         FaultKind::ALL.into_iter().find(|k| k.name() == name)
     }
 
-    fn bit(self) -> u8 {
-        1 << (self as u8)
+    /// The odds that a seed enables this kind in `mode` (swarm testing, see
+    /// [`Faults::swarm`]). Kills stay likely, most of all with durable
+    /// servers: most bugs that lose acknowledged data need a crash to show.
+    pub fn swarm_odds(self, mode: Mode) -> f64 {
+        match (self, mode) {
+            (FaultKind::Kill, Mode::Memory) => 0.8,
+            (FaultKind::Kill, Mode::Durable) => 0.9,
+            (FaultKind::Partition | FaultKind::Pause, _) => 0.7,
+            (FaultKind::Disk, Mode::Memory) => 0.0,
+            _ => 0.5,
+        }
+    }
+
+    fn bit(self) -> u16 {
+        1 << (self as u16)
     }
 }
 
 /// A set of [`FaultKind`]s; the default is all of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Faults(u8);
+pub struct Faults(u16);
 
 impl Faults {
     pub fn all() -> Faults {
@@ -249,6 +359,28 @@ impl Faults {
 
     pub fn contains(self, kind: FaultKind) -> bool {
         self.0 & kind.bit() != 0
+    }
+
+    pub fn intersect(self, other: Faults) -> Faults {
+        Faults(self.0 & other.0)
+    }
+
+    /// Swarm testing: the random subset of fault kinds that `seed` enables
+    /// in `mode`. Each kind is on with its own odds ([`FaultKind::swarm_odds`]),
+    /// drawn from a hash of the seed and the kind alone, not from the
+    /// simulation's generator: the runner can name a run's subset without
+    /// running it, and the subset does not shift any other random draw. A
+    /// kind with higher odds in one mode is on in that mode whenever it is
+    /// on in the other.
+    pub fn swarm(seed: u64, mode: Mode) -> Faults {
+        FaultKind::ALL
+            .into_iter()
+            .filter(|&k| {
+                let h = splitmix64(seed ^ splitmix64(0x5357_4152_4d00 + k as u64));
+                // 53 random bits as a uniform number in [0, 1).
+                ((h >> 11) as f64 / (1u64 << 53) as f64) < k.swarm_odds(mode)
+            })
+            .fold(Faults::none(), Faults::with)
     }
 
     /// Parses a comma-separated list of [`FaultKind`] names, or `all` /
@@ -271,6 +403,14 @@ impl Faults {
                 })
             })
     }
+}
+
+/// SplitMix64's output function: a well-mixed 64-bit hash.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl Default for Faults {
@@ -298,8 +438,11 @@ impl fmt::Display for Faults {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     pub mode: Mode,
-    /// Which faults to inject (default: all).
+    /// Which faults may be injected (default: all).
     pub faults: Faults,
+    /// Swarm testing (default): the run injects only the kinds of `faults`
+    /// that its seed enables ([`Faults::swarm`]); off, all of `faults`.
+    pub swarm: bool,
     /// Print the reproduce line before and the [`Summary`] after the run
     /// (the test front end does; the runner prints its own lines).
     pub print: bool,
@@ -311,7 +454,18 @@ impl Config {
         Config {
             mode,
             faults: Faults::all(),
+            swarm: true,
             print: true,
+        }
+    }
+
+    /// The fault kinds a run of `seed` with this configuration injects:
+    /// `faults`, narrowed to the seed's swarm subset unless `swarm` is off.
+    pub fn enabled(&self, seed: u64) -> Faults {
+        if self.swarm {
+            self.faults.intersect(Faults::swarm(seed, self.mode))
+        } else {
+            self.faults
         }
     }
 }
@@ -344,6 +498,7 @@ impl fmt::Display for Linearizability {
 pub struct Summary {
     pub mode: Mode,
     pub seed: u64,
+    pub shape: Shape,
     pub faults: Faults,
     pub counts: Counts,
     /// Server kills (a power cut of every server counts each one) and
@@ -354,7 +509,14 @@ pub struct Summary {
     pub clogs: u64,
     pub partitions: u64,
     pub pauses: u64,
+    /// Servers restarted by a rolling restart.
+    pub rolling: u64,
+    /// Disk-error episodes, and how many times a server stopped on one.
+    pub disk_faults: u64,
+    pub fail_stops: u64,
     pub loss: String,
+    /// Datagrams sent twice.
+    pub dup: String,
     pub max_latency_ms: u64,
     pub command_timeout: Duration,
     pub attempt_timeout: Duration,
@@ -368,16 +530,15 @@ impl fmt::Display for Summary {
         let c = &self.counts;
         write!(
             f,
-            "{:?} seed {}{}: {} commands ({} ok, {} unknown outcome, {} unavailable), {} kills \
-             ({} skipped), {} clogs, {} partitions, {} pauses, loss {}, latency 1..{} ms, \
+            "{:?} seed {} ({}) (faults: {}): {} commands ({} ok, {} unknown outcome, {} unavailable), {} kills \
+             ({} skipped), {} clogs, {} partitions, {} pauses, {} rolling restarts, \
+             {} disk faults ({} fail-stops), \
+             loss {}, dup {}, latency 1..{} ms, \
              timeouts {:?}/{:?}, ended at {:.1?}, {}, trace {:016x}",
             self.mode,
             self.seed,
-            if self.faults == Faults::all() {
-                String::new()
-            } else {
-                format!(" (faults: {})", self.faults)
-            },
+            self.shape,
+            self.faults,
             c.commands,
             c.ok,
             c.unknown,
@@ -387,7 +548,11 @@ impl fmt::Display for Summary {
             self.clogs,
             self.partitions,
             self.pauses,
+            self.rolling,
+            self.disk_faults,
+            self.fail_stops,
             self.loss,
+            self.dup,
             self.max_latency_ms,
             self.command_timeout,
             self.attempt_timeout,
@@ -416,6 +581,8 @@ struct Shared {
     liveness_errors: Mutex<Vec<String>>,
     /// `DISTKV_SIM_TRACE` is set: print faults and commands as they happen.
     trace: bool,
+    /// Per table: the key numbers the workload uses, `0..n` ([`Shape::universe`]).
+    tables: Vec<(String, u64)>,
 }
 
 impl Shared {
@@ -456,6 +623,15 @@ enum Fault {
     Resume(usize),
     Clog(NodeId, NodeId),
     Unclog(NodeId, NodeId),
+    /// The server's disk starts failing writes and/or fsyncs.
+    DiskFail {
+        server: usize,
+        writes: bool,
+        syncs: bool,
+    },
+    /// The disk works again; the server (stopped, or about to be) is
+    /// restarted as after a power cut.
+    DiskHeal(usize),
 }
 
 /// One fault with a beginning and an end, as drawn.
@@ -509,35 +685,81 @@ fn longest_gap(intervals: &[(f64, f64)], from: f64, to: f64) -> f64 {
     best.max(to - covered_to)
 }
 
+/// Whether killing `kill`'s servers at its start leaves every other server
+/// up, not paused, not cut off, and through [`CATCHUP`] seconds of a healthy
+/// cluster since it was last impaired, given the `others` episodes.
+fn kill_is_safe(kill: &Episode, others: &[&Episode], servers: usize) -> bool {
+    let t = kill.start;
+    let unhealthy: Vec<(f64, f64)> = others
+        .iter()
+        .filter(|e| e.disrupts())
+        .map(|e| (e.start, e.end))
+        .collect();
+    (0..servers)
+        .filter(|u| !kill.impaired.contains(u))
+        .all(|u| {
+            let impairing = || others.iter().filter(|e| e.impaired.contains(&u));
+            if impairing().any(|e| e.start <= t && t < e.end) {
+                return false;
+            }
+            let since = impairing()
+                .filter(|e| e.end <= t)
+                .map(|e| e.end)
+                .fold(0.0, f64::max);
+            longest_gap(&unhealthy, since, t) >= CATCHUP
+        })
+}
+
+fn is_kill(e: &Episode) -> bool {
+    matches!(e.kind, FaultKind::Kill | FaultKind::Rolling)
+}
+
+/// Whether `kill` can join `kept`: safe itself, and every later kill of
+/// `kept` still safe with it.
+fn kill_fits(kill: &Episode, kept: &[Episode], servers: usize) -> bool {
+    let mut with: Vec<&Episode> = kept.iter().collect();
+    if !kill_is_safe(kill, &with, servers) {
+        return false;
+    }
+    with.push(kill);
+    kept.iter()
+        .filter(|k| is_kill(k) && k.start > kill.start)
+        .all(|k| kill_is_safe(k, &with, servers))
+}
+
 /// Memory mode: keeps a kill only if it leaves a caught-up majority (see the
 /// module docs). Returns the kept episodes and how many kills were dropped.
-fn minority_kills_only(episodes: Vec<Episode>) -> (Vec<Episode>, u64) {
-    let (mut kills, mut kept): (Vec<Episode>, Vec<Episode>) = episodes
+/// A rolling restart goes first: each of its kills that is not safe at its
+/// time is postponed (with the rest of the roll) in steps of 0.25 s until it
+/// is, or dropped with the rest of the roll if that would end too late.
+/// Then the other kills, in time order.
+fn minority_kills_only(episodes: Vec<Episode>, servers: usize) -> (Vec<Episode>, u64) {
+    let (kills, mut kept): (Vec<Episode>, Vec<Episode>) = episodes.into_iter().partition(is_kill);
+    let (mut rolling, mut kills): (Vec<Episode>, Vec<Episode>) = kills
         .into_iter()
-        .partition(|e| e.kind == FaultKind::Kill);
+        .partition(|e| e.kind == FaultKind::Rolling);
+    rolling.sort_by(|x, y| x.start.total_cmp(&y.start));
     kills.sort_by(|x, y| x.start.total_cmp(&y.start));
+    let last_end = CHAOS.as_secs_f64() - 1.0;
     let mut dropped = 0;
+    let mut shift = 0.0;
+    let mut rolling = rolling.into_iter();
+    while let Some(mut kill) = rolling.next() {
+        kill.start += shift;
+        kill.end += shift;
+        while !kill_fits(&kill, &kept, servers) && kill.end < last_end {
+            kill.start += 0.25;
+            kill.end += 0.25;
+            shift += 0.25;
+        }
+        if kill.end >= last_end {
+            dropped += 1 + rolling.len() as u64;
+            break;
+        }
+        kept.push(kill);
+    }
     for kill in kills {
-        let t = kill.start;
-        let unhealthy: Vec<(f64, f64)> = kept
-            .iter()
-            .filter(|e| e.disrupts())
-            .map(|e| (e.start, e.end))
-            .collect();
-        let safe = (0..SERVERS)
-            .filter(|u| !kill.impaired.contains(u))
-            .all(|u| {
-                let impairing = || kept.iter().filter(|e| e.impaired.contains(&u));
-                if impairing().any(|e| e.start <= t && t < e.end) {
-                    return false;
-                }
-                let since = impairing()
-                    .filter(|e| e.end <= t)
-                    .map(|e| e.end)
-                    .fold(0.0, f64::max);
-                longest_gap(&unhealthy, since, t) >= CATCHUP
-            });
-        if safe {
+        if kill_fits(&kill, &kept, servers) {
             kept.push(kill);
         } else {
             dropped += 1;
@@ -588,6 +810,7 @@ fn draw_schedule(
     clients: &[NodeId],
 ) -> (Vec<Episode>, u64) {
     let chaos = CHAOS.as_secs_f64();
+    let n = servers.len();
     let mut episodes: Vec<Episode> = Vec::new();
 
     // Server kills.
@@ -597,7 +820,7 @@ fn draw_schedule(
         Mode::Durable => rng.gen_range(2..=5),
     };
     for _ in 0..kills {
-        let server = rng.gen_range(0..SERVERS);
+        let server = rng.gen_range(0..n);
         let shape = rng.gen_range(0..100);
         let down = if rng.gen_bool(0.3) {
             rng.gen_range(0.001..0.06)
@@ -605,8 +828,12 @@ fn draw_schedule(
             rng.gen_range(0.3..6.0)
         };
         let victims: Vec<usize> = match (mode, shape) {
-            (Mode::Durable, 0..=39) => (0..SERVERS).collect(),
-            (Mode::Durable, 40..=59) => vec![server, (server + 1) % SERVERS],
+            (Mode::Durable, 0..=39) => (0..n).collect(),
+            // Two servers, or with more than three any number short of all.
+            (Mode::Durable, 40..=59) => {
+                let k = if n > 3 { rng.gen_range(2..n) } else { 2 };
+                (0..k).map(|j| (server + j) % n).collect()
+            }
             _ => vec![server],
         };
         episodes.push(Episode::kill(t, t + down, victims));
@@ -620,7 +847,7 @@ fn draw_schedule(
     for _ in 0..rng.gen_range(1..=3) {
         let (c, s) = (
             clients[rng.gen_range(0..CLIENTS)],
-            servers[rng.gen_range(0..SERVERS)],
+            servers[rng.gen_range(0..n)],
         );
         let links = [vec![(c, s)], vec![(s, c)], vec![(c, s), (s, c)]]
             .choose(rng)
@@ -652,14 +879,16 @@ fn draw_schedule(
         });
     }
 
-    // Server↔server partitions. Each server leads some of the six groups,
-    // so cutting one off usually isolates a leader.
+    // Server↔server partitions. Each server leads some of the groups, so
+    // cutting one off usually isolates a leader. A bridge: two sides that
+    // cannot talk to each other, both talking to a server in the middle
+    // (with three servers, one cut link; with more, e.g. {a,b} | c | {d,e}).
     for _ in 0..rng.gen_range(1..=3) {
         let at = rng.gen_range(1.0..chaos - 1.0);
         let len = rng.gen_range(0.3..6.0);
-        let s = rng.gen_range(0..SERVERS);
-        let other = (s + rng.gen_range(1..SERVERS)) % SERVERS;
-        let peers: Vec<usize> = (0..SERVERS).filter(|&u| u != s).collect();
+        let s = rng.gen_range(0..n);
+        let other = (s + rng.gen_range(1..n)) % n;
+        let peers: Vec<usize> = (0..n).filter(|&u| u != s).collect();
         let (links, impaired): (Vec<(usize, usize)>, Vec<usize>) = match rng.gen_range(0..100) {
             0..=49 => (
                 peers.iter().flat_map(|&u| [(s, u), (u, s)]).collect(),
@@ -667,6 +896,17 @@ fn draw_schedule(
             ),
             50..=64 => (peers.iter().map(|&u| (s, u)).collect(), vec![s]),
             65..=79 => (peers.iter().map(|&u| (u, s)).collect(), vec![s]),
+            // A bridge through `s`.
+            80..=89 if n > 3 => {
+                let mut sides = peers.clone();
+                sides.shuffle(rng);
+                let (a, b) = sides.split_at(sides.len() / 2);
+                let links = a
+                    .iter()
+                    .flat_map(|&x| b.iter().flat_map(move |&y| [(x, y), (y, x)]))
+                    .collect();
+                (links, sides)
+            }
             _ => (vec![(s, other), (other, s)], vec![s, other]),
         };
         let node = |(a, b): (usize, usize)| (servers[a], servers[b]);
@@ -700,7 +940,7 @@ fn draw_schedule(
     for _ in 0..rng.gen_range(1..=2) {
         let at = rng.gen_range(1.0..chaos - 2.0);
         let len = rng.gen_range(0.2..4.0);
-        let s = rng.gen_range(0..SERVERS);
+        let s = rng.gen_range(0..n);
         episodes.push(Episode {
             kind: FaultKind::Pause,
             start: at,
@@ -710,7 +950,7 @@ fn draw_schedule(
             finish: vec![Fault::Resume(s)],
         });
         if rng.gen_bool(0.5) {
-            let links: Vec<(NodeId, NodeId)> = (0..SERVERS)
+            let links: Vec<(NodeId, NodeId)> = (0..n)
                 .filter(|&u| u != s)
                 .flat_map(|u| [(servers[s], servers[u]), (servers[u], servers[s])])
                 .collect();
@@ -724,29 +964,72 @@ fn draw_schedule(
             });
         }
         if rng.gen_bool(0.5) {
-            let u = (s + rng.gen_range(1..SERVERS)) % SERVERS;
+            let u = (s + rng.gen_range(1..n)) % n;
             let crash = (at + len - rng.gen_range(0.0..0.15)).max(at);
             let down = rng.gen_range(0.001..0.06);
             episodes.push(Episode::kill(crash, crash + down, vec![u]));
         }
     }
 
+    // Disk errors (durable mode only; drawn in both modes so the schedule
+    // does not depend on the mode beyond this).
+    for _ in 0..rng.gen_range(1..=2) {
+        // Healed (and restarted) by the nemesis itself, before `CHAOS`.
+        let at = rng.gen_range(1.0..chaos - 4.5);
+        let len = rng.gen_range(0.2..3.0);
+        let s = rng.gen_range(0..n);
+        let (writes, syncs) = match rng.gen_range(0..10) {
+            0..=3 => (true, false),
+            4..=7 => (false, true),
+            _ => (true, true),
+        };
+        if mode == Mode::Durable {
+            episodes.push(Episode {
+                kind: FaultKind::Disk,
+                start: at,
+                end: at + len,
+                impaired: vec![s],
+                begin: vec![Fault::DiskFail {
+                    server: s,
+                    writes,
+                    syncs,
+                }],
+                finish: vec![Fault::DiskHeal(s)],
+            });
+        }
+    }
+
+    // A rolling restart, in a random order, in half the seeds.
+    if rng.gen_bool(0.5) {
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(rng);
+        let mut t = rng.gen_range(1.0..chaos / 3.0);
+        for s in order {
+            let down = rng.gen_range(0.05..1.5);
+            if t + down >= chaos - 1.0 {
+                break;
+            }
+            let mut kill = Episode::kill(t, t + down, vec![s]);
+            kill.kind = FaultKind::Rolling;
+            episodes.push(kill);
+            t += down + CATCHUP + rng.gen_range(0.2..2.0);
+        }
+    }
+
     episodes.retain(|e| enabled.contains(e.kind));
     match mode {
-        Mode::Memory => minority_kills_only(episodes),
+        Mode::Memory => minority_kills_only(episodes, n),
         Mode::Durable => (episodes, 0),
     }
 }
 
 /// [`scenario`] with the faults of `config` only.
 pub async fn scenario_with(config: Config) -> Summary {
-    let Config {
-        mode,
-        faults: enabled,
-        print,
-    } = config;
+    let Config { mode, print, .. } = config;
     let handle = Handle::current();
     let seed = handle.seed();
+    let enabled = config.enabled(seed);
+    let shape = Shape::for_seed(seed);
     if print {
         println!(
             "{mode:?} seed {seed}: reproduce with `MADSIM_TEST_SEED={seed} cargo test --release --features sim --test sim {} -- --exact`",
@@ -758,9 +1041,15 @@ pub async fn scenario_with(config: Config) -> Summary {
     // Drawn even when disabled, so the rest of the schedule stays put.
     let mut loss: f64 = rng.gen_range(0.01..0.03);
     let mut max_latency_ms: u64 = rng.gen_range(2..=20);
+    let mut dup: f64 = rng.gen_range(0.01..0.05);
     if !enabled.contains(FaultKind::Loss) {
         loss = 0.0;
     }
+    if !enabled.contains(FaultKind::Dup) {
+        dup = 0.0;
+    }
+    // Per thread, and a simulation runs on one thread: set on every run.
+    crate::rt::sim_rt::set_duplication(dup);
     let latency = if enabled.contains(FaultKind::Latency) {
         Duration::from_millis(1)..Duration::from_millis(max_latency_ms)
     } else {
@@ -789,10 +1078,12 @@ pub async fn scenario_with(config: Config) -> Summary {
         })
         .collect();
 
-    let map = manager_config().build_map().expect("valid cluster config");
-    let universe: Vec<Key> = UNIVERSE
+    let manager_config = shape.manager_config();
+    let map = manager_config.build_map().expect("valid cluster config");
+    let tables = shape.universe();
+    let universe: Vec<Key> = tables
         .iter()
-        .flat_map(|(t, n)| (0..*n).map(move |num| Key::new(*t, num)))
+        .flat_map(|(t, n)| (0..*n).map(move |num| Key::new(t.as_str(), num)))
         .collect();
     let values: Vec<Vec<u8>> = VALUES.iter().map(|v| v.as_bytes().to_vec()).collect();
     let mut model = Model::new(seed, CLIENTS, universe, &values);
@@ -808,33 +1099,43 @@ pub async fn scenario_with(config: Config) -> Summary {
         think_ms,
         liveness_errors: Mutex::new(vec![String::new(); CLIENTS]),
         trace: std::env::var_os("DISTKV_SIM_TRACE").is_some(),
+        tables,
     });
 
     let manager = handle
         .create_node()
         .name("manager")
         .ip(manager_addr().ip())
-        .init(|| async {
-            if let Err(e) = run_manager(SimRuntime, manager_config()).await {
-                panic!("manager stopped: {e}");
+        .init(move || {
+            let config = manager_config.clone();
+            async move {
+                if let Err(e) = run_manager(SimRuntime, config).await {
+                    panic!("manager stopped: {e}");
+                }
             }
         })
         .build()
         .id();
-    let disks: Vec<SimDisk> = (0..SERVERS).map(|_| SimDisk::new()).collect();
+    let n = shape.servers;
+    let disks: Vec<SimDisk> = (0..n).map(|_| SimDisk::new()).collect();
+    // A server that stops after an injected disk error reports it here
+    // (server, incarnation, error); see the watcher below.
+    let (stop_tx, mut stop_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, u64, String)>();
+    // Bumped by the nemesis before every restart of a server.
+    let incarnations: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
     // Syncs take time, so kills land in the middle of some. Disk profiles:
     // all fast (0–8 ms), some slow (10–60 ms, each disk with odds 1 in 3),
     // or all slow but one, so that a leader with the fast disk commits while
     // both followers' copies are still unsynced.
-    let (profile, fast) = (rng.gen_range(0..10), rng.gen_range(0..SERVERS));
-    let slow: Vec<bool> = (0..SERVERS)
+    let (profile, fast) = (rng.gen_range(0..10), rng.gen_range(0..n));
+    let slow: Vec<bool> = (0..n)
         .map(|i| match profile {
             0..=2 => false,
             3..=5 => rng.gen_bool(0.33),
             _ => i != fast,
         })
         .collect();
-    let servers: Vec<NodeId> = (0..SERVERS)
+    let servers: Vec<NodeId> = (0..n)
         .map(|i| {
             let storage = (mode == Mode::Durable).then(|| {
                 let sync_us = if slow[i] {
@@ -856,6 +1157,7 @@ pub async fn scenario_with(config: Config) -> Summary {
                 raft: Default::default(),
             };
             let disk = disks[i].clone();
+            let (stop_tx, incarnations) = (stop_tx.clone(), incarnations.clone());
             handle
                 .create_node()
                 .name(format!("server{i}"))
@@ -864,8 +1166,17 @@ pub async fn scenario_with(config: Config) -> Summary {
                 // when durable, whatever the disk kept).
                 .init(move || {
                     let (config, disk) = (config.clone(), disk.clone());
+                    let stop_tx = stop_tx.clone();
+                    let incarnation = incarnations[i].load(Ordering::SeqCst);
                     async move {
-                        if let Err(e) = run_server(SimRuntime, disk, config).await {
+                        if let Err(e) = run_server(SimRuntime, disk.clone(), config).await {
+                            // After an injected disk error, stopping is
+                            // what the server must do (fail-stop): the
+                            // watcher kills the node, as the process exits.
+                            if disk.failure_count() > 0 {
+                                let _ = stop_tx.send((i, incarnation, e.to_string()));
+                                return std::future::pending().await;
+                            }
                             panic!("seed {seed}: server {i} stopped: {e}");
                         }
                     }
@@ -886,13 +1197,37 @@ pub async fn scenario_with(config: Config) -> Summary {
         clients.push(node.spawn(client_main(i, shared.clone())));
     }
 
+    // Fail-stops: the watcher kills a server node that stopped after a
+    // disk error (unless the nemesis restarted it meanwhile), and counts it.
+    let fail_stops: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(vec![0; n]));
+    {
+        let (handle, servers, incarnations) =
+            (handle.clone(), servers.clone(), incarnations.clone());
+        let (fail_stops, shared) = (fail_stops.clone(), shared.clone());
+        madsim::task::spawn(async move {
+            while let Some((s, incarnation, error)) = stop_rx.recv().await {
+                if shared.trace {
+                    eprintln!(
+                        "[sim] {:.3?} server {s} stopped after a disk error: {error}",
+                        shared.elapsed()
+                    );
+                }
+                if incarnations[s].load(Ordering::SeqCst) == incarnation {
+                    fail_stops.lock().unwrap()[s] += 1;
+                    handle.kill(servers[s]);
+                }
+            }
+        });
+    }
+
     let (episodes, kills_skipped) = draw_schedule(&mut rng, mode, enabled, &servers, &client_ids);
     let mut faults: Vec<(Duration, Fault)> = Vec::new();
-    let (mut partitions, mut pauses) = (0, 0);
+    let (mut partitions, mut pauses, mut rolling) = (0, 0, 0);
     for e in episodes {
         match e.kind {
             FaultKind::Partition if e.start < CHAOS.as_secs_f64() => partitions += 1,
             FaultKind::Pause if e.start < CHAOS.as_secs_f64() => pauses += 1,
+            FaultKind::Rolling if e.start < CHAOS.as_secs_f64() => rolling += 1,
             _ => {}
         }
         let (start, end) = (
@@ -905,7 +1240,16 @@ pub async fn scenario_with(config: Config) -> Summary {
     // Stable: simultaneous faults keep their drawing order.
     faults.sort_by_key(|(at, _)| *at);
 
-    let (mut kills, mut clogs) = (0, 0);
+    let (mut kills, mut clogs, mut disk_faults) = (0, 0, 0);
+    // Per server: when it last started running again (restart or resume),
+    // and, while its disk fails, its incarnation and fail-stop count when
+    // the fault began.
+    let mut running_since: Vec<Duration> = vec![Duration::ZERO; n];
+    let mut disk_faulty: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
+    let restart = |s: usize| {
+        incarnations[s].fetch_add(1, Ordering::SeqCst);
+        handle.restart(servers[s]);
+    };
     // Overlapping episodes may hit one server twice: a server is down (or
     // frozen) while any of its episodes lasts.
     let mut down: BTreeMap<usize, usize> = BTreeMap::new();
@@ -955,8 +1299,64 @@ pub async fn scenario_with(config: Config) -> Summary {
                     *n -= 1;
                     if *n == 0 {
                         down.remove(&s);
-                        handle.restart(servers[s]);
+                        restart(s);
+                        running_since[s] = at;
                     }
+                }
+            }
+            Fault::DiskFail {
+                server: s,
+                writes,
+                syncs,
+            } => {
+                disks[s].set_fail_writes(writes);
+                disks[s].set_fail_syncs(syncs);
+                disks[s].take_failures();
+                let stopped = fail_stops.lock().unwrap()[s];
+                disk_faulty.insert(s, (incarnations[s].load(Ordering::SeqCst), stopped));
+                disk_faults += 1;
+            }
+            Fault::DiskHeal(s) => {
+                disks[s].set_fail_writes(false);
+                disks[s].set_fail_syncs(false);
+                let failures = disks[s].take_failures();
+                let (incarnation, stopped) = disk_faulty.remove(&s).unwrap_or_default();
+                // Fail-stop: once its write-ahead log failed (a segment
+                // write or fsync; a failed checkpoint is harmless, the log
+                // still has everything), the server must stop rather than
+                // go on, or hang, on a log it cannot extend. Only checked if
+                // it has been running, the same incarnation, since then.
+                let fatal = failures
+                    .iter()
+                    .find(|f| f.op != FailedOp::SyncDir && f.path.starts_with(format!("log{s}")));
+                if let Some(f) = fatal {
+                    let failed_at = f.at.saturating_duration_since(shared.start);
+                    let unchanged = incarnations[s].load(Ordering::SeqCst) == incarnation
+                        && fail_stops.lock().unwrap()[s] == stopped
+                        && !down.contains_key(&s)
+                        && !paused.contains_key(&s);
+                    if unchanged
+                        && at.saturating_sub(failed_at.max(running_since[s])) >= FAIL_STOP_BOUND
+                    {
+                        panic!(
+                            "seed {seed}: fail-stop: server {s} was still running at {at:?}, \
+                             {:?} after its write-ahead log failed ({:?} of {} at {failed_at:?})",
+                            at - failed_at,
+                            f.op,
+                            f.path.display()
+                        );
+                    }
+                }
+                // Restarted as after a power cut (unless a kill holds it
+                // down: its restart comes later).
+                if !down.contains_key(&s) {
+                    if paused.remove(&s).is_some() {
+                        handle.resume(servers[s]);
+                    }
+                    handle.kill(servers[s]);
+                    disks[s].crash(|n| rng.gen_range(0..n));
+                    restart(s);
+                    running_since[s] = at;
                 }
             }
             Fault::Pause(s) => {
@@ -974,6 +1374,7 @@ pub async fn scenario_with(config: Config) -> Summary {
                     if *n == 0 {
                         paused.remove(&s);
                         handle.resume(servers[s]);
+                        running_since[s] = at;
                     }
                 }
             }
@@ -1002,9 +1403,15 @@ pub async fn scenario_with(config: Config) -> Summary {
         handle.resume(servers[*s]);
     }
     for s in down.keys() {
-        handle.restart(servers[*s]);
+        restart(*s);
     }
+    assert!(
+        disk_faulty.is_empty(),
+        "disk faults end before CHAOS, so the nemesis heals them"
+    );
     net.update_config(|c| c.packet_loss_rate = 0.0);
+    let copies = crate::rt::sim_rt::copies_sent();
+    crate::rt::sim_rt::set_duplication(0.0);
     shared.healed.store(true, Ordering::SeqCst);
     let healed_at = shared.elapsed();
     for (i, client) in clients.into_iter().enumerate() {
@@ -1046,6 +1453,7 @@ pub async fn scenario_with(config: Config) -> Summary {
     let summary = Summary {
         mode,
         seed,
+        shape,
         faults: enabled,
         counts: model.counts.clone(),
         kills,
@@ -1053,7 +1461,11 @@ pub async fn scenario_with(config: Config) -> Summary {
         clogs,
         partitions,
         pauses,
+        rolling,
+        disk_faults,
+        fail_stops: fail_stops.lock().unwrap().iter().sum(),
         loss: format!("{:.1}%", loss * 100.0),
+        dup: format!("{:.1}% ({copies} copies)", dup * 100.0),
         max_latency_ms,
         command_timeout: shared.client_config.command_timeout,
         attempt_timeout: shared.client_config.attempt_timeout,
@@ -1077,7 +1489,9 @@ pub async fn scenario_with(config: Config) -> Summary {
 ///   committed entry about to be overwritten);
 /// - `liveness`: no progress after everything was healed;
 /// - `connect`: a client never got the partition map;
-/// - `node-stopped`: a server or the manager exited with an error;
+/// - `node-stopped`: a server or the manager exited with an error (other
+///   than a server stopping after its disk failed, which it must);
+/// - `fail-stop`: a server whose write-ahead log failed kept running;
 /// - `client-task`: a client node's task died;
 /// - `deadlock`: madsim found every task blocked with no timer pending;
 /// - `time-limit`: madsim's time limit was exceeded;
@@ -1094,6 +1508,8 @@ pub fn failed_check(message: &str) -> &'static str {
         "connect"
     } else if is(" stopped: ") && (is(": server ") || message.starts_with("manager stopped")) {
         "node-stopped"
+    } else if is(": fail-stop: ") {
+        "fail-stop"
     } else if is(" task failed: ") {
         "client-task"
     } else if message.starts_with("seed ") && is(" command `") {
@@ -1152,7 +1568,8 @@ async fn client_main(me: usize, shared: Arc<Shared>) {
             Op::Get { key },
         ]);
     }
-    for (table, n) in UNIVERSE {
+    for (table, n) in &shared.tables {
+        let (table, n) = (table.as_str(), *n);
         commands.push(vec![Op::Scan {
             start: Key::new(table, 0),
             end: Key::new(table, n + 10),
@@ -1276,7 +1693,8 @@ fn random_single_op(rng: &mut impl Rng, key: Key) -> Op {
 fn random_command(rng: &mut impl Rng, me: usize, shared: &Shared) -> Vec<Op> {
     let pick = rng.gen_range(0..100);
     if pick < 12 {
-        let (table, n) = UNIVERSE[rng.gen_range(0..UNIVERSE.len())];
+        let (table, n) = &shared.tables[rng.gen_range(0..shared.tables.len())];
+        let (table, n) = (table.as_str(), *n);
         let start = rng.gen_range(0..n + 3);
         let end = start + rng.gen_range(0..25);
         return vec![Op::Scan {
@@ -1298,7 +1716,7 @@ fn random_command(rng: &mut impl Rng, me: usize, shared: &Shared) -> Vec<Op> {
     }
     // A multi-operation command, all in `partition` (atomic there).
     let p = &shared.map.partitions[&partition];
-    let universe_end = UNIVERSE.iter().find(|(t, _)| *t == p.table).unwrap().1;
+    let universe_end = shared.tables.iter().find(|(t, _)| *t == p.table).unwrap().1;
     let last = p.last().min(universe_end + 2);
     let count = rng.gen_range(2..=5);
     let mut ops = Vec::with_capacity(count);
@@ -1322,6 +1740,42 @@ fn random_command(rng: &mut impl Rng, me: usize, shared: &Shared) -> Vec<Op> {
 mod tests {
     use super::*;
 
+    fn minority_kills_only_3(episodes: Vec<Episode>) -> (Vec<Episode>, u64) {
+        minority_kills_only(episodes, 3)
+    }
+
+    #[test]
+    fn shapes_and_swarm_subsets_vary_with_the_seed() {
+        let shapes: Vec<Shape> = (0..300).map(Shape::for_seed).collect();
+        for n in 3..=5 {
+            assert!(shapes.iter().any(|s| s.servers == n), "{n} servers");
+        }
+        for t in 1..=3 {
+            assert!(shapes.iter().any(|s| s.tables.len() == t), "{t} tables");
+        }
+        assert!(shapes
+            .iter()
+            .flat_map(|s| &s.tables)
+            .all(|(_, n)| (20..=80).contains(n)));
+        assert_eq!(Shape::for_seed(7), Shape::for_seed(7));
+        for mode in [Mode::Memory, Mode::Durable] {
+            let sets: Vec<Faults> = (0..300).map(|seed| Faults::swarm(seed, mode)).collect();
+            for k in FaultKind::ALL {
+                let on = sets.iter().filter(|f| f.contains(k)).count();
+                match (k, mode) {
+                    (FaultKind::Disk, Mode::Memory) => assert_eq!(on, 0),
+                    _ => assert!(on > 60 && on < 300, "{k:?} {mode:?}: on in {on} of 300"),
+                }
+            }
+        }
+        // Kills are on in durable mode whenever they are in memory mode.
+        for seed in 0..300 {
+            if Faults::swarm(seed, Mode::Memory).contains(FaultKind::Kill) {
+                assert!(Faults::swarm(seed, Mode::Durable).contains(FaultKind::Kill));
+            }
+        }
+    }
+
     #[test]
     fn longest_gap_finds_the_uncovered_stretch() {
         assert_eq!(longest_gap(&[], 0.0, 5.0), 5.0);
@@ -1332,7 +1786,7 @@ mod tests {
 
     #[test]
     fn memory_kills_leave_a_caught_up_majority() {
-        let (kept, dropped) = minority_kills_only(vec![
+        let (kept, dropped) = minority_kills_only_3(vec![
             Episode::kill(4.0, 6.0, vec![0]),
             // Server 0 is down: dropped.
             Episode::kill(5.0, 7.0, vec![1]),
@@ -1353,7 +1807,7 @@ mod tests {
             begin: vec![],
             finish: vec![],
         };
-        let (kept, dropped) = minority_kills_only(vec![
+        let (kept, dropped) = minority_kills_only_3(vec![
             cut(5.0, 10.0),
             Episode::kill(7.0, 8.0, vec![0]),
             Episode::kill(11.0, 12.0, vec![0]),
@@ -1361,5 +1815,48 @@ mod tests {
         ]);
         assert_eq!(dropped, 2);
         assert_eq!(kept.iter().filter(|e| e.kind == FaultKind::Kill).count(), 1);
+    }
+
+    #[test]
+    fn memory_rolling_restarts_wait_for_a_caught_up_majority() {
+        let roll = |start: f64, end: f64, s: usize| {
+            let mut e = Episode::kill(start, end, vec![s]);
+            e.kind = FaultKind::Rolling;
+            e
+        };
+        let cut = Episode {
+            kind: FaultKind::Partition,
+            start: 5.0,
+            end: 10.0,
+            impaired: vec![2],
+            begin: vec![],
+            finish: vec![],
+        };
+        let (kept, dropped) = minority_kills_only_3(vec![
+            cut,
+            roll(4.0, 4.5, 0),
+            // Server 2 is cut off at 8: postponed to 3 s after the cut
+            // heals (13), and the rest of the roll with it.
+            roll(8.0, 8.5, 1),
+            roll(12.0, 12.5, 2),
+            // An ordinary kill that would break the postponed roll: dropped.
+            Episode::kill(14.0, 15.0, vec![0]),
+        ]);
+        let starts: Vec<(FaultKind, f64)> = kept
+            .iter()
+            .filter(|e| is_kill(e))
+            .map(|e| (e.kind, e.start))
+            .collect();
+        assert_eq!(
+            (starts, dropped),
+            (
+                vec![
+                    (FaultKind::Rolling, 4.0),
+                    (FaultKind::Rolling, 13.0),
+                    (FaultKind::Rolling, 17.0)
+                ],
+                1
+            )
+        );
     }
 }

@@ -1,13 +1,15 @@
 //! Deterministic simulation of a whole distkv cluster on madsim (feature
 //! `sim`, which needs the crate graph built with `--cfg madsim`).
 //!
-//! [`harness::scenario`] starts a manager, three servers (every partition a
-//! Raft group with a replica on each) and four clients on their own
+//! [`harness::scenario`] starts a manager, three to five servers (every
+//! partition a Raft group of three replicas) and four clients on their own
 //! simulated nodes, running the production code paths on `SimRuntime`;
-//! injects packet loss, latency, server kills and restarts (power cuts in
-//! durable mode, of up to every server at once; a caught-up minority at a
-//! time in memory mode), server↔server partitions, pauses, manager restarts
-//! and clogged client links; checks every command's outcome against the
+//! injects (each seed a random subset of) packet loss, duplication and
+//! latency, server kills and restarts (power cuts in durable mode, of up to
+//! every server at once; a caught-up minority at a time in memory mode),
+//! rolling restarts, server↔server partitions (isolation, one-way, bridges),
+//! pauses, disk write/fsync errors (the server must fail-stop), manager
+//! restarts and clogged client links; checks every command's outcome against the
 //! per-key [`model::Model`]; heals everything and requires every client to
 //! make progress; and checks the whole history for linearizability with
 //! [`crate::checker`]. A violation panics with the seed and a one-line
