@@ -97,6 +97,58 @@
 //! (and so report a violation that is not one); with 128-bit words and
 //! millions of states its probability is below 2^-80.
 //!
+//! # Unobserved unknown writes (two-phase check)
+//!
+//! Each pending unknown write is a free choice of the search (now, later or
+//! never), so 20-40 of them on one partition can multiply its states by
+//! 10^4 even when none of them matters. A partition is therefore first
+//! checked without its *unobserved* unknown-outcome commands: those whose
+//! every op is a PUT or SWAP of a `(key, value)` pair that no completed GET,
+//! SWAP or SCAN of the partition returned, or a read (unknown results
+//! constrain nothing). A command with a DELETE is never set aside (absence
+//! is observable without any value).
+//!
+//! - If that passes, the history passes: an unknown-outcome command may not
+//!   have happened, so a linearization of the rest is a linearization of the
+//!   whole in which the set-aside commands never took effect. This holds
+//!   whatever was set aside.
+//! - If it fails or gives up, the full search decides — a set-aside command
+//!   can be needed without its value being seen: an unknown PUT is the only
+//!   thing that makes a later PUT reply `found`, or makes a later unknown
+//!   SWAP (which writes only to a present key) take effect. When the pruning
+//!   is *exact* (below) the failure does prove a violation; with
+//!   [`CheckConfig::trust_exact_pruning`] it is final (no full search), else
+//!   the full search still decides, and if it gives up [`GaveUp`] says the
+//!   history is in fact not linearizable (the exit code stays 3).
+//!
+//! Exactness (empty initial state only). Take a linearization `L` of the
+//! whole partition and drop the set-aside commands, giving `L'`; compare the
+//! two model runs key by key. Where they differ, `L` holds a value written by
+//! a set-aside command — an unobserved pair — so no completed GET, SWAP or
+//! SCAN of that key runs there in `L` (it would have returned that pair).
+//! What remains there: completed PUTs and DELETEs (same results when the key
+//! is present in both runs or absent in both), unknown PUTs and DELETEs (both
+//! runs agree again afterwards) and unknown SWAPs (agree when presence
+//! agrees). A set-aside SWAP writes only over a present value, so presence
+//! always agrees. A set-aside PUT can make the key present in `L` while
+//! absent in `L'`; that is harmless when the key is never deleted by a kept
+//! command, never SWAPped by a kept unknown command, and every completed PUT
+//! of it that replied `found` follows a PUT of it in the same command, or was
+//! invoked after some completed PUT of it completed (that PUT precedes it in
+//! both runs, and with no DELETE the key stays present), or completed before
+//! the first set-aside PUT of the key was invoked (it precedes every point
+//! where the runs can differ, as a set-aside call takes effect, if at all,
+//! after its invoke). Under these conditions `L'` is a linearization of the
+//! pruned history, so the pruned history fails only if the whole one does.
+//! The conditions are checked per key written by a set-aside PUT. The
+//! unknown-initial-state mode never counts as exact.
+//!
+//! The first phase gets half of the remaining state budget (all of it when
+//! its failure is final); the fallback gets what is left. The verdict never
+//! changes, only the work: [`Report`] says how many partitions passed this
+//! way (`benchmark check` prints it in its second line), and a [`Violation`]
+//! how many commands its deciding search set aside.
+//!
 //! # P-compositionality (partitioning)
 //!
 //! Linearizability is *local* (Herlihy & Wing): a history is linearizable
@@ -145,7 +197,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Instant;
-use wgl::{Budget, KeyId, MCall, MOp, MRes, Problem, ValueId, Verdict};
+use wgl::{Budget, KeyId, MCall, MOp, MRes, Path, Problem, ValueId, Verdict};
 
 /// Default search budget: states explored over all partitions (16 bytes of
 /// cache each).
@@ -179,6 +231,16 @@ pub struct CheckConfig {
     /// it off checks the whole history with the whole-map model; the verdict
     /// is the same, only slower (used by tests to cross-check).
     pub partition: bool,
+    /// Check each partition first without its unobserved unknown-outcome
+    /// commands (see "Unobserved unknown writes" in the module docs). The
+    /// verdict is the same either way; off, only slower (for tests and
+    /// timing).
+    pub prune: bool,
+    /// Take a failure of the pruned check as final when the pruning is exact
+    /// (proven not to hide a linearization), instead of running the full
+    /// search. Off by default: then the full search always confirms a
+    /// violation, and only notes an exact failure when it gives up.
+    pub trust_exact_pruning: bool,
 }
 
 impl Default for CheckConfig {
@@ -187,6 +249,8 @@ impl Default for CheckConfig {
             initial: InitialState::Empty,
             max_states: DEFAULT_MAX_STATES,
             partition: true,
+            prune: true,
+            trust_exact_pruning: false,
         }
     }
 }
@@ -204,6 +268,11 @@ pub struct Report {
     pub partitions: usize,
     /// Configurations the search explored, over all partitions.
     pub states_explored: u64,
+    /// Partitions that passed without their unobserved unknown-outcome
+    /// commands (those never needed the full search), and how many such
+    /// commands they set aside in total.
+    pub pruned_partitions: usize,
+    pub set_aside: usize,
 }
 
 impl fmt::Display for Report {
@@ -213,6 +282,19 @@ impl fmt::Display for Report {
             "OK: {} commands, {} partitions checked, {} states explored",
             self.commands, self.partitions, self.states_explored
         )
+    }
+}
+
+impl Report {
+    /// How the pruned check decided, if it did: `1 partitions passed with 30
+    /// unobserved unknown-outcome commands set aside`.
+    pub fn pruning_note(&self) -> Option<String> {
+        (self.pruned_partitions > 0).then(|| {
+            format!(
+                "{} partitions passed with {} unobserved unknown-outcome commands set aside",
+                self.pruned_partitions, self.set_aside
+            )
+        })
     }
 }
 
@@ -247,6 +329,10 @@ pub struct Violation {
     pub partitions: usize,
     pub failing_partitions: usize,
     pub states_explored: u64,
+    /// Unobserved unknown-outcome commands of the failing partition that the
+    /// deciding search left out (0: the full search decided). Non-zero only
+    /// when leaving them out provably cannot hide a linearization.
+    pub set_aside: usize,
 }
 
 /// The search gave up: the budget ran out before a verdict.
@@ -259,6 +345,10 @@ pub struct GaveUp {
     pub partitions_done: usize,
     pub states_explored: u64,
     pub max_states: u64,
+    /// Non-zero when the partition, checked without this many unobserved
+    /// unknown-outcome commands, failed with an exact pruning before the
+    /// full search gave up: it is in fact not linearizable.
+    pub exact_failure_set_aside: usize,
 }
 
 /// The verdict on a history.
@@ -315,11 +405,23 @@ pub fn check(history: &[HistoryRecord], config: &CheckConfig) -> Result<Outcome,
         used: 0,
         max: config.max_states,
     };
-    let mut failing: Vec<usize> = Vec::new();
+    let mut failing: Vec<(usize, Path)> = Vec::new();
+    let (mut pruned_partitions, mut set_aside) = (0, 0);
     for (p, part) in partitions.parts.iter().enumerate() {
-        match wgl::check_problem(&part.problem, &mut budget) {
-            Verdict::Linearizable => {}
-            Verdict::NotLinearizable => failing.push(p),
+        let (verdict, path) = wgl::decide(
+            &part.problem,
+            &mut budget,
+            config.prune,
+            config.trust_exact_pruning,
+        );
+        match verdict {
+            Verdict::Linearizable => {
+                if let Path::Pruned { set_aside: n } = path {
+                    pruned_partitions += 1;
+                    set_aside += n;
+                }
+            }
+            Verdict::NotLinearizable => failing.push((p, path)),
             Verdict::GaveUp => {
                 if failing.is_empty() {
                     return Ok(Outcome::Unknown(GaveUp {
@@ -328,6 +430,10 @@ pub fn check(history: &[HistoryRecord], config: &CheckConfig) -> Result<Outcome,
                         partitions_done: p,
                         states_explored: budget.max,
                         max_states: config.max_states,
+                        exact_failure_set_aside: match path {
+                            Path::GaveUpAfterExactFailure { set_aside } => set_aside,
+                            _ => 0,
+                        },
                     }));
                 }
                 // A violation is already certain; report it.
@@ -336,7 +442,7 @@ pub fn check(history: &[HistoryRecord], config: &CheckConfig) -> Result<Outcome,
         }
     }
     let states_explored = budget.used.min(budget.max);
-    let Some(&first) = failing.first() else {
+    let Some(&(first, path)) = failing.first() else {
         return Ok(Outcome::Ok(Report {
             commands: history.len(),
             ok,
@@ -344,10 +450,12 @@ pub fn check(history: &[HistoryRecord], config: &CheckConfig) -> Result<Outcome,
             failed,
             partitions: partitions.parts.len(),
             states_explored,
+            pruned_partitions,
+            set_aside,
         }));
     };
     let part = &partitions.parts[first];
-    let (rank, minimal) = shortest_failing_prefix(&part.problem, config.max_states);
+    let (rank, minimal) = shortest_failing_prefix(&part.problem, config);
     let order = part.problem.completion_order();
     let culprit_call = &part.problem.calls[order[rank]];
     let cut = culprit_call.complete.expect("completed");
@@ -361,13 +469,17 @@ pub fn check(history: &[HistoryRecord], config: &CheckConfig) -> Result<Outcome,
         partitions: partitions.parts.len(),
         failing_partitions: failing.len(),
         states_explored,
+        set_aside: match path {
+            Path::Pruned { set_aside } => set_aside,
+            _ => 0,
+        },
     })))
 }
 
 /// The smallest completion rank whose prefix fails (binary search: prefixes
 /// of a linearizable history are linearizable), and whether it is proven
 /// minimal.
-fn shortest_failing_prefix(problem: &Problem, max_states: u64) -> (usize, bool) {
+fn shortest_failing_prefix(problem: &Problem, config: &CheckConfig) -> (usize, bool) {
     let order = problem.completion_order();
     // The whole partition fails, and it is equivalent to the prefix ending at
     // the last completion (later invocations are all optional).
@@ -376,9 +488,17 @@ fn shortest_failing_prefix(problem: &Problem, max_states: u64) -> (usize, bool) 
         let mid = lo + (hi - lo) / 2;
         let mut budget = Budget {
             used: 0,
-            max: max_states,
+            max: config.max_states,
         };
-        match wgl::check_problem(&problem.prefix(&order, mid), &mut budget) {
+        let prefix = problem.prefix(&order, mid);
+        match wgl::decide(
+            &prefix,
+            &mut budget,
+            config.prune,
+            config.trust_exact_pruning,
+        )
+        .0
+        {
             Verdict::NotLinearizable => hi = mid,
             Verdict::Linearizable => lo = mid + 1,
             Verdict::GaveUp => return (hi, false),
@@ -871,7 +991,15 @@ impl fmt::Display for Violation {
             f,
             "{} of {} partitions failed; {} states explored",
             self.failing_partitions, self.partitions, self.states_explored
-        )
+        )?;
+        if self.set_aside > 0 {
+            write!(
+                f,
+                " (decided without {} unobserved unknown-outcome commands, which provably cannot explain it)",
+                self.set_aside
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -885,7 +1013,15 @@ impl fmt::Display for GaveUp {
             keys_text(&self.keys),
             self.partitions_done,
             self.partitions
-        )
+        )?;
+        if self.exact_failure_set_aside > 0 {
+            write!(
+                f,
+                "; but without its {} unobserved unknown-outcome commands it fails, and they provably cannot explain it: it is not linearizable",
+                self.exact_failure_set_aside
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -915,6 +1051,12 @@ pub struct CheckArgs {
     #[arg(long, default_value_t = DEFAULT_MAX_STATES, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_states: u64,
+    /// Always run the full search: do not first check each partition without its unobserved unknown-outcome commands (same verdict, only slower; for timing and debugging).
+    #[arg(long)]
+    pub no_prune: bool,
+    /// When the check without unobserved unknown-outcome commands fails and setting them aside is provably exact, report the violation at once instead of confirming it with the full search (which may give up).
+    #[arg(long, conflicts_with = "no_prune")]
+    pub trust_exact_pruning: bool,
 }
 
 /// `benchmark check`: reads the history, checks it, prints the verdict on
@@ -943,6 +1085,8 @@ pub fn run_check_cli(args: &CheckArgs) -> i32 {
     let config = CheckConfig {
         initial: args.initial_state,
         max_states: args.max_states,
+        prune: !args.no_prune,
+        trust_exact_pruning: args.trust_exact_pruning,
         ..CheckConfig::default()
     };
     let outcome = match check(&history, &config) {
@@ -957,8 +1101,11 @@ pub fn run_check_cli(args: &CheckArgs) -> i32 {
     println!("{outcome}");
     match outcome {
         Outcome::Ok(report) => {
+            let note = report
+                .pruning_note()
+                .map_or(String::new(), |note| format!("; {note}"));
             println!(
-                "({} ok, {} unknown, {} failed and dropped; {timing})",
+                "({} ok, {} unknown, {} failed and dropped{note}; {timing})",
                 report.ok, report.unknown, report.failed
             );
             0

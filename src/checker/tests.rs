@@ -96,6 +96,22 @@ fn run_whole(history: &[HistoryRecord]) -> Outcome {
     };
     check(history, &config).unwrap()
 }
+fn run_unpruned(history: &[HistoryRecord]) -> Outcome {
+    let config = CheckConfig {
+        prune: false,
+        ..CheckConfig::default()
+    };
+    check(history, &config).unwrap()
+}
+/// Checks with exact pruning trusted, and a budget of `max_states`.
+fn run_trusting(history: &[HistoryRecord], max_states: u64) -> Outcome {
+    let config = CheckConfig {
+        max_states,
+        trust_exact_pruning: true,
+        ..CheckConfig::default()
+    };
+    check(history, &config).unwrap()
+}
 fn report(history: &[HistoryRecord]) -> Report {
     match run(history) {
         Outcome::Ok(report) => report,
@@ -123,7 +139,9 @@ fn empty_history_passes() {
             unknown: 0,
             failed: 0,
             partitions: 0,
-            states_explored: 0
+            states_explored: 0,
+            pruned_partitions: 0,
+            set_aside: 0,
         }
     );
     assert_eq!(
@@ -576,8 +594,10 @@ fn the_budget_bounds_the_work() {
         .map(|i| unknown(i, 0, vec![put("t1", &format!("v{i}"))]))
         .collect();
     h.push(ok(99, 10, 20, vec![get("t1")], vec![val(Some("nobody"))]));
+    // (Without pruning: the unobserved writes would be set aside at once.)
     let config = CheckConfig {
         max_states: 100,
+        prune: false,
         ..CheckConfig::default()
     };
     match check(&h, &config).unwrap() {
@@ -591,7 +611,27 @@ fn the_budget_bounds_the_work() {
         other => panic!("expected to give up, got {other}"),
     }
     // With the default budget the verdict comes.
-    assert!(run(&h).is_violation());
+    assert!(run_unpruned(&h).is_violation());
+    // Pruning sets the unobserved writes aside, exactly: the pruned check
+    // fails at once. By default the full search must confirm it (and gives
+    // up here, saying the history is not linearizable); trusting exact
+    // pruning, the violation comes without trying any order of the writes.
+    let mut config = CheckConfig {
+        max_states: 100,
+        ..CheckConfig::default()
+    };
+    match check(&h, &config).unwrap() {
+        Outcome::Unknown(g) => {
+            assert_eq!(g.exact_failure_set_aside, 12);
+            assert!(g.to_string().ends_with("it is not linearizable"), "{g}");
+        }
+        other => panic!("expected to give up, got {other}"),
+    }
+    config.trust_exact_pruning = true;
+    match check(&h, &config).unwrap() {
+        Outcome::Violation(v) => assert_eq!(v.set_aside, 12),
+        other => panic!("expected a violation, got {other}"),
+    }
 }
 
 #[test]
@@ -628,6 +668,265 @@ fn many_concurrent_unknown_writes_stay_tractable() {
     }
     let r = report(&h);
     assert!(r.states_explored < 1_000, "{r:?}");
+}
+
+/// A busy single-key history, like a real cluster's around a failover:
+/// `clients` sequential clients PUT unique values and GET, each command
+/// taking effect at a random point of a window up to `max_len` long, plus
+/// `lost` PUTs with an unknown outcome, invoked at random times, that never
+/// took effect (so no read saw their values).
+fn busy_key_with_lost_writes(
+    seed: u64,
+    commands: usize,
+    clients: u64,
+    max_len: u64,
+    lost: usize,
+) -> Vec<HistoryRecord> {
+    let mut state = seed;
+    let mut rand = move |m: u64| {
+        // xorshift64*
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D) % m
+    };
+    let mut free = vec![0u64; clients as usize];
+    // (effect time, index, record)
+    let mut calls: Vec<(u64, usize, HistoryRecord)> = Vec::new();
+    for i in 0..commands {
+        let c = rand(clients);
+        let invoke = free[c as usize] + 1 + rand(50);
+        let complete = invoke + 20 + rand(max_len);
+        free[c as usize] = complete;
+        let at = invoke + rand(complete - invoke + 1);
+        let ops = if rand(3) == 0 {
+            vec![put("usertable1", &format!("v{i}"))]
+        } else {
+            vec![get("usertable1")]
+        };
+        calls.push((at, i, ok(c, invoke, complete, ops, Vec::new())));
+    }
+    calls.sort_by_key(|(at, i, _)| (*at, *i));
+    let mut value: Option<String> = None;
+    let mut history: Vec<HistoryRecord> = Vec::new();
+    for (_, _, mut r) in calls {
+        let result = match &r.ops[0] {
+            HistoryOp::Put { value: v, .. } => found(value.replace(v.clone()).is_some()),
+            _ => val(value.as_deref()),
+        };
+        r.results = Some(vec![result]);
+        history.push(r);
+    }
+    let span = free.iter().copied().max().unwrap_or(0) + 1;
+    for u in 0..lost {
+        let lost_put = put("usertable1", &format!("lost{u}"));
+        history.push(unknown(
+            1000 + u as u64,
+            span / 3 + rand(span / 10),
+            vec![lost_put],
+        ));
+    }
+    history.sort_by_key(|r| r.invoke);
+    history
+}
+
+#[test]
+fn many_unobserved_unknown_writes_are_set_aside() {
+    // 30 lost writes pending at once (a failover): every one is a free choice
+    // of the full search, which gives up; without them the history is easy.
+    let h = busy_key_with_lost_writes(1, 300, 6, 1500, 30);
+    let without = busy_key_with_lost_writes(1, 300, 6, 1500, 0);
+    let base = report(&without);
+    let r = report(&h);
+    assert_eq!((r.unknown, r.pruned_partitions, r.set_aside), (30, 1, 30));
+    // The pruned search is exactly the search of the history without them.
+    assert_eq!(r.states_explored, base.states_explored, "{r:?}");
+    assert!(r.states_explored < 5_000, "{r:?}");
+    assert_eq!(
+        r.pruning_note().unwrap(),
+        "1 partitions passed with 30 unobserved unknown-outcome commands set aside"
+    );
+    assert_eq!(base.pruning_note(), None);
+    let config = CheckConfig {
+        max_states: 200_000,
+        prune: false,
+        ..CheckConfig::default()
+    };
+    assert!(matches!(check(&h, &config).unwrap(), Outcome::Unknown(_)));
+}
+
+#[test]
+fn an_unknown_write_that_was_observed_must_have_happened() {
+    // 20 lost writes nobody saw, and one unknown write that a read saw: it is
+    // kept (its value was observed), and the history passes.
+    let mut h: Vec<HistoryRecord> = (0..20)
+        .map(|i| unknown(10 + i, 5, vec![put("t1", &format!("lost{i}"))]))
+        .collect();
+    h.push(ok(0, 0, 10, vec![put("t1", "a")], vec![found(false)]));
+    h.push(unknown(1, 20, vec![put("t1", "seen")]));
+    h.push(ok(0, 30, 40, vec![get("t1")], vec![val(Some("seen"))]));
+    h.push(ok(
+        0,
+        50,
+        60,
+        vec![swap("t1", "b")],
+        vec![val(Some("seen"))],
+    ));
+    h.push(ok(
+        2,
+        70,
+        80,
+        vec![scan("t0", "t9")],
+        vec![rows(&[("t1", "b")])],
+    ));
+    let r = report(&h);
+    assert_eq!((r.pruned_partitions, r.set_aside), (1, 20), "{r:?}");
+    assert!(run_unpruned(&h).is_ok());
+    // Reading the value it replaced after it was seen is a violation, found
+    // without ordering the lost writes (the pruning is exact here).
+    h.push(ok(0, 90, 100, vec![get("t1")], vec![val(Some("a"))]));
+    let Outcome::Violation(v) = run_trusting(&h, DEFAULT_MAX_STATES) else {
+        panic!("expected a violation");
+    };
+    assert_eq!(v.culprit, h.len() - 1);
+    assert_eq!(v.set_aside, 20);
+    assert!(
+        v.to_string().contains("decided without 20 unobserved"),
+        "{v}"
+    );
+    // The full search has to try the subsets of the lost writes.
+    let config = CheckConfig {
+        max_states: 200_000,
+        ..CheckConfig::default()
+    };
+    match check(&h, &config).unwrap() {
+        Outcome::Unknown(g) => assert_eq!(g.exact_failure_set_aside, 20),
+        other => panic!("expected to give up, got {other}"),
+    }
+}
+
+#[test]
+fn a_violation_among_lost_writes_is_still_a_violation() {
+    // A stale read, with 30 lost writes pending: exact pruning reports it.
+    let mut h = busy_key_with_lost_writes(1, 300, 6, 1500, 30);
+    let last = h.iter().rposition(|r| r.status == Status::Ok).unwrap();
+    let t = h[last].complete.unwrap();
+    h.push(ok(
+        77,
+        t + 10,
+        t + 20,
+        vec![put("usertable1", "x")],
+        vec![found(true)],
+    ));
+    h.push(ok(
+        77,
+        t + 30,
+        t + 40,
+        vec![get("usertable1")],
+        vec![val(Some("v0"))],
+    ));
+    let Outcome::Violation(v) = run_trusting(&h, DEFAULT_MAX_STATES) else {
+        panic!("expected a violation");
+    };
+    assert_eq!((v.culprit, v.set_aside), (h.len() - 1, 30));
+    // With a few lost writes the full search confirms it by default.
+    let mut h = busy_key_with_lost_writes(1, 300, 6, 1500, 4);
+    let last = h.iter().rposition(|r| r.status == Status::Ok).unwrap();
+    let t = h[last].complete.unwrap();
+    h.push(ok(
+        77,
+        t + 30,
+        t + 40,
+        vec![get("usertable1")],
+        vec![val(Some("v0"))],
+    ));
+    let v = violation(&h);
+    assert_eq!((v.culprit, v.set_aside), (h.len() - 1, 0));
+    // Not exact (a PUT replies `found` with nothing before it), so the full
+    // search decides after the pruned one fails; still a violation.
+    let h = vec![
+        unknown(1, 0, vec![put("t1", "lost")]),
+        ok(0, 10, 20, vec![put("t1", "a")], vec![found(true)]),
+        ok(0, 30, 40, vec![get("t1")], vec![val(Some("b"))]),
+    ];
+    let v = violation(&h);
+    assert_eq!((v.culprit, v.set_aside), (2, 0));
+    assert!(!v.to_string().contains("decided without"), "{v}");
+}
+
+#[test]
+fn an_unseen_unknown_write_can_still_be_needed() {
+    // Its value is never read, but a later PUT replying `found` shows it took
+    // effect: the pruned check fails, the full one passes.
+    let h = vec![
+        unknown(1, 0, vec![put("t1", "lost")]),
+        ok(0, 10, 20, vec![put("t1", "a")], vec![found(true)]),
+        ok(0, 30, 40, vec![get("t1")], vec![val(Some("a"))]),
+    ];
+    let r = report(&h);
+    assert_eq!((r.pruned_partitions, r.set_aside), (0, 0), "{r:?}");
+    // The same through a DELETE replying `found`.
+    let h = vec![
+        unknown(1, 0, vec![put("t1", "lost")]),
+        ok(0, 10, 20, vec![del("t1")], vec![found(true)]),
+    ];
+    assert_eq!(report(&h).pruned_partitions, 0);
+    // And through an unknown SWAP, which writes only over a present value.
+    let h = vec![
+        unknown(1, 0, vec![put("t1", "lost")]),
+        unknown(2, 5, vec![swap("t1", "y")]),
+        ok(0, 10, 20, vec![get("t1")], vec![val(Some("y"))]),
+    ];
+    assert_eq!(report(&h).pruned_partitions, 0);
+    // A multi-op unknown command with one observed value is kept whole.
+    let h = vec![
+        unknown(1, 0, vec![put("t1", "lost"), put("t2", "seen")]),
+        ok(0, 10, 20, vec![put("t1", "a")], vec![found(true)]),
+        ok(0, 30, 40, vec![get("t2")], vec![val(Some("seen"))]),
+    ];
+    assert_eq!(report(&h).pruned_partitions, 0);
+    // An unknown DELETE is never set aside: an absence needs no value.
+    let h = vec![
+        ok(0, 0, 5, vec![put("t1", "a")], vec![found(false)]),
+        unknown(1, 6, vec![del("t1")]),
+        ok(0, 10, 20, vec![get("t1")], vec![val(None)]),
+    ];
+    let r = report(&h);
+    assert_eq!(r.pruned_partitions, 0);
+}
+
+#[test]
+fn lost_writes_that_pruning_cannot_decide_alone() {
+    // Every pruning rule against the full search on small cases: the kinds
+    // of op that reveal a key's presence.
+    let cases: Vec<Vec<HistoryRecord>> = vec![
+        // Pruned fails, full passes: found after a lost PUT.
+        vec![
+            unknown(1, 0, vec![put("t1", "lost")]),
+            ok(0, 10, 20, vec![put("t1", "a")], vec![found(true)]),
+        ],
+        // Lost SWAP: writes only over a present value; set aside exactly.
+        vec![
+            ok(0, 0, 5, vec![put("t1", "a")], vec![found(false)]),
+            unknown(1, 6, vec![swap("t1", "lost")]),
+            ok(0, 10, 20, vec![del("t1")], vec![found(true)]),
+            ok(0, 30, 40, vec![get("t1")], vec![val(Some("a"))]),
+        ],
+        // A lost PUT after a DELETE, then `found`.
+        vec![
+            ok(0, 0, 5, vec![put("t1", "a")], vec![found(false)]),
+            ok(0, 6, 8, vec![del("t1")], vec![found(true)]),
+            unknown(1, 9, vec![put("t1", "lost")]),
+            ok(0, 10, 20, vec![put("t1", "b")], vec![found(true)]),
+        ],
+    ];
+    let expected = [true, false, true];
+    for (h, expected) in cases.iter().zip(expected) {
+        assert_eq!(run(h).is_ok(), expected, "{h:#?}");
+        assert_eq!(run_unpruned(h).is_ok(), expected, "{h:#?}");
+        assert_eq!(oracle(h), expected, "{h:#?}");
+        pruning_agrees(h, InitialState::Empty).unwrap();
+    }
 }
 
 #[test]
@@ -1350,6 +1649,7 @@ proptest! {
             let got = run(&h);
             prop_assert_eq!(got.is_ok(), expected, "{:?}: {}\n{:#?}", kind, got, h);
             prop_assert_eq!(run_whole(&h).is_ok(), expected);
+            prop_assert_eq!(run_unpruned(&h).is_ok(), expected);
             prop_assert_eq!(verdicts_by_order(&h), [expected, expected]);
         }
     }
@@ -1379,8 +1679,69 @@ proptest! {
                 _ => ok(*client, *a, a + len, ops, results),
             }
         }).collect();
-        prop_assert_eq!(run(&h).is_ok(), oracle(&h), "{:#?}", h);
+        let expected = oracle(&h);
+        prop_assert_eq!(run(&h).is_ok(), expected, "{:#?}", h);
+        prop_assert_eq!(run_unpruned(&h).is_ok(), expected, "{:#?}", h);
+        if let Err(e) = pruning_agrees(&h, InitialState::Empty) {
+            prop_assert!(false, "{}\n{:#?}", e, h);
+        }
     }
+
+    /// Setting unobserved unknown writes aside never changes a verdict: on
+    /// generated histories with many unknown outcomes and on their mutations,
+    /// the pruned search passing implies the full one passes, and when the
+    /// pruning claims to be exact the two agree.
+    #[test]
+    fn pruning_unobserved_unknowns_is_sound(
+        steps in raw_steps(30, 3),
+        config in gen_config(),
+        clients in 1u8..6,
+    ) {
+        let config = GenConfig { unknowns: true, ..config };
+        let g = generate(&steps, config, clients);
+        if let Err(e) = pruning_agrees(&g.history, InitialState::Empty) {
+            prop_assert!(false, "{}\n{:#?}", e, g.history);
+        }
+        for (kind, h) in mutants(&g) {
+            if let Err(e) = pruning_agrees(&h, InitialState::Empty) {
+                prop_assert!(false, "{:?}: {}\n{:#?}", kind, e, h);
+            }
+            prop_assert_eq!(run(&h).is_ok(), run_unpruned(&h).is_ok(), "{:?}: {:#?}", kind, h);
+        }
+    }
+}
+
+/// Checks [`wgl::Problem::without_unobserved_unknowns`] on every partition
+/// of `history` against the full search (no budget limit): passing without
+/// the set-aside calls implies passing with them, and an exact pruning gives
+/// the same verdict. Returns how many partitions the pruning decided
+/// (passed, or failed exactly).
+fn pruning_agrees(history: &[HistoryRecord], initial: InitialState) -> Result<usize, String> {
+    let unlimited = |problem: &wgl::Problem| {
+        let mut budget = wgl::Budget {
+            used: 0,
+            max: u64::MAX,
+        };
+        wgl::search(problem, wgl::Order::KnownFirst, &mut budget)
+    };
+    let mut decided = 0;
+    for part in &Partitions::build(history, true, initial).parts {
+        let Some(pruned) = part.problem.without_unobserved_unknowns() else {
+            continue;
+        };
+        let full = unlimited(&part.problem);
+        let cut = unlimited(&pruned.problem);
+        if cut == wgl::Verdict::Linearizable && full != cut {
+            return Err(format!("pruned passes, full {full:?}"));
+        }
+        if pruned.exact && full != cut {
+            return Err(format!("exact pruning: pruned {cut:?}, full {full:?}"));
+        }
+        if cut == wgl::Verdict::Linearizable || pruned.exact {
+            decided += 1;
+        }
+    }
+    Ok(decided)
 }
 
 fn kind_seed(n: u8, a: u64) -> bool {
@@ -1652,4 +2013,52 @@ proptest! {
         }).unwrap();
         prop_assert!(whole.is_ok(), "{}", whole);
     }
+}
+
+/// The pruning proptest is not vacuous: over a fixed sample of generated
+/// histories with unknown outcomes and their mutations, pruning applies,
+/// claims exactness on failing histories, and sometimes fails where the full
+/// search passes (a set-aside write was needed).
+#[test]
+fn pruning_cases_of_every_kind_occur() {
+    let mut runner = TestRunner::deterministic();
+    let strategy = (raw_steps(30, 3), gen_config(), 1u8..6);
+    let unlimited = |problem: &wgl::Problem| {
+        let mut budget = wgl::Budget {
+            used: 0,
+            max: u64::MAX,
+        };
+        wgl::search(problem, wgl::Order::KnownFirst, &mut budget)
+    };
+    // (pruned, exact failures, needed a set-aside call)
+    let mut seen = (0, 0, 0);
+    for _ in 0..200 {
+        let (steps, config, clients) = strategy.new_tree(&mut runner).unwrap().current();
+        let config = GenConfig {
+            unknowns: true,
+            ..config
+        };
+        let g = generate(&steps, config, clients);
+        let mut histories = vec![g.history.clone()];
+        histories.extend(mutants(&g).into_iter().map(|(_, h)| h));
+        for h in &histories {
+            for part in &Partitions::build(h, true, InitialState::Empty).parts {
+                let Some(pruned) = part.problem.without_unobserved_unknowns() else {
+                    continue;
+                };
+                seen.0 += 1;
+                let cut = unlimited(&pruned.problem);
+                let full = unlimited(&part.problem);
+                if cut == wgl::Verdict::NotLinearizable {
+                    if pruned.exact {
+                        assert_eq!(full, cut);
+                        seen.1 += 1;
+                    } else if full == wgl::Verdict::Linearizable {
+                        seen.2 += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(seen.0 > 100 && seen.1 > 10 && seen.2 > 0, "{seen:?}");
 }

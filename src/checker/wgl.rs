@@ -556,3 +556,211 @@ pub(crate) fn search(problem: &Problem, order: Order, budget: &mut Budget) -> Ve
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Setting aside unobserved unknown-outcome calls
+
+/// A problem with its unobserved unknown-outcome calls set aside (see
+/// [`Problem::without_unobserved_unknowns`]).
+pub(crate) struct Pruned {
+    pub problem: Problem,
+    /// Calls set aside.
+    pub set_aside: usize,
+    /// Whether `problem` failing proves the original fails too (the original
+    /// is linearizable iff `problem` is). When `false`, only `problem`
+    /// passing is conclusive.
+    pub exact: bool,
+}
+
+impl Problem {
+    /// The calls with an unknown outcome whose writes no completed result
+    /// could have observed: every op is a PUT or SWAP of a `(key, value)`
+    /// pair that no completed GET, SWAP or SCAN returned, or a read (whose
+    /// unknown result constrains nothing). DELETEs are never set aside (an
+    /// absence is observable without any value).
+    ///
+    /// Soundness (either way): an unknown-outcome call may never have taken
+    /// effect, so a linearization of the remaining calls is one of the whole
+    /// history in which the set-aside calls did not happen. Passing is
+    /// therefore always conclusive.
+    ///
+    /// Exactness (a failure is conclusive too), proven in the module docs of
+    /// [`crate::checker`]: it holds with an empty initial state when, for
+    /// every key a set-aside call PUTs, no kept call DELETEs it, no kept
+    /// unknown call SWAPs it, and every completed PUT of it that replied
+    /// `found` was invoked after some completed PUT of it had completed,
+    /// completed before any set-aside PUT of it was invoked, or follows a PUT
+    /// of it in the same command — so a set-aside PUT can never be what made
+    /// the key present for an observer. Set-aside SWAPs
+    /// need no condition: they only replace a present value by an unobserved
+    /// one, which changes no later result.
+    ///
+    /// `None` when no call qualifies.
+    pub fn without_unobserved_unknowns(&self) -> Option<Pruned> {
+        let mut observed: HashSet<(KeyId, ValueId)> = HashSet::new();
+        for call in &self.calls {
+            let Some(results) = &call.results else {
+                continue;
+            };
+            for (op, res) in call.ops.iter().zip(results) {
+                match (op, res) {
+                    (MOp::Get { k } | MOp::Swap { k, .. }, MRes::Value(v)) => {
+                        observed.insert((*k, *v));
+                    }
+                    (MOp::Scan { .. }, MRes::Scan(rows)) => observed.extend(rows.iter().copied()),
+                    _ => {}
+                }
+            }
+        }
+        let unobserved = |call: &MCall| {
+            call.complete.is_none()
+                && call.ops.iter().all(|op| match *op {
+                    MOp::Put { k, v } | MOp::Swap { k, v } => !observed.contains(&(k, v)),
+                    MOp::Get { .. } | MOp::Scan { .. } => true,
+                    MOp::Delete { .. } => false,
+                })
+        };
+        let aside: Vec<bool> = self.calls.iter().map(unobserved).collect();
+        let set_aside = aside.iter().filter(|&&a| a).count();
+        if set_aside == 0 {
+            return None;
+        }
+        let exact = !self.unseen_start && {
+            let mut put_keys: Vec<bool> = vec![false; self.keys];
+            for (call, _) in self.calls.iter().zip(&aside).filter(|(_, &a)| a) {
+                for op in &call.ops {
+                    if let MOp::Put { k, .. } = *op {
+                        put_keys[k as usize] = true;
+                    }
+                }
+            }
+            // Per key: the earliest invoke of a set-aside PUT of it (none of
+            // them can take effect before), and the earliest completion of a
+            // completed call that PUTs it.
+            let mut first_aside_put: Vec<u64> = vec![u64::MAX; self.keys];
+            for (call, _) in self.calls.iter().zip(&aside).filter(|(_, &a)| a) {
+                for op in &call.ops {
+                    if let MOp::Put { k, .. } = *op {
+                        let first = &mut first_aside_put[k as usize];
+                        *first = (*first).min(call.invoke);
+                    }
+                }
+            }
+            let mut first_put_done: Vec<u64> = vec![u64::MAX; self.keys];
+            for call in &self.calls {
+                if let Some(done) = call.complete {
+                    for op in &call.ops {
+                        if let MOp::Put { k, .. } = *op {
+                            let first = &mut first_put_done[k as usize];
+                            *first = (*first).min(done);
+                        }
+                    }
+                }
+            }
+            self.calls.iter().zip(&aside).all(|(call, &a)| {
+                if a {
+                    return true;
+                }
+                let mut put_before: Vec<KeyId> = Vec::new();
+                call.ops.iter().enumerate().all(|(i, op)| match *op {
+                    MOp::Delete { k } => !put_keys[k as usize],
+                    MOp::Swap { k, .. } => call.complete.is_some() || !put_keys[k as usize],
+                    MOp::Put { k, .. } => {
+                        let found = matches!(
+                            call.results.as_ref().map(|r| &r[i]),
+                            Some(MRes::Found(true))
+                        );
+                        let fine = !put_keys[k as usize]
+                            || !found
+                            || put_before.contains(&k)
+                            || call.invoke > first_put_done[k as usize]
+                            || call
+                                .complete
+                                .is_some_and(|c| c < first_aside_put[k as usize]);
+                        put_before.push(k);
+                        fine
+                    }
+                    MOp::Get { .. } | MOp::Scan { .. } => true,
+                })
+            })
+        };
+        let calls = self
+            .calls
+            .iter()
+            .zip(&aside)
+            .filter(|(_, &a)| !a)
+            .map(|(call, _)| call.clone())
+            .collect();
+        Some(Pruned {
+            problem: Problem {
+                keys: self.keys,
+                unseen_start: self.unseen_start,
+                calls,
+            },
+            set_aside,
+            exact,
+        })
+    }
+}
+
+/// Which search decided a problem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Path {
+    /// The search over every call.
+    Full,
+    /// The search with `set_aside` unobserved unknown-outcome calls left out
+    /// (it passed, or it failed, the pruning was exact and trusted).
+    Pruned { set_aside: usize },
+    /// The full search gave up after the search without `set_aside`
+    /// unobserved unknown-outcome calls failed with an exact pruning (not
+    /// trusted): the history is in fact not linearizable.
+    GaveUpAfterExactFailure { set_aside: usize },
+}
+
+/// Decides `problem` in two phases when it has unobserved unknown-outcome
+/// calls: first without them (each such call is a free choice of the search,
+/// and 20-40 of them can multiply its states by 10^4), then — if that failed
+/// or gave up — with every call. With `trust_exact`, a failure with an exact
+/// pruning is final instead. The first phase gets half the remaining budget
+/// (all of it when its failure is final).
+pub(crate) fn decide(
+    problem: &Problem,
+    budget: &mut Budget,
+    prune: bool,
+    trust_exact: bool,
+) -> (Verdict, Path) {
+    let pruned = if prune {
+        problem.without_unobserved_unknowns()
+    } else {
+        None
+    };
+    let Some(pruned) = pruned else {
+        return (check_problem(problem, budget), Path::Full);
+    };
+    let set_aside = pruned.set_aside;
+    let final_failure = pruned.exact && trust_exact;
+    let left = budget.max.saturating_sub(budget.used);
+    let mut first = Budget {
+        used: budget.used,
+        max: budget.used
+            + if final_failure {
+                left
+            } else {
+                left.div_ceil(2)
+            },
+    };
+    let verdict = check_problem(&pruned.problem, &mut first);
+    budget.used = first.used.min(first.max);
+    match verdict {
+        Verdict::Linearizable => (verdict, Path::Pruned { set_aside }),
+        _ if final_failure => (verdict, Path::Pruned { set_aside }),
+        // Not conclusive: a set-aside call may be needed (e.g. an unknown PUT
+        // whose only trace is a later PUT replying `found`).
+        _ => match check_problem(problem, budget) {
+            Verdict::GaveUp if verdict == Verdict::NotLinearizable && pruned.exact => {
+                (Verdict::GaveUp, Path::GaveUpAfterExactFailure { set_aside })
+            }
+            full => (full, Path::Full),
+        },
+    }
+}
