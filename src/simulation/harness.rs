@@ -909,26 +909,17 @@ fn draw_schedule(
             }
             _ => (vec![(s, other), (other, s)], vec![s, other]),
         };
-        let node = |(a, b): (usize, usize)| (servers[a], servers[b]);
+        let links: Vec<_> = links
+            .iter()
+            .map(|&(a, b)| (servers[a], servers[b]))
+            .collect();
         episodes.push(Episode {
             kind: FaultKind::Partition,
             start: at,
             end: at + len,
             impaired,
-            begin: links
-                .iter()
-                .map(|&l| {
-                    let (a, b) = node(l);
-                    Fault::Clog(a, b)
-                })
-                .collect(),
-            finish: links
-                .iter()
-                .map(|&l| {
-                    let (a, b) = node(l);
-                    Fault::Unclog(a, b)
-                })
-                .collect(),
+            begin: links.iter().map(|&(a, b)| Fault::Clog(a, b)).collect(),
+            finish: links.iter().map(|&(a, b)| Fault::Unclog(a, b)).collect(),
         });
     }
 
