@@ -42,5 +42,6 @@ pub mod rt;
 pub mod server;
 #[cfg(feature = "sim")]
 pub mod simulation;
+pub mod stats;
 pub mod storage;
 pub mod wire;

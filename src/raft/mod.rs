@@ -535,6 +535,7 @@ impl Raft {
     }
 
     fn become_leader(&mut self) {
+        crate::stats::count(crate::stats::Event::Election);
         self.role = Role::Leader;
         self.leader = Some(self.cfg.id);
         self.election_elapsed = 0;
@@ -838,6 +839,7 @@ impl Raft {
             index: snapshot.meta.index,
         };
         pr.snapshot_ticks = 0;
+        crate::stats::count(crate::stats::Event::SnapshotSent);
         self.send(to, MessageBody::InstallSnapshot(snapshot), false);
     }
 
@@ -1324,6 +1326,7 @@ impl Raft {
             membership,
         };
         self.log.compact(meta.clone());
+        crate::stats::count(crate::stats::Event::Compaction);
         self.local_snapshot = Some(Snapshot { meta, data });
     }
 

@@ -502,6 +502,7 @@ impl ServerCore {
                 snapshot: None,
             };
             if let Some(snapshot) = rd.snapshot {
+                crate::stats::count(crate::stats::Event::SnapshotInstalled);
                 let meta = snapshot.meta.clone();
                 match r.incoming.take() {
                     Some((index, store)) if index == meta.index => {

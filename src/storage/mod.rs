@@ -499,6 +499,7 @@ impl<D: Disk> Storage<D> {
             match result {
                 Ok(purged) => {
                     done.fetch_add(1, Ordering::Relaxed);
+                    crate::stats::count(crate::stats::Event::Checkpoint);
                     tracing::info!(
                         lsn,
                         partitions = groups.len(),

@@ -1,0 +1,107 @@
+//! Counts of rare internal events (elections, compactions, snapshot sends and
+//! installs, checkpoints), so a simulation run can show that it exercised
+//! those paths: `sim` prints the totals per run and over all runs.
+//!
+//! Counting happens only with feature `sim`, per thread (madsim runs each
+//! seed on its own thread, so seeds never see each other's counts); in
+//! production [`count`] compiles to nothing. Operators get their numbers
+//! from logs today (and from metrics once they exist).
+
+/// An event worth counting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Event {
+    /// A member became leader of its group.
+    Election,
+    /// A replica dropped its log before an applied index (log compaction).
+    Compaction,
+    /// A leader sent a snapshot (or its first chunk) to a follower.
+    SnapshotSent,
+    /// A follower installed a snapshot from its leader.
+    SnapshotInstalled,
+    /// A durable server completed a checkpoint (snapshots + log purge).
+    Checkpoint,
+    /// A durable server started with its disk wiped (simulated fault).
+    DiskWiped,
+}
+
+impl Event {
+    pub const ALL: [Event; 6] = [
+        Event::Election,
+        Event::Compaction,
+        Event::SnapshotSent,
+        Event::SnapshotInstalled,
+        Event::Checkpoint,
+        Event::DiskWiped,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::Election => "elections",
+            Event::Compaction => "compactions",
+            Event::SnapshotSent => "snapshots sent",
+            Event::SnapshotInstalled => "snapshots installed",
+            Event::Checkpoint => "checkpoints",
+            Event::DiskWiped => "disk wipes",
+        }
+    }
+}
+
+/// Counts per [`Event`], in [`Event::ALL`] order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counts(pub [u64; 6]);
+
+impl Counts {
+    pub fn get(&self, event: Event) -> u64 {
+        self.0[event as usize]
+    }
+
+    pub fn add(&mut self, other: &Counts) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a += b;
+        }
+    }
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, event) in Event::ALL.into_iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{} {}", self.get(event), event.name())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(feature = "sim")]
+thread_local! {
+    static COUNTS: std::cell::Cell<Counts> = const { std::cell::Cell::new(Counts([0; 6])) };
+}
+
+/// Counts one `event` (a no-op without feature `sim`).
+#[inline]
+pub fn count(event: Event) {
+    #[cfg(feature = "sim")]
+    COUNTS.with(|c| {
+        let mut counts = c.get();
+        counts.0[event as usize] += 1;
+        c.set(counts);
+    });
+    #[cfg(not(feature = "sim"))]
+    let _ = event;
+}
+
+/// This thread's counts so far.
+pub fn snapshot() -> Counts {
+    #[cfg(feature = "sim")]
+    return COUNTS.with(|c| c.get());
+    #[cfg(not(feature = "sim"))]
+    Counts::default()
+}
+
+/// Zeroes this thread's counts (at the start of a simulated run).
+pub fn reset() {
+    #[cfg(feature = "sim")]
+    COUNTS.with(|c| c.set(Counts::default()));
+}
