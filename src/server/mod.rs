@@ -167,7 +167,6 @@ pub async fn run_server<R: Runtime, D: Disk>(
     let core = ServerCore::new(
         config.node_id,
         recovered,
-        storage.is_some(),
         config.raft.clone(),
         rt.rand_u64(),
     );
@@ -465,7 +464,7 @@ mod tests {
             let map = PartitionMap::build(&[("t".into(), 90)], &servers, n).unwrap();
             let mut c = Cores {
                 cores: (0..n as u64)
-                    .map(|i| ServerCore::new(i, BTreeMap::new(), false, RaftTuning::default(), i))
+                    .map(|i| ServerCore::new(i, BTreeMap::new(), RaftTuning::default(), i))
                     .collect(),
                 down: BTreeSet::new(),
                 replies: BTreeMap::new(),
@@ -682,7 +681,7 @@ mod tests {
 
     #[test]
     fn refuses_until_it_has_a_map_then_only_its_partitions() {
-        let mut core = ServerCore::new(5, BTreeMap::new(), false, RaftTuning::default(), 1);
+        let mut core = ServerCore::new(5, BTreeMap::new(), RaftTuning::default(), 1);
         let to = ReplyTo {
             addr: CLIENT.parse().unwrap(),
             req: 1,
