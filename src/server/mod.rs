@@ -321,15 +321,20 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
                     silent.as_secs(),
                     map.epoch
                 ),
+                None if self.core.replicas().is_empty() => tracing::warn!(
+                    "cannot reach the manager at {manager} (no reply for {} s); \
+                     no partition map yet, so this server serves nothing until it answers",
+                    silent.as_secs()
+                ),
                 None => tracing::warn!(
                     "cannot reach the manager at {manager} (no reply for {} s); \
-                     no partition map yet, serving only the {} replicas recovered from disk",
+                     no partition map yet, serving the {} replicas recovered from disk",
                     silent.as_secs(),
                     self.core.replicas().len()
                 ),
             },
             ContactNotice::Reachable { silent } => tracing::info!(
-                "reached the manager at {manager} again after {} s without a reply",
+                "reached the manager at {manager} after {} s without a reply",
                 silent.as_secs()
             ),
         }
