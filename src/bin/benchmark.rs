@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 #[derive(Parser, Debug)]
 #[command(
     version,
-    about = "distkv benchmark: one reply per stdin request (default), or `load` for a load generator"
+    about = "distkv benchmark: one reply per stdin request (default), or `load` for a load generator",
+    after_help = "Requests, replies, errors and the history format: docs/protocol.md."
 )]
 struct Args {
     /// The manager to fetch the partition map from (stdin mode and `load`).
