@@ -215,3 +215,26 @@ fn help_documents_the_subcommand() {
     assert!(text.contains("[default: 10000000]"), "{text}");
     assert!(text.contains("--initial-state <STATE>"), "{text}");
 }
+
+/// `check` reads a file and never connects: its help lists no cluster
+/// flags, while `load` (which connects) has them.
+#[test]
+fn check_has_no_cluster_flags_and_load_has_them() {
+    let help = |sub: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_benchmark"))
+            .args([sub, "--help"])
+            .output()
+            .expect("run benchmark");
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).expect("utf-8 help")
+    };
+    let check = help("check");
+    for flag in ["--connect-addr", "--timeout-ms"] {
+        assert!(!check.contains(flag), "check --help lists {flag}:\n{check}");
+        assert!(help("load").contains(flag), "load --help lacks {flag}");
+    }
+    assert!(
+        !check.contains("partition"),
+        "check speaks of key groups:\n{check}"
+    );
+}
