@@ -63,7 +63,7 @@
 //!    Two storage modes ([`Mode`]). [`Mode::Durable`]: servers run with
 //!    `--persistence`, and every acknowledged write must survive everything,
 //!    including a power cut of all servers at once. [`Mode::Memory`]: servers
-//!    keep everything in memory, which SPEC.md promises survives any crash of
+//!    keep everything in memory, which docs/protocol.md promises survives any crash of
 //!    a *minority* of each partition's replicas. The nemesis keeps to that
 //!    promise: a memory-mode kill is dropped from the schedule unless every
 //!    other server is up, not paused, not cut off, and has been through
@@ -79,7 +79,7 @@
 //!    restarted replicas catch up, within [`LIVENESS_BOUND`] of simulated
 //!    time. The SCANs are the final durability scan.
 //! 4. Linearizability: the whole history (every command with its invoke
-//!    and complete times and outcome, SPEC.md "Histories") is checked with
+//!    and complete times and outcome, docs/protocol.md "Histories") is checked with
 //!    the project's Wing–Gong–Lowe checker ([`crate::checker`]), which sees
 //!    what the per-key [`Model`] cannot: reads of other clients' keys (a
 //!    stale read at a deposed leader) and whole SCAN results.
