@@ -446,6 +446,13 @@ impl Raft {
             self.vote = None;
         }
         if self.role == Role::Leader {
+            tracing::info!(
+                group = self.cfg.group,
+                id = self.cfg.id,
+                term = self.term,
+                leader = ?leader,
+                "stepped down as leader"
+            );
             self.abort_reads();
         }
         self.role = Role::Follower;
