@@ -7,7 +7,7 @@
 
 use crate::key::Key;
 use crate::map::Partition;
-use crate::op::{Op, OpResult, SCAN_RESULT_BYTES_MAX, SCAN_RESULT_ROWS_MAX};
+use crate::op::{Op, OpResult, RESULT_BYTES_MAX, RESULT_OVERHEAD_BYTES, SCAN_RESULT_ROWS_MAX};
 use std::collections::BTreeMap;
 
 /// Why a command was refused by a partition. Nothing was applied.
@@ -25,8 +25,8 @@ pub enum ApplyError {
         "SCAN {start}..{end} would return more than {SCAN_RESULT_ROWS_MAX} rows; narrow the range"
     )]
     ScanTooLarge { start: String, end: String },
-    #[error("the SCANs of this command would return more than {SCAN_RESULT_BYTES_MAX} bytes from one partition; narrow the range")]
-    ScanTooManyBytes,
+    #[error("the results of this command from partition {partition} (GET and SWAP values, SCAN rows) would exceed {RESULT_BYTES_MAX} bytes; split it into smaller commands or narrow its SCANs")]
+    ResultTooLarge { partition: u64 },
     #[error("invalid operation: {0}")]
     Invalid(String),
 }
@@ -113,40 +113,87 @@ impl PartitionStore {
         (lo <= hi).then_some((lo, hi))
     }
 
-    /// Checks that every operation can be applied here. After this succeeds,
-    /// [`PartitionStore::apply`] cannot fail.
+    /// Checks that every operation can be applied here and that the results
+    /// fit in a reply ([`RESULT_BYTES_MAX`], counted as the command will
+    /// produce them: a GET after a PUT of the same key returns the new
+    /// value). It depends only on the state and `ops`, so every replica
+    /// decides the same. After this succeeds, [`PartitionStore::apply`]
+    /// cannot fail.
     pub fn validate(&self, ops: &[Op]) -> Result<(), ApplyError> {
-        let mut scan_bytes = 0usize;
+        let too_large = || ApplyError::ResultTooLarge {
+            partition: self.range.id,
+        };
+        let mut result_bytes = 0usize;
+        // The value length of each key as this command's earlier operations
+        // left it (`None`: deleted).
+        let mut written: BTreeMap<u64, Option<usize>> = BTreeMap::new();
+        let len_now = |written: &BTreeMap<u64, Option<usize>>, num: u64| match written.get(&num) {
+            Some(len) => *len,
+            None => self.data.get(&num).map(Vec::len),
+        };
         for op in ops {
             op.validate()
                 .map_err(|e| ApplyError::Invalid(e.to_string()))?;
-            match op {
+            let value_bytes = match op {
                 Op::Scan { start, end } => {
                     // A SCAN may be wider than the partition (the client
                     // splits it); it only has to be in this table.
                     if start.table != self.range.table {
                         self.check_key(start)?;
                     }
-                    if let Some((lo, hi)) = self.clip(start, end) {
-                        if self.data.range(lo..=hi).nth(SCAN_RESULT_ROWS_MAX).is_some() {
-                            return Err(ApplyError::ScanTooLarge {
-                                start: start.to_string(),
-                                end: end.to_string(),
-                            });
-                        }
-                        let row_key = self.range.table.len() + 20;
-                        for (_, value) in self.data.range(lo..=hi) {
-                            scan_bytes += row_key + value.len();
-                            if scan_bytes > SCAN_RESULT_BYTES_MAX {
-                                return Err(ApplyError::ScanTooManyBytes);
-                            }
+                    let Some((lo, hi)) = self.clip(start, end) else {
+                        result_bytes += RESULT_OVERHEAD_BYTES;
+                        continue;
+                    };
+                    if self.data.range(lo..=hi).nth(SCAN_RESULT_ROWS_MAX).is_some() {
+                        return Err(ApplyError::ScanTooLarge {
+                            start: start.to_string(),
+                            end: end.to_string(),
+                        });
+                    }
+                    let row = self.range.table.len() + 20 + RESULT_OVERHEAD_BYTES;
+                    let mut bytes = 0usize;
+                    for (num, value) in self.data.range(lo..=hi) {
+                        let len = written.get(num).copied().unwrap_or(Some(value.len()));
+                        bytes += len.map_or(0, |len| row + len);
+                        if result_bytes + bytes > RESULT_BYTES_MAX {
+                            return Err(too_large());
                         }
                     }
+                    // Keys this command created in the range.
+                    for (num, len) in written.range(lo..=hi) {
+                        if !self.data.contains_key(num) {
+                            bytes += len.map_or(0, |len| row + len);
+                        }
+                    }
+                    bytes
                 }
-                Op::Put { key, .. }
-                | Op::Get { key }
-                | Op::Swap { key, .. }
-                | Op::Delete { key } => self.check_key(key)?,
+                Op::Get { key } => {
+                    self.check_key(key)?;
+                    len_now(&written, key.num).unwrap_or(0)
+                }
+                Op::Swap { key, value } => {
+                    self.check_key(key)?;
+                    let old = len_now(&written, key.num);
+                    if old.is_some() {
+                        written.insert(key.num, Some(value.len()));
+                    }
+                    old.unwrap_or(0)
+                }
+                Op::Put { key, value } => {
+                    self.check_key(key)?;
+                    written.insert(key.num, Some(value.len()));
+                    0
+                }
+                Op::Delete { key } => {
+                    self.check_key(key)?;
+                    written.insert(key.num, None);
+                    0
+                }
+            };
+            result_bytes += RESULT_OVERHEAD_BYTES + value_bytes;
+            if result_bytes > RESULT_BYTES_MAX {
+                return Err(too_large());
             }
         }
         Ok(())
@@ -333,6 +380,115 @@ mod tests {
             .execute_once(2, 2, &[parse_op("GET t10").unwrap()])
             .unwrap();
         assert!(!read.changed, "reads are not logged");
+    }
+
+    fn big_store(keys: u64) -> PartitionStore {
+        let mut s = PartitionStore::new(Partition {
+            id: 3,
+            table: "t".into(),
+            start: 0,
+            end: None,
+            replicas: vec![0],
+        });
+        let value = vec![b'v'; crate::op::VALUE_LEN_MAX];
+        for num in 0..keys {
+            s.data.insert(num, value.clone());
+        }
+        s
+    }
+
+    fn gets(nums: impl Iterator<Item = u64>) -> Vec<Op> {
+        nums.map(|num| Op::Get {
+            key: Key::new("t", num),
+        })
+        .collect()
+    }
+
+    /// The encoded reply to `results`, as the server would send it.
+    fn reply_len(results: Vec<OpResult>) -> usize {
+        let reply = crate::wire::Msg::ExecuteReply {
+            req: u64::MAX,
+            result: Ok(results),
+        };
+        crate::wire::encode_msg(&reply).unwrap().len()
+    }
+
+    #[test]
+    fn a_command_whose_results_exceed_the_reply_limit_is_refused_whole() {
+        let mut s = big_store(300);
+        let err = s.execute(&gets(0..300)).unwrap_err();
+        assert_eq!(err, ApplyError::ResultTooLarge { partition: 3 });
+        // A write in an oversized command is not applied either, and the
+        // session table keeps only the small refusal.
+        let before = s.data.clone();
+        let mut ops = vec![Op::Put {
+            key: Key::new("t", 1000),
+            value: b"w".to_vec(),
+        }];
+        ops.extend(gets(0..100));
+        ops.push(Op::Swap {
+            key: Key::new("t", 0),
+            value: b"w".to_vec(),
+        });
+        let executed = s.execute_once(9, 1, &ops).unwrap();
+        assert_eq!(
+            executed.result,
+            Err(ApplyError::ResultTooLarge { partition: 3 })
+        );
+        assert_eq!(s.data, before, "nothing of the command was applied");
+        // The largest command that fits is answered, and its reply fits in
+        // a frame with room to spare.
+        let fit = RESULT_BYTES_MAX / (crate::op::VALUE_LEN_MAX + RESULT_OVERHEAD_BYTES);
+        assert!(s.execute(&gets(0..fit as u64 + 1)).is_err());
+        let results = s.execute(&gets(0..fit as u64)).unwrap();
+        assert!(reply_len(results) <= RESULT_BYTES_MAX);
+    }
+
+    #[test]
+    fn result_bytes_count_the_commands_own_writes() {
+        // Empty store: only the command's own PUT makes the GETs large.
+        let mut s = big_store(0);
+        let mut ops = vec![Op::Put {
+            key: Key::new("t", 5),
+            value: vec![b'v'; crate::op::VALUE_LEN_MAX],
+        }];
+        ops.extend(gets(std::iter::repeat_n(5, 70)));
+        assert_eq!(
+            s.execute(&ops),
+            Err(ApplyError::ResultTooLarge { partition: 3 })
+        );
+        // A DELETE before the GETs makes them small again.
+        ops.insert(
+            1,
+            Op::Delete {
+                key: Key::new("t", 5),
+            },
+        );
+        assert!(s.execute(&ops).is_ok());
+        // SCANs count rows the command created, and across SCANs.
+        let mut s = big_store(30);
+        let scan = Op::Scan {
+            start: Key::new("t", 0),
+            end: Key::new("t", 100),
+        };
+        assert!(s.execute(&[scan.clone(), scan.clone()]).is_ok());
+        let mut ops: Vec<Op> = (30..64)
+            .map(|num| Op::Put {
+                key: Key::new("t", num),
+                value: vec![b'v'; crate::op::VALUE_LEN_MAX],
+            })
+            .collect();
+        ops.push(scan.clone());
+        let before = s.data.clone();
+        assert_eq!(
+            s.execute(&ops),
+            Err(ApplyError::ResultTooLarge { partition: 3 })
+        );
+        assert_eq!(s.data, before);
+        assert_eq!(
+            s.execute(&[scan.clone(), scan.clone(), scan]),
+            Err(ApplyError::ResultTooLarge { partition: 3 })
+        );
     }
 
     #[test]
