@@ -39,8 +39,12 @@ pub struct ClientConfig {
     pub command_timeout: Duration,
     /// How long to wait for one reply before retrying.
     pub attempt_timeout: Duration,
-    /// Pause before retrying after a server said "not now".
+    /// Pause before retrying after a server said "not now"; also the first
+    /// pause between attempts to reach the manager.
     pub retry_backoff: Duration,
+    /// Longest pause between attempts to reach the manager (the pause
+    /// doubles from `retry_backoff` up to this, with jitter).
+    pub retry_backoff_max: Duration,
 }
 
 impl ClientConfig {
@@ -50,6 +54,7 @@ impl ClientConfig {
             command_timeout: Duration::from_secs(5),
             attempt_timeout: Duration::from_millis(1000),
             retry_backoff: Duration::from_millis(50),
+            retry_backoff_max: Duration::from_secs(1),
         }
     }
 }
@@ -224,29 +229,48 @@ impl<R: Runtime> Client<R> {
         Ok(answer)
     }
 
-    /// Fetches the map from the manager; keeps the newest one seen.
+    /// Fetches the map from the manager; keeps the newest one seen. While
+    /// the manager is down (a refused connection fails at once), attempts
+    /// are spaced by [`retry_pause`]: exponential backoff with jitter.
     pub async fn refresh_map(&self, deadline: Instant) -> Result<Arc<PartitionMap>, ClientError> {
         let manager = self.inner.config.manager_addr;
+        let config = &self.inner.config;
+        let rt = &self.inner.rt;
+        let mut failures = 0u32;
         loop {
-            let now = self.inner.rt.now();
+            let now = rt.now();
             if now >= deadline {
                 return Err(ClientError::Unavailable(format!(
                     "no partition map from the manager at {manager}"
                 )));
             }
-            let wait = self.inner.config.attempt_timeout.min(deadline - now);
+            let wait = config.attempt_timeout.min(deadline - now);
             if let Ok(Answer::Reply(Msg::MapReply { map, .. })) =
                 self.call(manager, |req| Msg::GetMap { req }, wait).await
             {
-                if let Err(e) = map.validate() {
-                    tracing::warn!("ignoring an invalid partition map from {manager}: {e}");
-                    continue;
+                match map.validate() {
+                    Err(e) => {
+                        tracing::warn!("ignoring an invalid partition map from {manager}: {e}")
+                    }
+                    Ok(()) => {
+                        let mut slot = self.inner.map.lock().unwrap();
+                        if slot.as_ref().is_none_or(|m| m.epoch <= map.epoch) {
+                            *slot = Some(Arc::new(map));
+                        }
+                        return Ok(slot.clone().unwrap());
+                    }
                 }
-                let mut slot = self.inner.map.lock().unwrap();
-                if slot.as_ref().is_none_or(|m| m.epoch <= map.epoch) {
-                    *slot = Some(Arc::new(map));
-                }
-                return Ok(slot.clone().unwrap());
+            }
+            let pause = retry_pause(
+                config.retry_backoff,
+                config.retry_backoff_max,
+                failures,
+                rt.rand_u64(),
+            );
+            failures = failures.saturating_add(1);
+            let now = rt.now();
+            if now < deadline {
+                rt.sleep(pause.min(deadline - now)).await;
             }
         }
     }
@@ -366,7 +390,7 @@ impl<R: Runtime> Client<R> {
                     ..
                 }) => return PartOutcome::Rejected(e.to_string()),
                 Some(Msg::ExecuteReply {
-                    result: Err(e @ (ExecError::Stale(_) | ExecError::Storage { .. })),
+                    result: Err(e @ ExecError::Stale(_)),
                     ..
                 }) => return PartOutcome::Unknown(e.to_string()),
                 Some(Msg::ExecuteReply {
@@ -547,6 +571,21 @@ impl<R: Runtime> Session<R> {
     }
 }
 
+/// The pause after the `failures`-th consecutive failed attempt (from 0):
+/// `base` doubled per failure up to `max`, then a random point in its upper
+/// half ("equal jitter"), so clients that lost the same server do not retry
+/// in lockstep, yet each waits at least half the nominal pause. `random`
+/// comes from the runtime, so the simulator controls it.
+pub fn retry_pause(base: Duration, max: Duration, failures: u32, random: u64) -> Duration {
+    let nominal = base.saturating_mul(1u32 << failures.min(20)).min(max);
+    let half = nominal / 2;
+    let jitter_ns = match half.as_nanos() as u64 {
+        0 => 0,
+        span => random % (span + 1),
+    };
+    half + Duration::from_nanos(jitter_ns)
+}
+
 /// Puts per-partition results back into operation order, concatenating a
 /// multi-partition SCAN's rows in key order.
 fn merge(
@@ -609,5 +648,116 @@ async fn recv_loop<R: Runtime>(inner: Arc<Inner<R>>) {
         if let Some(tx) = inner.pending.lock().unwrap().remove(&req) {
             let _ = tx.send(msg);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rt::tokio_rt::TokioRuntime;
+    use std::io;
+
+    #[test]
+    fn retry_pauses_double_up_to_the_cap_with_jitter_in_the_upper_half() {
+        let (base, max) = (Duration::from_millis(50), Duration::from_secs(1));
+        let nominal = [50, 100, 200, 400, 800, 1000, 1000];
+        for (failures, ms) in nominal.into_iter().enumerate() {
+            let nominal = Duration::from_millis(ms);
+            let lowest = retry_pause(base, max, failures as u32, 0);
+            let highest = retry_pause(base, max, failures as u32, u64::MAX - 1);
+            assert_eq!(lowest, nominal / 2, "failure {failures}");
+            assert!(highest <= nominal && highest > nominal / 2, "{highest:?}");
+        }
+        assert_eq!(
+            retry_pause(base, max, u32::MAX, 7),
+            retry_pause(base, max, 20, 7)
+        );
+        assert_eq!(retry_pause(Duration::ZERO, max, 3, 7), Duration::ZERO);
+    }
+
+    /// A network on which every destination refuses at once, like a host
+    /// whose port is closed: every send is reported undelivered right away.
+    struct Refused {
+        sends: Arc<AtomicU64>,
+    }
+
+    impl Net for Refused {
+        fn local_addr(&self) -> Option<SocketAddr> {
+            None
+        }
+        fn send(&self, _to: SocketAddr, _payload: Vec<u8>) {
+            self.sends.fetch_add(1, Ordering::Relaxed);
+        }
+        fn send_tracked(&self, to: SocketAddr, payload: Vec<u8>) -> oneshot::Receiver<()> {
+            self.send(to, payload);
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(());
+            rx
+        }
+        async fn recv(&self) -> io::Result<(SocketAddr, Vec<u8>)> {
+            std::future::pending().await
+        }
+    }
+
+    /// Tokio's clock, timers and tasks, with the [`Refused`] network.
+    #[derive(Clone)]
+    struct RefusingRuntime {
+        sends: Arc<AtomicU64>,
+    }
+
+    impl Runtime for RefusingRuntime {
+        type Net = Refused;
+        fn now(&self) -> Instant {
+            TokioRuntime.now()
+        }
+        fn sleep(&self, duration: Duration) -> impl std::future::Future<Output = ()> + Send {
+            TokioRuntime.sleep(duration)
+        }
+        fn spawn<F>(&self, fut: F)
+        where
+            F: std::future::Future<Output = ()> + Send + 'static,
+        {
+            TokioRuntime.spawn(fut)
+        }
+        fn rand_u64(&self) -> u64 {
+            TokioRuntime.rand_u64()
+        }
+        async fn bind(
+            &self,
+            _listen: Option<SocketAddr>,
+            _advertise: Option<SocketAddr>,
+        ) -> io::Result<Refused> {
+            Ok(Refused {
+                sends: self.sends.clone(),
+            })
+        }
+    }
+
+    /// Issue 9, item 8: while the manager was down (connection refused at
+    /// once), the map refresh loop retried without pausing: a busy loop.
+    #[tokio::test]
+    async fn the_map_refresh_backs_off_while_the_manager_refuses() {
+        let sends = Arc::new(AtomicU64::new(0));
+        let rt = RefusingRuntime {
+            sends: sends.clone(),
+        };
+        let mut config = ClientConfig::new("127.0.0.1:9".parse().unwrap());
+        config.command_timeout = Duration::from_millis(1500);
+        let started = rt.now();
+        match Client::connect(rt.clone(), config).await {
+            Err(ClientError::Unavailable(e)) => assert!(e.contains("no partition map"), "{e}"),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("connected to a refusing manager"),
+        }
+        let elapsed = rt.now() - started;
+        assert!(
+            elapsed >= Duration::from_millis(1500) && elapsed < Duration::from_secs(3),
+            "gave up after {elapsed:?}"
+        );
+        // Pauses of 25-50, 50-100, 100-200, 200-400, 400-800, then 500-1000
+        // ms: 5 to 7 attempts fit in 1.5 s (a loaded machine may sleep
+        // longer). Without backoff, it was a busy loop of thousands.
+        let attempts = sends.load(Ordering::Relaxed);
+        assert!((4..=8).contains(&attempts), "{attempts} attempts in 1.5 s");
     }
 }

@@ -47,15 +47,6 @@ pub struct PartitionStore {
 /// What a command came to: one result per operation, or why none applied.
 pub type Outcome = Result<Vec<OpResult>, ApplyError>;
 
-/// The outcome of [`PartitionStore::execute_once`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Executed {
-    pub result: Result<Vec<OpResult>, ApplyError>,
-    /// Whether this call changed the state (ran now, succeeded, and wrote):
-    /// exactly the commands a durable server must log.
-    pub changed: bool,
-}
-
 /// Why a command was refused as a duplicate (see [`PartitionStore::execute_once`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("request {seq} of session {session} is older than its last request {last}; not executed")]
@@ -217,7 +208,7 @@ impl PartitionStore {
         session: u64,
         seq: u64,
         ops: &[Op],
-    ) -> Result<Executed, StaleRequest> {
+    ) -> Result<Outcome, StaleRequest> {
         #[cfg(feature = "sim")]
         let duplicate_apply = crate::bugs::enabled(crate::bugs::Bug::DuplicateApply);
         #[cfg(not(feature = "sim"))]
@@ -237,22 +228,15 @@ impl PartitionStore {
                     // A retried read-only command: running it again is safe.
                     None => self.execute(ops),
                 };
-                return Ok(Executed {
-                    result,
-                    changed: false,
-                });
+                return Ok(result);
             }
             _ => {}
         }
         let outcome = self.execute(ops);
         let writes = ops.iter().any(Op::is_write);
-        let changed = outcome.is_ok() && writes;
         self.sessions
             .insert(session, (seq, writes.then(|| outcome.clone())));
-        Ok(Executed {
-            result: outcome,
-            changed,
-        })
+        Ok(outcome)
     }
 
     /// Applies one already-validated operation.
@@ -357,14 +341,15 @@ mod tests {
         let mut s = store();
         let ops = vec![parse_op("PUT t10 a").unwrap()];
         let first = s.execute_once(1, 1, &ops).unwrap();
-        assert_eq!(first.result, Ok(vec![OpResult::Put { found: false }]));
-        assert!(first.changed);
+        assert_eq!(first, Ok(vec![OpResult::Put { found: false }]));
         // The retry would answer `found` if it ran again.
         let retry = s.execute_once(1, 1, &ops).unwrap();
-        assert_eq!(retry.result, first.result);
-        assert!(!retry.changed, "a deduplicated retry changes nothing");
         assert_eq!(
-            s.execute_once(1, 2, &ops).unwrap().result,
+            retry, first,
+            "a deduplicated retry answers the first outcome"
+        );
+        assert_eq!(
+            s.execute_once(1, 2, &ops).unwrap(),
             Ok(vec![OpResult::Put { found: true }])
         );
         assert!(
@@ -373,13 +358,13 @@ mod tests {
         );
         // Another session is independent.
         assert_eq!(
-            s.execute_once(2, 1, &ops).unwrap().result,
+            s.execute_once(2, 1, &ops).unwrap(),
             Ok(vec![OpResult::Put { found: true }])
         );
         let read = s
             .execute_once(2, 2, &[parse_op("GET t10").unwrap()])
             .unwrap();
-        assert!(!read.changed, "reads are not logged");
+        assert_eq!(read, Ok(vec![OpResult::Get(Some(b"a".to_vec()))]));
     }
 
     fn big_store(keys: u64) -> PartitionStore {
@@ -431,10 +416,7 @@ mod tests {
             value: b"w".to_vec(),
         });
         let executed = s.execute_once(9, 1, &ops).unwrap();
-        assert_eq!(
-            executed.result,
-            Err(ApplyError::ResultTooLarge { partition: 3 })
-        );
+        assert_eq!(executed, Err(ApplyError::ResultTooLarge { partition: 3 }));
         assert_eq!(s.data, before, "nothing of the command was applied");
         // The largest command that fits is answered, and its reply fits in
         // a frame with room to spare.

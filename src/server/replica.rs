@@ -635,7 +635,7 @@ fn apply(r: &mut Replica, node_id: NodeId, partition: PartitionId, entry: Entry,
                 .deserialize::<Command>(data)
             {
                 Ok(c) => Some(match r.store.execute_once(c.session, c.seq, &c.ops) {
-                    Ok(executed) => executed.result.map_err(ExecError::from),
+                    Ok(outcome) => outcome.map_err(ExecError::from),
                     Err(stale) => Err(ExecError::from(stale)),
                 }),
                 Err(e) => {

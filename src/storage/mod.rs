@@ -637,11 +637,10 @@ mod tests {
                     Op::Delete { key }
                 };
                 seq += 1;
-                let executed = store
+                let outcome = store
                     .execute_once(1, seq, std::slice::from_ref(&op))
                     .unwrap();
-                assert!(executed.changed || matches!(op, Op::Delete { .. }));
-                if executed.changed {
+                if outcome.is_ok() {
                     let index = last_index.entry(id).or_default();
                     *index += 1;
                     let command = Command {

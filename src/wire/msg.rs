@@ -74,10 +74,6 @@ pub enum ExecError {
     /// The command was refused as a whole.
     #[error(transparent)]
     Rejected(#[from] ApplyError),
-    /// The server's storage failed while the command was in flight: it may
-    /// or may not have been applied. The server stops and recovers from disk.
-    #[error("storage failure on server {node_id}: {reason}")]
-    Storage { node_id: NodeId, reason: String },
     /// A delayed duplicate of a request the session has moved past.
     #[error(transparent)]
     Stale(#[from] StaleRequest),
