@@ -12,7 +12,10 @@
 //!    4. merge results back into operation order
 //! ```
 //! A write that got no reply by the deadline is reported as
-//! [`ClientError::UnknownOutcome`], never as "not applied".
+//! [`ClientError::UnknownOutcome`], never as "not applied". Every attempt
+//! also carries the wall-clock time of the first (`sent_ms`): a partition
+//! that expired the session refuses a command first sent long ago, since it
+//! may have run it already (ARCHITECTURE.md "Sessions").
 //!
 //! Until cross-partition transactions land, a command whose parts span
 //! partitions runs each part atomically on its own partition, and a command
@@ -113,6 +116,15 @@ pub struct Session<R: Runtime> {
     client: Client<R>,
     id: u64,
     seq: u64,
+}
+
+/// One command of a session, as every attempt of it names it.
+#[derive(Clone, Copy, Debug)]
+struct CommandId {
+    session: u64,
+    seq: u64,
+    /// This process's wall clock when the command was first sent.
+    sent_ms: u64,
 }
 
 /// What became of one request.
@@ -302,8 +314,7 @@ impl<R: Runtime> Client<R> {
     /// after each full round.
     async fn run_part(
         &self,
-        session: u64,
-        seq: u64,
+        id: CommandId,
         partition: PartitionId,
         ops: Vec<Op>,
         deadline: Instant,
@@ -339,8 +350,9 @@ impl<R: Runtime> Client<R> {
                     addr,
                     |req| Msg::Execute {
                         req,
-                        session,
-                        seq,
+                        session: id.session,
+                        seq: id.seq,
+                        sent_ms: id.sent_ms,
                         partition,
                         ops,
                     },
@@ -393,6 +405,17 @@ impl<R: Runtime> Client<R> {
                     result: Err(e @ ExecError::Stale(_)),
                     ..
                 }) => return PartOutcome::Unknown(e.to_string()),
+                // Refused now (it came more than half a session TTL after it
+                // was first sent to a partition that forgot the session):
+                // only an earlier attempt may have applied it.
+                Some(Msg::ExecuteReply {
+                    result: Err(e @ ExecError::SessionExpired(_)),
+                    ..
+                }) if maybe_applied => return PartOutcome::Unknown(e.to_string()),
+                Some(Msg::ExecuteReply {
+                    result: Err(e @ ExecError::SessionExpired(_)),
+                    ..
+                }) => return PartOutcome::Rejected(e.to_string()),
                 Some(Msg::ExecuteReply {
                     result:
                         Err(
@@ -492,7 +515,15 @@ impl<R: Runtime> Session<R> {
             touched.push(ids);
         }
 
-        let outcomes = self.run_parts(&ops, &parts, seq, deadline).await;
+        // Every attempt of every part carries the time of the first: a
+        // partition that forgot the session refuses the command if that is
+        // long past (it may have run it before the session expired).
+        let id = CommandId {
+            session: self.id,
+            seq,
+            sent_ms: client.inner.rt.unix_time_ms(),
+        };
+        let outcomes = self.run_parts(&ops, &parts, id, deadline).await;
 
         // Merge, or explain what went wrong and what is known of the effect.
         let mut done: BTreeMap<PartitionId, Vec<OpResult>> = BTreeMap::new();
@@ -538,27 +569,27 @@ impl<R: Runtime> Session<R> {
         &self,
         ops: &[Op],
         parts: &BTreeMap<PartitionId, Vec<usize>>,
-        seq: u64,
+        id: CommandId,
         deadline: Instant,
     ) -> Vec<(PartitionId, PartOutcome)> {
         let part_ops = |idx: &Vec<usize>| idx.iter().map(|&i| ops[i].clone()).collect::<Vec<_>>();
         if parts.len() == 1 {
-            let (id, idx) = parts.iter().next().unwrap();
+            let (part, idx) = parts.iter().next().unwrap();
             let outcome = self
                 .client
-                .run_part(self.id, seq, *id, part_ops(idx), deadline)
+                .run_part(id, *part, part_ops(idx), deadline)
                 .await;
-            return vec![(*id, outcome)];
+            return vec![(*part, outcome)];
         }
         // Several partitions: run the parts concurrently.
         let mut waiting = Vec::with_capacity(parts.len());
-        for (id, idx) in parts {
+        for (part, idx) in parts {
             let (tx, rx) = oneshot::channel();
-            let (client, session, id, part) = (self.client.clone(), self.id, *id, part_ops(idx));
+            let (client, part, ops) = (self.client.clone(), *part, part_ops(idx));
             self.client.inner.rt.spawn(async move {
-                let _ = tx.send(client.run_part(session, seq, id, part, deadline).await);
+                let _ = tx.send(client.run_part(id, part, ops, deadline).await);
             });
-            waiting.push((id, rx));
+            waiting.push((part, rx));
         }
         let mut outcomes = Vec::with_capacity(waiting.len());
         for (id, rx) in waiting {
@@ -709,6 +740,9 @@ mod tests {
         type Net = Refused;
         fn now(&self) -> Instant {
             TokioRuntime.now()
+        }
+        fn unix_time_ms(&self) -> u64 {
+            TokioRuntime.unix_time_ms()
         }
         fn sleep(&self, duration: Duration) -> impl std::future::Future<Output = ()> + Send {
             TokioRuntime.sleep(duration)
