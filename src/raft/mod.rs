@@ -49,6 +49,8 @@ use std::sync::Arc;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub id: NodeId,
+    /// The group's id (the partition), only to name it in logs.
+    pub group: u64,
     /// A follower that hears no leader for `election_ticks` to
     /// `2 * election_ticks` ticks starts an election.
     pub election_ticks: u32,
@@ -77,6 +79,7 @@ impl Config {
     pub fn new(id: NodeId) -> Config {
         Config {
             id,
+            group: 0,
             election_ticks: 10,
             heartbeat_ticks: 2,
             max_entries_per_append: 256,
@@ -391,7 +394,15 @@ impl Raft {
                 }
             }
         }
-        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
+        #[cfg(feature = "sim")]
+        let heartbeat_ticks = if crate::bugs::enabled(crate::bugs::Bug::SlowHeartbeat) {
+            2 * self.cfg.election_ticks // injected bug
+        } else {
+            self.cfg.heartbeat_ticks
+        };
+        #[cfg(not(feature = "sim"))]
+        let heartbeat_ticks = self.cfg.heartbeat_ticks;
+        if self.heartbeat_elapsed >= heartbeat_ticks {
             self.heartbeat_elapsed = 0;
             // Carry the newest pending read, so a lost confirmation round
             // is retried by the next heartbeat.
@@ -831,7 +842,11 @@ impl Raft {
         let Some(snapshot) = self.local_snapshot.clone() else {
             // The log was compacted by a snapshot we no longer hold: cannot
             // happen if the driver calls `compact` with its snapshot.
-            tracing::error!(to, "follower needs a snapshot but none is available");
+            tracing::error!(
+                group = self.cfg.group,
+                to,
+                "follower needs a snapshot but none is available"
+            );
             return;
         };
         let pr = self.progress.get_mut(&to).unwrap();
@@ -1075,6 +1090,15 @@ impl Raft {
         self.unpersisted_from = None;
         self.apply_handed = self.apply_handed.max(meta.index);
         self.recompute_membership();
+        // Keep it to send on: as leader, this node must be able to catch up
+        // a follower that is behind the log's new first index.
+        #[cfg(feature = "sim")]
+        let forget = crate::bugs::enabled(crate::bugs::Bug::ForgetInstalledSnapshot);
+        #[cfg(not(feature = "sim"))]
+        let forget = false;
+        if !forget {
+            self.local_snapshot = Some(snapshot.clone());
+        }
         self.received_snapshot = Some(snapshot);
         self.send(from, MessageBody::AppendResponse(Ok(meta.index)), true);
     }
