@@ -242,8 +242,9 @@ impl<R: Runtime> Client<R> {
     }
 
     /// Fetches the map from the manager; keeps the newest one seen. While
-    /// the manager is down (a refused connection fails at once), attempts
-    /// are spaced by [`retry_pause`]: exponential backoff with jitter.
+    /// the manager is down, attempts start at least [`retry_pause`] apart
+    /// (exponential backoff with jitter), so a refused connection, which
+    /// fails at once, is not retried in a busy loop.
     pub async fn refresh_map(&self, deadline: Instant) -> Result<Arc<PartitionMap>, ClientError> {
         let manager = self.inner.config.manager_addr;
         let config = &self.inner.config;
@@ -273,17 +274,20 @@ impl<R: Runtime> Client<R> {
                     }
                 }
             }
-            let pause = retry_pause(
-                config.retry_backoff,
-                config.retry_backoff_max,
-                failures,
-                rt.rand_u64(),
-            );
-            failures = failures.saturating_add(1);
-            let now = rt.now();
-            if now < deadline {
-                rt.sleep(pause.min(deadline - now)).await;
+            // Attempts start at least a backoff pause apart: an attempt that
+            // waited out its timeout needs no more, one that failed at once
+            // (connection refused) waits the rest.
+            let (base, max) = (config.retry_backoff, config.retry_backoff_max);
+            let taken = rt.now() - now;
+            if taken < backoff_nominal(base, max, failures) {
+                let pause = retry_pause(base, max, failures, rt.rand_u64());
+                let rest = pause.saturating_sub(taken);
+                let after = rt.now();
+                if !rest.is_zero() && after < deadline {
+                    rt.sleep(rest.min(deadline - after)).await;
+                }
             }
+            failures = failures.saturating_add(1);
         }
     }
 
@@ -602,13 +606,18 @@ impl<R: Runtime> Session<R> {
     }
 }
 
+/// `base` doubled `failures` times, at most `max`.
+fn backoff_nominal(base: Duration, max: Duration, failures: u32) -> Duration {
+    base.saturating_mul(1u32 << failures.min(20)).min(max)
+}
+
 /// The pause after the `failures`-th consecutive failed attempt (from 0):
 /// `base` doubled per failure up to `max`, then a random point in its upper
 /// half ("equal jitter"), so clients that lost the same server do not retry
 /// in lockstep, yet each waits at least half the nominal pause. `random`
 /// comes from the runtime, so the simulator controls it.
 pub fn retry_pause(base: Duration, max: Duration, failures: u32, random: u64) -> Duration {
-    let nominal = base.saturating_mul(1u32 << failures.min(20)).min(max);
+    let nominal = backoff_nominal(base, max, failures);
     let half = nominal / 2;
     let jitter_ns = match half.as_nanos() as u64 {
         0 => 0,
