@@ -47,11 +47,6 @@ impl Partition {
     pub fn last(&self) -> u64 {
         self.end.map_or(u64::MAX, |end| end - 1)
     }
-
-    /// The first replica: the preferred place to look for the leader.
-    pub fn leader(&self) -> NodeId {
-        self.replicas[0]
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -235,11 +230,6 @@ impl PartitionMap {
             }
         }
     }
-
-    /// The address of the server that serves `partition`.
-    pub fn leader_addr(&self, partition: &Partition) -> Option<SocketAddr> {
-        self.servers.get(&partition.leader()).copied()
-    }
 }
 
 #[cfg(test)]
@@ -258,8 +248,10 @@ mod tests {
         let map = PartitionMap::build(&[("customers".into(), 1000)], &addrs(3), 3).unwrap();
         let ranges: Vec<_> = map.partitions.values().map(|p| (p.start, p.end)).collect();
         assert_eq!(ranges, vec![(0, Some(333)), (333, Some(666)), (666, None)]);
-        let leaders: Vec<_> = map.partitions.values().map(|p| p.leader()).collect();
-        assert_eq!(leaders, vec![0, 1, 2]);
+        // Replica sets rotate, so each server is first (where clients look
+        // for the leader first) for one range.
+        let first: Vec<_> = map.partitions.values().map(|p| p.replicas[0]).collect();
+        assert_eq!(first, vec![0, 1, 2]);
         for p in map.partitions.values() {
             let mut r = p.replicas.clone();
             r.sort();

@@ -17,9 +17,14 @@ pub const OPS_PER_COMMAND_MAX: usize = 1024;
 /// Most key/value pairs one SCAN returns; a wider result is an error rather
 /// than an unbounded reply. Narrow the range or page through it.
 pub const SCAN_RESULT_ROWS_MAX: usize = 100_000;
-/// Most bytes (keys and values) the SCANs of one command may return from one
-/// partition, so every reply fits in a frame.
-pub const SCAN_RESULT_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Most bytes of results (GET and SWAP values, SCAN rows with their keys) one
+/// command may get back from one partition, so every reply fits in a frame
+/// (and a write command's outcome, kept in the session table for retries,
+/// stays small). A command over it is refused as a whole before it applies.
+pub const RESULT_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// What one result costs against [`RESULT_BYTES_MAX`] besides its value
+/// bytes: an upper bound of its encoding overhead (tag, lengths).
+pub const RESULT_OVERHEAD_BYTES: usize = 16;
 /// Most bytes (key text and values) in one command, so every request fits in
 /// a frame.
 pub const COMMAND_BYTES_MAX: usize = 4 * 1024 * 1024;

@@ -35,6 +35,7 @@ fn sample_payloads() -> Vec<Vec<u8>> {
             req: 1,
             session: 2,
             seq: 3,
+            sent_ms: 4,
             partition: 0,
             ops: vec![
                 Op::Put {
@@ -241,8 +242,10 @@ fn sample_store(id: u64, pairs: &[(u64, Vec<u8>)]) -> PartitionStore {
                 value.clone()
             },
         };
-        store
-            .execute_once(*num % 3, seq as u64 + 1, &[op])
+        // The outcome does not matter here, only the state it leaves.
+        let command = distkv::kv::Command::untimed(*num % 3, seq as u64 + 1, vec![op]);
+        let _outcome = store
+            .execute_once(&command)
             .expect("a fresh sequence number");
     }
     store
@@ -423,7 +426,7 @@ proptest! {
 /// other tables or out of range, SCANs backwards, hosts of odd ranges.
 /// A client command as the server puts it in a Raft entry.
 fn command_bytes(session: u64, seq: u64, ops: Vec<Op>) -> Vec<u8> {
-    let command = distkv::server::replica::Command { session, seq, ops };
+    let command = distkv::server::replica::Command::untimed(session, seq, ops);
     bincode::Options::serialize(bincode::DefaultOptions::new(), &command).unwrap()
 }
 

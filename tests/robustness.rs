@@ -228,6 +228,7 @@ fn unexpected_messages_to_the_manager_are_ignored() {
             req: 1,
             session: 1,
             seq: 1,
+            sent_ms: 0,
             partition: 0,
             ops: vec![],
         },

@@ -63,6 +63,14 @@ struct Args {
     /// Ticks between a leader's heartbeats; must be below --election-ticks.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     heartbeat_ticks: u32,
+    /// Seconds a client session may stay idle (in log time: the leaders'
+    /// clocks as stamped in the log) before its partitions forget it. A
+    /// command that reaches a partition more than half this after the
+    /// client first sent it, and whose session the partition forgot, is
+    /// refused. Keep it the same on every server, and at least twice the
+    /// clients' command deadline (5 s by default).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(2..=604_800))]
+    session_ttl_s: u64,
 }
 
 fn parse_batch_timeout(s: &str) -> Result<f64, String> {
@@ -136,6 +144,7 @@ fn main() {
         raft: RaftTuning {
             election_ticks: args.election_ticks,
             heartbeat_ticks: args.heartbeat_ticks,
+            session_ttl: Duration::from_secs(args.session_ttl_s),
             ..RaftTuning::default()
         },
     };

@@ -12,7 +12,10 @@
 //!    4. merge results back into operation order
 //! ```
 //! A write that got no reply by the deadline is reported as
-//! [`ClientError::UnknownOutcome`], never as "not applied".
+//! [`ClientError::UnknownOutcome`], never as "not applied". Every attempt
+//! also carries the wall-clock time of the first (`sent_ms`): a partition
+//! that expired the session refuses a command first sent long ago, since it
+//! may have run it already (ARCHITECTURE.md "Sessions").
 //!
 //! Until cross-partition transactions land, a command whose parts span
 //! partitions runs each part atomically on its own partition, and a command
@@ -39,8 +42,12 @@ pub struct ClientConfig {
     pub command_timeout: Duration,
     /// How long to wait for one reply before retrying.
     pub attempt_timeout: Duration,
-    /// Pause before retrying after a server said "not now".
+    /// Pause before retrying after a server said "not now"; also the first
+    /// pause between attempts to reach the manager.
     pub retry_backoff: Duration,
+    /// Longest pause between attempts to reach the manager (the pause
+    /// doubles from `retry_backoff` up to this, with jitter).
+    pub retry_backoff_max: Duration,
 }
 
 impl ClientConfig {
@@ -50,6 +57,7 @@ impl ClientConfig {
             command_timeout: Duration::from_secs(5),
             attempt_timeout: Duration::from_millis(1000),
             retry_backoff: Duration::from_millis(50),
+            retry_backoff_max: Duration::from_secs(1),
         }
     }
 }
@@ -108,6 +116,15 @@ pub struct Session<R: Runtime> {
     client: Client<R>,
     id: u64,
     seq: u64,
+}
+
+/// One command of a session, as every attempt of it names it.
+#[derive(Clone, Copy, Debug)]
+struct CommandId {
+    session: u64,
+    seq: u64,
+    /// This process's wall clock when the command was first sent.
+    sent_ms: u64,
 }
 
 /// What became of one request.
@@ -224,30 +241,53 @@ impl<R: Runtime> Client<R> {
         Ok(answer)
     }
 
-    /// Fetches the map from the manager; keeps the newest one seen.
+    /// Fetches the map from the manager; keeps the newest one seen. While
+    /// the manager is down, attempts start at least [`retry_pause`] apart
+    /// (exponential backoff with jitter), so a refused connection, which
+    /// fails at once, is not retried in a busy loop.
     pub async fn refresh_map(&self, deadline: Instant) -> Result<Arc<PartitionMap>, ClientError> {
         let manager = self.inner.config.manager_addr;
+        let config = &self.inner.config;
+        let rt = &self.inner.rt;
+        let mut failures = 0u32;
         loop {
-            let now = self.inner.rt.now();
+            let now = rt.now();
             if now >= deadline {
                 return Err(ClientError::Unavailable(format!(
                     "no partition map from the manager at {manager}"
                 )));
             }
-            let wait = self.inner.config.attempt_timeout.min(deadline - now);
+            let wait = config.attempt_timeout.min(deadline - now);
             if let Ok(Answer::Reply(Msg::MapReply { map, .. })) =
                 self.call(manager, |req| Msg::GetMap { req }, wait).await
             {
-                if let Err(e) = map.validate() {
-                    tracing::warn!("ignoring an invalid partition map from {manager}: {e}");
-                    continue;
+                match map.validate() {
+                    Err(e) => {
+                        tracing::warn!("ignoring an invalid partition map from {manager}: {e}")
+                    }
+                    Ok(()) => {
+                        let mut slot = self.inner.map.lock().unwrap();
+                        if slot.as_ref().is_none_or(|m| m.epoch <= map.epoch) {
+                            *slot = Some(Arc::new(map));
+                        }
+                        return Ok(slot.clone().unwrap());
+                    }
                 }
-                let mut slot = self.inner.map.lock().unwrap();
-                if slot.as_ref().is_none_or(|m| m.epoch <= map.epoch) {
-                    *slot = Some(Arc::new(map));
-                }
-                return Ok(slot.clone().unwrap());
             }
+            // Attempts start at least a backoff pause apart: an attempt that
+            // waited out its timeout needs no more, one that failed at once
+            // (connection refused) waits the rest.
+            let (base, max) = (config.retry_backoff, config.retry_backoff_max);
+            let taken = rt.now() - now;
+            if taken < backoff_nominal(base, max, failures) {
+                let pause = retry_pause(base, max, failures, rt.rand_u64());
+                let rest = pause.saturating_sub(taken);
+                let after = rt.now();
+                if !rest.is_zero() && after < deadline {
+                    rt.sleep(rest.min(deadline - after)).await;
+                }
+            }
+            failures = failures.saturating_add(1);
         }
     }
 
@@ -278,8 +318,7 @@ impl<R: Runtime> Client<R> {
     /// after each full round.
     async fn run_part(
         &self,
-        session: u64,
-        seq: u64,
+        id: CommandId,
         partition: PartitionId,
         ops: Vec<Op>,
         deadline: Instant,
@@ -315,8 +354,9 @@ impl<R: Runtime> Client<R> {
                     addr,
                     |req| Msg::Execute {
                         req,
-                        session,
-                        seq,
+                        session: id.session,
+                        seq: id.seq,
+                        sent_ms: id.sent_ms,
                         partition,
                         ops,
                     },
@@ -366,9 +406,20 @@ impl<R: Runtime> Client<R> {
                     ..
                 }) => return PartOutcome::Rejected(e.to_string()),
                 Some(Msg::ExecuteReply {
-                    result: Err(e @ (ExecError::Stale(_) | ExecError::Storage { .. })),
+                    result: Err(e @ ExecError::Stale(_)),
                     ..
                 }) => return PartOutcome::Unknown(e.to_string()),
+                // Refused now (it came more than half a session TTL after it
+                // was first sent to a partition that forgot the session):
+                // only an earlier attempt may have applied it.
+                Some(Msg::ExecuteReply {
+                    result: Err(e @ ExecError::SessionExpired(_)),
+                    ..
+                }) if maybe_applied => return PartOutcome::Unknown(e.to_string()),
+                Some(Msg::ExecuteReply {
+                    result: Err(e @ ExecError::SessionExpired(_)),
+                    ..
+                }) => return PartOutcome::Rejected(e.to_string()),
                 Some(Msg::ExecuteReply {
                     result:
                         Err(
@@ -468,7 +519,15 @@ impl<R: Runtime> Session<R> {
             touched.push(ids);
         }
 
-        let outcomes = self.run_parts(&ops, &parts, seq, deadline).await;
+        // Every attempt of every part carries the time of the first: a
+        // partition that forgot the session refuses the command if that is
+        // long past (it may have run it before the session expired).
+        let id = CommandId {
+            session: self.id,
+            seq,
+            sent_ms: client.inner.rt.unix_time_ms(),
+        };
+        let outcomes = self.run_parts(&ops, &parts, id, deadline).await;
 
         // Merge, or explain what went wrong and what is known of the effect.
         let mut done: BTreeMap<PartitionId, Vec<OpResult>> = BTreeMap::new();
@@ -514,27 +573,27 @@ impl<R: Runtime> Session<R> {
         &self,
         ops: &[Op],
         parts: &BTreeMap<PartitionId, Vec<usize>>,
-        seq: u64,
+        id: CommandId,
         deadline: Instant,
     ) -> Vec<(PartitionId, PartOutcome)> {
         let part_ops = |idx: &Vec<usize>| idx.iter().map(|&i| ops[i].clone()).collect::<Vec<_>>();
         if parts.len() == 1 {
-            let (id, idx) = parts.iter().next().unwrap();
+            let (part, idx) = parts.iter().next().unwrap();
             let outcome = self
                 .client
-                .run_part(self.id, seq, *id, part_ops(idx), deadline)
+                .run_part(id, *part, part_ops(idx), deadline)
                 .await;
-            return vec![(*id, outcome)];
+            return vec![(*part, outcome)];
         }
         // Several partitions: run the parts concurrently.
         let mut waiting = Vec::with_capacity(parts.len());
-        for (id, idx) in parts {
+        for (part, idx) in parts {
             let (tx, rx) = oneshot::channel();
-            let (client, session, id, part) = (self.client.clone(), self.id, *id, part_ops(idx));
+            let (client, part, ops) = (self.client.clone(), *part, part_ops(idx));
             self.client.inner.rt.spawn(async move {
-                let _ = tx.send(client.run_part(session, seq, id, part, deadline).await);
+                let _ = tx.send(client.run_part(id, part, ops, deadline).await);
             });
-            waiting.push((id, rx));
+            waiting.push((part, rx));
         }
         let mut outcomes = Vec::with_capacity(waiting.len());
         for (id, rx) in waiting {
@@ -545,6 +604,26 @@ impl<R: Runtime> Session<R> {
         }
         outcomes
     }
+}
+
+/// `base` doubled `failures` times, at most `max`.
+fn backoff_nominal(base: Duration, max: Duration, failures: u32) -> Duration {
+    base.saturating_mul(1u32 << failures.min(20)).min(max)
+}
+
+/// The pause after the `failures`-th consecutive failed attempt (from 0):
+/// `base` doubled per failure up to `max`, then a random point in its upper
+/// half ("equal jitter"), so clients that lost the same server do not retry
+/// in lockstep, yet each waits at least half the nominal pause. `random`
+/// comes from the runtime, so the simulator controls it.
+pub fn retry_pause(base: Duration, max: Duration, failures: u32, random: u64) -> Duration {
+    let nominal = backoff_nominal(base, max, failures);
+    let half = nominal / 2;
+    let jitter_ns = match half.as_nanos() as u64 {
+        0 => 0,
+        span => random % (span + 1),
+    };
+    half + Duration::from_nanos(jitter_ns)
 }
 
 /// Puts per-partition results back into operation order, concatenating a
@@ -609,5 +688,119 @@ async fn recv_loop<R: Runtime>(inner: Arc<Inner<R>>) {
         if let Some(tx) = inner.pending.lock().unwrap().remove(&req) {
             let _ = tx.send(msg);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rt::tokio_rt::TokioRuntime;
+    use std::io;
+
+    #[test]
+    fn retry_pauses_double_up_to_the_cap_with_jitter_in_the_upper_half() {
+        let (base, max) = (Duration::from_millis(50), Duration::from_secs(1));
+        let nominal = [50, 100, 200, 400, 800, 1000, 1000];
+        for (failures, ms) in nominal.into_iter().enumerate() {
+            let nominal = Duration::from_millis(ms);
+            let lowest = retry_pause(base, max, failures as u32, 0);
+            let highest = retry_pause(base, max, failures as u32, u64::MAX - 1);
+            assert_eq!(lowest, nominal / 2, "failure {failures}");
+            assert!(highest <= nominal && highest > nominal / 2, "{highest:?}");
+        }
+        assert_eq!(
+            retry_pause(base, max, u32::MAX, 7),
+            retry_pause(base, max, 20, 7)
+        );
+        assert_eq!(retry_pause(Duration::ZERO, max, 3, 7), Duration::ZERO);
+    }
+
+    /// A network on which every destination refuses at once, like a host
+    /// whose port is closed: every send is reported undelivered right away.
+    struct Refused {
+        sends: Arc<AtomicU64>,
+    }
+
+    impl Net for Refused {
+        fn local_addr(&self) -> Option<SocketAddr> {
+            None
+        }
+        fn send(&self, _to: SocketAddr, _payload: Vec<u8>) {
+            self.sends.fetch_add(1, Ordering::Relaxed);
+        }
+        fn send_tracked(&self, to: SocketAddr, payload: Vec<u8>) -> oneshot::Receiver<()> {
+            self.send(to, payload);
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(());
+            rx
+        }
+        async fn recv(&self) -> io::Result<(SocketAddr, Vec<u8>)> {
+            std::future::pending().await
+        }
+    }
+
+    /// Tokio's clock, timers and tasks, with the [`Refused`] network.
+    #[derive(Clone)]
+    struct RefusingRuntime {
+        sends: Arc<AtomicU64>,
+    }
+
+    impl Runtime for RefusingRuntime {
+        type Net = Refused;
+        fn now(&self) -> Instant {
+            TokioRuntime.now()
+        }
+        fn unix_time_ms(&self) -> u64 {
+            TokioRuntime.unix_time_ms()
+        }
+        fn sleep(&self, duration: Duration) -> impl std::future::Future<Output = ()> + Send {
+            TokioRuntime.sleep(duration)
+        }
+        fn spawn<F>(&self, fut: F)
+        where
+            F: std::future::Future<Output = ()> + Send + 'static,
+        {
+            TokioRuntime.spawn(fut)
+        }
+        fn rand_u64(&self) -> u64 {
+            TokioRuntime.rand_u64()
+        }
+        async fn bind(
+            &self,
+            _listen: Option<SocketAddr>,
+            _advertise: Option<SocketAddr>,
+        ) -> io::Result<Refused> {
+            Ok(Refused {
+                sends: self.sends.clone(),
+            })
+        }
+    }
+
+    /// Issue 9, item 8: while the manager was down (connection refused at
+    /// once), the map refresh loop retried without pausing: a busy loop.
+    #[tokio::test]
+    async fn the_map_refresh_backs_off_while_the_manager_refuses() {
+        let sends = Arc::new(AtomicU64::new(0));
+        let rt = RefusingRuntime {
+            sends: sends.clone(),
+        };
+        let mut config = ClientConfig::new("127.0.0.1:9".parse().unwrap());
+        config.command_timeout = Duration::from_millis(1500);
+        let started = rt.now();
+        match Client::connect(rt.clone(), config).await {
+            Err(ClientError::Unavailable(e)) => assert!(e.contains("no partition map"), "{e}"),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("connected to a refusing manager"),
+        }
+        let elapsed = rt.now() - started;
+        assert!(
+            elapsed >= Duration::from_millis(1500) && elapsed < Duration::from_secs(3),
+            "gave up after {elapsed:?}"
+        );
+        // Pauses of 25-50, 50-100, 100-200, 200-400, 400-800, then 500-1000
+        // ms: 5 to 7 attempts fit in 1.5 s (a loaded machine may sleep
+        // longer). Without backoff, it was a busy loop of thousands.
+        let attempts = sends.load(Ordering::Relaxed);
+        assert!((4..=8).contains(&attempts), "{attempts} attempts in 1.5 s");
     }
 }

@@ -4,11 +4,19 @@
 //! after another with nothing able to fail in between, so a command is all or
 //! nothing. The store is a plain deterministic value: the same commands in the
 //! same order give the same state on every replica.
+//!
+//! It also keeps the client session table that makes retries safe, and
+//! expires idle sessions by *log time*: the leader stamps its clock into
+//! every command it proposes, and every replica's log time is the largest
+//! stamp applied so far, so expiry happens at the same log position
+//! everywhere (Raft dissertation §6.3). ARCHITECTURE.md "Sessions" argues
+//! why an expired session never gets a command applied twice.
 
 use crate::key::Key;
 use crate::map::Partition;
-use crate::op::{Op, OpResult, SCAN_RESULT_BYTES_MAX, SCAN_RESULT_ROWS_MAX};
-use std::collections::BTreeMap;
+use crate::op::{Op, OpResult, RESULT_BYTES_MAX, RESULT_OVERHEAD_BYTES, SCAN_RESULT_ROWS_MAX};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Why a command was refused by a partition. Nothing was applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
@@ -25,44 +33,108 @@ pub enum ApplyError {
         "SCAN {start}..{end} would return more than {SCAN_RESULT_ROWS_MAX} rows; narrow the range"
     )]
     ScanTooLarge { start: String, end: String },
-    #[error("the SCANs of this command would return more than {SCAN_RESULT_BYTES_MAX} bytes from one partition; narrow the range")]
-    ScanTooManyBytes,
+    #[error("the results of this command from partition {partition} (GET and SWAP values, SCAN rows) would exceed {RESULT_BYTES_MAX} bytes; split it into smaller commands or narrow its SCANs")]
+    ResultTooLarge { partition: u64 },
     #[error("invalid operation: {0}")]
     Invalid(String),
 }
 
 /// One partition's data: key number -> value, within one table's range.
 /// Serializable: a snapshot is exactly this value.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionStore {
     range: Partition,
     data: BTreeMap<u64, Vec<u8>>,
-    /// Client session id -> (last command sequence number, its outcome), so a
-    /// retried command returns its first outcome instead of running again.
-    /// The outcome of a read-only command is not kept (`None`): running it
-    /// again is harmless, and SCAN results can be large.
-    sessions: BTreeMap<u64, (u64, Option<Outcome>)>,
+    /// Client session id -> its last command, so a retried command returns
+    /// its first outcome instead of running again.
+    sessions: BTreeMap<u64, SessionRecord>,
+    /// The same sessions ordered by `(last_ms, session)`: the idlest first,
+    /// so expiry takes only the expired ones.
+    idle: BTreeSet<(u64, u64)>,
+    /// Log time, ms since the Unix epoch: the largest leader stamp of the
+    /// commands applied so far. Never goes backwards.
+    log_time_ms: u64,
+}
+
+/// A session's entry in the session table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct SessionRecord {
+    /// The sequence number of its last command here.
+    seq: u64,
+    /// That command's outcome. Not kept for a read-only command (`None`):
+    /// running it again is harmless, and SCAN results can be large.
+    outcome: Option<Outcome>,
+    /// Log time of its last command here; it expires when log time passes
+    /// this by more than the session TTL.
+    last_ms: u64,
+}
+
+/// A client command as it travels in a Raft entry: the client's request
+/// and the proposing leader's stamp.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub session: u64,
+    pub seq: u64,
+    /// The client's wall-clock time (ms since the Unix epoch) when it first
+    /// sent this command; every retry carries the same. A partition that
+    /// does not know the session runs the command only if this is recent
+    /// (see [`PartitionStore::execute_once`]).
+    pub sent_ms: u64,
+    /// The proposing leader's wall-clock time (ms since the Unix epoch).
+    pub time_ms: u64,
+    /// The proposing leader's session TTL: sessions idle longer than this
+    /// (in log time) are dropped when this command applies.
+    pub session_ttl_ms: u64,
+    pub ops: Vec<Op>,
+}
+
+impl Command {
+    /// A command without a time stamp: it leaves log time alone and
+    /// expires nothing (for tests and tools that replay commands).
+    pub fn untimed(session: u64, seq: u64, ops: Vec<Op>) -> Command {
+        Command {
+            session,
+            seq,
+            sent_ms: 0,
+            time_ms: 0,
+            session_ttl_ms: u64::MAX,
+            ops,
+        }
+    }
 }
 
 /// What a command came to: one result per operation, or why none applied.
 pub type Outcome = Result<Vec<OpResult>, ApplyError>;
 
-/// The outcome of [`PartitionStore::execute_once`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Executed {
-    pub result: Result<Vec<OpResult>, ApplyError>,
-    /// Whether this call changed the state (ran now, succeeded, and wrote):
-    /// exactly the commands a durable server must log.
-    pub changed: bool,
-}
-
 /// Why a command was refused as a duplicate (see [`PartitionStore::execute_once`]).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[error("request {seq} of session {session} is older than its last request {last}; not executed")]
 pub struct StaleRequest {
     pub session: u64,
     pub seq: u64,
     pub last: u64,
+}
+
+/// Why a command was refused because its session expired here (see
+/// [`PartitionStore::execute_once`]). This command was not executed; an
+/// earlier attempt of it, or an earlier command of the session, may have
+/// been.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("session {session} expired in partition {partition} (idle longer than the session TTL of {ttl_s} s, or a request delayed that long); request {seq} was not executed, and an earlier request of the session may or may not have been")]
+pub struct SessionExpired {
+    pub session: u64,
+    pub seq: u64,
+    pub partition: u64,
+    pub ttl_s: u64,
+}
+
+/// Why [`PartitionStore::execute_once`] did not run a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Stale(#[from] StaleRequest),
+    #[error(transparent)]
+    Expired(#[from] SessionExpired),
 }
 
 impl PartitionStore {
@@ -71,7 +143,19 @@ impl PartitionStore {
             range,
             data: BTreeMap::new(),
             sessions: BTreeMap::new(),
+            idle: BTreeSet::new(),
+            log_time_ms: 0,
         }
+    }
+
+    /// How many client sessions the table holds.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Log time, ms since the Unix epoch (0 before any stamped command).
+    pub fn log_time_ms(&self) -> u64 {
+        self.log_time_ms
     }
 
     pub fn range(&self) -> &Partition {
@@ -113,40 +197,87 @@ impl PartitionStore {
         (lo <= hi).then_some((lo, hi))
     }
 
-    /// Checks that every operation can be applied here. After this succeeds,
-    /// [`PartitionStore::apply`] cannot fail.
+    /// Checks that every operation can be applied here and that the results
+    /// fit in a reply ([`RESULT_BYTES_MAX`], counted as the command will
+    /// produce them: a GET after a PUT of the same key returns the new
+    /// value). It depends only on the state and `ops`, so every replica
+    /// decides the same. After this succeeds, [`PartitionStore::apply`]
+    /// cannot fail.
     pub fn validate(&self, ops: &[Op]) -> Result<(), ApplyError> {
-        let mut scan_bytes = 0usize;
+        let too_large = || ApplyError::ResultTooLarge {
+            partition: self.range.id,
+        };
+        let mut result_bytes = 0usize;
+        // The value length of each key as this command's earlier operations
+        // left it (`None`: deleted).
+        let mut written: BTreeMap<u64, Option<usize>> = BTreeMap::new();
+        let len_now = |written: &BTreeMap<u64, Option<usize>>, num: u64| match written.get(&num) {
+            Some(len) => *len,
+            None => self.data.get(&num).map(Vec::len),
+        };
         for op in ops {
             op.validate()
                 .map_err(|e| ApplyError::Invalid(e.to_string()))?;
-            match op {
+            let value_bytes = match op {
                 Op::Scan { start, end } => {
                     // A SCAN may be wider than the partition (the client
                     // splits it); it only has to be in this table.
                     if start.table != self.range.table {
                         self.check_key(start)?;
                     }
-                    if let Some((lo, hi)) = self.clip(start, end) {
-                        if self.data.range(lo..=hi).nth(SCAN_RESULT_ROWS_MAX).is_some() {
-                            return Err(ApplyError::ScanTooLarge {
-                                start: start.to_string(),
-                                end: end.to_string(),
-                            });
-                        }
-                        let row_key = self.range.table.len() + 20;
-                        for (_, value) in self.data.range(lo..=hi) {
-                            scan_bytes += row_key + value.len();
-                            if scan_bytes > SCAN_RESULT_BYTES_MAX {
-                                return Err(ApplyError::ScanTooManyBytes);
-                            }
+                    let Some((lo, hi)) = self.clip(start, end) else {
+                        result_bytes += RESULT_OVERHEAD_BYTES;
+                        continue;
+                    };
+                    if self.data.range(lo..=hi).nth(SCAN_RESULT_ROWS_MAX).is_some() {
+                        return Err(ApplyError::ScanTooLarge {
+                            start: start.to_string(),
+                            end: end.to_string(),
+                        });
+                    }
+                    let row = self.range.table.len() + 20 + RESULT_OVERHEAD_BYTES;
+                    let mut bytes = 0usize;
+                    for (num, value) in self.data.range(lo..=hi) {
+                        let len = written.get(num).copied().unwrap_or(Some(value.len()));
+                        bytes += len.map_or(0, |len| row + len);
+                        if result_bytes + bytes > RESULT_BYTES_MAX {
+                            return Err(too_large());
                         }
                     }
+                    // Keys this command created in the range.
+                    for (num, len) in written.range(lo..=hi) {
+                        if !self.data.contains_key(num) {
+                            bytes += len.map_or(0, |len| row + len);
+                        }
+                    }
+                    bytes
                 }
-                Op::Put { key, .. }
-                | Op::Get { key }
-                | Op::Swap { key, .. }
-                | Op::Delete { key } => self.check_key(key)?,
+                Op::Get { key } => {
+                    self.check_key(key)?;
+                    len_now(&written, key.num).unwrap_or(0)
+                }
+                Op::Swap { key, value } => {
+                    self.check_key(key)?;
+                    let old = len_now(&written, key.num);
+                    if old.is_some() {
+                        written.insert(key.num, Some(value.len()));
+                    }
+                    old.unwrap_or(0)
+                }
+                Op::Put { key, value } => {
+                    self.check_key(key)?;
+                    written.insert(key.num, Some(value.len()));
+                    0
+                }
+                Op::Delete { key } => {
+                    self.check_key(key)?;
+                    written.insert(key.num, None);
+                    0
+                }
+            };
+            result_bytes += RESULT_OVERHEAD_BYTES + value_bytes;
+            if result_bytes > RESULT_BYTES_MAX {
+                return Err(too_large());
             }
         }
         Ok(())
@@ -158,19 +289,34 @@ impl PartitionStore {
         Ok(ops.iter().map(|op| self.apply(op)).collect())
     }
 
-    /// Executes a command of a sequential client session at most once.
+    /// Executes a command of a sequential client session at most once, and
+    /// expires idle sessions by log time.
     ///
-    /// Sessions number their commands 1, 2, 3, ... and send the next only after
-    /// the previous one's reply. A retry carries the same number and gets the
-    /// recorded outcome back without running again; an older number (a delayed
-    /// duplicate) is refused. Memory: one entry per session ever seen (expiry
-    /// comes with replication, where it must be deterministic).
-    pub fn execute_once(
-        &mut self,
-        session: u64,
-        seq: u64,
-        ops: &[Op],
-    ) -> Result<Executed, StaleRequest> {
+    /// Sessions number their commands 1, 2, 3, ... and send the next only
+    /// after the previous one's reply. A retry carries the same number and
+    /// gets the recorded outcome back without running again; an older number
+    /// (a delayed duplicate) is refused.
+    ///
+    /// First log time advances to the command's stamp (if later), and every
+    /// session idle for longer than the command's TTL is dropped. A command
+    /// of a session the table does not know runs only if the client first
+    /// sent it (`sent_ms`, the client's clock) less than half a TTL before
+    /// log time: an older one may be a retry or a late duplicate of a command
+    /// that ran before its session expired, and running it again could apply
+    /// it twice, so it is refused ([`SessionExpired`]).
+    /// Everything here depends on the log alone, so every replica decides
+    /// the same.
+    pub fn execute_once(&mut self, command: &Command) -> Result<Outcome, SessionError> {
+        let Command {
+            session,
+            seq,
+            sent_ms,
+            time_ms,
+            session_ttl_ms,
+            ref ops,
+        } = *command;
+        self.log_time_ms = self.log_time_ms.max(time_ms);
+        self.expire_sessions(session_ttl_ms);
         #[cfg(feature = "sim")]
         let duplicate_apply = crate::bugs::enabled(crate::bugs::Bug::DuplicateApply);
         #[cfg(not(feature = "sim"))]
@@ -179,33 +325,68 @@ impl PartitionStore {
             .sessions
             .get(&session)
             .filter(|_| !duplicate_apply)
-            .map(|(last, _)| *last);
-        match last {
+            .map(|record| record.seq);
+        let result = match last {
+            None if sent_ms.saturating_add(session_ttl_ms / 2) < self.log_time_ms => {
+                return Err(SessionError::Expired(SessionExpired {
+                    session,
+                    seq,
+                    partition: self.range.id,
+                    ttl_s: session_ttl_ms / 1000,
+                }));
+            }
             Some(last) if seq < last => {
-                return Err(StaleRequest { session, seq, last });
+                return Err(StaleRequest { session, seq, last }.into());
             }
-            Some(last) if seq == last => {
-                let result = match &self.sessions[&session].1 {
-                    Some(outcome) => outcome.clone(),
-                    // A retried read-only command: running it again is safe.
-                    None => self.execute(ops),
-                };
-                return Ok(Executed {
-                    result,
-                    changed: false,
-                });
+            Some(last) if seq == last => match &self.sessions[&session].outcome {
+                Some(outcome) => outcome.clone(),
+                // A retried read-only command: running it again is safe.
+                None => self.execute(ops),
+            },
+            _ => {
+                let outcome = self.execute(ops);
+                let writes = ops.iter().any(Op::is_write);
+                self.record(session, seq, writes.then(|| outcome.clone()));
+                return Ok(outcome);
             }
-            _ => {}
+        };
+        // A retry keeps its session alive too.
+        let last_ms = self.log_time_ms;
+        if let Some(record) = self.sessions.get_mut(&session) {
+            self.idle.remove(&(record.last_ms, session));
+            record.last_ms = last_ms;
+            self.idle.insert((last_ms, session));
         }
-        let outcome = self.execute(ops);
-        let writes = ops.iter().any(Op::is_write);
-        let changed = outcome.is_ok() && writes;
-        self.sessions
-            .insert(session, (seq, writes.then(|| outcome.clone())));
-        Ok(Executed {
-            result: outcome,
-            changed,
-        })
+        Ok(result)
+    }
+
+    /// Records `session`'s command `seq` at the current log time.
+    fn record(&mut self, session: u64, seq: u64, outcome: Option<Outcome>) {
+        let last_ms = self.log_time_ms;
+        if let Some(old) = self.sessions.insert(
+            session,
+            SessionRecord {
+                seq,
+                outcome,
+                last_ms,
+            },
+        ) {
+            self.idle.remove(&(old.last_ms, session));
+        }
+        self.idle.insert((last_ms, session));
+    }
+
+    /// Drops every session idle for longer than `ttl_ms` of log time.
+    fn expire_sessions(&mut self, ttl_ms: u64) {
+        let horizon = self.log_time_ms.saturating_sub(ttl_ms);
+        while let Some(&(last_ms, session)) = self.idle.first() {
+            if last_ms >= horizon {
+                break;
+            }
+            self.idle.pop_first();
+            self.sessions.remove(&session);
+        }
+        debug_assert_eq!(self.idle.len(), self.sessions.len());
     }
 
     /// Applies one already-validated operation.
@@ -305,34 +486,333 @@ mod tests {
         assert_eq!(r[2], rows(&[]));
     }
 
+    fn once(
+        s: &mut PartitionStore,
+        session: u64,
+        seq: u64,
+        ops: &[Op],
+    ) -> Result<Outcome, SessionError> {
+        s.execute_once(&Command::untimed(session, seq, ops.to_vec()))
+    }
+
     #[test]
     fn a_retried_command_is_applied_once_and_returns_its_first_reply() {
         let mut s = store();
         let ops = vec![parse_op("PUT t10 a").unwrap()];
-        let first = s.execute_once(1, 1, &ops).unwrap();
-        assert_eq!(first.result, Ok(vec![OpResult::Put { found: false }]));
-        assert!(first.changed);
+        let first = once(&mut s, 1, 1, &ops).unwrap();
+        assert_eq!(first, Ok(vec![OpResult::Put { found: false }]));
         // The retry would answer `found` if it ran again.
-        let retry = s.execute_once(1, 1, &ops).unwrap();
-        assert_eq!(retry.result, first.result);
-        assert!(!retry.changed, "a deduplicated retry changes nothing");
+        let retry = once(&mut s, 1, 1, &ops).unwrap();
         assert_eq!(
-            s.execute_once(1, 2, &ops).unwrap().result,
+            retry, first,
+            "a deduplicated retry answers the first outcome"
+        );
+        assert_eq!(
+            once(&mut s, 1, 2, &ops).unwrap(),
             Ok(vec![OpResult::Put { found: true }])
         );
-        assert!(
-            s.execute_once(1, 1, &ops).is_err(),
-            "stale duplicate refused"
-        );
+        assert!(matches!(
+            once(&mut s, 1, 1, &ops),
+            Err(SessionError::Stale(_))
+        ));
         // Another session is independent.
         assert_eq!(
-            s.execute_once(2, 1, &ops).unwrap().result,
+            once(&mut s, 2, 1, &ops).unwrap(),
             Ok(vec![OpResult::Put { found: true }])
         );
-        let read = s
-            .execute_once(2, 2, &[parse_op("GET t10").unwrap()])
+        let read = once(&mut s, 2, 2, &[parse_op("GET t10").unwrap()]).unwrap();
+        assert_eq!(read, Ok(vec![OpResult::Get(Some(b"a".to_vec()))]));
+    }
+
+    const TTL_MS: u64 = 60_000;
+    /// Log time at the start of these tests (any wall-clock time will do).
+    const T0: u64 = 1_800_000_000_000;
+
+    /// A command as a leader with clock `time_ms` stamps it.
+    fn stamped(session: u64, seq: u64, sent_ms: u64, time_ms: u64, op: &str) -> Command {
+        Command {
+            session,
+            seq,
+            sent_ms,
+            time_ms,
+            session_ttl_ms: TTL_MS,
+            ops: vec![parse_op(op).unwrap()],
+        }
+    }
+
+    /// Raft dissertation §6.3: sessions expire deterministically by log
+    /// time, so a workload that opens a new session per command (the worst
+    /// case) keeps a table of about TTL × rate sessions, not one per
+    /// session ever seen.
+    #[test]
+    fn the_session_table_stays_flat_when_every_command_opens_a_session() {
+        let mut s = store();
+        let mut sizes = Vec::new();
+        for i in 0..5000u64 {
+            // One command every 100 ms of leader time, each a new session.
+            let now = T0 + i * 100;
+            let c = stamped(i + 1, 1, now, now, "PUT t10 v");
+            assert!(s.execute_once(&c).unwrap().is_ok());
+            sizes.push(s.session_count());
+        }
+        // 60 s of TTL at 10 sessions/s: 600 live sessions, then flat.
+        let largest = *sizes.iter().max().unwrap();
+        assert!(largest <= TTL_MS as usize / 100 + 1, "{largest}");
+        assert_eq!(
+            sizes[1000], sizes[4999],
+            "flat: {} vs {}",
+            sizes[1000], sizes[4999]
+        );
+        assert_eq!(s.log_time_ms(), T0 + 4999 * 100);
+        // Replicas that apply the same log agree, session table included.
+        let mut other = store();
+        for i in 0..5000u64 {
+            let now = T0 + i * 100;
+            other
+                .execute_once(&stamped(i + 1, 1, now, now, "PUT t10 v"))
+                .unwrap()
+                .unwrap();
+        }
+        assert_eq!(other, s);
+    }
+
+    #[test]
+    fn log_time_never_goes_backwards_across_leaders() {
+        let mut s = store();
+        s.execute_once(&stamped(1, 1, T0, T0, "PUT t10 a"))
+            .unwrap()
             .unwrap();
-        assert!(!read.changed, "reads are not logged");
+        let ahead = T0 + 10 * TTL_MS;
+        s.execute_once(&stamped(2, 1, ahead, ahead, "PUT t11 a"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            s.session_count(),
+            1,
+            "session 1 idled out at the later stamp"
+        );
+        // A new leader whose clock is behind stamps an earlier time: log
+        // time stays, and its command is judged at the later log time.
+        let behind = T0 + TTL_MS;
+        s.execute_once(&stamped(3, 1, ahead, behind, "PUT t12 a"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.log_time_ms(), ahead);
+        assert_eq!(s.session_count(), 2);
+        let err = s
+            .execute_once(&stamped(1, 2, T0, behind, "PUT t10 b"))
+            .unwrap_err();
+        assert!(matches!(err, SessionError::Expired(_)), "{err}");
+    }
+
+    /// The safety argument of ARCHITECTURE.md "Sessions": a retry (or a late
+    /// duplicate) of a command that ran before its session expired is
+    /// refused, never applied a second time.
+    #[test]
+    fn a_retry_after_its_session_expired_is_refused_not_applied_again() {
+        let mut s = store();
+        let put = stamped(1, 1, T0, T0, "PUT t10 first");
+        assert_eq!(
+            s.execute_once(&put).unwrap(),
+            Ok(vec![OpResult::Put { found: false }])
+        );
+        // Another session overwrites the key, later than the TTL.
+        let later = T0 + TTL_MS + 1;
+        s.execute_once(&stamped(2, 1, later, later, "PUT t10 second"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.session_count(), 1, "session 1 expired");
+        // The retry of session 1's PUT arrives now, at whichever leader.
+        let retry = Command {
+            time_ms: later + 5,
+            ..put.clone()
+        };
+        let err = s.execute_once(&retry).unwrap_err();
+        assert!(
+            matches!(&err, SessionError::Expired(e) if e.session == 1 && e.seq == 1),
+            "{err}"
+        );
+        assert!(err.to_string().contains("may or may not"), "{err}");
+        let get = [parse_op("GET t10").unwrap()];
+        assert_eq!(
+            s.execute(&get).unwrap(),
+            vec![OpResult::Get(Some(b"second".to_vec()))],
+            "the expired session's PUT was not applied again"
+        );
+        // A late duplicate of an older command of the session as well.
+        let older = stamped(1, 0, T0 - 1, later + 6, "PUT t10 zeroth");
+        assert!(matches!(
+            s.execute_once(&older),
+            Err(SessionError::Expired(_))
+        ));
+        // The session's next command is new: it runs, and the session is
+        // known here again.
+        let next = stamped(1, 2, later + 7, later + 8, "PUT t10 third");
+        assert_eq!(
+            s.execute_once(&next).unwrap(),
+            Ok(vec![OpResult::Put { found: true }])
+        );
+        assert!(matches!(s.execute_once(&put), Err(SessionError::Stale(_))));
+    }
+
+    #[test]
+    fn a_session_in_use_never_expires_and_new_sessions_start_freely() {
+        let mut s = store();
+        // A session that writes every 0.9 TTL stays, even for a command
+        // that took almost half a TTL to reach the log.
+        for i in 0..10u64 {
+            let now = T0 + i * TTL_MS * 9 / 10;
+            let c = stamped(1, i + 1, now - TTL_MS / 2, now, "PUT t10 v");
+            assert!(s.execute_once(&c).unwrap().is_ok(), "command {i}");
+            assert_eq!(s.session_count(), 1);
+        }
+        // Within half a TTL of its sending, a command of an unknown session
+        // starts it: a first write that took a while to reach the log
+        // (retries, a slow leader) still runs.
+        let now = s.log_time_ms();
+        let late_first = stamped(2, 1, now - TTL_MS / 2, now, "PUT t11 v");
+        assert!(s.execute_once(&late_first).unwrap().is_ok());
+        // A retry of it is answered from the table, even with a later stamp.
+        let retry = Command {
+            time_ms: now + TTL_MS / 2,
+            ..late_first
+        };
+        assert_eq!(
+            s.execute_once(&retry).unwrap(),
+            Ok(vec![OpResult::Put { found: false }])
+        );
+    }
+
+    #[test]
+    fn the_session_table_survives_a_snapshot_round_trip() {
+        use crate::storage::snapshot::{decode_store, encode_store};
+        let mut s = store();
+        for i in 0..100u64 {
+            let now = T0 + i * 1000;
+            s.execute_once(&stamped(i + 1, 1, now, now, "PUT t10 v"))
+                .unwrap()
+                .unwrap();
+        }
+        let copy = decode_store(&encode_store(&s)).unwrap();
+        assert_eq!(copy, s);
+        // And it goes on expiring the same way as the original.
+        let (mut a, mut b) = (s, copy);
+        let now = T0 + 150_000;
+        let c = stamped(1000, 1, now, now, "PUT t11 v");
+        a.execute_once(&c).unwrap().unwrap();
+        b.execute_once(&c).unwrap().unwrap();
+        assert_eq!(a, b);
+        assert_eq!(
+            a.session_count(),
+            1 + 10,
+            "sessions from the last 60 s remain"
+        );
+    }
+
+    fn big_store(keys: u64) -> PartitionStore {
+        let mut s = PartitionStore::new(Partition {
+            id: 3,
+            table: "t".into(),
+            start: 0,
+            end: None,
+            replicas: vec![0],
+        });
+        let value = vec![b'v'; crate::op::VALUE_LEN_MAX];
+        for num in 0..keys {
+            s.data.insert(num, value.clone());
+        }
+        s
+    }
+
+    fn gets(nums: impl Iterator<Item = u64>) -> Vec<Op> {
+        nums.map(|num| Op::Get {
+            key: Key::new("t", num),
+        })
+        .collect()
+    }
+
+    /// The encoded reply to `results`, as the server would send it.
+    fn reply_len(results: Vec<OpResult>) -> usize {
+        let reply = crate::wire::Msg::ExecuteReply {
+            req: u64::MAX,
+            result: Ok(results),
+        };
+        crate::wire::encode_msg(&reply).unwrap().len()
+    }
+
+    #[test]
+    fn a_command_whose_results_exceed_the_reply_limit_is_refused_whole() {
+        let mut s = big_store(300);
+        let err = s.execute(&gets(0..300)).unwrap_err();
+        assert_eq!(err, ApplyError::ResultTooLarge { partition: 3 });
+        // A write in an oversized command is not applied either, and the
+        // session table keeps only the small refusal.
+        let before = s.data.clone();
+        let mut ops = vec![Op::Put {
+            key: Key::new("t", 1000),
+            value: b"w".to_vec(),
+        }];
+        ops.extend(gets(0..100));
+        ops.push(Op::Swap {
+            key: Key::new("t", 0),
+            value: b"w".to_vec(),
+        });
+        let executed = once(&mut s, 9, 1, &ops).unwrap();
+        assert_eq!(executed, Err(ApplyError::ResultTooLarge { partition: 3 }));
+        assert_eq!(s.data, before, "nothing of the command was applied");
+        // The largest command that fits is answered, and its reply fits in
+        // a frame with room to spare.
+        let fit = RESULT_BYTES_MAX / (crate::op::VALUE_LEN_MAX + RESULT_OVERHEAD_BYTES);
+        assert!(s.execute(&gets(0..fit as u64 + 1)).is_err());
+        let results = s.execute(&gets(0..fit as u64)).unwrap();
+        assert!(reply_len(results) <= RESULT_BYTES_MAX);
+    }
+
+    #[test]
+    fn result_bytes_count_the_commands_own_writes() {
+        // Empty store: only the command's own PUT makes the GETs large.
+        let mut s = big_store(0);
+        let mut ops = vec![Op::Put {
+            key: Key::new("t", 5),
+            value: vec![b'v'; crate::op::VALUE_LEN_MAX],
+        }];
+        ops.extend(gets(std::iter::repeat_n(5, 70)));
+        assert_eq!(
+            s.execute(&ops),
+            Err(ApplyError::ResultTooLarge { partition: 3 })
+        );
+        // A DELETE before the GETs makes them small again.
+        ops.insert(
+            1,
+            Op::Delete {
+                key: Key::new("t", 5),
+            },
+        );
+        assert!(s.execute(&ops).is_ok());
+        // SCANs count rows the command created, and across SCANs.
+        let mut s = big_store(30);
+        let scan = Op::Scan {
+            start: Key::new("t", 0),
+            end: Key::new("t", 100),
+        };
+        assert!(s.execute(&[scan.clone(), scan.clone()]).is_ok());
+        let mut ops: Vec<Op> = (30..64)
+            .map(|num| Op::Put {
+                key: Key::new("t", num),
+                value: vec![b'v'; crate::op::VALUE_LEN_MAX],
+            })
+            .collect();
+        ops.push(scan.clone());
+        let before = s.data.clone();
+        assert_eq!(
+            s.execute(&ops),
+            Err(ApplyError::ResultTooLarge { partition: 3 })
+        );
+        assert_eq!(s.data, before);
+        assert_eq!(
+            s.execute(&[scan.clone(), scan.clone(), scan]),
+            Err(ApplyError::ResultTooLarge { partition: 3 })
+        );
     }
 
     #[test]

@@ -55,8 +55,14 @@ pub trait Net: Send + Sync + 'static {
 /// Process-level services: the clock, timers, tasks, randomness, sockets.
 pub trait Runtime: Clone + Send + Sync + 'static {
     type Net: Net;
-    /// Monotonic now (simulated time under the simulator).
+    /// Monotonic now (simulated time under the simulator). Comparable only
+    /// within one process.
     fn now(&self) -> Instant;
+    /// Wall-clock time in ms since the Unix epoch (simulated under the
+    /// simulator), comparable across hosts as far as their clocks agree; it
+    /// may jump (NTP). Used only where processes must agree on a time:
+    /// session expiry by log time (`kv::Command`).
+    fn unix_time_ms(&self) -> u64;
     fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send;
     /// Runs `fut` in the background, on this process (simulated node).
     fn spawn<F>(&self, fut: F)

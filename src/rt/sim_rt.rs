@@ -67,6 +67,15 @@ impl Runtime for SimRuntime {
         madsim::time::Instant::now()
     }
 
+    fn unix_time_ms(&self) -> u64 {
+        // Simulated: the same clock on every node, starting at a seeded
+        // date in 2022.
+        madsim::time::TimeHandle::current()
+            .now_time()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
     fn sleep(&self, duration: Duration) -> impl std::future::Future<Output = ()> + Send {
         madsim::time::sleep(duration)
     }

@@ -44,6 +44,12 @@ impl Runtime for TokioRuntime {
         Instant::now()
     }
 
+    fn unix_time_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
     fn sleep(&self, duration: Duration) -> impl std::future::Future<Output = ()> + Send {
         tokio::time::sleep(duration)
     }

@@ -18,7 +18,7 @@ pub mod manager_contact;
 pub mod replica;
 
 pub use manager_contact::{ContactNotice, ManagerContact};
-pub use replica::{Output, RaftTuning, ReplyTo, ServerCore};
+pub use replica::{Output, RaftTuning, ReplyTo, Request, ServerCore};
 
 use crate::map::{NodeId, PartitionId};
 use crate::raft::{Index, Message, Term};
@@ -287,11 +287,19 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
                 req,
                 session,
                 seq,
+                sent_ms,
                 partition,
                 ops,
             } => {
                 let to = ReplyTo { addr: from, req };
-                self.core.execute(to, session, seq, partition, ops);
+                let request = Request {
+                    session,
+                    seq,
+                    sent_ms,
+                    ops,
+                };
+                let now_ms = self.rt.unix_time_ms();
+                self.core.execute(to, partition, request, now_ms);
             }
             Msg::Raft {
                 from: peer,
@@ -481,8 +489,9 @@ fn message_size(msg: &Message) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::PartitionStore;
     use crate::map::PartitionMap;
-    use crate::op::{parse_op, Op, OpResult};
+    use crate::op::{parse_op, OpResult};
     use crate::raft::Role;
     use crate::wire::ExecError;
     use std::collections::BTreeSet;
@@ -496,6 +505,19 @@ mod tests {
         down: BTreeSet<NodeId>,
         replies: BTreeMap<u64, Result<Vec<OpResult>, ExecError>>,
         next_req: u64,
+        /// Every server's wall clock (and the clients'), ms since the epoch.
+        now_ms: u64,
+    }
+
+    const T0: u64 = 1_800_000_000_000;
+
+    fn request(session: u64, seq: u64, sent_ms: u64, ops: &[&str]) -> Request {
+        Request {
+            session,
+            seq,
+            sent_ms,
+            ops: ops.iter().map(|o| parse_op(o).unwrap()).collect(),
+        }
     }
 
     impl Cores {
@@ -511,6 +533,7 @@ mod tests {
                 down: BTreeSet::new(),
                 replies: BTreeMap::new(),
                 next_req: 1,
+                now_ms: T0,
             };
             for core in &mut c.cores {
                 core.install_map(map.clone());
@@ -587,14 +610,24 @@ mod tests {
             partition: PartitionId,
             ops: &[&str],
         ) -> Option<Result<Vec<OpResult>, ExecError>> {
-            let ops: Vec<Op> = ops.iter().map(|o| parse_op(o).unwrap()).collect();
+            let request = request(session, seq, self.now_ms, ops);
+            self.send(node, partition, request)
+        }
+
+        /// Sends `request` to `node` at the current time.
+        fn send(
+            &mut self,
+            node: NodeId,
+            partition: PartitionId,
+            request: Request,
+        ) -> Option<Result<Vec<OpResult>, ExecError>> {
             let req = self.next_req;
             self.next_req += 1;
             let to = ReplyTo {
                 addr: CLIENT.parse().unwrap(),
                 req,
             };
-            self.cores[node as usize].execute(to, session, seq, partition, ops);
+            self.cores[node as usize].execute(to, partition, request, self.now_ms);
             self.pump();
             self.replies.remove(&req)
         }
@@ -673,6 +706,56 @@ mod tests {
         );
     }
 
+    /// Raft dissertation §6.3: the leader stamps its clock into every
+    /// command, and every replica expires idle sessions by that log time,
+    /// so the session tables stay bounded and identical on all replicas; a
+    /// retry that comes after its session expired is refused, not applied
+    /// a second time.
+    #[test]
+    fn replicas_expire_sessions_alike_by_the_leaders_clock() {
+        let mut c = Cores::new(3);
+        c.ticks(25);
+        let leader = c.leader(0).unwrap();
+        let ttl_s = RaftTuning::SESSION_TTL_DEFAULT.as_secs();
+        // A new session per command, one command per second of leader time.
+        let mut counts = Vec::new();
+        for i in 0..3 * ttl_s {
+            c.now_ms = T0 + i * 1000;
+            let reply = c.exec(leader, 1000 + i, 1, 0, &[&format!("PUT t5 v{i}")]);
+            assert!(matches!(reply, Some(Ok(_))), "{reply:?}");
+            counts.push(
+                c.cores[leader as usize].replicas()[&0]
+                    .store
+                    .session_count(),
+            );
+        }
+        assert_eq!(counts[ttl_s as usize + 10], *counts.last().unwrap(), "flat");
+        assert!(
+            *counts.iter().max().unwrap() <= ttl_s as usize + 2,
+            "{counts:?}"
+        );
+        c.ticks(3); // followers learn the commit index
+        let stores: Vec<&PartitionStore> = c
+            .cores
+            .iter()
+            .map(|core| &core.replicas()[&0].store)
+            .collect();
+        assert!(stores.iter().all(|s| *s == stores[0]), "replicas agree");
+        // Session 1000's first PUT ran at T0; its retry arrives now.
+        let retry = request(1000, 1, T0, &["PUT t5 v0"]);
+        let reply = c.send(leader, 0, retry);
+        assert!(
+            matches!(reply, Some(Err(ExecError::SessionExpired(_)))),
+            "{reply:?}"
+        );
+        let last = format!("v{}", 3 * ttl_s - 1);
+        assert_eq!(
+            c.exec(leader, 1, 1, 0, &["GET t5"]),
+            Some(Ok(vec![OpResult::Get(Some(last.into_bytes()))])),
+            "the expired session's PUT did not run again"
+        );
+    }
+
     #[test]
     fn an_isolated_leader_neither_commits_nor_serves_reads() {
         let mut c = Cores::new(3);
@@ -684,13 +767,14 @@ mod tests {
         );
         // Cut the leader off: it hears nothing and nothing it sends arrives.
         c.down.insert(old);
-        let ops = [parse_op("PUT t2 lost").unwrap()];
         let to = |req| ReplyTo {
             addr: CLIENT.parse().unwrap(),
             req,
         };
-        c.cores[old as usize].execute(to(100), 2, 1, 0, ops.to_vec());
-        c.cores[old as usize].execute(to(101), 3, 1, 0, vec![parse_op("GET t2").unwrap()]);
+        let put = request(2, 1, T0, &["PUT t2 lost"]);
+        c.cores[old as usize].execute(to(100), 0, put, T0);
+        let get = request(3, 1, T0, &["GET t2"]);
+        c.cores[old as usize].execute(to(101), 0, get, T0);
         c.pump();
         assert!(c.replies.is_empty(), "nothing is answered without a quorum");
         // The others elect a leader and overwrite the value.
@@ -728,7 +812,7 @@ mod tests {
             addr: CLIENT.parse().unwrap(),
             req: 1,
         };
-        core.execute(to, 1, 1, 0, vec![parse_op("GET t1").unwrap()]);
+        core.execute(to, 0, request(1, 1, T0, &["GET t1"]), T0);
         let out = core.take_output();
         assert!(matches!(
             &out.replies[..],
@@ -748,7 +832,7 @@ mod tests {
             core.replicas().is_empty(),
             "no partition is placed on server 5"
         );
-        core.execute(to, 1, 1, 0, vec![parse_op("GET t1").unwrap()]);
+        core.execute(to, 0, request(1, 1, T0, &["GET t1"]), T0);
         let out = core.take_output();
         assert!(matches!(
             &out.replies[..],

@@ -22,9 +22,11 @@
 //! index, so a deposed leader never serves a stale read. Every write
 //! carries the client's `(session, seq)`; the state machine's session table
 //! (replicated, and in snapshots) applies a retried write at most once and
-//! answers it with the original outcome.
+//! answers it with the original outcome. The leader stamps its wall clock
+//! (`now_ms`, from the driver) into every command: the replicas expire idle
+//! sessions by that log time (see `kv` and ARCHITECTURE.md "Sessions").
 
-use crate::kv::PartitionStore;
+use crate::kv::{PartitionStore, SessionError};
 use crate::map::{NodeId, Partition, PartitionId, PartitionMap};
 use crate::op::{Op, OpResult};
 use crate::raft::{
@@ -35,10 +37,10 @@ use crate::storage::snapshot::{decode_store, encode_store};
 use crate::storage::{GroupSnapshot, RecoveredGroup};
 use crate::wire::{ExecError, Msg};
 use bincode::Options;
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Raft timing and limits for every group of a server.
 #[derive(Clone, Debug)]
@@ -49,6 +51,17 @@ pub struct RaftTuning {
     /// Applied entries kept in memory before the log is compacted into a
     /// snapshot of the state machine.
     pub compact_entries: u64,
+    /// Client sessions idle longer than this (in log time) are dropped from
+    /// the session table. A leader stamps it into every command it proposes,
+    /// so all replicas expire alike; it should be the same on every server.
+    pub session_ttl: Duration,
+}
+
+impl RaftTuning {
+    /// Far above twice a client's command deadline (5 s by default), so a
+    /// command's retries always land within half a TTL of its first
+    /// attempt: see ARCHITECTURE.md "Sessions".
+    pub const SESSION_TTL_DEFAULT: Duration = Duration::from_secs(300);
 }
 
 impl Default for RaftTuning {
@@ -57,15 +70,20 @@ impl Default for RaftTuning {
             election_ticks: 10,
             heartbeat_ticks: 2,
             compact_entries: 10_000,
+            session_ttl: RaftTuning::SESSION_TTL_DEFAULT,
         }
     }
 }
 
-/// A client command as it travels in a Raft entry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Command {
+pub use crate::kv::Command;
+
+/// What a client asks of one partition (`Msg::Execute` without routing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
     pub session: u64,
     pub seq: u64,
+    /// See [`Command::sent_ms`].
+    pub sent_ms: u64,
     pub ops: Vec<Op>,
 }
 
@@ -371,15 +389,16 @@ impl ServerCore {
     }
 
     /// A client's command on one of our partitions. The reply comes out in
-    /// an [`Output`], now or once the command has committed.
-    pub fn execute(
-        &mut self,
-        to: ReplyTo,
-        session: u64,
-        seq: u64,
-        partition: PartitionId,
-        ops: Vec<Op>,
-    ) {
+    /// an [`Output`], now or once the command has committed. `now_ms` is
+    /// this server's wall clock (ms since the Unix epoch): a leader stamps
+    /// it into the commands it proposes (log time, see [`Command`]).
+    pub fn execute(&mut self, to: ReplyTo, partition: PartitionId, request: Request, now_ms: u64) {
+        let Request {
+            session,
+            seq,
+            sent_ms,
+            ops,
+        } = request;
         let node_id = self.node_id;
         if self.map.is_none() && self.replicas.is_empty() {
             self.reply(to, Err(ExecError::NotReady { node_id }));
@@ -418,7 +437,15 @@ impl ServerCore {
                 }
             }
         } else {
-            let command = Command { session, seq, ops };
+            let command = Command {
+                session,
+                seq,
+                sent_ms,
+                time_ms: now_ms,
+                session_ttl_ms: u64::try_from(self.tuning.session_ttl.as_millis())
+                    .unwrap_or(u64::MAX),
+                ops,
+            };
             let data = command_options()
                 .serialize(&command)
                 .expect("commands within limits encode");
@@ -643,9 +670,10 @@ fn apply(r: &mut Replica, node_id: NodeId, partition: PartitionId, entry: Entry,
                 .reject_trailing_bytes()
                 .deserialize::<Command>(data)
             {
-                Ok(c) => Some(match r.store.execute_once(c.session, c.seq, &c.ops) {
-                    Ok(executed) => executed.result.map_err(ExecError::from),
-                    Err(stale) => Err(ExecError::from(stale)),
+                Ok(c) => Some(match r.store.execute_once(&c) {
+                    Ok(outcome) => outcome.map_err(ExecError::from),
+                    Err(SessionError::Stale(e)) => Err(ExecError::from(e)),
+                    Err(SessionError::Expired(e)) => Err(ExecError::from(e)),
                 }),
                 Err(e) => {
                     // Only our own code proposes, so this is a bug; every

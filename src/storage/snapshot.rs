@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use super::wal::Lsn;
 
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"DKVSNAP\n";
-pub const SNAPSHOT_VERSION: u32 = 2;
+pub const SNAPSHOT_VERSION: u32 = 3;
 pub const SNAPSHOT_HEADER_LEN: usize = 44;
 
 #[derive(Debug, thiserror::Error)]

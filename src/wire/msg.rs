@@ -5,7 +5,7 @@
 //! allocate more than a frame can hold.
 
 use super::frame::FRAME_PAYLOAD_LEN_MAX;
-use crate::kv::{ApplyError, StaleRequest};
+use crate::kv::{ApplyError, SessionExpired, StaleRequest};
 use crate::map::{NodeId, PartitionId, PartitionMap};
 use crate::op::{Op, OpResult};
 use crate::raft::Message as RaftMessage;
@@ -35,11 +35,14 @@ pub enum Msg {
 
     /// Client -> server: run `ops` (all in `partition`) as one atomic command.
     /// `req` matches the reply to the call; `(session, seq)` makes retries
-    /// safe (see `PartitionStore::execute_once`).
+    /// safe (see `PartitionStore::execute_once`). `sent_ms`: the client's
+    /// wall clock (ms since the Unix epoch) when it first sent the command,
+    /// the same on every retry (see `kv::Command::sent_ms`).
     Execute {
         req: u64,
         session: u64,
         seq: u64,
+        sent_ms: u64,
         partition: PartitionId,
         ops: Vec<Op>,
     },
@@ -74,13 +77,14 @@ pub enum ExecError {
     /// The command was refused as a whole.
     #[error(transparent)]
     Rejected(#[from] ApplyError),
-    /// The server's storage failed while the command was in flight: it may
-    /// or may not have been applied. The server stops and recovers from disk.
-    #[error("storage failure on server {node_id}: {reason}")]
-    Storage { node_id: NodeId, reason: String },
     /// A delayed duplicate of a request the session has moved past.
     #[error(transparent)]
     Stale(#[from] StaleRequest),
+    /// The partition no longer knows the session (idle longer than the
+    /// session TTL) and the request may repeat one it ran before: not
+    /// executed now, but an earlier attempt may have been.
+    #[error(transparent)]
+    SessionExpired(#[from] SessionExpired),
     /// This replica is not its partition's leader; `leader` is the one it
     /// knows of, if any. Not applied.
     #[error("server {node_id} is not the leader of partition {partition} (leader: {})", leader.map_or("unknown".to_string(), |l| format!("server {l}")))]
@@ -144,6 +148,7 @@ mod tests {
                 req: u64::MAX,
                 session: 7,
                 seq: 1,
+                sent_ms: 1_800_000_000_000,
                 partition: 3,
                 ops: vec![
                     Op::Put {

@@ -679,6 +679,10 @@ pub fn probe_leader(addr: SocketAddr, partition: u64, key: &Key, wait: Duration)
             req: 1,
             session: rand::random::<u64>() | 1,
             seq: 1,
+            sent_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64,
             partition,
             ops: vec![Op::Get { key: key.clone() }],
         },
