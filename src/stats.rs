@@ -22,16 +22,19 @@ pub enum Event {
     Checkpoint,
     /// A durable server started with its disk wiped (simulated fault).
     DiskWiped,
+    /// A replica dropped an idle client session (by log time).
+    SessionExpired,
 }
 
 impl Event {
-    pub const ALL: [Event; 6] = [
+    pub const ALL: [Event; 7] = [
         Event::Election,
         Event::Compaction,
         Event::SnapshotSent,
         Event::SnapshotInstalled,
         Event::Checkpoint,
         Event::DiskWiped,
+        Event::SessionExpired,
     ];
 
     pub fn name(self) -> &'static str {
@@ -42,13 +45,14 @@ impl Event {
             Event::SnapshotInstalled => "snapshots installed",
             Event::Checkpoint => "checkpoints",
             Event::DiskWiped => "disk wipes",
+            Event::SessionExpired => "session expiries",
         }
     }
 }
 
 /// Counts per [`Event`], in [`Event::ALL`] order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Counts(pub [u64; 6]);
+pub struct Counts(pub [u64; 7]);
 
 impl Counts {
     pub fn get(&self, event: Event) -> u64 {
@@ -76,7 +80,7 @@ impl std::fmt::Display for Counts {
 
 #[cfg(feature = "sim")]
 thread_local! {
-    static COUNTS: std::cell::Cell<Counts> = const { std::cell::Cell::new(Counts([0; 6])) };
+    static COUNTS: std::cell::Cell<Counts> = const { std::cell::Cell::new(Counts([0; 7])) };
 }
 
 /// Counts one `event` (a no-op without feature `sim`).

@@ -385,6 +385,7 @@ impl PartitionStore {
             }
             self.idle.pop_first();
             self.sessions.remove(&session);
+            crate::stats::count(crate::stats::Event::SessionExpired);
         }
         debug_assert_eq!(self.idle.len(), self.sessions.len());
     }

@@ -1202,6 +1202,14 @@ pub async fn scenario_with(config: Config) -> Summary {
     } else {
         seed_draw_log(seed, 2, 2, 256)
     };
+    // Half the seeds expire idle client sessions after 12–40 s of log time
+    // (a client's command deadline is at most 5 s, below half of it), so
+    // expiry runs; the others keep the default of minutes.
+    let session_ttl = if seed_draw(seed, 4) < 0.5 {
+        Duration::from_secs(seed_draw_log(seed, 5, 12, 40))
+    } else {
+        RaftTuning::default().session_ttl
+    };
     // Checkpoints (snapshot files + log purge) after 1–64 KiB of log.
     let checkpoint_log_bytes = seed_draw_log(seed, 3, 1024, 64 * 1024);
     let disks: Vec<SimDisk> = (0..n).map(|_| SimDisk::new()).collect();
@@ -1246,6 +1254,7 @@ pub async fn scenario_with(config: Config) -> Summary {
                 raft_tick: ServerConfig::RAFT_TICK_DEFAULT,
                 raft: RaftTuning {
                     compact_entries,
+                    session_ttl,
                     ..RaftTuning::default()
                 },
             };
