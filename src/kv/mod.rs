@@ -8,7 +8,7 @@
 use crate::key::Key;
 use crate::map::Partition;
 use crate::op::{Op, OpResult, SCAN_RESULT_BYTES_MAX, SCAN_RESULT_ROWS_MAX};
-use std::collections::BTreeMap;
+use imbl::OrdMap;
 
 /// Why a command was refused by a partition. Nothing was applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
@@ -33,15 +33,21 @@ pub enum ApplyError {
 
 /// One partition's data: key number -> value, within one table's range.
 /// Serializable: a snapshot is exactly this value.
+///
+/// Both maps are persistent B-trees (`imbl::OrdMap`): `clone` is O(1) and
+/// shares structure, so a checkpoint or a snapshot for a follower takes a
+/// point-in-time copy without stopping the replica (ARCHITECTURE.md,
+/// "Snapshots and large partitions"). They serialize like a `BTreeMap`
+/// (length, then pairs in key order).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PartitionStore {
     range: Partition,
-    data: BTreeMap<u64, Vec<u8>>,
+    data: OrdMap<u64, Vec<u8>>,
     /// Client session id -> (last command sequence number, its outcome), so a
     /// retried command returns its first outcome instead of running again.
     /// The outcome of a read-only command is not kept (`None`): running it
     /// again is harmless, and SCAN results can be large.
-    sessions: BTreeMap<u64, (u64, Option<Outcome>)>,
+    sessions: OrdMap<u64, (u64, Option<Outcome>)>,
 }
 
 /// What a command came to: one result per operation, or why none applied.
@@ -69,8 +75,8 @@ impl PartitionStore {
     pub fn new(range: Partition) -> PartitionStore {
         PartitionStore {
             range,
-            data: BTreeMap::new(),
-            sessions: BTreeMap::new(),
+            data: OrdMap::new(),
+            sessions: OrdMap::new(),
         }
     }
 

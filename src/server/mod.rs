@@ -320,7 +320,7 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
             match self.storage.as_mut() {
                 Some(s) => {
                     if let Some((meta, data)) = p.snapshot {
-                        s.log_snapshot(now, p.partition, meta, data);
+                        s.log_snapshot(now, p.partition, meta, data.to_vec());
                     }
                     if p.hard_state.is_some() || !p.entries.is_empty() {
                         s.log_raft(now, p.partition, p.hard_state, p.entries);
