@@ -63,6 +63,10 @@ struct Args {
     /// Ticks between a leader's heartbeats; must be below --election-ticks.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     heartbeat_ticks: u32,
+    /// Applied entries each Raft group keeps in memory before it drops the older half
+    /// (a follower behind the dropped part gets a snapshot instead).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    compact_entries: u64,
 }
 
 fn parse_batch_timeout(s: &str) -> Result<f64, String> {
@@ -136,7 +140,7 @@ fn main() {
         raft: RaftTuning {
             election_ticks: args.election_ticks,
             heartbeat_ticks: args.heartbeat_ticks,
-            ..RaftTuning::default()
+            compact_entries: args.compact_entries,
         },
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");

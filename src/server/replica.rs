@@ -46,8 +46,9 @@ pub struct RaftTuning {
     /// Ticks without a leader before an election (randomized up to twice).
     pub election_ticks: u32,
     pub heartbeat_ticks: u32,
-    /// Applied entries kept in memory before the log is compacted into a
-    /// snapshot of the state machine.
+    /// Applied entries kept in memory before the older half is dropped
+    /// (the state machine holds their effect; a follower that needs them
+    /// gets a snapshot).
     pub compact_entries: u64,
 }
 
@@ -498,6 +499,13 @@ impl ServerCore {
             if let Some(snapshot) = rd.snapshot {
                 crate::stats::count(crate::stats::Event::SnapshotInstalled);
                 let meta = snapshot.meta.clone();
+                tracing::info!(
+                    partition,
+                    index = meta.index,
+                    bytes = snapshot.data.len(),
+                    leader = ?r.raft.leader(),
+                    "installing a snapshot from the leader"
+                );
                 match r.incoming.take() {
                     Some((index, store)) if index == meta.index => {
                         r.store = store;
@@ -573,6 +581,12 @@ impl ServerCore {
                 // is O(data), but only when a follower needs it, never per
                 // write or per compaction.
                 let data = encode_store(&r.store);
+                tracing::info!(
+                    partition,
+                    index = r.applied,
+                    bytes = data.len(),
+                    "sending a snapshot to a follower behind the log"
+                );
                 r.raft.offer_snapshot(r.applied, Arc::new(data));
             }
         }
