@@ -21,15 +21,23 @@ pub enum Bug {
     ForgetVote,
     /// Reads are served by the local state without ReadIndex.
     StaleRead,
+    /// A leader heartbeats only every two election timeouts: followers of
+    /// an idle group keep starting elections (safe, but unstable).
+    SlowHeartbeat,
+    /// A node that installs a snapshot from its leader does not keep it to
+    /// send on: as leader it cannot catch up a follower behind it.
+    ForgetInstalledSnapshot,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 5] = [
+    pub const ALL: [Bug; 7] = [
         Bug::AckBeforeFsync,
         Bug::DuplicateApply,
         Bug::CommitWithoutQuorum,
         Bug::ForgetVote,
         Bug::StaleRead,
+        Bug::SlowHeartbeat,
+        Bug::ForgetInstalledSnapshot,
     ];
 
     pub fn name(self) -> &'static str {
@@ -39,6 +47,8 @@ impl Bug {
             Bug::CommitWithoutQuorum => "commit-without-quorum",
             Bug::ForgetVote => "forget-vote",
             Bug::StaleRead => "stale-read",
+            Bug::SlowHeartbeat => "slow-heartbeat",
+            Bug::ForgetInstalledSnapshot => "forget-installed-snapshot",
         }
     }
 

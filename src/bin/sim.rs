@@ -27,7 +27,8 @@
 
 use clap::{Parser, ValueEnum};
 use distkv::bugs::{self, Bug};
-use distkv::simulation::harness::{self, Config, Faults, Mode, Shape, Summary};
+use distkv::simulation::harness::{self, Config, Faults, Linearizability, Mode, Shape, Summary};
+use distkv::stats::{Counts, Event};
 use madsim::runtime::Runtime;
 use serde::{Deserialize, Serialize};
 use std::any::Any;
@@ -64,7 +65,8 @@ struct Args {
     /// expected to fail, and the runner reports the first that did. One of
     /// ack-before-fsync and forget-vote (durable mode only: in memory nothing
     /// is fsynced or recovered), duplicate-apply, commit-without-quorum,
-    /// stale-read.
+    /// stale-read, slow-heartbeat (caught by the stability check),
+    /// forget-installed-snapshot.
     #[arg(long, value_name = "NAME", value_parser = parse_bug)]
     inject_bug: Option<Bug>,
     /// Faults to inject: a comma-separated list of kill (server kills and
@@ -106,6 +108,10 @@ struct Args {
     /// reports.
     #[arg(long)]
     in_process: bool,
+    /// Count a run whose final linearizability search ran out of budget as
+    /// passed (by default it fails: an unchecked history proves nothing).
+    #[arg(long)]
+    allow_give_up: bool,
     /// Internal: run exactly one seed in one mode and print its outcome as
     /// one JSON line (what the parent runner starts per run).
     #[arg(long, hide = true)]
@@ -145,9 +151,11 @@ fn bug_modes(bug: Bug) -> &'static [Mode] {
     match bug {
         // In memory mode nothing is fsynced, and nothing is recovered.
         Bug::AckBeforeFsync | Bug::ForgetVote => &[Mode::Durable],
-        Bug::DuplicateApply | Bug::CommitWithoutQuorum | Bug::StaleRead => {
-            &[Mode::Memory, Mode::Durable]
-        }
+        Bug::DuplicateApply
+        | Bug::CommitWithoutQuorum
+        | Bug::StaleRead
+        | Bug::SlowHeartbeat
+        | Bug::ForgetInstalledSnapshot => &[Mode::Memory, Mode::Durable],
     }
 }
 
@@ -227,6 +235,10 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 struct Passed {
     trace_hash: u64,
     end_ns: u64,
+    /// The final linearizability search ran out of budget (states explored).
+    gave_up: Option<u64>,
+    /// Elections, compactions, snapshots, checkpoints, wipes in the run.
+    events: Counts,
     /// `(N commands: ...; simulated ...)`, from the run's [`Summary`].
     details: String,
 }
@@ -237,11 +249,16 @@ impl Passed {
         Passed {
             trace_hash: s.trace_hash,
             end_ns: s.end.as_nanos() as u64,
+            gave_up: match s.linearizability {
+                Linearizability::GaveUp { states } => Some(states),
+                Linearizability::Checked { .. } => None,
+            },
+            events: s.events,
             details: format!(
                 "({} commands: {} ok, {} unknown, {} unavailable; {} kills ({} skipped), \
                  {} clogs, {} partitions, {} pauses, {} rolling restarts, {} disk faults \
                  ({} fail-stops), loss {}, \
-                 dup {}, latency 1..{} ms; {}; \
+                 dup {}, latency 1..{} ms; {}; compaction every {} entries: {}; \
                  simulated {:.1?})",
                 c.commands,
                 c.ok,
@@ -259,6 +276,8 @@ impl Passed {
                 s.dup,
                 s.max_latency_ms,
                 s.linearizability,
+                s.compact_entries,
+                s.events,
                 s.end
             ),
         }
@@ -377,6 +396,11 @@ fn child_main(args: &Args) -> ExitCode {
     };
     install_panic_hook();
     let filter = stderr_filter::install();
+    // `RUST_LOG=distkv=debug sim --seed S --mode M`: the servers' logs, on
+    // stderr, with simulated time.
+    if std::env::var_os("RUST_LOG").is_some() {
+        distkv::cli::init_logging("info");
+    }
     let config = Config {
         mode: *mode,
         faults: args.faults,
@@ -425,11 +449,21 @@ struct Report {
     /// With `--check-determinism`: both runs' outcomes when they differ.
     nondeterministic: Option<(String, String)>,
     simulated: Duration,
+    allow_give_up: bool,
 }
 
 impl Report {
     fn passed(&self) -> bool {
-        self.result.is_ok() && self.nondeterministic.is_none()
+        self.result.is_ok() && self.nondeterministic.is_none() && self.gave_up().is_none()
+    }
+
+    /// States explored by a final linearizability search that ran out of
+    /// budget, unless `--allow-give-up` accepts that.
+    fn gave_up(&self) -> Option<u64> {
+        match &self.result {
+            Ok(p) if !self.allow_give_up => p.gave_up,
+            _ => None,
+        }
     }
 
     fn check(&self) -> String {
@@ -438,7 +472,13 @@ impl Report {
                 format!("determinism: first run {a}; second run {b}")
             }
             (None, Err(f)) => format!("{}: {}", f.check(), f.first_line()),
-            (None, Ok(_)) => String::new(),
+            (None, Ok(_)) => match self.gave_up() {
+                Some(states) => format!(
+                    "linearizability-gave-up: the final check ran out of budget after \
+                     {states} states (--allow-give-up to accept)"
+                ),
+                None => String::new(),
+            },
         }
     }
 }
@@ -462,6 +502,7 @@ fn run_report(seed: u64, config: Config, args: &Args) -> Report {
         result: first.result,
         nondeterministic,
         simulated,
+        allow_give_up: args.allow_give_up,
     }
 }
 
@@ -608,7 +649,9 @@ fn main() -> ExitCode {
     drop(tx);
 
     // Print in seed order as results arrive.
-    let (mut passed, mut failed) = (0u64, 0u64);
+    let (mut passed, mut failed, mut gave_up) = (0u64, 0u64, 0u64);
+    let (mut completed, mut installing) = (0u64, 0u64);
+    let mut events = Counts::default();
     let mut simulated = Duration::ZERO;
     let mut first_failure: Option<(u64, Mode, Faults, String)> = None;
     let mut pending: BTreeMap<usize, Report> = BTreeMap::new();
@@ -621,6 +664,12 @@ fn main() -> ExitCode {
             }
             next_to_print += 1;
             simulated += report.simulated;
+            if let Ok(p) = &report.result {
+                events.add(&p.events);
+                completed += 1;
+                installing += u64::from(p.events.get(Event::SnapshotInstalled) > 0);
+                gave_up += u64::from(p.gave_up.is_some());
+            }
             if report.passed() {
                 passed += 1;
             } else {
@@ -655,6 +704,22 @@ fn main() -> ExitCode {
             ),
             None => println!("injected bug {} was NOT caught in {runs} runs", bug.name()),
         }
+    }
+    // Failed runs report no counts: the totals cover the completed runs.
+    println!(
+        "exercised in {completed} completed run(s): {events}; snapshots installed in \
+         {installing} of them, elections per run {:.1}",
+        events.get(Event::Election) as f64 / completed.max(1) as f64,
+    );
+    if gave_up > 0 {
+        println!(
+            "{gave_up} run(s) gave up the final linearizability check{}",
+            if args.allow_give_up {
+                " (accepted: --allow-give-up)"
+            } else {
+                " (counted as failed)"
+            }
+        );
     }
     println!("{passed} passed, {failed} failed");
     let secs = wall.as_secs_f64().max(1e-9);

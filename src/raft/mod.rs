@@ -49,6 +49,8 @@ use std::sync::Arc;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub id: NodeId,
+    /// The group's id (the partition), only to name it in logs.
+    pub group: u64,
     /// A follower that hears no leader for `election_ticks` to
     /// `2 * election_ticks` ticks starts an election.
     pub election_ticks: u32,
@@ -82,6 +84,7 @@ impl Config {
     pub fn new(id: NodeId) -> Config {
         Config {
             id,
+            group: 0,
             election_ticks: 10,
             heartbeat_ticks: 2,
             max_entries_per_append: 256,
@@ -284,6 +287,10 @@ pub struct Raft {
     snapshot_wanted: bool,
     /// Follower: the snapshot being received.
     assembly: Option<SnapshotAssembly>,
+    /// Index of the last snapshot installed from a leader (for an injected
+    /// bug in the simulation).
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
+    installed_index: Index,
     /// Membership before the first entry, when there is no snapshot.
     initial_membership: Membership,
     /// Highest committed index handed to the driver in a `Ready`.
@@ -336,6 +343,7 @@ impl Raft {
             local_snapshot: None,
             snapshot_wanted: false,
             assembly: None,
+            installed_index: 0,
             initial_membership: state.initial_membership,
             apply_handed,
             persisted_hard_state: state.hard_state,
@@ -473,7 +481,15 @@ impl Raft {
             // fresh snapshot, which is also newer).
             self.local_snapshot = None;
         }
-        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
+        #[cfg(feature = "sim")]
+        let heartbeat_ticks = if crate::bugs::enabled(crate::bugs::Bug::SlowHeartbeat) {
+            2 * self.cfg.election_ticks // injected bug
+        } else {
+            self.cfg.heartbeat_ticks
+        };
+        #[cfg(not(feature = "sim"))]
+        let heartbeat_ticks = self.cfg.heartbeat_ticks;
+        if self.heartbeat_elapsed >= heartbeat_ticks {
             self.heartbeat_elapsed = 0;
             // Carry the newest pending read, so a lost confirmation round
             // is retried by the next heartbeat.
@@ -916,6 +932,21 @@ impl Raft {
     /// we hold none, the driver is asked for one (`Ready::snapshot_request`)
     /// and the transfer starts in [`Raft::offer_snapshot`].
     fn send_snapshot(&mut self, to: NodeId) {
+        #[cfg(feature = "sim")]
+        if crate::bugs::enabled(crate::bugs::Bug::ForgetInstalledSnapshot)
+            && self.installed_index == self.log.snapshot.index
+            && self.installed_index > 0
+        {
+            // Injected bug: a log that starts at a snapshot received from a
+            // leader has nothing to send (as before snapshots were taken on
+            // demand).
+            tracing::error!(
+                group = self.cfg.group,
+                to,
+                "follower needs a snapshot but none is available"
+            );
+            return;
+        }
         let first = self.log.snapshot.index;
         let usable = self
             .local_snapshot
@@ -1351,6 +1382,9 @@ impl Raft {
         self.unpersisted_from = None;
         self.apply_handed = self.apply_handed.max(meta.index);
         self.recompute_membership();
+        // As leader, this node sends a snapshot of its state machine, which
+        // now starts as this one (taken on request, like any other).
+        self.installed_index = meta.index;
         self.received_snapshot = Some(snapshot);
         self.send(from, MessageBody::AppendResponse(Ok(meta.index)), true);
     }

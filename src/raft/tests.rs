@@ -840,6 +840,41 @@ fn a_follower_too_far_behind_gets_a_snapshot() {
 }
 
 #[test]
+fn a_node_that_installed_a_snapshot_can_send_it_as_leader() {
+    // §7: a leader sends a snapshot to a follower that needs entries it
+    // discarded. A node whose log starts with an installed snapshot must be
+    // able to do the same once it leads.
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.isolate(3);
+    for i in 0..10 {
+        c.propose(1, &format!("v{i}"));
+    }
+    let applied = c.raft(1).log().applied;
+    for id in [1, 2] {
+        c.raft_mut(id).compact(applied);
+    }
+    c.heal();
+    c.tick_all(5);
+    assert_eq!(
+        c.raft(3).log().snapshot.index,
+        applied,
+        "node 3 installed it"
+    );
+    // Node 2 loses its disk and node 1 goes away: node 3 leads, and the
+    // entries node 2 needs exist only in node 3's snapshot.
+    c.start(2, Disk::default());
+    c.isolate(1);
+    c.elect(3);
+    c.propose(3, "after");
+    assert!(
+        c.raft(2).log().snapshot.index >= applied,
+        "node 3 sent node 2 the snapshot it installed"
+    );
+    assert_eq!(c.applied(2).last().map(String::as_str), Some("after"));
+}
+
+#[test]
 fn a_single_voter_commits_alone() {
     let mut c = Cluster::new(1);
     c.elect(1);

@@ -239,6 +239,7 @@ impl ServerCore {
 
     fn replica(&mut self, state: RaftState, store: PartitionStore) -> Replica {
         let config = Config {
+            group: store.range().id,
             election_ticks: self.tuning.election_ticks,
             heartbeat_ticks: self.tuning.heartbeat_ticks,
             amnesia_guard: !self.durable,

@@ -107,7 +107,8 @@ use crate::op::{Op, OpResult};
 use crate::rt::sim_disk::FailedOp;
 use crate::rt::sim_rt::SimRuntime;
 use crate::rt::SimDisk;
-use crate::server::{run_server, ServerConfig};
+use crate::server::{run_server, RaftTuning, ServerConfig};
+use crate::stats::{self, Event};
 use crate::storage::group_commit::GroupCommitConfig;
 use crate::storage::StorageConfig;
 use madsim::net::NetSim;
@@ -135,6 +136,14 @@ pub const LIVENESS_BOUND: Duration = Duration::from_secs(20);
 /// restarted (or resumed, or reconnected) before another server may be
 /// killed. Catching up takes an election (≤ 1 s) and a few round trips.
 pub const CATCHUP: f64 = 3.0;
+/// After the liveness phase, the cluster gets this long (two election
+/// timeouts) to settle before the quiet phase starts.
+pub const QUIET_SETTLE: Duration = Duration::from_secs(2);
+/// Quiet phase: commands per client, each of which must succeed within
+/// [`QUIET_COMMAND_BOUND`], while no leader election may happen at all.
+pub const QUIET_COMMANDS: usize = 40;
+/// A few network round trips and two slow fsyncs, with room to spare.
+pub const QUIET_COMMAND_BOUND: Duration = Duration::from_millis(1000);
 /// Budget of the final linearizability check (search states; 16 bytes each).
 /// A clean run needs far fewer; a run that exhausts it is counted in the
 /// summary, not failed.
@@ -413,6 +422,21 @@ fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A number in `[0, 1)` drawn from a hash of the seed and `salt` alone, like
+/// the swarm subset: knobs added later draw from here, so they do not shift
+/// the simulation generator's stream (and every older seed's schedule).
+fn seed_draw(seed: u64, salt: u64) -> f64 {
+    let h = splitmix64(seed ^ splitmix64(0x4b4e_4f42_0000 + salt));
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A number in `[lo, hi]`, log-uniform, from [`seed_draw`]: small values are
+/// as likely as large ones, order of magnitude by order of magnitude.
+fn seed_draw_log(seed: u64, salt: u64, lo: u64, hi: u64) -> u64 {
+    let (lo, hi) = (lo as f64, hi as f64);
+    ((lo * (hi / lo).powf(seed_draw(seed, salt))).round() as u64).clamp(lo as u64, hi as u64)
+}
+
 impl Default for Faults {
     fn default() -> Faults {
         Faults::all()
@@ -522,6 +546,11 @@ pub struct Summary {
     pub attempt_timeout: Duration,
     pub end: Duration,
     pub linearizability: Linearizability,
+    /// Applied entries after which a Raft log is compacted (drawn per seed).
+    pub compact_entries: u64,
+    /// Elections, compactions, snapshot sends and installs, checkpoints,
+    /// disk wipes: whether the run reached those paths.
+    pub events: stats::Counts,
     pub trace_hash: u64,
 }
 
@@ -534,7 +563,7 @@ impl fmt::Display for Summary {
              ({} skipped), {} clogs, {} partitions, {} pauses, {} rolling restarts, \
              {} disk faults ({} fail-stops), \
              loss {}, dup {}, latency 1..{} ms, \
-             timeouts {:?}/{:?}, ended at {:.1?}, {}, trace {:016x}",
+             timeouts {:?}/{:?}, ended at {:.1?}, {}, compaction every {} entries: {}, trace {:016x}",
             self.mode,
             self.seed,
             self.shape,
@@ -558,6 +587,8 @@ impl fmt::Display for Summary {
             self.attempt_timeout,
             self.end,
             self.linearizability,
+            self.compact_entries,
+            self.events,
             self.trace_hash
         )
     }
@@ -1027,6 +1058,7 @@ pub async fn scenario_with(config: Config) -> Summary {
             mode.test_name()
         );
     }
+    stats::reset();
     let mut rng = madsim::rand::thread_rng();
     let net = NetSim::current();
     // Drawn even when disabled, so the rest of the schedule stays put.
@@ -1108,6 +1140,17 @@ pub async fn scenario_with(config: Config) -> Summary {
         .build()
         .id();
     let n = shape.servers;
+    // Compact each Raft log after a handful to a couple of thousand applied
+    // entries, so that compaction, snapshot sends and installs (also racing
+    // with appends, leader changes and restarts) happen in most runs.
+    // One seed in ten keeps the production default.
+    let compact_entries = if seed_draw(seed, 1) < 0.1 {
+        RaftTuning::default().compact_entries
+    } else {
+        seed_draw_log(seed, 2, 2, 256)
+    };
+    // Checkpoints (snapshot files + log purge) after 1–64 KiB of log.
+    let checkpoint_log_bytes = seed_draw_log(seed, 3, 1024, 64 * 1024);
     let disks: Vec<SimDisk> = (0..n).map(|_| SimDisk::new()).collect();
     // A server that stops after an injected disk error reports it here
     // (server, incarnation, error); see the watcher below.
@@ -1135,7 +1178,10 @@ pub async fn scenario_with(config: Config) -> Summary {
                     rng.gen_range(0..=8000)
                 };
                 disks[i].set_sync_delay(Duration::from_micros(sync_us));
-                storage_config(&mut rng, i)
+                StorageConfig {
+                    checkpoint_log_bytes,
+                    ..storage_config(&mut rng, i)
+                }
             });
             let config = ServerConfig {
                 node_id: i as u64,
@@ -1145,7 +1191,10 @@ pub async fn scenario_with(config: Config) -> Summary {
                 heartbeat_interval: ServerConfig::HEARTBEAT_INTERVAL_DEFAULT,
                 storage,
                 raft_tick: ServerConfig::RAFT_TICK_DEFAULT,
-                raft: Default::default(),
+                raft: RaftTuning {
+                    compact_entries,
+                    ..RaftTuning::default()
+                },
             };
             let disk = disks[i].clone();
             let (stop_tx, incarnations) = (stop_tx.clone(), incarnations.clone());
@@ -1178,6 +1227,7 @@ pub async fn scenario_with(config: Config) -> Summary {
         .collect();
     let mut clients = Vec::new();
     let mut client_ids = Vec::new();
+    let mut client_nodes = Vec::new();
     for i in 0..CLIENTS {
         let node = handle
             .create_node()
@@ -1186,6 +1236,7 @@ pub async fn scenario_with(config: Config) -> Summary {
             .build();
         client_ids.push(node.id());
         clients.push(node.spawn(client_main(i, shared.clone())));
+        client_nodes.push(node);
     }
 
     // Fail-stops: the watcher kills a server node that stopped after a
@@ -1417,6 +1468,31 @@ pub async fn scenario_with(config: Config) -> Summary {
             ),
         }
     }
+
+    // Stability: nothing fails any more, so leaders must stay put and every
+    // command must be quick. A leader that steps down without cause, or a
+    // group that holds elections it does not need, fails here.
+    sleep(QUIET_SETTLE).await;
+    let elections_before = stats::snapshot().get(Event::Election);
+    let quiet_from = shared.elapsed();
+    let quiet: Vec<_> = client_nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| node.spawn(quiet_main(i, shared.clone())))
+        .collect();
+    for (i, task) in quiet.into_iter().enumerate() {
+        if let Err(e) = task.await {
+            panic!("seed {seed}: client {i} task failed: {e:?}");
+        }
+    }
+    let quiet_elections = stats::snapshot().get(Event::Election) - elections_before;
+    if quiet_elections > 0 {
+        panic!(
+            "seed {seed}: stability: {quiet_elections} leader election(s) in the quiet phase \
+             ({quiet_from:.1?} to {:.1?}: no faults, everything healed and settled)",
+            shared.elapsed()
+        );
+    }
     let end = shared.elapsed();
 
     // The whole history, checked for linearizability (strict
@@ -1462,6 +1538,8 @@ pub async fn scenario_with(config: Config) -> Summary {
         attempt_timeout: shared.client_config.attempt_timeout,
         end,
         linearizability,
+        compact_entries,
+        events: stats::snapshot(),
         trace_hash: model.trace_hash(),
     };
     if print {
@@ -1491,6 +1569,8 @@ pub fn failed_check(message: &str) -> &'static str {
     let is = |s: &str| message.contains(s);
     if is(": liveness: ") {
         "liveness"
+    } else if is(": stability: ") {
+        "stability"
     } else if is(": linearizability: ") {
         "linearizability"
     } else if is("Raft safety") {
@@ -1578,6 +1658,36 @@ async fn client_main(me: usize, shared: Arc<Shared>) {
                 }
             }
         }
+    }
+}
+
+/// The quiet phase of one client (see [`QUIET_COMMANDS`]): a fresh
+/// connection, commands like the chaos phase's, each of which must succeed
+/// within [`QUIET_COMMAND_BOUND`].
+async fn quiet_main(me: usize, shared: Arc<Shared>) {
+    let seed = shared.seed;
+    let client = match Client::connect(SimRuntime, shared.client_config.clone()).await {
+        Ok(client) => client,
+        Err(e) => panic!("seed {seed}: stability: client {me} cannot connect: {e}"),
+    };
+    let mut session = client.session();
+    let mut rng = madsim::rand::thread_rng();
+    for _ in 0..QUIET_COMMANDS {
+        let ops = random_command(&mut rng, me, &shared);
+        let shown = fmt_ops(&ops);
+        let started = shared.elapsed();
+        let result = run_checked(&shared, &mut session, me, ops).await;
+        let took = shared.elapsed() - started;
+        if let Err(e) = result {
+            panic!("seed {seed}: stability: client {me}'s command `{shown}` failed at {started:.3?} in the quiet phase: {e}");
+        }
+        if took > QUIET_COMMAND_BOUND {
+            panic!(
+                "seed {seed}: stability: client {me}'s command `{shown}` took {took:.3?} \
+                 (bound {QUIET_COMMAND_BOUND:?}) at {started:.3?} in the quiet phase"
+            );
+        }
+        sleep(Duration::from_millis(rng.gen_range(0..=100))).await;
     }
 }
 
