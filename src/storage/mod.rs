@@ -4,8 +4,10 @@
 //! ```text
 //!  driver: command applied ──log_command──▶ LogWriter (group commit) ──▶ Wal segments
 //!          reply held until durable LSN ≥ its LSN  ◀── durable LSN ──┘
-//!  every `checkpoint_log_bytes` of log: clone stores at LSN L, wait until L
-//!  is durable, write snapshots (tmp, sync, rename, sync dir), purge log ≤ L
+//!  every `checkpoint_log_bytes` of log: clone stores at LSN L (O(1) each),
+//!  wait until L is durable, encode and write snapshots (tmp, sync, rename,
+//!  sync dir), purge log ≤ L
+//!  received snapshot: its own file (durably) first, then a small record
 //!
 //!  start: newest snapshot per partition ─▶ replay log records after it ─▶ stores
 //! ```
