@@ -532,8 +532,12 @@ impl Raft {
         }
         if self.role == Role::Leader {
             self.abort_reads();
+            // Transfers end with the leadership: free their snapshot.
             self.local_snapshot = None;
             self.snapshot_wanted = false;
+            for pr in self.progress.values_mut() {
+                pr.snapshot = None;
+            }
         }
         self.role = Role::Follower;
         self.leader = leader;
