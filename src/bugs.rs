@@ -27,10 +27,13 @@ pub enum Bug {
     /// A node that installs a snapshot from its leader does not keep it to
     /// send on: as leader it cannot catch up a follower behind it.
     ForgetInstalledSnapshot,
+    /// Replicas that start empty (a wiped disk) vote at once, as if they
+    /// had never acknowledged anything (no amnesia guard).
+    NoAmnesiaGuard,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 7] = [
+    pub const ALL: [Bug; 8] = [
         Bug::AckBeforeFsync,
         Bug::DuplicateApply,
         Bug::CommitWithoutQuorum,
@@ -38,6 +41,7 @@ impl Bug {
         Bug::StaleRead,
         Bug::SlowHeartbeat,
         Bug::ForgetInstalledSnapshot,
+        Bug::NoAmnesiaGuard,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +53,7 @@ impl Bug {
             Bug::StaleRead => "stale-read",
             Bug::SlowHeartbeat => "slow-heartbeat",
             Bug::ForgetInstalledSnapshot => "forget-installed-snapshot",
+            Bug::NoAmnesiaGuard => "no-amnesia-guard",
         }
     }
 

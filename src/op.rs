@@ -1,5 +1,5 @@
-//! Operations, their results, and their text forms (SPEC.md "Operations and
-//! replies").
+//! Operations, their results, and their text forms (docs/protocol.md,
+//! "Operations and replies").
 //!
 //! ```text
 //!   "PUT customers1 alice" --parse_op--> Op::Put --(executed)--> OpResult::Put{found}
@@ -239,7 +239,7 @@ pub fn parse_op(line: &str) -> Result<Op, OpError> {
     parse_op_words(&words)
 }
 
-/// Formats the reply to `op` given its `result`, exactly as SPEC.md shows it.
+/// Formats the reply to `op` given its `result`, exactly as docs/protocol.md shows it.
 /// A SCAN reply spans several lines; the returned text has no final newline.
 /// `key_len` zero-pads key numbers (0 = canonical form).
 pub fn format_reply(op: &Op, result: &OpResult, key_len: usize) -> String {

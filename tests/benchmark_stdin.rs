@@ -1,5 +1,5 @@
 //! `benchmark` stdin mode against a real 3-server cluster: every reply
-//! format of SPEC.md "Operations and replies", byte for byte, and the one-line
+//! format of docs/protocol.md "Operations and replies", byte for byte, and the one-line
 //! `ERROR` replies to bad input.
 mod common;
 

@@ -70,7 +70,7 @@ fn a_valid_history_passes() {
     let first = run.stdout.lines().next().unwrap_or_default();
     // The last command joins customers1 and orders7: one partition.
     assert!(
-        first.starts_with("OK: 6 commands, 1 partitions checked, "),
+        first.starts_with("OK: 6 commands, 1 key groups checked, "),
         "{}",
         run.stdout
     );
@@ -89,7 +89,7 @@ fn per_key_histories_are_checked_per_key() {
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     assert!(
         run.stdout
-            .starts_with("OK: 5 commands, 2 partitions checked, "),
+            .starts_with("OK: 5 commands, 2 key groups checked, "),
         "{}",
         run.stdout
     );
@@ -119,7 +119,7 @@ fn a_stale_read_is_reported_with_its_key_and_prefix() {
         run.stdout
     );
     assert!(
-        run.stdout.contains("1 of 2 partitions failed"),
+        run.stdout.contains("1 of 2 key groups failed"),
         "{}",
         run.stdout
     );
@@ -214,4 +214,27 @@ fn help_documents_the_subcommand() {
     assert!(text.contains("--max-states <N>"), "{text}");
     assert!(text.contains("[default: 10000000]"), "{text}");
     assert!(text.contains("--initial-state <STATE>"), "{text}");
+}
+
+/// `check` reads a file and never connects: its help lists no cluster
+/// flags, while `load` (which connects) has them.
+#[test]
+fn check_has_no_cluster_flags_and_load_has_them() {
+    let help = |sub: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_benchmark"))
+            .args([sub, "--help"])
+            .output()
+            .expect("run benchmark");
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).expect("utf-8 help")
+    };
+    let check = help("check");
+    for flag in ["--connect-addr", "--timeout-ms"] {
+        assert!(!check.contains(flag), "check --help lists {flag}:\n{check}");
+        assert!(help("load").contains(flag), "load --help lacks {flag}");
+    }
+    assert!(
+        !check.contains("partition"),
+        "check speaks of key groups:\n{check}"
+    );
 }

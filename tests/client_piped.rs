@@ -1,5 +1,5 @@
 //! `client` with stdin piped (not a terminal): no prompts or banners, only
-//! replies (SPEC.md "client").
+//! replies (docs/protocol.md, "client").
 mod common;
 
 use common::Cluster;

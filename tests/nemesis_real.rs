@@ -5,7 +5,7 @@
 //! (every partition replicated on every server) and two tables: `kv=20`
 //! (3 partitions) and `tx=1` (1 partition). Two `benchmark load` runs go on
 //! at once for ~24 s over 20 keys each, each recording a history file
-//! (SPEC.md "Histories"): workload `a` (50 % GET / 50 % PUT, one key per
+//! (docs/protocol.md, "Histories"): workload `a` (50 % GET / 50 % PUT, one key per
 //! command) on `kv0..kv19`, and workload `txn` (GET two keys and PUT both,
 //! one command) on `tx0..tx19`, which all lie in `tx`'s one partition, so
 //! each command is one atomic transaction there (cross-partition commands
@@ -17,12 +17,12 @@
 //! 17 s; then it heals everything and the loads run fault-free to the end.
 //!
 //! - `persistent_cluster_under_kills_and_pauses`: servers run with
-//!   `--persistence`, so any number of them may be killed at once (SPEC.md:
+//!   `--persistence`, so any number of them may be killed at once (docs/protocol.md:
 //!   acknowledged writes survive the crash of every process); rounds kill or
 //!   pause one server, a majority, or all three.
 //! - `memory_cluster_with_a_minority_down`: servers in memory, so at most one
 //!   server is faulty at any time, and a restarted (empty) server is given
-//!   time to catch up before the next fault (SPEC.md guarantees durability
+//!   time to catch up before the next fault (docs/protocol.md guarantees durability
 //!   only while a majority of each partition's replicas keeps its memory).
 //!
 //! Then, per history:

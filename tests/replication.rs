@@ -1,7 +1,7 @@
 //! Raft replication with real processes: 3 servers, `--replicas 3`, so every
 //! partition has a replica on every server and each server leads some.
 //!
-//! SPEC.md, "Guarantees": an acknowledged write survives any crash of a
+//! docs/protocol.md, "Guarantees": an acknowledged write survives any crash of a
 //! minority of each partition's replicas (and, with `--persistence`, the
 //! crash and restart of every process); the cluster keeps serving every
 //! partition whose majority of replicas can talk to each other. Without a

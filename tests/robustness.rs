@@ -347,3 +347,31 @@ fn invalid_flag_values_exit_non_zero_with_a_reason() {
         "cannot connect",
     );
 }
+
+/// A port already in use: the server and the manager exit and name the
+/// address, instead of a bare "Address already in use" that does not say
+/// which process should move.
+#[test]
+fn a_taken_listen_port_is_named() {
+    use common::{MANAGER, SERVER};
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let addr = taken.local_addr().unwrap().to_string();
+    let reason = format!("cannot listen on {addr}");
+    assert_rejected(
+        SERVER,
+        &["--listen-addr", &addr, "--manager-addr", "127.0.0.1:1"],
+        &reason,
+    );
+    assert_rejected(
+        MANAGER,
+        &[
+            "--listen-addr",
+            &addr,
+            "--servers",
+            "127.0.0.1:1",
+            "--tables",
+            "t=1",
+        ],
+        &reason,
+    );
+}

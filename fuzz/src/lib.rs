@@ -318,7 +318,7 @@ pub fn check_log_replay(data: &[u8]) {
             // Restarting the replicas re-applies their committed entries,
             // whatever commands those hold.
             let mut core =
-                distkv::server::ServerCore::new(0, recovery.groups, true, Default::default(), 1);
+                distkv::server::ServerCore::new(0, recovery.groups, Default::default(), 1);
             let _ = core.take_output();
             core.tick();
             let _ = core.take_output();

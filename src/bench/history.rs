@@ -1,4 +1,4 @@
-//! History files (SPEC.md "Histories"): one JSON object per line, one per
+//! History files (docs/protocol.md, "Histories"): one JSON object per line, one per
 //! command a benchmark client issued, for an external linearizability
 //! checker.
 //!

@@ -92,7 +92,7 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 0, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(0..=SECS_MAX))]
     pub warmup_s: u64,
-    /// Write one JSON line per command issued to FILE (SPEC.md "Histories") [default: none].
+    /// Write one JSON line per command issued to FILE (format: docs/protocol.md, "Histories") [default: none].
     #[arg(long, value_name = "FILE")]
     pub history: Option<PathBuf>,
     /// Print only the JSON report on stdout (no human-readable text).

@@ -9,17 +9,18 @@ use std::net::SocketAddr;
 #[derive(Parser, Debug)]
 #[command(
     version,
-    about = "distkv benchmark: one reply per stdin request (default), or `load` for a load generator"
+    about = "distkv benchmark: one reply per stdin request (default), or `load` for a load generator",
+    after_help = "Requests, replies, errors and the history format: docs/protocol.md."
 )]
 struct Args {
-    /// The manager to fetch the partition map from.
-    #[arg(long, default_value = "0.0.0.0:24000", global = true)]
+    /// The manager to fetch the partition map from (stdin mode and `load`).
+    #[arg(long, default_value = "0.0.0.0:24000")]
     connect_addr: SocketAddr,
     /// Zero-pad key numbers in replies to this many digits (0: canonical form).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=20))]
     key_len: u64,
-    /// Deadline for each command, in milliseconds.
-    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000), global = true)]
+    /// Deadline for each command, in milliseconds (stdin mode and `load`).
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     timeout_ms: u64,
     #[command(subcommand)]
     mode: Option<Mode>,
@@ -28,10 +29,25 @@ struct Args {
 #[derive(Subcommand, Debug)]
 enum Mode {
     /// Generate load and report throughput and latency.
-    Load(distkv::bench::LoadArgs),
+    Load(LoadCmd),
     /// Check a history file (from `load --history`) for linearizability / strict
     /// serializability; needs no cluster. Exit 0 ok, 1 violation, 2 bad input, 3 gave up.
     Check(distkv::checker::CheckArgs),
+}
+
+/// `load`'s flags: the cluster to reach, then the load itself. The cluster
+/// flags may also come before `load` (`benchmark --connect-addr A load`);
+/// `check` has none, as it reads a file and never connects.
+#[derive(clap::Args, Debug)]
+struct LoadCmd {
+    /// The manager to fetch the partition map from [default: the --connect-addr given before `load`, or 0.0.0.0:24000].
+    #[arg(long, value_name = "CONNECT_ADDR")]
+    connect_addr: Option<SocketAddr>,
+    /// Deadline for each command, in milliseconds [default: the --timeout-ms given before `load`, or 5000].
+    #[arg(long, value_name = "TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    timeout_ms: Option<u64>,
+    #[command(flatten)]
+    load: distkv::bench::LoadArgs,
 }
 
 fn main() {
@@ -41,11 +57,18 @@ fn main() {
     if let Some(Mode::Check(check)) = &args.mode {
         std::process::exit(distkv::checker::run_check_cli(check));
     }
+    let (connect_addr, timeout_ms) = match &args.mode {
+        Some(Mode::Load(cmd)) => (
+            cmd.connect_addr.unwrap_or(args.connect_addr),
+            cmd.timeout_ms.unwrap_or(args.timeout_ms),
+        ),
+        _ => (args.connect_addr, args.timeout_ms),
+    };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let client = distkv::cli::connect_or_exit(&rt, args.connect_addr, args.timeout_ms);
+    let client = distkv::cli::connect_or_exit(&rt, connect_addr, timeout_ms);
     match args.mode {
-        Some(Mode::Load(load)) => {
-            let code = rt.block_on(distkv::bench::run_load_cli(TokioRuntime, client, load));
+        Some(Mode::Load(cmd)) => {
+            let code = rt.block_on(distkv::bench::run_load_cli(TokioRuntime, client, cmd.load));
             std::process::exit(code);
         }
         Some(Mode::Check(_)) => unreachable!("handled before connecting"),

@@ -10,7 +10,9 @@ use std::time::Instant;
 #[derive(Parser, Debug)]
 #[command(
     version,
-    about = "distkv client: an interactive terminal (scriptable when stdin is not a terminal)"
+    about = "distkv client: an interactive terminal (scriptable when stdin is not a terminal)",
+    after_help = "Type 'help' inside for the commands. The command language, every reply and error, \
+                  and what each error says about a command's effect: docs/protocol.md."
 )]
 struct Args {
     /// The manager to fetch the partition map from.

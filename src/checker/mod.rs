@@ -1,5 +1,5 @@
 //! A linearizability / strict-serializability checker for distkv histories
-//! (SPEC.md "Histories"), used by `benchmark check --history FILE`.
+//! (docs/protocol.md, "Histories"), used by `benchmark check --history FILE`.
 //!
 //! ```text
 //!  &[HistoryRecord] ──validate──▶ drop `fail` commands and read-only `unknown` ones
@@ -17,8 +17,8 @@
 //!
 //! # The model
 //!
-//! A sequential map from key to value, starting empty, with SPEC.md's
-//! semantics: `PUT` sets the value and returns `found`/`not_found` (whether
+//! A sequential map from key to value, starting empty, with the semantics
+//! of docs/protocol.md: `PUT` sets the value and returns `found`/`not_found` (whether
 //! the key was present); `GET` returns the value or `null`; `SWAP` returns
 //! the old value and sets the new one only if the key is present (on an
 //! absent key it returns `null` and writes nothing); `DELETE` returns
@@ -145,11 +145,15 @@
 //!
 //! The first phase gets half of the remaining state budget (all of it when
 //! its failure is final); the fallback gets what is left. The verdict never
-//! changes, only the work: [`Report`] says how many partitions passed this
+//! changes, only the work: [`Report`] says how many key groups passed this
 //! way (`benchmark check` prints it in its second line), and a [`Violation`]
 //! how many commands its deciding search set aside.
 //!
 //! # P-compositionality (partitioning)
+//!
+//! (In this module a "partition" is a group of keys checked together; the
+//! output calls it a *key group*, as it has nothing to do with the
+//! cluster's partitions.)
 //!
 //! Linearizability is *local* (Herlihy & Wing): a history is linearizable
 //! iff each object's sub-history is, when every operation touches one object.
@@ -279,19 +283,19 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "OK: {} commands, {} partitions checked, {} states explored",
+            "OK: {} commands, {} key groups checked, {} states explored",
             self.commands, self.partitions, self.states_explored
         )
     }
 }
 
 impl Report {
-    /// How the pruned check decided, if it did: `1 partitions passed with 30
+    /// How the pruned check decided, if it did: `1 key groups passed with 30
     /// unobserved unknown-outcome commands set aside`.
     pub fn pruning_note(&self) -> Option<String> {
         (self.pruned_partitions > 0).then(|| {
             format!(
-                "{} partitions passed with {} unobserved unknown-outcome commands set aside",
+                "{} key groups passed with {} unobserved unknown-outcome commands set aside",
                 self.pruned_partitions, self.set_aside
             )
         })
@@ -388,7 +392,7 @@ pub struct MalformedHistory {
     pub reason: String,
 }
 
-/// Checks `history` (SPEC.md "Histories") for linearizability / strict
+/// Checks `history` (docs/protocol.md, "Histories") for linearizability / strict
 /// serializability against the sequential map model. See the module docs.
 pub fn check(history: &[HistoryRecord], config: &CheckConfig) -> Result<Outcome, MalformedHistory> {
     for (index, record) in history.iter().enumerate() {
@@ -946,7 +950,7 @@ impl fmt::Display for Violation {
         )?;
         writeln!(
             f,
-            "{} non-linearizable prefix of this partition's {} commands: {} commands, ending when #{} completes{}:",
+            "{} non-linearizable prefix of this key group's {} commands: {} commands, ending when #{} completes{}:",
             if self.minimal { "shortest" } else { "a" },
             self.partition_commands,
             self.prefix.len(),
@@ -989,7 +993,7 @@ impl fmt::Display for Violation {
         }
         write!(
             f,
-            "{} of {} partitions failed; {} states explored",
+            "{} of {} key groups failed; {} states explored",
             self.failing_partitions, self.partitions, self.states_explored
         )?;
         if self.set_aside > 0 {
@@ -1007,7 +1011,7 @@ impl fmt::Display for GaveUp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "UNKNOWN: gave up after {} states (--max-states {}) while checking {}; {} of {} partitions passed before",
+            "UNKNOWN: gave up after {} states (--max-states {}) while checking {}; {} of {} key groups passed before",
             self.states_explored,
             self.max_states,
             keys_text(&self.keys),
@@ -1041,17 +1045,17 @@ impl fmt::Display for Outcome {
 /// Flags of `benchmark check`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct CheckArgs {
-    /// The history file to check (JSON lines, SPEC.md "Histories").
+    /// The history file to check (JSON lines: docs/protocol.md, "Histories").
     #[arg(long, value_name = "FILE")]
     pub history: PathBuf,
     /// What the store held before the history began: `empty` (a fresh cluster), or `unknown` (each key holds whatever its first observation says, e.g. after an earlier load run).
     #[arg(long, value_enum, default_value_t = InitialState::Empty, value_name = "STATE")]
     pub initial_state: InitialState,
-    /// Give up (exit 3) after exploring this many search states over all partitions (16 bytes of memory each).
+    /// Give up (exit 3) after exploring this many search states over all key groups (16 bytes of memory each).
     #[arg(long, default_value_t = DEFAULT_MAX_STATES, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_states: u64,
-    /// Always run the full search: do not first check each partition without its unobserved unknown-outcome commands (same verdict, only slower; for timing and debugging).
+    /// Always run the full search: do not first check each key group without its unobserved unknown-outcome commands (same verdict, only slower; for timing and debugging).
     #[arg(long)]
     pub no_prune: bool,
     /// When the check without unobserved unknown-outcome commands fails and setting them aside is provably exact, report the violation at once instead of confirming it with the full search (which may give up).

@@ -146,7 +146,7 @@ fn empty_history_passes() {
     );
     assert_eq!(
         r.to_string(),
-        "OK: 0 commands, 0 partitions checked, 0 states explored"
+        "OK: 0 commands, 0 key groups checked, 0 states explored"
     );
 }
 
@@ -557,7 +557,7 @@ fn the_prefix_ends_at_the_first_unexplained_command() {
     assert!(text.contains("shortest non-linearizable prefix"), "{text}");
     assert!(text.contains("PUT t1 b -> found"), "{text}");
     let tail = format!(
-        "1 of 1 partitions failed; {} states explored",
+        "1 of 1 key groups failed; {} states explored",
         v.states_explored
     );
     assert!(text.ends_with(&tail), "{text}");
@@ -744,7 +744,7 @@ fn many_unobserved_unknown_writes_are_set_aside() {
     assert!(r.states_explored < 5_000, "{r:?}");
     assert_eq!(
         r.pruning_note().unwrap(),
-        "1 partitions passed with 30 unobserved unknown-outcome commands set aside"
+        "1 key groups passed with 30 unobserved unknown-outcome commands set aside"
     );
     assert_eq!(base.pruning_note(), None);
     let config = CheckConfig {
@@ -969,7 +969,7 @@ fn histories_read_from_json_are_checked() {
 // ---------------------------------------------------------------------------
 // The reference: a plain sequential map and a brute-force search
 
-/// Applies `ops` to `map` in order (SPEC.md semantics), returning the results.
+/// Applies `ops` to `map` in order (docs/protocol.md semantics), returning the results.
 fn ref_apply(map: &mut BTreeMap<Key, String>, ops: &[HistoryOp]) -> Vec<HistoryResult> {
     ops.iter()
         .map(|op| match op {

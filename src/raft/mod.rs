@@ -65,13 +65,17 @@ pub struct Config {
     pub max_inflight_appends: usize,
     pub pre_vote: bool,
     pub check_quorum: bool,
-    /// For members without durable state (servers running without
-    /// `--persistence`): a member that starts with an empty log may have
-    /// lost a log and votes it gave before a restart, so until it has caught
-    /// up with a leader (accepted an append that brings its log up to that
-    /// leader's commit index) it votes only for candidates whose log is
-    /// empty too. A new cluster still elects its first leader; a restarted
-    /// member cannot help elect a leader that lacks entries it acknowledged.
+    /// For members that can lose their state: servers without
+    /// `--persistence`, and durable servers whose disk was wiped or replaced
+    /// (the server cannot tell a new disk from a wiped one). A member that
+    /// starts with an empty log may have lost a log and votes it gave before,
+    /// so until it has caught up with a leader (accepted an append that
+    /// brings its log up to that leader's commit index, or won an election,
+    /// which only a log holding every committed entry can) it votes only for
+    /// candidates whose log is empty too. A new group still elects its first
+    /// leader; an emptied member cannot help elect a leader that lacks
+    /// entries it acknowledged. Leaders also repair a follower whose log
+    /// ends below what it acknowledged (see `handle_append_response`).
     pub amnesia_guard: bool,
     /// Most bytes of snapshot data in one InstallSnapshot message.
     pub snapshot_chunk_bytes: usize,
@@ -640,6 +644,14 @@ impl Raft {
 
     fn become_leader(&mut self) {
         crate::stats::count(crate::stats::Event::Election);
+        tracing::info!(
+            group = self.cfg.group,
+            id = self.cfg.id,
+            term = self.term,
+            "became leader"
+        );
+        // Leader Completeness (§5.4): our log holds every committed entry.
+        self.amnesiac = false;
         self.role = Role::Leader;
         self.leader = Some(self.cfg.id);
         self.election_elapsed = 0;
@@ -1475,8 +1487,8 @@ impl Raft {
                 if hint.rejected == 0 && hint.hint_index == 0 {
                     return; // our answer to a stale leader; nothing to do
                 }
-                // Members without durable state (`amnesia_guard`) can lose
-                // their log: a follower whose log ends below its matchIndex
+                // Members that can lose their state (`amnesia_guard`) can
+                // lose their log: a follower whose log ends below its matchIndex
                 // is repaired even if the answer could be a stale one (then
                 // the cost is only a resend).
                 let lost_log = self.cfg.amnesia_guard && hint.hint_index < pr.match_index;

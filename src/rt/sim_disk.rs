@@ -241,6 +241,17 @@ impl SimDisk {
     pub fn crash_drop_all(&self) {
         self.crash(|_| 0);
     }
+
+    /// Replaces the disk by an empty one (an operator wiped the server's
+    /// data, or the machine got a new disk). Files still open see nothing
+    /// more; the node must be stopped first.
+    pub fn wipe(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.files.clear();
+        st.names.clear();
+        st.durable_names.clear();
+        st.dirs.clear();
+    }
 }
 
 impl State {

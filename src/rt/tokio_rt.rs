@@ -110,7 +110,11 @@ impl TcpNet {
         let mut advertise = advertise;
         let listener = match listen {
             Some(addr) => {
-                let listener = TcpListener::bind(addr).await?;
+                // Name the address: "Address already in use" alone does not
+                // say which process should move.
+                let listener = TcpListener::bind(addr).await.map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+                })?;
                 let bound = listener.local_addr()?;
                 // Port 0 binds an ephemeral port: advertise the real one.
                 advertise = Some(match advertise {

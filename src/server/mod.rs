@@ -14,8 +14,10 @@
 //! asks in the shared write-ahead log (one fsync covers every group), and
 //! sends votes and acknowledgements only once what they promise is durable.
 
+pub mod manager_contact;
 pub mod replica;
 
+pub use manager_contact::{ContactNotice, ManagerContact};
 pub use replica::{Output, RaftTuning, ReplyTo, ServerCore};
 
 use crate::map::{NodeId, PartitionId};
@@ -90,6 +92,8 @@ struct Driver<R: Runtime, D: Disk> {
     /// Where each peer server is: from the map, and from the messages peers
     /// send (so a restarted server finds its group while the manager is down).
     peers: BTreeMap<NodeId, SocketAddr>,
+    /// Whether the manager answers our registrations, for the log.
+    manager: ManagerContact,
 }
 
 /// Runs a server until its network endpoint or its storage fails, or the
@@ -167,10 +171,10 @@ pub async fn run_server<R: Runtime, D: Disk>(
     let core = ServerCore::new(
         config.node_id,
         recovered,
-        storage.is_some(),
         config.raft.clone(),
         rt.rand_u64(),
     );
+    let manager = ManagerContact::new(rt.now(), config.heartbeat_interval);
     let mut d = Driver {
         rt: rt.clone(),
         config,
@@ -179,6 +183,7 @@ pub async fn run_server<R: Runtime, D: Disk>(
         core,
         pending: VecDeque::new(),
         peers: BTreeMap::new(),
+        manager,
     };
     d.flush().await?;
     let tick = d.config.raft_tick;
@@ -224,6 +229,9 @@ pub async fn run_server<R: Runtime, D: Disk>(
                     next_tick + tick
                 };
                 d.core.tick();
+                if let Some(notice) = d.manager.tick(now) {
+                    d.log_contact(notice);
+                }
             }
             Event::Received(None) => {
                 return Err(io::Error::other("the network endpoint closed"));
@@ -259,6 +267,9 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
                 );
             }
             Msg::RegisterReply { result: Ok(map) } => {
+                if let Some(notice) = self.manager.replied(self.rt.now()) {
+                    self.log_contact(notice);
+                }
                 for (&id, &addr) in &map.servers {
                     self.peers.insert(id, addr);
                 }
@@ -296,6 +307,36 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
             }
         }
         Ok(())
+    }
+
+    /// Says in the log that the manager went silent or came back.
+    fn log_contact(&self, notice: ContactNotice) {
+        let manager = self.config.manager_addr;
+        match notice {
+            ContactNotice::Unreachable { silent } => match self.core.map() {
+                Some(map) => tracing::warn!(
+                    "cannot reach the manager at {manager} (no reply for {} s); \
+                     still serving with the current partition map (epoch {})",
+                    silent.as_secs(),
+                    map.epoch
+                ),
+                None if self.core.replicas().is_empty() => tracing::warn!(
+                    "cannot reach the manager at {manager} (no reply for {} s); \
+                     no partition map yet, so this server serves nothing until it answers",
+                    silent.as_secs()
+                ),
+                None => tracing::warn!(
+                    "cannot reach the manager at {manager} (no reply for {} s); \
+                     no partition map yet, serving the {} replicas recovered from disk",
+                    silent.as_secs(),
+                    self.core.replicas().len()
+                ),
+            },
+            ContactNotice::Reachable { silent } => tracing::info!(
+                "reached the manager at {manager} after {} s without a reply",
+                silent.as_secs()
+            ),
+        }
     }
 
     /// Carries out everything the core asked for, until it asks nothing.
@@ -471,7 +512,7 @@ mod tests {
             let map = PartitionMap::build(&[("t".into(), 90)], &servers, n).unwrap();
             let mut c = Cores {
                 cores: (0..n as u64)
-                    .map(|i| ServerCore::new(i, BTreeMap::new(), false, RaftTuning::default(), i))
+                    .map(|i| ServerCore::new(i, BTreeMap::new(), RaftTuning::default(), i))
                     .collect(),
                 down: BTreeSet::new(),
                 replies: BTreeMap::new(),
@@ -688,7 +729,7 @@ mod tests {
 
     #[test]
     fn refuses_until_it_has_a_map_then_only_its_partitions() {
-        let mut core = ServerCore::new(5, BTreeMap::new(), false, RaftTuning::default(), 1);
+        let mut core = ServerCore::new(5, BTreeMap::new(), RaftTuning::default(), 1);
         let to = ReplyTo {
             addr: CLIENT.parse().unwrap(),
             req: 1,

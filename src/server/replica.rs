@@ -195,8 +195,6 @@ pub struct ServerCore {
     map: Option<PartitionMap>,
     replicas: BTreeMap<PartitionId, Replica>,
     tuning: RaftTuning,
-    /// Without durable state, replicas start with the amnesia guard.
-    durable: bool,
     rng: u64,
     out: Output,
 }
@@ -207,7 +205,6 @@ impl ServerCore {
     pub fn new(
         node_id: NodeId,
         recovered: BTreeMap<PartitionId, RecoveredGroup>,
-        durable: bool,
         tuning: RaftTuning,
         seed: u64,
     ) -> ServerCore {
@@ -216,7 +213,6 @@ impl ServerCore {
             map: None,
             replicas: BTreeMap::new(),
             tuning,
-            durable,
             rng: seed,
             out: Output::default(),
         };
@@ -242,7 +238,9 @@ impl ServerCore {
             group: store.range().id,
             election_ticks: self.tuning.election_ticks,
             heartbeat_ticks: self.tuning.heartbeat_ticks,
-            amnesia_guard: !self.durable,
+            // Without --persistence every restart empties a replica; with
+            // it, an operator may have wiped or replaced the disk.
+            amnesia_guard: !no_amnesia_guard(),
             ..Config::new(self.node_id)
         };
         let seed = self.next_seed();
@@ -623,6 +621,16 @@ impl ServerCore {
             r.raft.compact(r.applied - compact_entries / 2);
         }
     }
+}
+
+#[cfg(feature = "sim")]
+fn no_amnesia_guard() -> bool {
+    crate::bugs::enabled(crate::bugs::Bug::NoAmnesiaGuard)
+}
+
+#[cfg(not(feature = "sim"))]
+fn no_amnesia_guard() -> bool {
+    false
 }
 
 /// Who the leader is, as far as a refusal tells.

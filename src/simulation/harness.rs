@@ -63,7 +63,7 @@
 //!    Two storage modes ([`Mode`]). [`Mode::Durable`]: servers run with
 //!    `--persistence`, and every acknowledged write must survive everything,
 //!    including a power cut of all servers at once. [`Mode::Memory`]: servers
-//!    keep everything in memory, which SPEC.md promises survives any crash of
+//!    keep everything in memory, which docs/protocol.md promises survives any crash of
 //!    a *minority* of each partition's replicas. The nemesis keeps to that
 //!    promise: a memory-mode kill is dropped from the schedule unless every
 //!    other server is up, not paused, not cut off, and has been through
@@ -79,7 +79,7 @@
 //!    restarted replicas catch up, within [`LIVENESS_BOUND`] of simulated
 //!    time. The SCANs are the final durability scan.
 //! 4. Linearizability: the whole history (every command with its invoke
-//!    and complete times and outcome, SPEC.md "Histories") is checked with
+//!    and complete times and outcome, docs/protocol.md "Histories") is checked with
 //!    the project's Wing–Gong–Lowe checker ([`crate::checker`]), which sees
 //!    what the per-key [`Model`] cannot: reads of other clients' keys (a
 //!    stale read at a deposed leader) and whole SCAN results.
@@ -136,6 +136,11 @@ pub const LIVENESS_BOUND: Duration = Duration::from_secs(20);
 /// restarted (or resumed, or reconnected) before another server may be
 /// killed. Catching up takes an election (≤ 1 s) and a few round trips.
 pub const CATCHUP: f64 = 3.0;
+/// A disk is wiped only while every other server is up and has been
+/// healthy this long (seconds): long enough to hold what was committed
+/// before it, short enough that peers still lag by the last few entries
+/// (which a wiped replica must not help elect a leader without).
+pub const WIPE_CATCHUP: f64 = 1.0;
 /// After the liveness phase, the cluster gets this long (two election
 /// timeouts) to settle before the quiet phase starts.
 pub const QUIET_SETTLE: Duration = Duration::from_secs(2);
@@ -296,10 +301,16 @@ pub enum FaultKind {
     /// had [`CATCHUP`] seconds to catch up. In memory mode each of its
     /// kills also obeys the minority rule.
     Rolling,
+    /// [`Mode::Durable`] only: a server is stopped, its disk wiped, and
+    /// restarted empty with the same node id (an operator replacing a
+    /// broken disk). Its replicas must not vote until a leader has caught
+    /// them up, and nothing acknowledged may be lost. As with memory-mode
+    /// kills, the rest of the cluster is up and caught up meanwhile.
+    Wipe,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::Kill,
         FaultKind::Clog,
         FaultKind::Manager,
@@ -310,6 +321,7 @@ impl FaultKind {
         FaultKind::Dup,
         FaultKind::Disk,
         FaultKind::Rolling,
+        FaultKind::Wipe,
     ];
 
     pub fn name(self) -> &'static str {
@@ -324,6 +336,7 @@ impl FaultKind {
             FaultKind::Dup => "dup",
             FaultKind::Disk => "disk",
             FaultKind::Rolling => "rolling",
+            FaultKind::Wipe => "wipe",
         }
     }
 
@@ -339,7 +352,7 @@ impl FaultKind {
             (FaultKind::Kill, Mode::Memory) => 0.8,
             (FaultKind::Kill, Mode::Durable) => 0.9,
             (FaultKind::Partition | FaultKind::Pause, _) => 0.7,
-            (FaultKind::Disk, Mode::Memory) => 0.0,
+            (FaultKind::Disk | FaultKind::Wipe, Mode::Memory) => 0.0,
             _ => 0.5,
         }
     }
@@ -663,6 +676,8 @@ enum Fault {
     /// The disk works again; the server (stopped, or about to be) is
     /// restarted as after a power cut.
     DiskHeal(usize),
+    /// The server is stopped and its disk wiped (restarted by `Restart`).
+    Wipe(usize),
 }
 
 /// One fault with a beginning and an end, as drawn.
@@ -720,6 +735,11 @@ fn longest_gap(intervals: &[(f64, f64)], from: f64, to: f64) -> f64 {
 /// up, not paused, not cut off, and through [`CATCHUP`] seconds of a healthy
 /// cluster since it was last impaired, given the `others` episodes.
 fn kill_is_safe(kill: &Episode, others: &[&Episode], servers: usize) -> bool {
+    kill_is_safe_after(kill, others, servers, CATCHUP)
+}
+
+/// [`kill_is_safe`] with `catchup` seconds of health instead of [`CATCHUP`].
+fn kill_is_safe_after(kill: &Episode, others: &[&Episode], servers: usize, catchup: f64) -> bool {
     let t = kill.start;
     let unhealthy: Vec<(f64, f64)> = others
         .iter()
@@ -737,7 +757,7 @@ fn kill_is_safe(kill: &Episode, others: &[&Episode], servers: usize) -> bool {
                 .filter(|e| e.end <= t)
                 .map(|e| e.end)
                 .fold(0.0, f64::max);
-            longest_gap(&unhealthy, since, t) >= CATCHUP
+            longest_gap(&unhealthy, since, t) >= catchup
         })
 }
 
@@ -835,6 +855,7 @@ pub async fn scenario(mode: Mode) -> Summary {
 /// kills of a caught-up minority.
 fn draw_schedule(
     rng: &mut impl Rng,
+    seed: u64,
     mode: Mode,
     enabled: Faults,
     servers: &[NodeId],
@@ -1039,6 +1060,45 @@ fn draw_schedule(
     }
 
     episodes.retain(|e| enabled.contains(e.kind));
+
+    // Disk wipes (durable only), drawn from a hash of the seed so that the
+    // draws above stay put. A wipe happens only while every other server is
+    // up and caught up (a majority of every group still has the data); the
+    // others may fail right after it as drawn (a wiped replica must then
+    // not help elect a leader that lacks what it had acknowledged), but the
+    // wiped server itself is left alone from CATCHUP before the wipe until
+    // 2 * CATCHUP after its restart, and no other disk is wiped meanwhile:
+    // one server at a time is rebuilt from the others (see ARCHITECTURE.md
+    // on replacing a disk).
+    if mode == Mode::Durable && enabled.contains(FaultKind::Wipe) {
+        let wipes = 1 + (seed_draw(seed, 10) * 2.0) as u64;
+        for w in 0..wipes {
+            let draw = |k: u64| seed_draw(seed, 11 + 3 * w + k);
+            let at = 2.0 + draw(0) * (chaos - 8.0);
+            let down = 0.05 + draw(1) * 2.0;
+            let s = ((draw(2) * n as f64) as usize).min(n - 1);
+            let (lo, hi) = (at - CATCHUP, at + down + 2.0 * CATCHUP);
+            let wipe = Episode {
+                kind: FaultKind::Wipe,
+                start: at,
+                end: at + down,
+                impaired: vec![s],
+                begin: vec![Fault::Wipe(s)],
+                finish: vec![Fault::Restart(s)],
+            };
+            let conflicts = |e: &Episode| {
+                let touches = e.impaired.contains(&s) || e.kind == FaultKind::Wipe;
+                touches && e.end > lo && e.start < hi
+            };
+            // Only while every other server is up and caught up, as for a
+            // memory-mode kill: a wipe must leave a majority with the data.
+            let others: Vec<&Episode> = episodes.iter().filter(|e| !conflicts(e)).collect();
+            if kill_is_safe_after(&wipe, &others, n, WIPE_CATCHUP) {
+                episodes.retain(|e| !conflicts(e));
+                episodes.push(wipe);
+            }
+        }
+    }
     match mode {
         Mode::Memory => minority_kills_only(episodes, n),
         Mode::Durable => (episodes, 0),
@@ -1262,7 +1322,8 @@ pub async fn scenario_with(config: Config) -> Summary {
         });
     }
 
-    let (episodes, kills_skipped) = draw_schedule(&mut rng, mode, enabled, &servers, &client_ids);
+    let (episodes, kills_skipped) =
+        draw_schedule(&mut rng, seed, mode, enabled, &servers, &client_ids);
     let mut faults: Vec<(Duration, Fault)> = Vec::new();
     let (mut partitions, mut pauses, mut rolling) = (0, 0, 0);
     for e in episodes {
@@ -1334,6 +1395,18 @@ pub async fn scenario_with(config: Config) -> Summary {
                     }
                     kills += 1;
                 }
+            }
+            Fault::Wipe(s) => {
+                let n = down.entry(s).or_default();
+                *n += 1;
+                if *n == 1 {
+                    if paused.remove(&s).is_some() {
+                        handle.resume(servers[s]);
+                    }
+                    handle.kill(servers[s]);
+                }
+                disks[s].wipe();
+                stats::count(Event::DiskWiped);
             }
             Fault::Restart(s) => {
                 // Always after a kill: restart alone cannot re-bind the address.

@@ -32,7 +32,7 @@
 //!   the command applied to `None`.
 //!
 //! The whole-cluster scenario never wipes: partitions are replicated, and
-//! it only injects the crashes SPEC.md promises to survive (a minority of
+//! it only injects the crashes docs/protocol.md promises to survive (a minority of
 //! each partition's replicas in memory mode; anything, including every
 //! server at once, with `--persistence`), so every acknowledged write must
 //! survive and the ordinary rules apply unchanged (a reply is only sent

@@ -81,8 +81,13 @@ pub enum WalError {
     #[error(
         "write-ahead log {path} is corrupt at byte offset {offset}: {reason}. \
              This is not a torn tail (valid data follows), so recovery stops rather \
-             than drop acknowledged writes; restore the file or remove the server's \
-             data to rebuild it from replicas"
+             than drop acknowledged writes. Safe ways on: restore the file from a copy; \
+             or, if every partition this server holds has a majority of its replicas \
+             up and caught up on other servers, remove this server's data (its \
+             --log-path and --db-path) and start it again with the same --node-id: its \
+             replicas start empty, take no part in elections until a leader has \
+             caught them up, and copy the data from the other replicas. Replace one \
+             server of a partition at a time, and let it catch up before the next"
     )]
     Corrupt {
         path: PathBuf,
