@@ -32,7 +32,7 @@
 //! A failure panics with `seed <s>: [<check>] ...` and a one-line reproduce
 //! command; madsim prints the seed too. `SIM_RAFT_BUG` injects one of
 //! `distkv::bugs` (`commit-without-quorum` in the core; `forget-vote`,
-//! `stale-read`, `ack-before-fsync` in this driver).
+//! `stale-read`, `ack-before-fsync`, `snapshot-off-by-one` in this driver).
 //!
 //! `SIM_RAFT_VERBOSE=1` prints every traced event (faults, restarts with
 //! what recovery found, leaders, client outcomes) with its simulated time.
@@ -204,6 +204,14 @@ fn catches_ack_before_fsync() {
     assert_caught(Bug::AckBeforeFsync, 500);
 }
 
+/// A snapshot named `applied` that holds the state one entry earlier: a
+/// follower that installs it never applies that entry (a lost write, or a
+/// state machine that differs from everyone else's).
+#[test]
+fn catches_snapshot_off_by_one() {
+    assert_caught(Bug::SnapshotOffByOne, 100);
+}
+
 /// How often each injected bug is caught, and by which check, over seeds
 /// `1..=SIM_RAFT_RATE_SEEDS` (default 100). Informational; run with
 /// `cargo test --release --features sim --test sim_raft bug_detection_rates -- --ignored --nocapture`.
@@ -219,6 +227,7 @@ fn bug_detection_rates() {
         Bug::ForgetVote,
         Bug::StaleRead,
         Bug::AckBeforeFsync,
+        Bug::SnapshotOffByOne,
     ] {
         let mut caught: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
         for seed in 1..=count {

@@ -12,7 +12,11 @@
 //!    group-commit batching, WAL segment size (2–64 KiB, so logs roll over),
 //!    and Raft tuning (election 10–20 ticks of 10 ms,
 //!    heartbeat 1–3 ticks, append batch and pipelining window, pre-vote and
-//!    check-quorum each on in 3 seeds of 4).
+//!    check-quorum each on in 3 seeds of 4). The compaction interval K
+//!    (snapshot + log compaction every K applied entries, log-uniform in
+//!    2..=200) is the one draw made from a hash of the seed instead
+//!    ([`compact_every`]), so it does not shift the draws above (and the
+//!    schedules the regression seeds pin).
 //! 2. **Chaos** (8–14 s): two clients propose unique values (`c<k>-<i>`) to
 //!    whichever node looks like the leader and issue ReadIndex reads, each
 //!    with a 1 s deadline (a timeout is an unknown outcome). Meanwhile the
@@ -32,12 +36,13 @@
 //!
 //! The checkers themselves are in [`crate::checker`].
 
-use crate::checker::{Check, Counts, LogImage};
+use crate::checker::{Check, Counts, Fnv, LogImage};
 use crate::node::{node_ip, run_node, NodeParams};
 use crate::shared::{Request, Shared};
 use distkv::bugs::Bug;
 use distkv::raft::{Index, NodeId};
 use distkv::rt::SimDisk;
+use distkv::stats::Event;
 use distkv::storage::group_commit::GroupCommitConfig;
 use madsim::net::NetSim;
 use madsim::rand::Rng;
@@ -76,6 +81,9 @@ pub struct Summary {
     pub pauses: u64,
     pub transfers: u64,
     pub counts: Counts,
+    pub compact_every: u64,
+    /// Compactions, snapshots sent and installed, elections (`distkv::stats`).
+    pub events: distkv::stats::Counts,
     pub final_index: Index,
     pub end: Duration,
     pub trace_hash: u64,
@@ -87,8 +95,9 @@ impl fmt::Display for Summary {
         write!(
             f,
             "seed {}: {} nodes, loss {:.1}%, latency 1..{} ms, dup {:.1}%: {} kills, {} clogs, \
-             {} pauses, {} transfers; {} proposals ({} acked), {} reads ({} ok), {} leaders, final index {}, \
-             ended at {:.1?}, trace {:016x}",
+             {} pauses, {} transfers; {} proposals ({} acked), {} reads ({} ok), {} leaders, final index {}; \
+             compact every {}: {} compactions, {} snapshots sent, {} installed; ended at {:.1?}, \
+             trace {:016x}",
             self.seed,
             self.nodes,
             self.loss_permille as f64 / 10.0,
@@ -104,6 +113,10 @@ impl fmt::Display for Summary {
             c.reads_ok,
             c.leaders,
             self.final_index,
+            self.compact_every,
+            self.events.get(Event::Compaction),
+            self.events.get(Event::SnapshotSent),
+            self.events.get(Event::SnapshotInstalled),
             self.end,
             self.trace_hash
         )
@@ -117,6 +130,19 @@ pub fn reproduce(seed: u64, bug: Option<Bug>) -> String {
         "{env}MADSIM_TEST_SEED={seed} cargo test --release --features sim --test sim_raft \
          raft_chaos -- --exact --nocapture"
     )
+}
+
+/// Compact every K applied entries: K log-uniform in `2..=200` (so a
+/// handful in some seeds, a couple of hundred in others), taken from a hash
+/// of the seed rather than from the simulation's rng, so that adding this
+/// draw did not shift the others.
+pub fn compact_every(seed: u64) -> u64 {
+    let mut h = Fnv::default();
+    h.write(b"sim_raft compact_every");
+    h.write(&seed.to_le_bytes());
+    // FNV's high bits are its best mixed: 53 of them, uniform in [0, 1).
+    let u = (h.0 >> 11) as f64 / (1u64 << 53) as f64;
+    (2.0 * 100f64.powf(u)).round() as u64
 }
 
 /// Faults in effect, to undo them and to heal everything at the end.
@@ -328,6 +354,7 @@ impl World {
 pub async fn scenario(bug: Option<Bug>) -> Summary {
     let handle = Handle::current();
     let seed = handle.seed();
+    distkv::stats::reset();
     let reproduce = reproduce(seed, bug);
     println!("seed {seed}: reproduce with `{reproduce}`");
     let mut rng = madsim::rand::thread_rng();
@@ -362,6 +389,7 @@ pub async fn scenario(bug: Option<Bug>) -> Summary {
         },
         segment_bytes: rng.gen_range(2..=64) * 1024,
         dup_ppm,
+        compact_every: compact_every(seed),
     };
     let chaos = ms(rng.gen_range(8000..=14000));
     let shared = Arc::new(Shared::new(seed, reproduce, n));
@@ -453,18 +481,22 @@ pub async fn scenario(bug: Option<Bug>) -> Summary {
         let views = shared.views.lock().unwrap();
         for ack in checker.acks() {
             for (id, v) in views.iter() {
-                if v.applied.get(&ack.index) != Some(&ack.value) {
+                // At or below the node's snapshot, the entry is in its state
+                // machine (the checker compared that snapshot with every
+                // other node's state at its index).
+                if ack.index > v.snapshot_index && v.applied.get(&ack.index) != Some(&ack.value) {
                     shared.fail_with(
                         Check::AckedLost,
                         format!(
                             "value {:?} was acknowledged at index {}, but node {id} applied {:?} \
-                             there (its applied index: {})",
+                             there (its applied index: {}, snapshot: {})",
                             String::from_utf8_lossy(&ack.value),
                             ack.index,
                             v.applied
                                 .get(&ack.index)
                                 .map(|x| String::from_utf8_lossy(x)),
-                            v.applied_index
+                            v.applied_index,
+                            v.snapshot_index
                         ),
                     );
                 }
@@ -485,6 +517,8 @@ pub async fn scenario(bug: Option<Bug>) -> Summary {
         pauses: world.pauses,
         transfers: world.transfers,
         counts: checker.counts.clone(),
+        compact_every: base.compact_every,
+        events: distkv::stats::snapshot(),
         final_index,
         end: shared.elapsed(),
         trace_hash: checker.trace_hash(),
@@ -558,12 +592,13 @@ fn describe_views(shared: &Shared) -> String {
         .iter()
         .map(|(id, v)| {
             format!(
-                "{id}: up {} {:?} term {} applied {} log {} commit {}{}",
+                "{id}: up {} {:?} term {} applied {} snapshot {} log {} commit {}{}",
                 v.up,
                 v.role,
                 v.term,
                 v.applied_index,
-                v.log.entries.len(),
+                v.log.snapshot_index,
+                v.log.last_index(),
                 v.log.commit,
                 if v.matches.is_empty() {
                     String::new()

@@ -41,6 +41,10 @@ pub struct NodeView {
     pub applied_index: Index,
     /// Normal entries applied by the current incarnation.
     pub applied: BTreeMap<Index, Vec<u8>>,
+    /// The snapshot the current incarnation started from or installed last
+    /// (checked against every other node's state there): every committed
+    /// entry at or below it is in its state machine.
+    pub snapshot_index: Index,
     /// The newest published log (kept after a kill: it was a real log).
     pub log: LogImage,
 }
