@@ -124,6 +124,10 @@ pub struct NodeParams {
     /// Compact the log (and write a snapshot record) every this many
     /// applied entries.
     pub compact_every: u64,
+    /// Most bytes of snapshot data in one InstallSnapshot chunk.
+    pub snapshot_chunk_bytes: usize,
+    /// Most snapshot chunks in flight to one follower.
+    pub max_inflight_snapshot_chunks: usize,
 }
 
 /// The state machine, as a snapshot carries it: the register (the newest
@@ -154,6 +158,8 @@ impl NodeParams {
             max_inflight_appends: self.max_inflight_appends,
             pre_vote: self.pre_vote,
             check_quorum: self.check_quorum,
+            snapshot_chunk_bytes: self.snapshot_chunk_bytes,
+            max_inflight_snapshot_chunks: self.max_inflight_snapshot_chunks,
             ..Config::new(self.id)
         }
     }
@@ -657,6 +663,8 @@ impl Driver {
             meta.term,
             self.mirror.len()
         ));
+        self.shared.installs.lock().unwrap().push(id);
+        self.shared.installed.notify_one();
     }
 
     /// Every `compact_every` applied entries: a snapshot record, then the

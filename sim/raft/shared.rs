@@ -9,7 +9,7 @@ use madsim::time::Instant;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 /// A client request, delivered to a node's current incarnation.
 pub enum Request {
@@ -58,6 +58,10 @@ pub struct Shared {
     verbose: bool,
     pub views: Mutex<BTreeMap<NodeId, NodeView>>,
     pub checker: Mutex<Checker>,
+    /// Nodes that just installed a snapshot from their leader (the nemesis
+    /// crashes some of them at once), and the signal that one did.
+    pub installs: Mutex<Vec<NodeId>>,
+    pub installed: Notify,
 }
 
 impl Shared {
@@ -69,6 +73,8 @@ impl Shared {
             verbose: std::env::var_os("SIM_RAFT_VERBOSE").is_some(),
             views: Mutex::new((1..=n).map(|id| (id, NodeView::default())).collect()),
             checker: Mutex::new(Checker::default()),
+            installs: Mutex::new(Vec::new()),
+            installed: Notify::new(),
         }
     }
 
