@@ -6,7 +6,7 @@
 //! |---|---|
 //! | [`Check::ElectionSafety`] | §5.2: at most one leader per term, over the whole run (every node's role and term are recorded after every step/tick/persist). |
 //! | [`Check::CommittedChanged`] | §5.4.3 State Machine Safety: every `(index → term, data)` any node ever applied, in any incarnation, agrees with every other application of that index; and every node's whole state machine at an index (a hash chain over every entry applied up to it, see [`chain`]) is the same, whether it got there by applying entries, from a snapshot installed from a leader, or from a snapshot recovered from its disk. A snapshot's `(index, term)` must be the committed entry's, and its register the newest value applied at or below its index. |
-//! | [`Check::LogMatching`] | §5.3 Log Matching, spot-checked every few hundred ms over the logs the nodes publish: two logs with the same term at an index agree on every entry up to it that both still hold (a log that starts after a snapshot holds only the snapshot's `(index, term)` there, and nothing below it); and every entry at or below a node's commit index, and the position of the snapshot its log starts after, equals the entry applied at that index. |
+//! | [`Check::LogMatching`] | §5.3 Log Matching, spot-checked every few hundred ms over the logs the nodes publish: two logs with the same term at an index agree on every entry up to it that both still hold (a log that starts after a snapshot holds only the snapshot's `(index, term)` there, and nothing below it); and every entry at or below a node's commit index, and the position of the snapshot its log starts after, equals the entry applied at that index. Whenever a node publishes its log (also right after each snapshot install), its terms must not decrease from the snapshot's on. |
 //! | [`Check::AckedLost`] | Durability: a proposal the client saw applied (acknowledged) is, after the final heal, applied at the same index on every node (by applying it, or by starting from a verified snapshot at or after its index). |
 //! | [`Check::StaleRead`] | ReadIndex linearizability (lite): a read returns the register value at its read index, which must include every value acknowledged before the read was invoked. |
 //! | [`Check::Liveness`] | After healing everything: a leader, a committed proposal and converged applied indexes within a bound. |
@@ -349,6 +349,28 @@ impl Checker {
                 Ok(())
             }
         }
+    }
+
+    /// (3) A log's terms never decrease (from the snapshot's on): every
+    /// leader appends in its own term, which is above the terms before it,
+    /// and a follower's log is a prefix of some leader's. Checked whenever a
+    /// node publishes its log (also right after each snapshot install).
+    pub fn log_shape(&self, id: NodeId, log: &LogImage) -> Result<(), Violation> {
+        let mut prev = log.snapshot_term;
+        for (index, &(term, _)) in (log.snapshot_index + 1..).zip(&log.entries) {
+            if term < prev {
+                return violation(
+                    Check::LogMatching,
+                    format!(
+                        "node {id}'s log has term {term} at index {index} after term {prev} \
+                         (snapshot at {} term {})",
+                        log.snapshot_index, log.snapshot_term
+                    ),
+                );
+            }
+            prev = term;
+        }
+        Ok(())
     }
 
     /// (3) Log matching over published logs, plus: entries at or below a

@@ -2,7 +2,9 @@
 //! (`cargo test --release --features sim --test sim_raft`).
 //!
 //! Each simulated node runs one member of the group through a small driver
-//! ([`node`]) on the production trait layer: `SimRuntime` for the network
+//! ([`node`]), which compacts its log every few applied entries (so
+//! followers that fall behind get snapshots, in chunks), on the production
+//! trait layer: `SimRuntime` for the network
 //! (bincode messages in madsim datagrams), timers and randomness, and a
 //! harness-owned `SimDisk` holding the member's write-ahead log
 //! (`storage::wal` + `storage::group_commit`), which loses, keeps or tears
@@ -11,9 +13,14 @@
 //!
 //! 1. **election safety**: at most one leader per term, ever;
 //! 2. **committed entries never change**: every index any node ever applied
-//!    (across nodes and restarts) has one term and payload;
+//!    (across nodes and restarts) has one term and payload, and every node's
+//!    state machine at an index is the same (a hash chain over everything
+//!    it applied, which snapshots carry: a snapshot taken, installed or
+//!    recovered is checked against it);
 //! 3. **log matching** spot checks over the nodes' published logs (and their
-//!    committed prefixes against what was applied);
+//!    committed prefixes against what was applied), comparing only the
+//!    entries both logs still hold after compaction; terms never decrease
+//!    within a log;
 //! 4. **acknowledged proposals are never lost**: after the final heal every
 //!    acknowledged value is applied at its index on every node;
 //! 5. **ReadIndex reads** see every value acknowledged before they were

@@ -663,6 +663,7 @@ impl Driver {
             meta.term,
             self.mirror.len()
         ));
+        self.publish_log();
         self.shared.installs.lock().unwrap().push(id);
         self.shared.installed.notify_one();
     }
@@ -836,6 +837,8 @@ impl Driver {
             entries: self.mirror.clone(),
             commit: self.raft.commit(),
         };
+        let result = self.shared.checker.lock().unwrap().log_shape(id, &image);
+        self.shared.check(result);
         self.shared
             .views
             .lock()
