@@ -32,6 +32,7 @@ pub mod bugs;
 pub mod checker;
 pub mod cli;
 pub mod client;
+pub mod hash;
 pub mod key;
 pub mod kv;
 pub mod manager;

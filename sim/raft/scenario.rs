@@ -46,6 +46,7 @@ use crate::checker::{Check, Counts, Fnv, LogImage};
 use crate::node::{node_ip, run_node, NodeParams};
 use crate::shared::{Request, Shared};
 use distkv::bugs::Bug;
+use distkv::hash::splitmix64;
 use distkv::raft::{Index, NodeId};
 use distkv::rt::SimDisk;
 use distkv::stats::Event;
@@ -151,12 +152,10 @@ pub fn compact_every(seed: u64) -> u64 {
 /// A number uniform in `[0, 1)` from a hash of `seed` and `what` (the same
 /// for a seed however the simulation's rng is used).
 pub fn seed_draw(seed: u64, what: &str) -> f64 {
-    let mut h = Fnv::default();
-    h.write(b"sim_raft ");
-    h.write(what.as_bytes());
-    h.write(&seed.to_le_bytes());
-    // FNV's high bits are its best mixed: 53 of them.
-    (h.0 >> 11) as f64 / (1u64 << 53) as f64
+    let mut label = Fnv::default();
+    label.write(what.as_bytes());
+    let h = splitmix64(seed ^ splitmix64(label.0));
+    (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Picks one of `choices` by [`seed_draw`].

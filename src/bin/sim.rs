@@ -66,7 +66,7 @@ struct Args {
     /// ack-before-fsync and forget-vote (durable mode only: in memory nothing
     /// is fsynced or recovered), duplicate-apply, commit-without-quorum,
     /// stale-read, slow-heartbeat (caught by the stability check),
-    /// forget-installed-snapshot, no-amnesia-guard (durable, with wipes).
+    /// forget-installed-snapshot, no-amnesia-guard.
     #[arg(long, value_name = "NAME", value_parser = parse_bug)]
     inject_bug: Option<Bug>,
     /// Faults to inject: a comma-separated list of kill (server kills and
@@ -151,14 +151,12 @@ fn bug_modes(bug: Bug) -> &'static [Mode] {
     match bug {
         // In memory mode nothing is fsynced, and nothing is recovered.
         Bug::AckBeforeFsync | Bug::ForgetVote => &[Mode::Durable],
-        // Only a wiped durable replica is emptied without a majority loss
-        // the simulation allows (memory mode keeps a caught-up majority).
-        Bug::NoAmnesiaGuard => &[Mode::Durable],
         Bug::DuplicateApply
         | Bug::CommitWithoutQuorum
         | Bug::StaleRead
         | Bug::SlowHeartbeat
-        | Bug::ForgetInstalledSnapshot => &[Mode::Memory, Mode::Durable],
+        | Bug::ForgetInstalledSnapshot
+        | Bug::NoAmnesiaGuard => &[Mode::Memory, Mode::Durable],
         // Injected in the Raft-group simulation's driver (sim/raft) only.
         Bug::SnapshotOffByOne => &[],
     }

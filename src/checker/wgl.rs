@@ -155,12 +155,7 @@ pub(crate) struct Budget {
 // ---------------------------------------------------------------------------
 // Fingerprints
 
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+use crate::hash::splitmix64 as splitmix;
 
 /// A pseudo-random 128-bit word for `x` in the domain `tag`.
 fn h128(tag: u64, x: u64) -> u128 {

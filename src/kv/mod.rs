@@ -10,6 +10,8 @@ use crate::map::Partition;
 use crate::op::{Op, OpResult, SCAN_RESULT_BYTES_MAX, SCAN_RESULT_ROWS_MAX};
 use imbl::OrdMap;
 
+mod ordmap_serde;
+
 /// Why a command was refused by a partition. Nothing was applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ApplyError {
@@ -42,11 +44,13 @@ pub enum ApplyError {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PartitionStore {
     range: Partition,
+    #[serde(deserialize_with = "ordmap_serde::deserialize")]
     data: OrdMap<u64, Vec<u8>>,
     /// Client session id -> (last command sequence number, its outcome), so a
     /// retried command returns its first outcome instead of running again.
     /// The outcome of a read-only command is not kept (`None`): running it
     /// again is harmless, and SCAN results can be large.
+    #[serde(deserialize_with = "ordmap_serde::deserialize")]
     sessions: OrdMap<u64, (u64, Option<Outcome>)>,
 }
 

@@ -339,7 +339,7 @@ impl Raft {
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             randomized_timeout: cfg.election_ticks,
-            rng: seed ^ 0x9e37_79b9_7f4a_7c15,
+            rng: seed ^ crate::hash::GAMMA,
             transferee: None,
             read_seq: 0,
             pending_reads: VecDeque::new(),
@@ -406,12 +406,10 @@ impl Raft {
     // ----- randomness and timers --------------------------------------------
 
     fn next_random(&mut self) -> u64 {
-        // splitmix64: deterministic from the seed.
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        // The SplitMix64 generator: deterministic from the seed.
+        let z = crate::hash::splitmix64(self.rng);
+        self.rng = self.rng.wrapping_add(crate::hash::GAMMA);
+        z
     }
 
     fn reset_randomized_timeout(&mut self) {
@@ -535,6 +533,13 @@ impl Raft {
             self.vote = None;
         }
         if self.role == Role::Leader {
+            tracing::info!(
+                group = self.cfg.group,
+                id = self.cfg.id,
+                term = self.term,
+                leader = ?leader,
+                "stepped down as leader"
+            );
             self.abort_reads();
             // Transfers end with the leadership: free their snapshot.
             self.local_snapshot = None;

@@ -100,6 +100,7 @@ use super::model::{fmt_ops, Counts, Model};
 use crate::bench::history::{HistoryOp, HistoryRecord};
 use crate::checker::{self, CheckConfig, Outcome};
 use crate::client::{Client, ClientConfig, ClientError, Session};
+use crate::hash::splitmix64;
 use crate::key::Key;
 use crate::manager::{run_manager, ManagerConfig};
 use crate::map::{Partition, PartitionId, PartitionMap};
@@ -425,14 +426,6 @@ impl Faults {
                 })
             })
     }
-}
-
-/// SplitMix64's output function: a well-mixed 64-bit hash.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// A number in `[0, 1)` drawn from a hash of the seed and `salt` alone, like
