@@ -28,7 +28,11 @@
 //!   (`Ready::snapshot`), **before** that Ready's `KIND_READY` record: a
 //!   hard state whose commit index is the snapshot's index (or entries that
 //!   follow it) must never survive without the snapshot, and the WAL keeps a
-//!   prefix, so whatever of the Ready survives has its snapshot. Also
+//!   prefix, so whatever of the Ready survives has its snapshot (with the
+//!   two records swapped, seed 92 of the 300 catches a restarted node
+//!   applying its old, conflicting entry at a commit index that came with
+//!   the snapshot; without the snapshot record at all, seed 1 fails
+//!   recovery: the entries after the snapshot do not join the log). Also
 //!   written after every K applied entries (a local compaction, then
 //!   `Raft::compact`): those entries are committed and already durable, so
 //!   losing this record only means recovery replays more of the log.
