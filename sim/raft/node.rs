@@ -852,3 +852,106 @@ impl Driver {
             .log = image;
     }
 }
+
+/// The WAL replay rules of the module docs, record by record.
+mod rebuild_tests {
+    use super::*;
+
+    fn entry(index: Index, term: Term) -> Entry {
+        Entry {
+            term,
+            index,
+            data: EntryData::Normal(format!("v{index}").into_bytes()),
+        }
+    }
+
+    fn ready(lsn: Lsn, hs: Option<HardState>, entries: Vec<Entry>) -> Record {
+        Record {
+            lsn,
+            group: GROUP,
+            kind: KIND_READY,
+            payload: bincode::serialize(&(hs, entries)).unwrap(),
+        }
+    }
+
+    fn snapshot(lsn: Lsn, index: Index, term: Term) -> Record {
+        let meta = SnapshotMeta {
+            index,
+            term,
+            membership: Membership::new(1..=3),
+        };
+        Record {
+            lsn,
+            group: GROUP,
+            kind: KIND_SNAPSHOT,
+            payload: bincode::serialize(&(meta, b"state".to_vec())).unwrap(),
+        }
+    }
+
+    fn indexes_terms(r: &Recovered) -> Vec<(Index, Term)> {
+        r.entries.iter().map(|e| (e.index, e.term)).collect()
+    }
+
+    #[test]
+    fn a_snapshot_that_agrees_with_the_log_keeps_the_entries_after_it() {
+        let hs = HardState {
+            term: 1,
+            vote: Some(1),
+            commit: 3,
+        };
+        let records = [
+            ready(1, Some(hs), (1..=5).map(|i| entry(i, 1)).collect()),
+            snapshot(2, 3, 1),
+            ready(3, None, vec![entry(6, 1)]),
+        ];
+        let r = rebuild(&records).unwrap();
+        assert_eq!(r.hard, hs);
+        assert_eq!(r.snapshot.as_ref().map(|(m, _)| m.index), Some(3));
+        assert_eq!(indexes_terms(&r), vec![(4, 1), (5, 1), (6, 1)]);
+    }
+
+    #[test]
+    fn a_snapshot_that_disagrees_with_the_log_replaces_all_of_it() {
+        let records = [
+            ready(1, None, (1..=5).map(|i| entry(i, 1)).collect()),
+            // A leader of term 2 committed a different entry 4.
+            snapshot(2, 4, 2),
+            ready(3, None, vec![entry(5, 2)]),
+        ];
+        let r = rebuild(&records).unwrap();
+        assert_eq!(
+            r.snapshot.as_ref().map(|(m, _)| (m.index, m.term)),
+            Some((4, 2))
+        );
+        assert_eq!(indexes_terms(&r), vec![(5, 2)]);
+    }
+
+    #[test]
+    fn a_snapshot_past_the_log_replaces_all_of_it() {
+        let records = [
+            ready(1, None, (1..=2).map(|i| entry(i, 1)).collect()),
+            snapshot(2, 9, 3),
+        ];
+        let r = rebuild(&records).unwrap();
+        assert!(r.entries.is_empty());
+        assert_eq!(r.snapshot.map(|(m, _)| m.index), Some(9));
+    }
+
+    #[test]
+    fn records_that_contradict_the_rules_fail_recovery() {
+        // Entries that start at or below the snapshot (it covers only
+        // committed entries, which are never rewritten).
+        let below = [
+            ready(1, None, (1..=3).map(|i| entry(i, 1)).collect()),
+            snapshot(2, 2, 1),
+            ready(3, None, vec![entry(2, 2)]),
+        ];
+        assert!(rebuild(&below).is_err());
+        // Entries that leave a gap after the snapshot.
+        let gap = [snapshot(1, 5, 1), ready(2, None, vec![entry(7, 1)])];
+        assert!(rebuild(&gap).is_err());
+        // A snapshot that does not move forward.
+        let backwards = [snapshot(1, 5, 1), snapshot(2, 5, 1)];
+        assert!(rebuild(&backwards).is_err());
+    }
+}
