@@ -30,10 +30,14 @@ pub enum Bug {
     /// Replicas that start empty (a wiped disk) vote at once, as if they
     /// had never acknowledged anything (no amnesia guard).
     NoAmnesiaGuard,
+    /// The Raft-group simulation's driver answers a snapshot request with
+    /// its state machine one entry behind the index it names (a follower
+    /// that installs it never applies that entry).
+    SnapshotOffByOne,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 8] = [
+    pub const ALL: [Bug; 9] = [
         Bug::AckBeforeFsync,
         Bug::DuplicateApply,
         Bug::CommitWithoutQuorum,
@@ -42,6 +46,7 @@ impl Bug {
         Bug::SlowHeartbeat,
         Bug::ForgetInstalledSnapshot,
         Bug::NoAmnesiaGuard,
+        Bug::SnapshotOffByOne,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,6 +59,7 @@ impl Bug {
             Bug::SlowHeartbeat => "slow-heartbeat",
             Bug::ForgetInstalledSnapshot => "forget-installed-snapshot",
             Bug::NoAmnesiaGuard => "no-amnesia-guard",
+            Bug::SnapshotOffByOne => "snapshot-off-by-one",
         }
     }
 

@@ -457,3 +457,123 @@ fn idle_partition_repairs_a_follower_restarted_empty() {
          then leader {leader} restarted empty: {all_up:?}"
     );
 }
+
+/// Loads `ops` writes of 64 KB values into keys `customers0..customers329`
+/// (all in the first `customers` partition) with `benchmark load`.
+fn load_large_values(cluster: &Cluster, ops: u64) {
+    let manager = cluster.manager_addr.to_string();
+    let ops = ops.to_string();
+    let args = [
+        "load",
+        "--connect-addr",
+        &manager,
+        "--workload",
+        "w",
+        "--table",
+        "customers",
+        "--keys",
+        "330",
+        "--value-size",
+        "65000",
+        "--ops",
+        &ops,
+        "--clients",
+        "8",
+    ];
+    let out = common::run(BENCHMARK, &args, "");
+    assert!(
+        out.status.success(),
+        "load failed: {out:?}\n{}",
+        cluster.logs()
+    );
+}
+
+/// Every value of `customers0..customers329`, by GET (the partition is too
+/// large for one SCAN reply).
+fn read_large_values(cluster: &Cluster) -> Vec<String> {
+    let mut input: String = (0..330).map(|i| format!("GET customers{i}\n")).collect();
+    input.push_str("STOP\n");
+    let out = cluster.run_benchmark(&["--timeout-ms", "10000"], &input);
+    let lines: Vec<String> = out.lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 331, "{}", cluster.logs());
+    assert!(
+        lines.iter().all(|l| !l.starts_with("ERROR")),
+        "{}",
+        cluster.logs()
+    );
+    lines
+}
+
+/// Waits until server `i` logged that it installed a snapshot `count` times.
+fn wait_for_snapshot_installs(cluster: &Cluster, i: usize, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let installs = cluster
+            .server_stderr(i)
+            .matches("installing a snapshot from the leader")
+            .count();
+        if installs >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server {i} installed {installs} snapshots, expected {count}\n{}",
+            cluster.logs()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A partition whose state is past the 16 MiB frame limit (about 21 MB)
+/// still catches up followers: its snapshot travels in chunks, and the
+/// follower stores it as a file. Server F misses a load and installs a
+/// snapshot; then server T misses another load, the old leader is killed,
+/// and F (the only one with everything) must lead and bring T back with a
+/// snapshot of its own state, which began as the one it received. Every
+/// value read before is read after.
+#[test]
+fn a_partition_past_16_mib_catches_up_followers_by_snapshot() {
+    let mut cluster = Cluster::start_full(
+        3,
+        common::TABLES,
+        true,
+        &["--compact-entries", "64"],
+        &["--replicas", "3"],
+    );
+    let leader = cluster
+        .leader_of("customers1", Duration::from_secs(5))
+        .expect("a leader");
+    let f = (leader + 1) % 3;
+    let t = (leader + 2) % 3;
+    cluster.kill_server(f);
+    load_large_values(&cluster, 1500);
+    cluster.spawn_server(f);
+    wait_for_snapshot_installs(&cluster, f, 1);
+    cluster.kill_server(t);
+    load_large_values(&cluster, 300);
+    let before = read_large_values(&cluster);
+    let state_bytes: usize = before.iter().map(String::len).sum();
+    assert!(state_bytes > 17 << 20, "only {state_bytes} bytes loaded");
+    cluster.kill_server(leader);
+    cluster.spawn_server(t);
+    let after = read_large_values(&cluster);
+    assert!(before == after, "values differ after the leader change");
+    assert_eq!(
+        cluster.leader_of("customers1", Duration::from_secs(5)),
+        Some(f)
+    );
+    wait_for_snapshot_installs(&cluster, t, 1);
+    assert!(
+        cluster
+            .server_stderr(f)
+            .contains("sending a snapshot to a follower"),
+        "server {f} sent its snapshot"
+    );
+    for i in [f, t] {
+        let stderr = cluster.server_stderr(i);
+        for line in stderr.lines().filter(|l| l.contains("snapshot")) {
+            eprintln!("server {i}: {line}");
+        }
+    }
+    eprintln!("{state_bytes} bytes of values in the partition");
+}

@@ -5,14 +5,14 @@
 //! | check | what it verifies |
 //! |---|---|
 //! | [`Check::ElectionSafety`] | §5.2: at most one leader per term, over the whole run (every node's role and term are recorded after every step/tick/persist). |
-//! | [`Check::CommittedChanged`] | §5.4.3 State Machine Safety: every `(index → term, data)` any node ever applied, in any incarnation, agrees with every other application of that index. |
-//! | [`Check::LogMatching`] | §5.3 Log Matching, spot-checked every few hundred ms over the logs the nodes publish: two logs with the same term at an index agree on every entry up to it; and every entry at or below a node's commit index equals the entry applied at that index. |
-//! | [`Check::AckedLost`] | Durability: a proposal the client saw applied (acknowledged) is, after the final heal, applied at the same index on every node. |
+//! | [`Check::CommittedChanged`] | §5.4.3 State Machine Safety: every `(index → term, data)` any node ever applied, in any incarnation, agrees with every other application of that index; and every node's whole state machine at an index (a hash chain over every entry applied up to it, see [`chain`]) is the same, whether it got there by applying entries, from a snapshot installed from a leader, or from a snapshot recovered from its disk. A snapshot's `(index, term)` must be the committed entry's, and its register the newest value applied at or below its index. |
+//! | [`Check::LogMatching`] | §5.3 Log Matching, spot-checked every few hundred ms over the logs the nodes publish: two logs with the same term at an index agree on every entry up to it that both still hold (a log that starts after a snapshot holds only the snapshot's `(index, term)` there, and nothing below it); and every entry at or below a node's commit index, and the position of the snapshot its log starts after, equals the entry applied at that index. Whenever a node publishes its log (also right after each snapshot install), its terms must not decrease from the snapshot's on. |
+//! | [`Check::AckedLost`] | Durability: a proposal the client saw applied (acknowledged) is, after the final heal, applied at the same index on every node (by applying it, or by starting from a verified snapshot at or after its index). |
 //! | [`Check::StaleRead`] | ReadIndex linearizability (lite): a read returns the register value at its read index, which must include every value acknowledged before the read was invoked. |
 //! | [`Check::Liveness`] | After healing everything: a leader, a committed proposal and converged applied indexes within a bound. |
 //! | [`Check::Recovery`] | The driver could rebuild its state from its write-ahead log. |
 
-use distkv::raft::{Entry, EntryData, Index, NodeId, Term};
+use distkv::raft::{Entry, EntryData, Index, NodeId, SnapshotMeta, Term};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -103,13 +103,52 @@ pub fn fingerprint(data: &EntryData) -> u64 {
     h.0
 }
 
-/// What a node publishes of its log for the spot checks: `(term,
-/// fingerprint)` of entries `1..=len` (no compaction in this scenario), and
-/// its commit index at that moment.
+/// The state machine's identity at an index: a hash chain over every entry
+/// applied up to it, `chain(i) = H(chain(i - 1), index, term, fingerprint)`
+/// from [`CHAIN_START`] at index 0. Two nodes at the same index with the
+/// same chain applied the same entries in the same order (an entry skipped
+/// or applied twice, or a snapshot labelled with the wrong index, changes
+/// it), so the register snapshots carry it.
+pub fn chain(prev: u64, entry: &Entry) -> u64 {
+    let mut h = Fnv(prev);
+    h.write(&entry.index.to_le_bytes());
+    h.write(&entry.term.to_le_bytes());
+    h.write(&fingerprint(&entry.data).to_le_bytes());
+    h.0
+}
+
+/// The chain of the empty state machine (index 0).
+pub const CHAIN_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// What a node publishes of its log for the spot checks: the position of
+/// the snapshot its log starts after (`(0, 0)`: none), `(term, fingerprint)`
+/// of the entries after it, and its commit index at that moment.
 #[derive(Clone, Debug, Default)]
 pub struct LogImage {
+    pub snapshot_index: Index,
+    pub snapshot_term: Term,
+    /// Entries `snapshot_index + 1 ..= last_index()`.
     pub entries: Vec<(Term, u64)>,
     pub commit: Index,
+}
+
+impl LogImage {
+    pub fn last_index(&self) -> Index {
+        self.snapshot_index + self.entries.len() as Index
+    }
+
+    /// `(term, fingerprint)` at `index`; the fingerprint is `None` at the
+    /// snapshot's position (only its term is known there).
+    fn at(&self, index: Index) -> Option<(Term, Option<u64>)> {
+        if index == self.snapshot_index {
+            return Some((self.snapshot_term, None));
+        }
+        if index < self.snapshot_index || index > self.last_index() {
+            return None;
+        }
+        let (term, fp) = self.entries[(index - self.snapshot_index - 1) as usize];
+        Some((term, Some(fp)))
+    }
 }
 
 /// An acknowledged proposal.
@@ -153,6 +192,8 @@ pub struct Checker {
     leaders: BTreeMap<Term, NodeId>,
     /// Every applied entry: index → (term, fingerprint, who applied it first).
     committed: BTreeMap<Index, (Term, u64, NodeId)>,
+    /// The state machine's [`chain`] at each index any node reached.
+    chains: BTreeMap<Index, u64>,
     /// Normal payloads of applied entries, by index.
     values: BTreeMap<Index, Vec<u8>>,
     acks: Vec<Ack>,
@@ -197,10 +238,96 @@ impl Checker {
         }
     }
 
-    /// (2) Committed entries never change: `node` applied `entry`.
-    pub fn applied(&mut self, node: NodeId, entry: &Entry) -> Result<(), Violation> {
+    /// (2) Committed entries never change: `node` applied `entry`, and its
+    /// state machine's [`chain`] is now `state`.
+    pub fn applied(&mut self, node: NodeId, entry: &Entry, state: u64) -> Result<(), Violation> {
         self.counts.applies += 1;
         let fp = fingerprint(&entry.data);
+        self.check_entry(node, entry, fp)?;
+        // The state before this entry is known (someone reached index - 1
+        // by applying it or from a verified snapshot), so the state after
+        // it is too.
+        let prev = match entry.index {
+            1 => Some(CHAIN_START),
+            i => self.chains.get(&(i - 1)).copied(),
+        };
+        let expected = prev.map_or(state, |prev| chain(prev, entry));
+        if state != expected {
+            return violation(
+                Check::CommittedChanged,
+                format!(
+                    "node {node} applied index {} (term {}) but its state machine differs from                      the one every other node has there (an entry skipped or applied twice, or                      a wrong snapshot)",
+                    entry.index, entry.term
+                ),
+            );
+        }
+        self.chains.entry(entry.index).or_insert(expected);
+        Ok(())
+    }
+
+    /// (2) `node` starts from a snapshot (installed from a leader, taken
+    /// locally, or recovered from its disk): its position is a committed
+    /// entry's, its register is the newest value applied at or below it,
+    /// and its state machine equals every other node's there.
+    pub fn snapshot(
+        &mut self,
+        node: NodeId,
+        meta: &SnapshotMeta,
+        register: &Option<(Index, Vec<u8>)>,
+        state: u64,
+        how: &str,
+    ) -> Result<(), Violation> {
+        let index = meta.index;
+        if let Some(&(term, _, first)) = self.committed.get(&index) {
+            if term != meta.term {
+                return violation(
+                    Check::CommittedChanged,
+                    format!(
+                        "node {node} {how} a snapshot at index {index} term {}, but node {first}                          applied term {term} there",
+                        meta.term
+                    ),
+                );
+            }
+        }
+        match self.chains.get(&index) {
+            Some(&c) if c != state => {
+                return violation(
+                    Check::CommittedChanged,
+                    format!(
+                        "node {node} {how} a snapshot at index {index} whose state machine                          differs from the one every other node has there (register {:?})",
+                        register.as_ref().map(|(i, v)| (i, show(v)))
+                    ),
+                )
+            }
+            Some(_) => {
+                let expected = self.values.range(..=index).next_back();
+                if expected.map(|(i, v)| (*i, v)) != register.as_ref().map(|(i, v)| (*i, v)) {
+                    return violation(
+                        Check::CommittedChanged,
+                        format!(
+                            "node {node} {how} a snapshot at index {index} with register {:?},                              but the newest value applied at or below it is {:?}",
+                            register.as_ref().map(|(i, v)| (i, show(v))),
+                            expected.map(|(i, v)| (i, show(v)))
+                        ),
+                    );
+                }
+            }
+            None => {
+                // Every snapshot is some node's state machine at an index
+                // it reached (by applying, or from a snapshot checked here).
+                return violation(
+                    Check::CommittedChanged,
+                    format!(
+                        "node {node} {how} a snapshot at index {index}, which no node's state \
+                         machine has reached"
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn check_entry(&mut self, node: NodeId, entry: &Entry, fp: u64) -> Result<(), Violation> {
         match self.committed.get(&entry.index) {
             Some(&(term, f, first)) if (term, f) != (entry.term, fp) => violation(
                 Check::CommittedChanged,
@@ -224,23 +351,47 @@ impl Checker {
         }
     }
 
+    /// (3) A log's terms never decrease (from the snapshot's on): every
+    /// leader appends in its own term, which is above the terms before it,
+    /// and a follower's log is a prefix of some leader's. Checked whenever a
+    /// node publishes its log (also right after each snapshot install).
+    pub fn log_shape(&self, id: NodeId, log: &LogImage) -> Result<(), Violation> {
+        let mut prev = log.snapshot_term;
+        for (index, &(term, _)) in (log.snapshot_index + 1..).zip(&log.entries) {
+            if term < prev {
+                return violation(
+                    Check::LogMatching,
+                    format!(
+                        "node {id}'s log has term {term} at index {index} after term {prev} \
+                         (snapshot at {} term {})",
+                        log.snapshot_index, log.snapshot_term
+                    ),
+                );
+            }
+            prev = term;
+        }
+        Ok(())
+    }
+
     /// (3) Log matching over published logs, plus: entries at or below a
-    /// node's commit index equal what was applied there.
+    /// node's commit index (and the snapshot position its log starts
+    /// after) equal what was applied there. A log holds nothing below its
+    /// snapshot, so two logs are compared only where both hold entries (at
+    /// a snapshot position, only the term is known).
     pub fn log_matching(&self, logs: &[(NodeId, &LogImage)]) -> Result<(), Violation> {
         for (id, log) in logs {
-            for (i, &(term, fp)) in log.entries.iter().enumerate() {
-                let index = i as Index + 1;
-                if index > log.commit {
-                    break;
-                }
+            let first = log.snapshot_index.max(1);
+            for index in first..=log.commit.min(log.last_index()) {
+                let (term, fp) = log.at(index).unwrap();
                 if let Some(&(t, f, first)) = self.committed.get(&index) {
-                    if (t, f) != (term, fp) {
+                    if t != term || fp.is_some_and(|fp| fp != f) {
                         return violation(
                             Check::LogMatching,
                             format!(
                                 "node {id}'s log has term {term} at committed index {index} \
-                                 (commit {}), but node {first} applied term {t} there",
-                                log.commit
+                                 (commit {}, snapshot at {}), but node {first} applied term {t} \
+                                 there",
+                                log.commit, log.snapshot_index
                             ),
                         );
                     }
@@ -249,24 +400,30 @@ impl Checker {
         }
         for (x, (a_id, a)) in logs.iter().enumerate() {
             for (b_id, b) in &logs[x + 1..] {
-                let common = a.entries.len().min(b.entries.len());
-                let Some(top) = (0..common)
+                // Indexes both logs hold (index 0 is everyone's empty start).
+                let lo = a.snapshot_index.max(b.snapshot_index).max(1);
+                let hi = a.last_index().min(b.last_index());
+                let Some(top) = (lo..=hi)
                     .rev()
-                    .find(|&i| a.entries[i].0 == b.entries[i].0)
+                    .find(|&i| a.at(i).unwrap().0 == b.at(i).unwrap().0)
                 else {
                     continue;
                 };
-                if let Some(j) = (0..=top).find(|&j| a.entries[j] != b.entries[j]) {
+                let differs = |j: Index| {
+                    let ((ta, fa), (tb, fb)) = (a.at(j).unwrap(), b.at(j).unwrap());
+                    ta != tb || matches!((fa, fb), (Some(fa), Some(fb)) if fa != fb)
+                };
+                if let Some(j) = (lo..=top).find(|&j| differs(j)) {
                     return violation(
                         Check::LogMatching,
                         format!(
-                            "nodes {a_id} and {b_id} both have term {} at index {}, but differ \
-                             at index {}: {:?} vs {:?}",
-                            a.entries[top].0,
-                            top + 1,
-                            j + 1,
-                            a.entries[j],
-                            b.entries[j]
+                            "nodes {a_id} and {b_id} both have term {} at index {top}, but differ \
+                             at index {j}: {:?} vs {:?} (snapshots at {} and {})",
+                            a.at(top).unwrap().0,
+                            a.at(j),
+                            b.at(j),
+                            a.snapshot_index,
+                            b.snapshot_index
                         ),
                     );
                 }

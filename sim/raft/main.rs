@@ -2,7 +2,9 @@
 //! (`cargo test --release --features sim --test sim_raft`).
 //!
 //! Each simulated node runs one member of the group through a small driver
-//! ([`node`]) on the production trait layer: `SimRuntime` for the network
+//! ([`node`]), which compacts its log every few applied entries (so
+//! followers that fall behind get snapshots, in chunks), on the production
+//! trait layer: `SimRuntime` for the network
 //! (bincode messages in madsim datagrams), timers and randomness, and a
 //! harness-owned `SimDisk` holding the member's write-ahead log
 //! (`storage::wal` + `storage::group_commit`), which loses, keeps or tears
@@ -11,9 +13,14 @@
 //!
 //! 1. **election safety**: at most one leader per term, ever;
 //! 2. **committed entries never change**: every index any node ever applied
-//!    (across nodes and restarts) has one term and payload;
+//!    (across nodes and restarts) has one term and payload, and every node's
+//!    state machine at an index is the same (a hash chain over everything
+//!    it applied, which snapshots carry: a snapshot taken, installed or
+//!    recovered is checked against it);
 //! 3. **log matching** spot checks over the nodes' published logs (and their
-//!    committed prefixes against what was applied);
+//!    committed prefixes against what was applied), comparing only the
+//!    entries both logs still hold after compaction; terms never decrease
+//!    within a log;
 //! 4. **acknowledged proposals are never lost**: after the final heal every
 //!    acknowledged value is applied at its index on every node;
 //! 5. **ReadIndex reads** see every value acknowledged before they were
@@ -32,7 +39,7 @@
 //! A failure panics with `seed <s>: [<check>] ...` and a one-line reproduce
 //! command; madsim prints the seed too. `SIM_RAFT_BUG` injects one of
 //! `distkv::bugs` (`commit-without-quorum` in the core; `forget-vote`,
-//! `stale-read`, `ack-before-fsync` in this driver).
+//! `stale-read`, `ack-before-fsync`, `snapshot-off-by-one` in this driver).
 //!
 //! `SIM_RAFT_VERBOSE=1` prints every traced event (faults, restarts with
 //! what recovery found, leaders, client outcomes) with its simulated time.
@@ -204,6 +211,14 @@ fn catches_ack_before_fsync() {
     assert_caught(Bug::AckBeforeFsync, 500);
 }
 
+/// A snapshot named `applied` that holds the state one entry earlier: a
+/// follower that installs it never applies that entry (a lost write, or a
+/// state machine that differs from everyone else's).
+#[test]
+fn catches_snapshot_off_by_one() {
+    assert_caught(Bug::SnapshotOffByOne, 100);
+}
+
 /// How often each injected bug is caught, and by which check, over seeds
 /// `1..=SIM_RAFT_RATE_SEEDS` (default 100). Informational; run with
 /// `cargo test --release --features sim --test sim_raft bug_detection_rates -- --ignored --nocapture`.
@@ -219,6 +234,7 @@ fn bug_detection_rates() {
         Bug::ForgetVote,
         Bug::StaleRead,
         Bug::AckBeforeFsync,
+        Bug::SnapshotOffByOne,
     ] {
         let mut caught: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
         for seed in 1..=count {

@@ -12,7 +12,13 @@
 //!    group-commit batching, WAL segment size (2–64 KiB, so logs roll over),
 //!    and Raft tuning (election 10–20 ticks of 10 ms,
 //!    heartbeat 1–3 ticks, append batch and pipelining window, pre-vote and
-//!    check-quorum each on in 3 seeds of 4).
+//!    check-quorum each on in 3 seeds of 4). The snapshot settings are
+//!    drawn from a hash of the seed instead ([`seed_draw`]), so they do not
+//!    shift the draws above (and the schedules the regression seeds pin):
+//!    the compaction interval K (snapshot + log compaction every K applied
+//!    entries, log-uniform in 2..=200, [`compact_every`]), the snapshot
+//!    chunk size (1–64 bytes, so the ~30-byte register snapshot travels in
+//!    one to thirty chunks) and the chunk window (1, 2 or 4).
 //! 2. **Chaos** (8–14 s): two clients propose unique values (`c<k>-<i>`) to
 //!    whichever node looks like the leader and issue ReadIndex reads, each
 //!    with a 1 s deadline (a timeout is an unknown outcome). Meanwhile the
@@ -21,7 +27,11 @@
 //!    it later (30 % of restarts within 60 ms, to race in-flight votes),
 //!    clogs a node, clogs single links (one direction, sometimes both),
 //!    isolates the leader, pauses a node (each undone after 0.1–3 s), or
-//!    asks the leader to transfer leadership to another member.
+//!    asks the leader to transfer leadership to another member. And when a
+//!    node installs a snapshot from its leader, the nemesis crashes it at
+//!    once with a per-seed probability (10, 30 or 60 %; the snapshot record
+//!    may not be durable yet) and restarts it soon (half of the time within
+//!    60 ms).
 //! 3. **Heal**: every link unclogged, paused nodes resumed, dead nodes
 //!    restarted, loss set to 0 (latency and duplication stay).
 //! 4. **Liveness** (bound [`LIVENESS_BOUND`]): a leader exists, a new
@@ -32,12 +42,14 @@
 //!
 //! The checkers themselves are in [`crate::checker`].
 
-use crate::checker::{Check, Counts, LogImage};
+use crate::checker::{Check, Counts, Fnv, LogImage};
 use crate::node::{node_ip, run_node, NodeParams};
 use crate::shared::{Request, Shared};
 use distkv::bugs::Bug;
+use distkv::hash::splitmix64;
 use distkv::raft::{Index, NodeId};
 use distkv::rt::SimDisk;
+use distkv::stats::Event;
 use distkv::storage::group_commit::GroupCommitConfig;
 use madsim::net::NetSim;
 use madsim::rand::Rng;
@@ -72,10 +84,14 @@ pub struct Summary {
     pub max_latency_ms: u64,
     pub dup_ppm: u64,
     pub kills: u64,
+    pub install_kills: u64,
     pub clogs: u64,
     pub pauses: u64,
     pub transfers: u64,
     pub counts: Counts,
+    pub compact_every: u64,
+    /// Compactions, snapshots sent and installed, elections (`distkv::stats`).
+    pub events: distkv::stats::Counts,
     pub final_index: Index,
     pub end: Duration,
     pub trace_hash: u64,
@@ -86,15 +102,17 @@ impl fmt::Display for Summary {
         let c = &self.counts;
         write!(
             f,
-            "seed {}: {} nodes, loss {:.1}%, latency 1..{} ms, dup {:.1}%: {} kills, {} clogs, \
-             {} pauses, {} transfers; {} proposals ({} acked), {} reads ({} ok), {} leaders, final index {}, \
-             ended at {:.1?}, trace {:016x}",
+            "seed {}: {} nodes, loss {:.1}%, latency 1..{} ms, dup {:.1}%: {} kills ({} right after an install), {} clogs, \
+             {} pauses, {} transfers; {} proposals ({} acked), {} reads ({} ok), {} leaders, final index {}; \
+             compact every {}: {} compactions, {} snapshots sent, {} installed; ended at {:.1?}, \
+             trace {:016x}",
             self.seed,
             self.nodes,
             self.loss_permille as f64 / 10.0,
             self.max_latency_ms,
             self.dup_ppm as f64 / 10_000.0,
             self.kills,
+            self.install_kills,
             self.clogs,
             self.pauses,
             self.transfers,
@@ -104,6 +122,10 @@ impl fmt::Display for Summary {
             c.reads_ok,
             c.leaders,
             self.final_index,
+            self.compact_every,
+            self.events.get(Event::Compaction),
+            self.events.get(Event::SnapshotSent),
+            self.events.get(Event::SnapshotInstalled),
             self.end,
             self.trace_hash
         )
@@ -117,6 +139,28 @@ pub fn reproduce(seed: u64, bug: Option<Bug>) -> String {
         "{env}MADSIM_TEST_SEED={seed} cargo test --release --features sim --test sim_raft \
          raft_chaos -- --exact --nocapture"
     )
+}
+
+/// Compact every K applied entries: K log-uniform in `2..=200` (so a
+/// handful in some seeds, a couple of hundred in others), taken from a hash
+/// of the seed rather than from the simulation's rng, so that adding this
+/// draw did not shift the others.
+pub fn compact_every(seed: u64) -> u64 {
+    (2.0 * 100f64.powf(seed_draw(seed, "compact_every"))).round() as u64
+}
+
+/// A number uniform in `[0, 1)` from a hash of `seed` and `what` (the same
+/// for a seed however the simulation's rng is used).
+pub fn seed_draw(seed: u64, what: &str) -> f64 {
+    let mut label = Fnv::default();
+    label.write(what.as_bytes());
+    let h = splitmix64(seed ^ splitmix64(label.0));
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Picks one of `choices` by [`seed_draw`].
+fn seed_pick<T: Copy>(seed: u64, what: &str, choices: &[T]) -> T {
+    choices[(seed_draw(seed, what) * choices.len() as f64) as usize]
 }
 
 /// Faults in effect, to undo them and to heal everything at the end.
@@ -140,6 +184,8 @@ struct World {
     clogged_nodes: BTreeMap<NodeId, u32>,
     clogged_links: BTreeMap<(NodeId, NodeId), u32>,
     kills: u64,
+    /// Of `kills`: crashes right after a snapshot install.
+    install_kills: u64,
     clogs: u64,
     pauses: u64,
     transfers: u64,
@@ -237,6 +283,30 @@ impl World {
             .collect()
     }
 
+    /// A node just installed a snapshot from its leader: with probability
+    /// `p`, crash it at once (its snapshot record may not be durable yet)
+    /// and restart it soon (half of the time within 60 ms).
+    fn crash_after_install(&mut self, rng: &mut impl Rng, p: f64) -> Vec<(Duration, Undo)> {
+        let installed = std::mem::take(&mut *self.shared.installs.lock().unwrap());
+        let live = self.live();
+        let Some(&id) = installed.iter().rev().find(|id| live.contains(id)) else {
+            return Vec::new();
+        };
+        if !rng.gen_bool(p) {
+            return Vec::new();
+        }
+        self.shared
+            .trace(&format!("crash {id} right after its snapshot install"));
+        self.kill(id, rng);
+        self.install_kills += 1;
+        let down = if rng.gen_bool(0.5) {
+            ms(rng.gen_range(0..60))
+        } else {
+            ms(rng.gen_range(60..1000))
+        };
+        vec![(down, Undo::Restart(id))]
+    }
+
     /// Injects one random fault; returns how to undo it and when.
     fn fault(&mut self, rng: &mut impl Rng) -> Vec<(Duration, Undo)> {
         let live = self.live();
@@ -328,6 +398,7 @@ impl World {
 pub async fn scenario(bug: Option<Bug>) -> Summary {
     let handle = Handle::current();
     let seed = handle.seed();
+    distkv::stats::reset();
     let reproduce = reproduce(seed, bug);
     println!("seed {seed}: reproduce with `{reproduce}`");
     let mut rng = madsim::rand::thread_rng();
@@ -362,8 +433,12 @@ pub async fn scenario(bug: Option<Bug>) -> Summary {
         },
         segment_bytes: rng.gen_range(2..=64) * 1024,
         dup_ppm,
+        compact_every: compact_every(seed),
+        snapshot_chunk_bytes: seed_pick(seed, "chunk_bytes", &[1, 2, 4, 8, 16, 64]),
+        max_inflight_snapshot_chunks: seed_pick(seed, "chunk_window", &[1, 2, 4]),
     };
     let chaos = ms(rng.gen_range(8000..=14000));
+    let crash_after_install = seed_pick(seed, "crash_after_install", &[0.1, 0.3, 0.6]);
     let shared = Arc::new(Shared::new(seed, reproduce, n));
     shared.trace(&format!("{base:?} loss {loss_permille} latency {max_latency_ms} sync {sync_delay:?} chaos {chaos:?}"));
 
@@ -409,6 +484,7 @@ pub async fn scenario(bug: Option<Bug>) -> Summary {
         clogged_nodes: BTreeMap::new(),
         clogged_links: BTreeMap::new(),
         kills: 0,
+        install_kills: 0,
         clogs: 0,
         pauses: 0,
         transfers: 0,
@@ -424,7 +500,18 @@ pub async fn scenario(bug: Option<Bug>) -> Summary {
         if at >= chaos {
             break;
         }
-        sleep_until(shared.start + at).await;
+        tokio::select! {
+            biased;
+            _ = sleep_until(shared.start + at) => {}
+            _ = shared.installed.notified() => {
+                let now = shared.elapsed();
+                for (after, u) in world.crash_after_install(&mut rng, crash_after_install) {
+                    undo_seq += 1;
+                    undo.insert((now + after, undo_seq), u);
+                }
+                continue;
+            }
+        }
         if next_undo == Some(at) {
             let (_, u) = undo.pop_first().unwrap();
             world.undo(u);
@@ -453,18 +540,22 @@ pub async fn scenario(bug: Option<Bug>) -> Summary {
         let views = shared.views.lock().unwrap();
         for ack in checker.acks() {
             for (id, v) in views.iter() {
-                if v.applied.get(&ack.index) != Some(&ack.value) {
+                // At or below the node's snapshot, the entry is in its state
+                // machine (the checker compared that snapshot with every
+                // other node's state at its index).
+                if ack.index > v.snapshot_index && v.applied.get(&ack.index) != Some(&ack.value) {
                     shared.fail_with(
                         Check::AckedLost,
                         format!(
                             "value {:?} was acknowledged at index {}, but node {id} applied {:?} \
-                             there (its applied index: {})",
+                             there (its applied index: {}, snapshot: {})",
                             String::from_utf8_lossy(&ack.value),
                             ack.index,
                             v.applied
                                 .get(&ack.index)
                                 .map(|x| String::from_utf8_lossy(x)),
-                            v.applied_index
+                            v.applied_index,
+                            v.snapshot_index
                         ),
                     );
                 }
@@ -481,10 +572,13 @@ pub async fn scenario(bug: Option<Bug>) -> Summary {
         max_latency_ms,
         dup_ppm,
         kills: world.kills,
+        install_kills: world.install_kills,
         clogs: world.clogs,
         pauses: world.pauses,
         transfers: world.transfers,
         counts: checker.counts.clone(),
+        compact_every: base.compact_every,
+        events: distkv::stats::snapshot(),
         final_index,
         end: shared.elapsed(),
         trace_hash: checker.trace_hash(),
@@ -558,12 +652,13 @@ fn describe_views(shared: &Shared) -> String {
         .iter()
         .map(|(id, v)| {
             format!(
-                "{id}: up {} {:?} term {} applied {} log {} commit {}{}",
+                "{id}: up {} {:?} term {} applied {} snapshot {} log {} commit {}{}",
                 v.up,
                 v.role,
                 v.term,
                 v.applied_index,
-                v.log.entries.len(),
+                v.log.snapshot_index,
+                v.log.last_index(),
                 v.log.commit,
                 if v.matches.is_empty() {
                     String::new()

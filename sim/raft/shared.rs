@@ -9,7 +9,7 @@ use madsim::time::Instant;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 /// A client request, delivered to a node's current incarnation.
 pub enum Request {
@@ -41,6 +41,10 @@ pub struct NodeView {
     pub applied_index: Index,
     /// Normal entries applied by the current incarnation.
     pub applied: BTreeMap<Index, Vec<u8>>,
+    /// The snapshot the current incarnation started from or installed last
+    /// (checked against every other node's state there): every committed
+    /// entry at or below it is in its state machine.
+    pub snapshot_index: Index,
     /// The newest published log (kept after a kill: it was a real log).
     pub log: LogImage,
 }
@@ -54,6 +58,10 @@ pub struct Shared {
     verbose: bool,
     pub views: Mutex<BTreeMap<NodeId, NodeView>>,
     pub checker: Mutex<Checker>,
+    /// Nodes that just installed a snapshot from their leader (the nemesis
+    /// crashes some of them at once), and the signal that one did.
+    pub installs: Mutex<Vec<NodeId>>,
+    pub installed: Notify,
 }
 
 impl Shared {
@@ -65,6 +73,8 @@ impl Shared {
             verbose: std::env::var_os("SIM_RAFT_VERBOSE").is_some(),
             views: Mutex::new((1..=n).map(|id| (id, NodeView::default())).collect()),
             checker: Mutex::new(Checker::default()),
+            installs: Mutex::new(Vec::new()),
+            installed: Notify::new(),
         }
     }
 

@@ -71,6 +71,10 @@ struct Args {
     /// clients' command deadline (5 s by default).
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(2..=604_800))]
     session_ttl_s: u64,
+    /// Applied entries each Raft group keeps in memory before it drops the older half
+    /// (a follower behind the dropped part gets a snapshot instead).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    compact_entries: u64,
 }
 
 fn parse_batch_timeout(s: &str) -> Result<f64, String> {
@@ -145,7 +149,7 @@ fn main() {
             election_ticks: args.election_ticks,
             heartbeat_ticks: args.heartbeat_ticks,
             session_ttl: Duration::from_secs(args.session_ttl_s),
-            ..RaftTuning::default()
+            compact_entries: args.compact_entries,
         },
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");

@@ -157,6 +157,8 @@ fn bug_modes(bug: Bug) -> &'static [Mode] {
         | Bug::SlowHeartbeat
         | Bug::ForgetInstalledSnapshot
         | Bug::NoAmnesiaGuard => &[Mode::Memory, Mode::Durable],
+        // Injected in the Raft-group simulation's driver (sim/raft) only.
+        Bug::SnapshotOffByOne => &[],
     }
 }
 
@@ -588,7 +590,12 @@ fn main() -> ExitCode {
         .map_or(cores, |j| usize::try_from(j).unwrap_or(usize::MAX))
         .min(total);
     if let Some(bug) = args.inject_bug {
-        if !modes.iter().any(|m| bug_modes(bug).contains(m)) {
+        if bug_modes(bug).is_empty() {
+            println!(
+                "note: {} is injected only in the Raft-group simulation (sim/raft)",
+                bug.name()
+            );
+        } else if !modes.iter().any(|m| bug_modes(bug).contains(m)) {
             println!(
                 "note: {} only matters with durable servers (--mode durable)",
                 bug.name()

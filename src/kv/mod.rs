@@ -15,8 +15,11 @@
 use crate::key::Key;
 use crate::map::Partition;
 use crate::op::{Op, OpResult, RESULT_BYTES_MAX, RESULT_OVERHEAD_BYTES, SCAN_RESULT_ROWS_MAX};
+use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+
+mod ordmap_serde;
 
 /// Why a command was refused by a partition. Nothing was applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
@@ -41,15 +44,24 @@ pub enum ApplyError {
 
 /// One partition's data: key number -> value, within one table's range.
 /// Serializable: a snapshot is exactly this value.
+///
+/// The data and the session table are persistent B-trees (`imbl::OrdMap`):
+/// `clone` is O(1) and shares structure, so a checkpoint or a snapshot for a
+/// follower takes a point-in-time copy without stopping the replica
+/// (ARCHITECTURE.md, "Snapshots and large partitions"). They serialize like
+/// a `BTreeMap` (length, then pairs in key order).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionStore {
     range: Partition,
-    data: BTreeMap<u64, Vec<u8>>,
+    #[serde(deserialize_with = "ordmap_serde::deserialize")]
+    data: OrdMap<u64, Vec<u8>>,
     /// Client session id -> its last command, so a retried command returns
     /// its first outcome instead of running again.
-    sessions: BTreeMap<u64, SessionRecord>,
+    #[serde(deserialize_with = "ordmap_serde::deserialize")]
+    sessions: OrdMap<u64, SessionRecord>,
     /// The same sessions ordered by `(last_ms, session)`: the idlest first,
-    /// so expiry takes only the expired ones.
+    /// so expiry takes only the expired ones. (A plain set: the table is
+    /// bounded by expiry, so copying it with a snapshot is cheap.)
     idle: BTreeSet<(u64, u64)>,
     /// Log time, ms since the Unix epoch: the largest leader stamp of the
     /// commands applied so far. Never goes backwards.
@@ -141,8 +153,8 @@ impl PartitionStore {
     pub fn new(range: Partition) -> PartitionStore {
         PartitionStore {
             range,
-            data: BTreeMap::new(),
-            sessions: BTreeMap::new(),
+            data: OrdMap::new(),
+            sessions: OrdMap::new(),
             idle: BTreeSet::new(),
             log_time_ms: 0,
         }

@@ -77,6 +77,11 @@ pub struct Config {
     /// entries it acknowledged. Leaders also repair a follower whose log
     /// ends below what it acknowledged (see `handle_append_response`).
     pub amnesia_guard: bool,
+    /// Most bytes of snapshot data in one InstallSnapshot message.
+    pub snapshot_chunk_bytes: usize,
+    /// Most snapshot chunks in flight to one follower (flow control: the
+    /// follower acknowledges each chunk).
+    pub max_inflight_snapshot_chunks: usize,
 }
 
 impl Config {
@@ -92,6 +97,8 @@ impl Config {
             pre_vote: true,
             check_quorum: true,
             amnesia_guard: false,
+            snapshot_chunk_bytes: 1024 * 1024,
+            max_inflight_snapshot_chunks: 4,
         }
     }
 }
@@ -137,6 +144,10 @@ pub struct Ready {
     pub read_states: Vec<ReadState>,
     /// Reads that will never complete here (leadership lost).
     pub aborted_reads: Vec<u64>,
+    /// A follower needs a snapshot and the leader holds none that reaches
+    /// its log's first index: take one of the state machine at the applied
+    /// index and hand it to [`Raft::offer_snapshot`].
+    pub snapshot_request: bool,
 }
 
 /// What a member restarts from: its durable state.
@@ -172,8 +183,11 @@ struct Progress {
     probe_sent: bool,
     /// Heard from since the last check-quorum round.
     active: bool,
-    /// Ticks since a snapshot was sent (resent after an election timeout).
+    /// Ticks since the snapshot transfer last made progress (resumed after
+    /// an election timeout).
     snapshot_ticks: u32,
+    /// The snapshot transfer in progress (state `Snapshot`).
+    snapshot: Option<SnapshotSend>,
     /// The commit index this follower was last told.
     commit_sent: Index,
     /// `match_index` at the previous heartbeat response: if it did not move
@@ -191,6 +205,7 @@ impl Progress {
             probe_sent: false,
             active: true,
             snapshot_ticks: 0,
+            snapshot: None,
             commit_sent: 0,
             match_at_heartbeat: 0,
         }
@@ -201,7 +216,42 @@ impl Progress {
         self.next_index = self.match_index + 1;
         self.inflight.clear();
         self.probe_sent = false;
+        self.snapshot = None;
     }
+}
+
+/// A snapshot this leader can send: the driver's bytes of its state machine
+/// at `meta.index`, with their checksum. Cloning shares the bytes.
+#[derive(Clone, Debug)]
+struct OutgoingSnapshot {
+    meta: SnapshotMeta,
+    data: Arc<Vec<u8>>,
+    crc: u32,
+}
+
+/// One follower's snapshot transfer: bytes `..acked` arrived, bytes
+/// `acked..sent` are in flight.
+#[derive(Clone, Debug)]
+struct SnapshotSend {
+    snapshot: OutgoingSnapshot,
+    sent: u64,
+    acked: u64,
+    /// The last chunk went out (and nothing was rewound since).
+    done_sent: bool,
+    /// After a timeout: one chunk at a time until the follower answers, so
+    /// an unreachable follower costs one chunk per election timeout.
+    probing: bool,
+    /// The offset of the last rewind, so the rejections of the other chunks
+    /// that were in flight behind a lost one do not rewind again.
+    rewound_to: Option<u64>,
+}
+
+/// A snapshot being received: the chunks so far, in order.
+struct SnapshotAssembly {
+    meta: SnapshotMeta,
+    len: u64,
+    crc: u32,
+    data: Vec<u8>,
 }
 
 struct PendingRead {
@@ -233,8 +283,18 @@ pub struct Raft {
     pending_reads: VecDeque<PendingRead>,
     /// Reads that arrived before the leader committed an entry of its term.
     reads_waiting_for_commit: Vec<u64>,
-    /// The newest local snapshot, to send to followers that are too far behind.
-    local_snapshot: Option<Snapshot>,
+    /// The snapshot to send to followers that are behind the log's first
+    /// index, taken by the driver on request (`Ready::snapshot_request`)
+    /// and kept while transfers may use it.
+    local_snapshot: Option<OutgoingSnapshot>,
+    /// A follower needs a snapshot and `local_snapshot` cannot serve it.
+    snapshot_wanted: bool,
+    /// Follower: the snapshot being received.
+    assembly: Option<SnapshotAssembly>,
+    /// Index of the last snapshot installed from a leader (for an injected
+    /// bug in the simulation).
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
+    installed_index: Index,
     /// Membership before the first entry, when there is no snapshot.
     initial_membership: Membership,
     /// Highest committed index handed to the driver in a `Ready`.
@@ -285,6 +345,9 @@ impl Raft {
             pending_reads: VecDeque::new(),
             reads_waiting_for_commit: Vec::new(),
             local_snapshot: None,
+            snapshot_wanted: false,
+            assembly: None,
+            installed_index: 0,
             initial_membership: state.initial_membership,
             apply_handed,
             persisted_hard_state: state.hard_state,
@@ -388,13 +451,37 @@ impl Raft {
                 self.transferee = None; // transfer timed out
             }
         }
-        for pr in self.progress.values_mut() {
+        let mut resume = Vec::new();
+        for (&id, pr) in self.progress.iter_mut() {
             if let ProgressState::Snapshot { .. } = pr.state {
                 pr.snapshot_ticks += 1;
-                if pr.snapshot_ticks >= self.cfg.election_ticks {
-                    pr.become_probe(); // the snapshot was lost; try again
+                if pr.snapshot_ticks < self.cfg.election_ticks {
+                    continue;
+                }
+                pr.snapshot_ticks = 0;
+                match pr.snapshot.as_mut() {
+                    Some(s) if s.acked < s.snapshot.data.len() as u64 => {
+                        // Chunks were lost, or the follower is away: resume
+                        // from what it acknowledged, one chunk at a time.
+                        s.sent = s.acked;
+                        s.done_sent = false;
+                        s.probing = true;
+                        s.rewound_to = None;
+                        resume.push(id);
+                    }
+                    // Everything arrived but no install was reported (the
+                    // follower restarted, or its answer was lost): start over.
+                    _ => pr.become_probe(),
                 }
             }
+        }
+        for id in resume {
+            self.send_snapshot_chunks(id);
+        }
+        if self.local_snapshot.is_some() && self.progress.values().all(|p| p.snapshot.is_none()) {
+            // No transfer uses it: free the memory (the next one takes a
+            // fresh snapshot, which is also newer).
+            self.local_snapshot = None;
         }
         #[cfg(feature = "sim")]
         let heartbeat_ticks = if crate::bugs::enabled(crate::bugs::Bug::SlowHeartbeat) {
@@ -454,6 +541,12 @@ impl Raft {
                 "stepped down as leader"
             );
             self.abort_reads();
+            // Transfers end with the leadership: free their snapshot.
+            self.local_snapshot = None;
+            self.snapshot_wanted = false;
+            for pr in self.progress.values_mut() {
+                pr.snapshot = None;
+            }
         }
         self.role = Role::Follower;
         self.leader = leader;
@@ -855,30 +948,143 @@ impl Raft {
         true
     }
 
+    /// Starts a snapshot transfer to `to`, whose next entry is no longer in
+    /// the log. Any snapshot at or after the log's first index will do; if
+    /// we hold none, the driver is asked for one (`Ready::snapshot_request`)
+    /// and the transfer starts in [`Raft::offer_snapshot`].
     fn send_snapshot(&mut self, to: NodeId) {
-        let Some(snapshot) = self.local_snapshot.clone() else {
-            // The log was compacted by a snapshot we no longer hold: cannot
-            // happen if the driver calls `compact` with its snapshot.
+        #[cfg(feature = "sim")]
+        if crate::bugs::enabled(crate::bugs::Bug::ForgetInstalledSnapshot)
+            && self.installed_index == self.log.snapshot.index
+            && self.installed_index > 0
+        {
+            // Injected bug: a log that starts at a snapshot received from a
+            // leader has nothing to send (as before snapshots were taken on
+            // demand).
             tracing::error!(
                 group = self.cfg.group,
                 to,
                 "follower needs a snapshot but none is available"
             );
             return;
-        };
+        }
+        let first = self.log.snapshot.index;
+        let usable = self
+            .local_snapshot
+            .as_ref()
+            .filter(|s| s.meta.index >= first)
+            .cloned();
         let pr = self.progress.get_mut(&to).unwrap();
+        let Some(snapshot) = usable else {
+            self.snapshot_wanted = true;
+            if pr.state != ProgressState::Probe {
+                pr.become_probe();
+            }
+            pr.probe_sent = true; // until the snapshot is offered
+            return;
+        };
         pr.state = ProgressState::Snapshot {
             index: snapshot.meta.index,
         };
+        pr.inflight.clear();
         pr.snapshot_ticks = 0;
+        pr.snapshot = Some(SnapshotSend {
+            snapshot,
+            sent: 0,
+            acked: 0,
+            done_sent: false,
+            probing: false,
+            rewound_to: None,
+        });
         crate::stats::count(crate::stats::Event::SnapshotSent);
-        self.send(to, MessageBody::InstallSnapshot(snapshot), false);
+        self.send_snapshot_chunks(to);
+    }
+
+    /// Sends the next chunks of `to`'s snapshot transfer, as far as its
+    /// window allows.
+    fn send_snapshot_chunks(&mut self, to: NodeId) {
+        let chunk_bytes = self.cfg.snapshot_chunk_bytes.max(1) as u64;
+        let window = chunk_bytes * self.cfg.max_inflight_snapshot_chunks.max(1) as u64;
+        loop {
+            let Some(s) = self.progress.get_mut(&to).and_then(|p| p.snapshot.as_mut()) else {
+                return;
+            };
+            let in_flight = s.sent.saturating_sub(s.acked);
+            let full = if s.probing {
+                in_flight > 0
+            } else {
+                in_flight >= window
+            };
+            if s.done_sent || full {
+                return;
+            }
+            let len = s.snapshot.data.len() as u64;
+            let offset = s.sent.min(len);
+            let end = (offset + chunk_bytes).min(len);
+            let chunk = SnapshotChunk {
+                meta: s.snapshot.meta.clone(),
+                len,
+                crc: s.snapshot.crc,
+                offset,
+                data: s.snapshot.data[offset as usize..end as usize].to_vec(),
+                done: end == len,
+            };
+            s.sent = end;
+            s.done_sent = chunk.done;
+            self.send(to, MessageBody::InstallSnapshot(chunk), false);
+        }
+    }
+
+    /// The driver's answer to [`Ready::snapshot_request`]: `data` is its
+    /// state machine at `index`, which it has applied. Followers waiting for
+    /// a snapshot get it now.
+    pub fn offer_snapshot(&mut self, index: Index, data: Arc<Vec<u8>>) {
+        self.snapshot_wanted = false;
+        if self.role != Role::Leader || index < self.log.snapshot.index || index > self.log.applied
+        {
+            return;
+        }
+        let Some(term) = self.log.term(index) else {
+            return;
+        };
+        let meta = SnapshotMeta {
+            index,
+            term,
+            membership: self.membership_at(index),
+        };
+        let crc = crc32fast::hash(&data);
+        self.local_snapshot = Some(OutgoingSnapshot { meta, data, crc });
+        let waiting: Vec<NodeId> = self
+            .progress
+            .iter()
+            .filter(|(_, p)| {
+                p.state == ProgressState::Probe && p.next_index <= self.log.snapshot.index
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in waiting {
+            self.progress.get_mut(&id).unwrap().probe_sent = false;
+            self.send_append(id);
+        }
     }
 
     // ----- receiving --------------------------------------------------------------
 
     /// Handles one message from another member of the group.
     pub fn step(&mut self, msg: Message) {
+        self.step_checked(msg, &mut |_, _| true);
+    }
+
+    /// Like [`Raft::step`], with a last check of a received snapshot: once
+    /// all its chunks arrived and its checksum verifies, `check` sees its
+    /// data, and the snapshot is installed only if it returns true (the
+    /// driver decodes it there, so whatever the core installs can be
+    /// applied).
+    pub fn step_checked(
+        &mut self,
+        msg: Message,
+        check: &mut dyn FnMut(&SnapshotMeta, &[u8]) -> bool,
+    ) {
         if msg.to != self.cfg.id {
             return;
         }
@@ -994,10 +1200,15 @@ impl Raft {
                 }
                 self.send(msg.from, MessageBody::HeartbeatResponse { read_seq }, false);
             }
-            MessageBody::InstallSnapshot(snapshot) => {
+            MessageBody::InstallSnapshot(chunk) => {
                 self.follow(msg.from);
-                self.handle_snapshot(msg.from, snapshot);
+                self.handle_snapshot_chunk(msg.from, chunk, check);
             }
+            MessageBody::SnapshotAck {
+                index,
+                received,
+                rejected,
+            } => self.handle_snapshot_ack(msg.from, index, received, rejected),
             MessageBody::AppendResponse(result) => self.handle_append_response(msg.from, result),
             MessageBody::HeartbeatResponse { read_seq } => {
                 self.handle_heartbeat_response(msg.from, read_seq)
@@ -1073,6 +1284,13 @@ impl Raft {
         if commit > self.log.commit {
             self.log.commit = commit.min(last_new);
         }
+        if self
+            .assembly
+            .as_ref()
+            .is_some_and(|a| a.meta.index <= self.log.commit)
+        {
+            self.assembly = None; // the log got there first
+        }
         if self.amnesiac && self.log.last_index() >= commit {
             // Caught up with a leader: everything committed is here now.
             self.amnesiac = false;
@@ -1095,29 +1313,139 @@ impl Raft {
         i
     }
 
-    fn handle_snapshot(&mut self, from: NodeId, snapshot: Snapshot) {
-        let meta = snapshot.meta.clone();
-        if meta.index <= self.log.commit {
-            // Sent at once: claim only what is durable (see handle_append).
+    /// InstallSnapshot (§7) in chunks: append a chunk that starts where the
+    /// assembled bytes end, acknowledge every chunk with the bytes held (so
+    /// a lost chunk is resent and a duplicate or stale one is ignored), and
+    /// install once the whole snapshot is here and verifies.
+    fn handle_snapshot_chunk(
+        &mut self,
+        from: NodeId,
+        chunk: SnapshotChunk,
+        check: &mut dyn FnMut(&SnapshotMeta, &[u8]) -> bool,
+    ) {
+        let index = chunk.meta.index;
+        if index <= self.log.commit {
+            // We have all of it already. Sent at once: claim only what is
+            // durable (see handle_append).
+            self.assembly = None;
             let matched = self.log.commit.min(self.log.persisted);
             self.send(from, MessageBody::AppendResponse(Ok(matched)), false);
             return;
         }
+        let ack = |received: u64, rejected: bool| MessageBody::SnapshotAck {
+            index,
+            received,
+            rejected,
+        };
+        let same = self
+            .assembly
+            .as_ref()
+            .is_some_and(|a| a.meta == chunk.meta && a.len == chunk.len && a.crc == chunk.crc);
+        if !same {
+            if chunk.offset != 0 {
+                // A chunk of a transfer we do not hold (we restarted, or a
+                // newer one began): ask for the start.
+                self.send(from, ack(0, true), false);
+                return;
+            }
+            self.assembly = Some(SnapshotAssembly {
+                meta: chunk.meta.clone(),
+                len: chunk.len,
+                crc: chunk.crc,
+                data: Vec::new(),
+            });
+        }
+        let a = self.assembly.as_mut().unwrap();
+        let received = a.data.len() as u64;
+        if chunk.offset != received {
+            // A duplicate (behind) or a chunk after a lost one (ahead).
+            let rejected = chunk.offset > received;
+            self.send(from, ack(received, rejected), false);
+            return;
+        }
+        let end = received.saturating_add(chunk.data.len() as u64);
+        if end > a.len || chunk.done != (end == a.len) {
+            tracing::warn!(from, index, "dropping a malformed snapshot chunk");
+            self.assembly = None;
+            self.send(from, ack(0, true), false);
+            return;
+        }
+        a.data.extend_from_slice(&chunk.data);
+        if !chunk.done {
+            self.send(from, ack(end, false), false);
+            return;
+        }
+        let a = self.assembly.take().unwrap();
+        if crc32fast::hash(&a.data) != a.crc || !check(&a.meta, &a.data) {
+            tracing::warn!(
+                from,
+                index,
+                "received snapshot does not verify; asking again"
+            );
+            self.send(from, ack(0, true), false);
+            return;
+        }
+        // Everything arrived: say so at once (the install's own answer waits
+        // until it is durable), so the leader does not resend meanwhile.
+        self.send(from, ack(end, false), false);
+        self.install_snapshot(
+            from,
+            Snapshot {
+                meta: a.meta,
+                data: Arc::new(a.data),
+            },
+        );
+    }
+
+    fn install_snapshot(&mut self, from: NodeId, snapshot: Snapshot) {
+        let meta = snapshot.meta.clone();
         self.log.restore(meta.clone());
         self.unpersisted_from = None;
         self.apply_handed = self.apply_handed.max(meta.index);
         self.recompute_membership();
-        // Keep it to send on: as leader, this node must be able to catch up
-        // a follower that is behind the log's new first index.
-        #[cfg(feature = "sim")]
-        let forget = crate::bugs::enabled(crate::bugs::Bug::ForgetInstalledSnapshot);
-        #[cfg(not(feature = "sim"))]
-        let forget = false;
-        if !forget {
-            self.local_snapshot = Some(snapshot.clone());
-        }
+        // As leader, this node sends a snapshot of its state machine, which
+        // now starts as this one (taken on request, like any other).
+        self.installed_index = meta.index;
         self.received_snapshot = Some(snapshot);
         self.send(from, MessageBody::AppendResponse(Ok(meta.index)), true);
+    }
+
+    /// Flow control of a snapshot transfer: the follower holds `received`
+    /// bytes of the snapshot at `index`.
+    fn handle_snapshot_ack(&mut self, from: NodeId, index: Index, received: u64, rejected: bool) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.active = true;
+        let Some(s) = pr.snapshot.as_mut() else {
+            return;
+        };
+        if s.snapshot.meta.index != index {
+            return; // about another transfer
+        }
+        let len = s.snapshot.data.len() as u64;
+        let received = received.min(len);
+        if received > s.acked {
+            s.acked = received;
+            s.probing = false;
+            s.rewound_to = None;
+            pr.snapshot_ticks = 0;
+        }
+        if rejected && s.rewound_to != Some(received) {
+            // The follower wants the chunk at `received`: everything sent
+            // after it is lost or ignored.
+            s.acked = received;
+            s.sent = received;
+            s.done_sent = false;
+            s.rewound_to = Some(received);
+        } else if received > s.sent {
+            // It already held more (a resumed transfer): skip ahead.
+            s.sent = received;
+        }
+        self.send_snapshot_chunks(from);
     }
 
     fn handle_append_response(&mut self, from: NodeId, result: Result<Index, RejectHint>) {
@@ -1205,7 +1533,14 @@ impl Raft {
         if let Some(pr) = self.progress.get_mut(&from) {
             pr.active = true;
             pr.probe_sent = false;
-            if pr.match_index < last {
+            if let Some(s) = pr.snapshot.as_mut().filter(|s| s.probing) {
+                // A follower whose transfer stalled is reachable again:
+                // resume from what it acknowledged, without waiting for the
+                // next timeout.
+                s.sent = s.acked;
+                s.done_sent = false;
+                self.send_snapshot_chunks(from);
+            } else if pr.match_index < last {
                 if pr.state == ProgressState::Replicate && pr.match_index == pr.match_at_heartbeat {
                     // Nothing acknowledged for a whole heartbeat round while
                     // entries were out: they were lost. Probe and resend.
@@ -1298,6 +1633,7 @@ impl Raft {
         self.hard_state() != self.persisted_hard_state
             || self.unpersisted_from.is_some()
             || self.received_snapshot.is_some()
+            || self.snapshot_wanted
             || !self.messages.is_empty()
             || !self.persisted_messages.is_empty()
             || !self.read_states.is_empty()
@@ -1333,6 +1669,7 @@ impl Raft {
             committed_entries,
             read_states: std::mem::take(&mut self.read_states),
             aborted_reads: std::mem::take(&mut self.aborted_reads),
+            snapshot_request: std::mem::take(&mut self.snapshot_wanted),
         }
     }
 
@@ -1353,10 +1690,14 @@ impl Raft {
         self.log.applied = self.log.applied.max(index);
     }
 
-    /// The driver took a snapshot of its state machine at `index` (applied):
-    /// drop the log before it, and keep the snapshot to send to followers
-    /// that fall too far behind.
-    pub fn compact(&mut self, index: Index, data: Arc<Vec<u8>>) {
+    /// Drops the log through `index` (applied): the state machine holds its
+    /// effect. Costs nothing beyond freeing the entries: a follower that
+    /// needs them later gets a snapshot, which the driver takes on request
+    /// ([`Ready::snapshot_request`]).
+    pub fn compact(&mut self, index: Index) {
+        if index <= self.log.snapshot.index {
+            return;
+        }
         let Some(term) = self.log.term(index) else {
             return;
         };
@@ -1366,9 +1707,8 @@ impl Raft {
             term,
             membership,
         };
-        self.log.compact(meta.clone());
+        self.log.compact(meta);
         crate::stats::count(crate::stats::Event::Compaction);
-        self.local_snapshot = Some(Snapshot { meta, data });
     }
 
     /// The membership in effect right after `index` (at or after the

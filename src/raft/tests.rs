@@ -12,7 +12,14 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 struct Disk {
     hard_state: HardState,
     snapshot: SnapshotMeta,
+    /// The state machine at `snapshot.index` (an installed snapshot's).
+    state: Vec<(Index, Vec<u8>)>,
     entries: Vec<Entry>,
+}
+
+/// The test state machine's snapshot: every applied entry's data.
+fn encode_state(applied: &[(Index, Vec<u8>)]) -> Vec<u8> {
+    bincode::serialize(applied).unwrap()
 }
 
 struct Node {
@@ -37,6 +44,9 @@ struct Cluster {
     /// Every (index, term) a node ever applied (state machine safety).
     applied_terms: BTreeMap<Index, Term>,
     delivered: usize,
+    /// Snapshots the leaders' drivers took on request, and installed ones.
+    snapshots_taken: usize,
+    snapshots_installed: usize,
 }
 
 fn default_config(id: NodeId) -> Config {
@@ -59,6 +69,8 @@ impl Cluster {
             leaders: BTreeMap::new(),
             applied_terms: BTreeMap::new(),
             delivered: 0,
+            snapshots_taken: 0,
+            snapshots_installed: 0,
         };
         for id in 1..=n {
             c.start(id, Disk::default());
@@ -74,12 +86,13 @@ impl Cluster {
             initial_membership: self.initial.clone(),
         };
         let raft = Raft::new((self.config)(id), state, id * 7919);
+        let applied = disk.state.clone();
         self.nodes.insert(
             id,
             Node {
                 raft,
                 disk,
-                applied: Vec::new(),
+                applied,
                 read_states: Vec::new(),
                 aborted_reads: Vec::new(),
             },
@@ -126,10 +139,13 @@ impl Cluster {
             node.disk.hard_state = hs;
         }
         if let Some(snapshot) = &ready.snapshot {
+            let state: Vec<(Index, Vec<u8>)> =
+                bincode::deserialize(&snapshot.data).expect("snapshots verify before install");
             node.disk.snapshot = snapshot.meta.clone();
+            node.disk.state = state.clone();
             node.disk.entries.retain(|e| e.index > snapshot.meta.index);
-            node.applied
-                .push((snapshot.meta.index, b"<snapshot>".to_vec()));
+            node.applied = state;
+            self.snapshots_installed += 1;
         }
         if let Some(first) = ready.entries.first() {
             node.disk.entries.retain(|e| e.index < first.index);
@@ -157,6 +173,12 @@ impl Cluster {
         }
         node.read_states.extend(ready.read_states);
         node.aborted_reads.extend(ready.aborted_reads);
+        if ready.snapshot_request {
+            let index = node.raft.log().applied;
+            let data = encode_state(&node.applied);
+            node.raft.offer_snapshot(index, std::sync::Arc::new(data));
+            self.snapshots_taken += 1;
+        }
         if node.raft.role() == Role::Leader {
             let term = node.raft.term();
             self.leaders.entry(term).or_default().insert(id);
@@ -272,6 +294,7 @@ fn kinds(msgs: &[Message]) -> Vec<String> {
                 MessageBody::Heartbeat { .. } => "Heartbeat",
                 MessageBody::HeartbeatResponse { .. } => "HeartbeatResponse",
                 MessageBody::InstallSnapshot(_) => "InstallSnapshot",
+                MessageBody::SnapshotAck { .. } => "SnapshotAck",
                 MessageBody::TimeoutNow => "TimeoutNow",
             };
             format!("{}->{} {kind} t{}", m.from, m.to, m.term)
@@ -801,10 +824,8 @@ fn a_follower_too_far_behind_gets_a_snapshot() {
     }
     let applied = c.raft(1).log().applied;
     assert_eq!(c.raft(2).log().applied, applied);
-    c.raft_mut(1)
-        .compact(applied, std::sync::Arc::new(b"state".to_vec()));
-    c.raft_mut(2)
-        .compact(applied, std::sync::Arc::new(b"state".to_vec()));
+    c.raft_mut(1).compact(applied);
+    c.raft_mut(2).compact(applied);
     assert!(c.raft(1).log().first_index() > 1);
     c.heal();
     c.tick_all(5);
@@ -815,6 +836,7 @@ fn a_follower_too_far_behind_gets_a_snapshot() {
     );
     c.propose(1, "after");
     assert_eq!(c.applied(3).last().map(String::as_str), Some("after"));
+    assert_eq!(c.applied(3), c.applied(1), "the snapshot carried the state");
 }
 
 #[test]
@@ -830,8 +852,7 @@ fn a_node_that_installed_a_snapshot_can_send_it_as_leader() {
     }
     let applied = c.raft(1).log().applied;
     for id in [1, 2] {
-        c.raft_mut(id)
-            .compact(applied, std::sync::Arc::new(b"state".to_vec()));
+        c.raft_mut(id).compact(applied);
     }
     c.heal();
     c.tick_all(5);
@@ -1211,4 +1232,260 @@ fn an_idle_leader_repairs_a_follower_that_restarted_empty() {
         "the emptied follower has the whole log again"
     );
     c.check_log_matching();
+}
+
+// ----- snapshots in chunks (§7) -------------------------------------------
+
+/// Small chunks and a window of two, so a short snapshot takes many messages.
+fn chunky_config(id: NodeId) -> Config {
+    Config {
+        snapshot_chunk_bytes: 8,
+        max_inflight_snapshot_chunks: 2,
+        ..Config::new(id)
+    }
+}
+
+/// A 3-node cluster where node 3 missed `n` entries that node 1 (the
+/// leader) and node 2 then compacted away.
+fn cluster_with_follower_behind_the_log(n: usize) -> Cluster {
+    let mut c = Cluster::with_config(3, chunky_config);
+    c.elect(1);
+    c.isolate(3);
+    for i in 0..n {
+        c.propose(1, &format!("value-{i}"));
+    }
+    let applied = c.raft(1).log().applied;
+    c.raft_mut(1).compact(applied);
+    c.raft_mut(2).compact(applied);
+    c
+}
+
+/// Ticks and delivers everything but snapshot chunks until the leader
+/// has started sending chunks.
+fn tick_until_chunks_are_sent(c: &mut Cluster) {
+    for _ in 0..20 {
+        let ids: Vec<NodeId> = c.nodes.keys().copied().collect();
+        for &id in &ids {
+            c.raft_mut(id).tick();
+        }
+        loop {
+            for &id in &ids {
+                c.handle_ready(id);
+            }
+            let Some(i) = c
+                .queue
+                .iter()
+                .position(|m| !matches!(m.body, MessageBody::InstallSnapshot(_)))
+            else {
+                break;
+            };
+            let msg = c.queue.remove(i).unwrap();
+            if !c.cut.contains(&(msg.from, msg.to)) {
+                c.raft_mut(msg.to).step(msg);
+            }
+        }
+        if !chunks_in_queue(c).is_empty() {
+            return;
+        }
+    }
+    panic!("the leader sent no snapshot");
+}
+
+fn chunks_in_queue(c: &Cluster) -> Vec<(u64, usize, bool)> {
+    c.queue
+        .iter()
+        .filter_map(|m| match &m.body {
+            MessageBody::InstallSnapshot(chunk) => {
+                Some((chunk.offset, chunk.data.len(), chunk.done))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_node_that_installed_a_snapshot_becomes_leader_and_catches_up_a_follower_behind_it() {
+    // §7: "the leader must occasionally send snapshots to followers that
+    // lag behind". Any leader, including one whose own log starts at a
+    // snapshot it received: its state machine is the snapshot it sends.
+    let mut c = Cluster::with_config(5, chunky_config);
+    c.elect(1);
+    c.isolate(4);
+    c.isolate(5);
+    for i in 0..10 {
+        c.propose(1, &format!("v{i}"));
+    }
+    let applied = c.raft(1).log().applied;
+    for id in 1..=3 {
+        c.raft_mut(id).compact(applied);
+    }
+    // Node 4 comes back, behind the log: it installs a snapshot from 1.
+    c.heal_link(1, 4);
+    c.tick_all(5);
+    assert_eq!(c.raft(4).log().snapshot.index, applied);
+    assert_eq!(c.snapshots_installed, 1);
+    // Node 4 takes over (dissertation §3.10), then nodes 1 and 3 go away.
+    c.heal_link(2, 4);
+    c.heal_link(3, 4);
+    c.raft_mut(1).transfer_leader(4).unwrap();
+    c.settle();
+    assert_eq!(c.raft(4).role(), Role::Leader);
+    c.heal();
+    c.isolate(1);
+    c.isolate(3);
+    // Node 5 is behind node 4's first log index: it gets node 4's snapshot.
+    c.tick_all(5);
+    assert_eq!(c.snapshots_installed, 2, "node 5 installed a snapshot");
+    assert!(c.raft(5).log().snapshot.index >= applied);
+    c.propose(4, "after");
+    assert_eq!(c.applied(5), c.applied(2));
+    assert_eq!(c.applied(5).last().map(String::as_str), Some("after"));
+}
+
+#[test]
+fn a_snapshot_travels_in_chunks_within_a_bounded_window() {
+    // The leader keeps at most `max_inflight_snapshot_chunks` chunks in
+    // flight and sends more as the follower acknowledges them.
+    let mut c = cluster_with_follower_behind_the_log(10);
+    c.heal();
+    tick_until_chunks_are_sent(&mut c);
+    let chunks = chunks_in_queue(&c);
+    assert_eq!(chunks.len(), 2, "a window of two chunks: {chunks:?}");
+    assert_eq!(chunks[0].0, 0);
+    assert_eq!(chunks[1].0, 8);
+    assert!(chunks.iter().all(|&(_, len, _)| len <= 8));
+    assert_eq!(c.snapshots_taken, 1);
+    c.settle();
+    assert_eq!(c.snapshots_installed, 1);
+    assert_eq!(c.applied(3), c.applied(1));
+    c.propose(1, "after");
+    assert_eq!(c.applied(3), c.applied(1));
+}
+
+#[test]
+fn lost_duplicated_and_reordered_chunks_still_install_the_snapshot_once() {
+    // A follower appends only the chunk that starts where its bytes end,
+    // asks again from there when one is missing, and ignores duplicates.
+    use rand::SeedableRng;
+    for seed in 0..20 {
+        let mut c = cluster_with_follower_behind_the_log(20);
+        c.heal();
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+        for _ in 0..400 {
+            if c.raft(3).log().snapshot.index > 0 {
+                break;
+            }
+            c.deliver_random(&mut rng);
+            if c.queue.is_empty() {
+                let ids: Vec<NodeId> = c.nodes.keys().copied().collect();
+                for id in ids {
+                    c.raft_mut(id).tick();
+                }
+            }
+        }
+        c.settle();
+        c.tick_all(30);
+        assert!(
+            c.raft(3).log().snapshot.index > 0,
+            "seed {seed}: no snapshot"
+        );
+        c.propose(1, "after");
+        assert_eq!(c.applied(3), c.applied(1), "seed {seed}");
+        c.check_log_matching();
+    }
+}
+
+#[test]
+fn a_transfer_cut_off_midway_resumes_where_the_follower_stopped() {
+    // After an election timeout without progress the leader resumes from
+    // the last acknowledged byte, not from the start.
+    let mut c = cluster_with_follower_behind_the_log(10);
+    c.heal();
+    tick_until_chunks_are_sent(&mut c);
+    // Run until some, but not all, chunks arrived, then cut the link.
+    let mut steps = 0;
+    loop {
+        let ids: Vec<NodeId> = c.nodes.keys().copied().collect();
+        for id in ids {
+            c.handle_ready(id);
+        }
+        let msg = c.queue.pop_front().expect("the transfer is running");
+        let received = matches!(&msg.body, MessageBody::InstallSnapshot(ch) if ch.offset >= 24);
+        c.raft_mut(msg.to).step(msg);
+        steps += 1;
+        if received || steps > 1000 {
+            break;
+        }
+    }
+    c.isolate(3);
+    c.settle();
+    c.tick_all(25);
+    assert_eq!(
+        c.raft(3).log().snapshot.index,
+        0,
+        "not installed while cut off"
+    );
+    c.heal();
+    // The follower answers a heartbeat: the leader resumes from the
+    // acknowledged offset (past the start), one chunk until it hears back.
+    tick_until_chunks_are_sent(&mut c);
+    let offsets: Vec<u64> = chunks_in_queue(&c).iter().map(|c| c.0).collect();
+    assert!(
+        !offsets.is_empty() && offsets.iter().all(|&o| o > 0),
+        "resumed, not restarted: {offsets:?}"
+    );
+    c.settle();
+    c.tick_all(3);
+    assert_eq!(c.snapshots_installed, 1);
+    assert_eq!(c.applied(3), c.applied(1));
+}
+
+#[test]
+fn a_follower_installs_only_a_snapshot_whose_checksum_verifies() {
+    let mut r = Raft::new(
+        Config::new(2),
+        RaftState {
+            initial_membership: Membership::new([1, 2, 3]),
+            ..Default::default()
+        },
+        1,
+    );
+    let data = encode_state(&[(1, b"x".to_vec())]);
+    let meta = SnapshotMeta {
+        index: 5,
+        term: 1,
+        membership: Membership::new([1, 2, 3]),
+    };
+    let chunk = |crc: u32| Message {
+        from: 1,
+        to: 2,
+        term: 1,
+        body: MessageBody::InstallSnapshot(SnapshotChunk {
+            meta: meta.clone(),
+            len: data.len() as u64,
+            crc,
+            offset: 0,
+            data: data.clone(),
+            done: true,
+        }),
+    };
+    r.step(chunk(crc32fast::hash(&data) ^ 1));
+    let rd = r.ready();
+    assert!(rd.snapshot.is_none(), "a bad checksum is not installed");
+    assert_eq!(r.log().snapshot.index, 0);
+    assert!(rd.messages.iter().any(|m| matches!(
+        m.body,
+        MessageBody::SnapshotAck {
+            received: 0,
+            rejected: true,
+            ..
+        }
+    )));
+    // The driver's own check can refuse it too.
+    r.step_checked(chunk(crc32fast::hash(&data)), &mut |_, _| false);
+    assert!(r.ready().snapshot.is_none());
+    r.step(chunk(crc32fast::hash(&data)));
+    let rd = r.ready();
+    assert_eq!(rd.snapshot.map(|s| s.meta.index), Some(5));
+    assert_eq!(r.log().snapshot.index, 5);
 }

@@ -122,6 +122,23 @@ pub struct Snapshot {
     pub data: Arc<Vec<u8>>,
 }
 
+/// One piece of a snapshot in transit. Every chunk names the whole
+/// snapshot (`meta`, `len`, `crc`), so a follower can tell the pieces of
+/// one transfer from those of another (a new leader, a newer snapshot).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    pub meta: SnapshotMeta,
+    /// Length of the whole snapshot's data, in bytes.
+    pub len: u64,
+    /// CRC-32 of the whole snapshot's data.
+    pub crc: u32,
+    /// Where `data` starts in the snapshot's data.
+    pub offset: u64,
+    pub data: Vec<u8>,
+    /// The last chunk: `offset + data.len() == len`.
+    pub done: bool,
+}
+
 /// A message between two members of one Raft group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
@@ -172,8 +189,19 @@ pub enum MessageBody {
     HeartbeatResponse {
         read_seq: u64,
     },
-    /// InstallSnapshot (§7), in one piece.
-    InstallSnapshot(Snapshot),
+    /// InstallSnapshot (§7), one chunk of it (the paper's `offset`, `data`
+    /// and `done`). A leader keeps a small window of chunks in flight; the
+    /// follower assembles them in order and installs the snapshot only once
+    /// all of it arrived and its length and checksum verify.
+    InstallSnapshot(SnapshotChunk),
+    /// The follower holds the first `received` bytes of the snapshot at
+    /// `index`. `rejected`: the chunk did not start there (a chunk was lost,
+    /// or the follower started over), so the leader resends from `received`.
+    SnapshotAck {
+        index: Index,
+        received: u64,
+        rejected: bool,
+    },
     /// Leadership transfer (dissertation §3.10): start an election now.
     TimeoutNow,
 }

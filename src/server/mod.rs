@@ -185,7 +185,7 @@ pub async fn run_server<R: Runtime, D: Disk>(
         peers: BTreeMap::new(),
         manager,
     };
-    d.flush()?;
+    d.flush().await?;
     let tick = d.config.raft_tick;
     let mut next_tick = rt.now() + tick;
     loop {
@@ -238,7 +238,7 @@ pub async fn run_server<R: Runtime, D: Disk>(
             }
             Event::Received(Some((from, payload))) => d.handle(from, &payload)?,
         }
-        d.flush()?;
+        d.flush().await?;
         if let Some(s) = d.storage.as_mut() {
             if s.checkpoint_due() {
                 s.checkpoint(&d.rt, d.core.group_snapshots());
@@ -348,17 +348,22 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
     }
 
     /// Carries out everything the core asked for, until it asks nothing.
-    fn flush(&mut self) -> io::Result<()> {
+    async fn flush(&mut self) -> io::Result<()> {
         loop {
             let out = self.core.take_output();
-            if out.is_empty() {
-                return self.release();
+            if !out.is_empty() {
+                self.perform(out).await?;
+                continue;
             }
-            self.perform(out)?;
+            // Sending what waited for the log may give the core more to do
+            // (commits, replies).
+            if !self.release()? {
+                return Ok(());
+            }
         }
     }
 
-    fn perform(&mut self, out: Output) -> io::Result<()> {
+    async fn perform(&mut self, out: Output) -> io::Result<()> {
         let now = self.rt.now();
         for range in &out.hosted {
             if let Some(s) = self.storage.as_mut() {
@@ -369,7 +374,15 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
             match self.storage.as_mut() {
                 Some(s) => {
                     if let Some((meta, data)) = p.snapshot {
-                        s.log_snapshot(now, p.partition, meta, data);
+                        // Its file is durable before its record is logged,
+                        // and before any later record of the group.
+                        s.log_received_snapshot(&self.rt, p.partition, meta, &data)
+                            .await
+                            .map_err(|e| {
+                                io::Error::other(format!(
+                                    "cannot store a received snapshot, stopping: {e}"
+                                ))
+                            })?;
                     }
                     if p.hard_state.is_some() || !p.entries.is_empty() {
                         s.log_raft(now, p.partition, p.hard_state, p.entries);
@@ -400,10 +413,11 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
         Ok(())
     }
 
-    /// Sends what waited for the durable log and tells the core.
-    fn release(&mut self) -> io::Result<()> {
+    /// Sends what waited for the durable log and tells the core. Returns
+    /// whether anything was released.
+    fn release(&mut self) -> io::Result<bool> {
         let Some(s) = self.storage.as_ref() else {
-            return Ok(());
+            return Ok(false);
         };
         let durable = s.durable().map_err(|reason| {
             io::Error::other(format!(
@@ -417,15 +431,7 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
             self.core.persisted(p.partition, p.last);
             released = true;
         }
-        if released {
-            // The core may have more to do (commits, replies).
-            let out = self.core.take_output();
-            if !out.is_empty() {
-                self.perform(out)?;
-                return self.release();
-            }
-        }
-        Ok(())
+        Ok(released)
     }
 
     fn send_raft(&self, batches: BTreeMap<NodeId, Vec<(PartitionId, Message)>>) {
@@ -481,7 +487,7 @@ fn message_size(msg: &Message) -> usize {
         MessageBody::Append { entries, .. } => {
             entries.iter().map(|e| e.payload_len() + 32).sum::<usize>()
         }
-        MessageBody::InstallSnapshot(s) => s.data.len(),
+        MessageBody::InstallSnapshot(chunk) => chunk.data.len(),
         _ => 0,
     }
 }

@@ -30,8 +30,8 @@ use crate::kv::{PartitionStore, SessionError};
 use crate::map::{NodeId, Partition, PartitionId, PartitionMap};
 use crate::op::{Op, OpResult};
 use crate::raft::{
-    Config, Entry, EntryData, HardState, Index, Membership, Message, MessageBody, ProposeError,
-    Raft, RaftState, Role, SnapshotMeta, Term,
+    Config, Entry, EntryData, HardState, Index, Membership, Message, ProposeError, Raft, RaftState,
+    Role, SnapshotMeta, Term,
 };
 use crate::storage::snapshot::{decode_store, encode_store};
 use crate::storage::{GroupSnapshot, RecoveredGroup};
@@ -48,8 +48,9 @@ pub struct RaftTuning {
     /// Ticks without a leader before an election (randomized up to twice).
     pub election_ticks: u32,
     pub heartbeat_ticks: u32,
-    /// Applied entries kept in memory before the log is compacted into a
-    /// snapshot of the state machine.
+    /// Applied entries kept in memory before the older half is dropped
+    /// (the state machine holds their effect; a follower that needs them
+    /// gets a snapshot).
     pub compact_entries: u64,
     /// Client sessions idle longer than this (in log time) are dropped from
     /// the session table. A leader stamps it into every command it proposes,
@@ -91,10 +92,6 @@ fn command_options() -> impl Options {
     bincode::DefaultOptions::new().with_limit(crate::storage::wal::RECORD_PAYLOAD_LEN_MAX as u64)
 }
 
-/// Most bytes of an InstallSnapshot's data: the snapshot travels in one
-/// frame and is logged in one record (chunking is future work).
-pub const SNAPSHOT_DATA_MAX: usize = crate::wire::FRAME_PAYLOAD_LEN_MAX - 64 * 1024;
-
 /// Where a reply goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplyTo {
@@ -118,7 +115,9 @@ struct Read {
 #[derive(Debug, Default)]
 pub struct Persist {
     pub partition: PartitionId,
-    pub snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    /// A snapshot received from the leader: its position and the
+    /// state machine's bytes ([`encode_store`]).
+    pub snapshot: Option<(SnapshotMeta, Arc<Vec<u8>>)>,
     pub hard_state: Option<HardState>,
     pub entries: Vec<Entry>,
     pub messages: Vec<Message>,
@@ -262,13 +261,8 @@ impl ServerCore {
             amnesia_guard: !no_amnesia_guard(),
             ..Config::new(self.node_id)
         };
-        let snapshot_index = state.snapshot.index;
         let seed = self.next_seed();
-        let mut raft = Raft::new(config, state, seed);
-        if snapshot_index > 0 {
-            // Keep the snapshot to send to followers that fall behind it.
-            raft.compact(snapshot_index, Arc::new(encode_store(&store)));
-        }
+        let raft = Raft::new(config, state, seed);
         Replica::new(raft, store)
     }
 
@@ -354,20 +348,21 @@ impl ServerCore {
                 tracing::warn!(partition, from, "dropping a misaddressed Raft message");
                 continue;
             }
-            if let MessageBody::InstallSnapshot(snapshot) = &msg.body {
-                // Decode now, so a snapshot the core accepts can always be
-                // installed; garbage is dropped here.
-                match decode_store(&snapshot.data) {
+            // A snapshot is decoded once all its chunks arrived, before the
+            // core installs it, so whatever the core accepts can be applied.
+            let incoming = &mut replica.incoming;
+            replica
+                .raft
+                .step_checked(msg, &mut |meta, data| match decode_store(data) {
                     Ok(store) if store.range().id == partition => {
-                        replica.incoming = Some((snapshot.meta.index, store));
+                        *incoming = Some((meta.index, store));
+                        true
                     }
                     Ok(_) | Err(_) => {
                         tracing::warn!(partition, from, "dropping an undecodable snapshot");
-                        continue;
+                        false
                     }
-                }
-            }
-            replica.raft.step(msg);
+                });
             if touched.last() != Some(&partition) {
                 touched.push(partition);
             }
@@ -530,6 +525,13 @@ impl ServerCore {
             if let Some(snapshot) = rd.snapshot {
                 crate::stats::count(crate::stats::Event::SnapshotInstalled);
                 let meta = snapshot.meta.clone();
+                tracing::info!(
+                    partition,
+                    index = meta.index,
+                    bytes = snapshot.data.len(),
+                    leader = ?r.raft.leader(),
+                    "installing a snapshot from the leader"
+                );
                 match r.incoming.take() {
                     Some((index, store)) if index == meta.index => {
                         r.store = store;
@@ -557,7 +559,7 @@ impl ServerCore {
                 if persist.last.is_none() {
                     persist.last = Some((meta.index, meta.term));
                 }
-                persist.snapshot = Some((meta, snapshot.data.to_vec()));
+                persist.snapshot = Some((meta, snapshot.data));
             }
             #[cfg(feature = "sim")]
             if crate::bugs::enabled(crate::bugs::Bug::AckBeforeFsync) {
@@ -599,6 +601,20 @@ impl ServerCore {
                 let result = r.store.execute(&read.ops).map_err(ExecError::from);
                 reply(out, read.to, result);
             }
+            if rd.snapshot_request {
+                // A follower is behind our log: encode the state machine
+                // once for it (and any other that needs it meanwhile). This
+                // is O(data), but only when a follower needs it, never per
+                // write or per compaction.
+                let data = encode_store(&r.store);
+                tracing::info!(
+                    partition,
+                    index = r.applied,
+                    bytes = data.len(),
+                    "sending a snapshot to a follower behind the log"
+                );
+                r.raft.offer_snapshot(r.applied, Arc::new(data));
+            }
         }
         // A deposed leader's proposals may or may not commit under the new
         // leader: say so now rather than let the client time out.
@@ -622,21 +638,14 @@ impl ServerCore {
             }
         }
         r.was_leader = is_leader;
-        // Bound the in-memory log: compact it into a snapshot of the state
-        // machine (at an index that is durable here, so a restart's log
-        // still reaches it).
+        // Bound the in-memory log: drop applied entries (at an index that is
+        // durable here). Nothing is encoded: the state machine is the
+        // snapshot, and a follower that falls behind the log gets its bytes
+        // on demand (`snapshot_request` above). Half of the entries stay, so
+        // a follower that is merely a little behind still gets entries.
         let log = r.raft.log();
         if r.applied >= log.first_index() + compact_entries && r.applied <= log.persisted {
-            let data = encode_store(&r.store);
-            if data.len() <= SNAPSHOT_DATA_MAX {
-                r.raft.compact(r.applied, Arc::new(data));
-            } else {
-                tracing::warn!(
-                    partition,
-                    bytes = data.len(),
-                    "partition too large to snapshot for followers; keeping its log"
-                );
-            }
+            r.raft.compact(r.applied - compact_entries / 2);
         }
     }
 }

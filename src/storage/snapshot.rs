@@ -16,10 +16,24 @@
 //!           Raft hard state, and the log entries after `meta.index`
 //! ```
 //!
+//! File `recv-<partition, 20 digits>-<index, 20 digits>.snap`: a snapshot a
+//! follower received from its leader (InstallSnapshot), referred to by a
+//! small `SnapshotFile` log record instead of being logged whole:
+//!
+//! ```text
+//!   0       8         12          20      28         36         40        44
+//!   | magic | version | partition | index | body_len | body_crc | hdr_crc | body (body_len B) |
+//!   magic = "DKVRECV\n", version = 1, hdr_crc = crc32(bytes 0..40), body_crc = crc32(body)
+//!   body  = the state machine's bytes as the leader sent them ([`encode_store`])
+//!           at Raft index `index`
+//! ```
+//!
 //! # Writing
 //! Body and header go to `<name>.tmp`, which is synced, renamed to `<name>`,
 //! and the directory is synced: a crash leaves either no snapshot or a whole
-//! one under the final name. Only then may the log before `lsn` be purged.
+//! one under the final name. Only then may the log before `lsn` be purged
+//! (a checkpoint), or the record that refers to the file be logged (a
+//! received snapshot).
 
 use super::GroupSnapshot;
 use crate::kv::PartitionStore;
@@ -32,6 +46,8 @@ use super::wal::Lsn;
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"DKVSNAP\n";
 pub const SNAPSHOT_VERSION: u32 = 3;
 pub const SNAPSHOT_HEADER_LEN: usize = 44;
+pub const RECEIVED_MAGIC: &[u8; 8] = b"DKVRECV\n";
+pub const RECEIVED_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -69,11 +85,16 @@ pub fn encode_snapshot(partition: u64, lsn: Lsn, state: &GroupSnapshot) -> Vec<u
 /// Puts the header (magic, version, partition, lsn, length, checksums) in
 /// front of an already-encoded `body`.
 pub fn frame_snapshot(partition: u64, lsn: Lsn, body: &[u8]) -> Vec<u8> {
+    frame(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, partition, lsn, body)
+}
+
+/// The header both file kinds share, in front of `body`.
+fn frame(magic: &[u8; 8], version: u32, partition: u64, position: u64, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(SNAPSHOT_HEADER_LEN + body.len());
-    out.extend_from_slice(SNAPSHOT_MAGIC);
-    out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&partition.to_le_bytes());
-    out.extend_from_slice(&lsn.to_le_bytes());
+    out.extend_from_slice(&position.to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
     let hdr_crc = crc32fast::hash(&out[0..40]);
@@ -82,12 +103,17 @@ pub fn frame_snapshot(partition: u64, lsn: Lsn, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Decodes and verifies a snapshot file's bytes: `(partition, lsn, state)`.
-pub fn decode_snapshot(bytes: &[u8]) -> Result<(u64, Lsn, GroupSnapshot), String> {
+/// Checks the shared header and the body's length and checksum:
+/// `(partition, position, body)`.
+fn unframe<'a>(
+    magic: &[u8; 8],
+    version: u32,
+    bytes: &'a [u8],
+) -> Result<(u64, u64, &'a [u8]), String> {
     if bytes.len() < SNAPSHOT_HEADER_LEN {
         return Err(format!("{} bytes is shorter than the header", bytes.len()));
     }
-    if &bytes[0..8] != SNAPSHOT_MAGIC {
+    if &bytes[0..8] != magic {
         return Err("bad magic".into());
     }
     let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap());
@@ -95,10 +121,10 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<(u64, Lsn, GroupSnapshot), String
     if crc32fast::hash(&bytes[0..40]) != u32_at(40) {
         return Err("header checksum mismatch".into());
     }
-    if u32_at(8) != SNAPSHOT_VERSION {
+    if u32_at(8) != version {
         return Err(format!("format version {} not supported", u32_at(8)));
     }
-    let (partition, lsn, body_len) = (u64_at(12), u64_at(20), u64_at(28));
+    let (partition, position, body_len) = (u64_at(12), u64_at(20), u64_at(28));
     let body = &bytes[SNAPSHOT_HEADER_LEN..];
     if body.len() as u64 != body_len {
         return Err(format!(
@@ -109,6 +135,12 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<(u64, Lsn, GroupSnapshot), String
     if crc32fast::hash(body) != u32_at(36) {
         return Err("body checksum mismatch".into());
     }
+    Ok((partition, position, body))
+}
+
+/// Decodes and verifies a snapshot file's bytes: `(partition, lsn, state)`.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<(u64, Lsn, GroupSnapshot), String> {
+    let (partition, lsn, body) = unframe(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, bytes)?;
     let state: GroupSnapshot = body_options()
         .reject_trailing_bytes()
         .deserialize(body)
@@ -158,15 +190,102 @@ pub async fn write_snapshot<D: Disk>(
     lsn: Lsn,
     state: &GroupSnapshot,
 ) -> Result<PathBuf, SnapshotError> {
-    let path = dir.join(snapshot_name(partition, lsn));
-    let tmp = dir.join(format!("{}.tmp", snapshot_name(partition, lsn)));
+    let bytes = encode_snapshot(partition, lsn, state);
+    write_durably(disk, dir, &snapshot_name(partition, lsn), &bytes).await
+}
+
+pub fn received_name(partition: u64, index: u64) -> String {
+    format!("recv-{partition:020}-{index:020}.snap")
+}
+
+/// `(partition, index)` of a received snapshot's file name.
+pub fn parse_received_name(name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_prefix("recv-")?.strip_suffix(".snap")?;
+    let (p, i) = rest.split_once('-')?;
+    Some((p.parse().ok()?, i.parse().ok()?))
+}
+
+/// Writes a snapshot received from the leader (the state machine's bytes
+/// at Raft `index`) durably to its own file.
+pub async fn write_received<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    partition: u64,
+    index: u64,
+    data: &[u8],
+) -> Result<PathBuf, SnapshotError> {
+    let bytes = frame(RECEIVED_MAGIC, RECEIVED_VERSION, partition, index, data);
+    write_durably(disk, dir, &received_name(partition, index), &bytes).await
+}
+
+/// Reads and verifies a received snapshot's file: the state machine's bytes.
+pub async fn read_received<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    partition: u64,
+    index: u64,
+) -> Result<Vec<u8>, SnapshotError> {
+    let path = dir.join(received_name(partition, index));
+    let mut bytes = disk.read(&path).await.map_err(|source| SnapshotError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let corrupt = |reason: String| SnapshotError::Corrupt {
+        path: path.clone(),
+        reason,
+    };
+    let (p, i, _) = unframe(RECEIVED_MAGIC, RECEIVED_VERSION, &bytes).map_err(corrupt)?;
+    if (p, i) != (partition, index) {
+        return Err(corrupt(format!(
+            "contents are partition {p} at index {i}, name says {partition} at {index}"
+        )));
+    }
+    bytes.drain(..SNAPSHOT_HEADER_LEN);
+    Ok(bytes)
+}
+
+/// Removes the received snapshots of `partition` at or before `index`
+/// (a checkpoint at or after `index` is durable, so no log record that
+/// recovery replays refers to them).
+pub async fn remove_received_through<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    partition: u64,
+    index: u64,
+) -> Result<(), SnapshotError> {
+    let names = disk.list(dir).await.map_err(|source| SnapshotError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for name in names {
+        if let Some((p, i)) = parse_received_name(&name) {
+            if p == partition && i <= index {
+                let path = dir.join(&name);
+                disk.remove(&path)
+                    .await
+                    .map_err(|source| SnapshotError::Io { path, source })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` as `dir/name` so that a crash leaves no file or all of it:
+/// `name.tmp`, sync, rename, sync the directory.
+async fn write_durably<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<PathBuf, SnapshotError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |source| SnapshotError::Io { path: p, source }
     };
-    let bytes = encode_snapshot(partition, lsn, state);
     disk.truncate(&tmp, 0).await.map_err(io(&tmp))?;
-    disk.append(&tmp, &bytes).await.map_err(io(&tmp))?;
+    disk.append(&tmp, bytes).await.map_err(io(&tmp))?;
     disk.sync(&tmp).await.map_err(io(&tmp))?;
     disk.rename(&tmp, &path).await.map_err(io(&path))?;
     disk.sync_dir(dir).await.map_err(io(dir))?;
