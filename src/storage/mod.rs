@@ -648,7 +648,7 @@ mod tests {
         let key = Key::new(range.table.clone(), range.start);
         let put = Op::Put {
             key,
-            value: vec![7; 100_000],
+            value: vec![7; 60_000],
         };
         leader_store
             .execute_once(&crate::kv::Command::untimed(9, 1, vec![put]))
