@@ -812,10 +812,10 @@ fn membership_changes_one_server_at_a_time_with_a_learner_first() {
     c.check_log_matching();
 }
 
-#[test]
-fn a_follower_too_far_behind_gets_a_snapshot() {
-    // §7: "the leader must occasionally send snapshots to followers that
-    // lag behind" because the entries they need were discarded.
+/// Node 1 leads; node 3 misses ten entries that nodes 1 and 2 then compact
+/// away, so it catches up by installing node 1's snapshot. Returns the
+/// cluster and the snapshot's index.
+fn node_3_catches_up_by_snapshot() -> (Cluster, Index) {
     let mut c = Cluster::new(3);
     c.elect(1);
     c.isolate(3);
@@ -824,8 +824,9 @@ fn a_follower_too_far_behind_gets_a_snapshot() {
     }
     let applied = c.raft(1).log().applied;
     assert_eq!(c.raft(2).log().applied, applied);
-    c.raft_mut(1).compact(applied);
-    c.raft_mut(2).compact(applied);
+    for id in [1, 2] {
+        c.raft_mut(id).compact(applied);
+    }
     assert!(c.raft(1).log().first_index() > 1);
     c.heal();
     c.tick_all(5);
@@ -834,6 +835,14 @@ fn a_follower_too_far_behind_gets_a_snapshot() {
         applied,
         "node 3 installed the snapshot"
     );
+    (c, applied)
+}
+
+#[test]
+fn a_follower_too_far_behind_gets_a_snapshot() {
+    // §7: "the leader must occasionally send snapshots to followers that
+    // lag behind" because the entries they need were discarded.
+    let (mut c, _) = node_3_catches_up_by_snapshot();
     c.propose(1, "after");
     assert_eq!(c.applied(3).last().map(String::as_str), Some("after"));
     assert_eq!(c.applied(3), c.applied(1), "the snapshot carried the state");
@@ -844,23 +853,7 @@ fn a_node_that_installed_a_snapshot_can_send_it_as_leader() {
     // §7: a leader sends a snapshot to a follower that needs entries it
     // discarded. A node whose log starts with an installed snapshot must be
     // able to do the same once it leads.
-    let mut c = Cluster::new(3);
-    c.elect(1);
-    c.isolate(3);
-    for i in 0..10 {
-        c.propose(1, &format!("v{i}"));
-    }
-    let applied = c.raft(1).log().applied;
-    for id in [1, 2] {
-        c.raft_mut(id).compact(applied);
-    }
-    c.heal();
-    c.tick_all(5);
-    assert_eq!(
-        c.raft(3).log().snapshot.index,
-        applied,
-        "node 3 installed it"
-    );
+    let (mut c, applied) = node_3_catches_up_by_snapshot();
     // Node 2 loses its disk and node 1 goes away: node 3 leads, and the
     // entries node 2 needs exist only in node 3's snapshot.
     c.start(2, Disk::default());

@@ -253,21 +253,10 @@ pub async fn remove_received_through<D: Disk>(
     partition: u64,
     index: u64,
 ) -> Result<(), SnapshotError> {
-    let names = disk.list(dir).await.map_err(|source| SnapshotError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    for name in names {
-        if let Some((p, i)) = parse_received_name(&name) {
-            if p == partition && i <= index {
-                let path = dir.join(&name);
-                disk.remove(&path)
-                    .await
-                    .map_err(|source| SnapshotError::Io { path, source })?;
-            }
-        }
-    }
-    Ok(())
+    remove_where(disk, dir, |name| {
+        parse_received_name(name).is_some_and(|(p, i)| p == partition && i <= index)
+    })
+    .await
 }
 
 /// Writes `bytes` as `dir/name` so that a crash leaves no file or all of it:
@@ -346,19 +335,27 @@ pub async fn remove_older_snapshots<D: Disk>(
     partition: u64,
     keep_lsn: Lsn,
 ) -> Result<(), SnapshotError> {
+    remove_where(disk, dir, |name| {
+        parse_snapshot_name(name).is_some_and(|(p, lsn)| p == partition && lsn < keep_lsn)
+    })
+    .await
+}
+
+/// Removes every file of `dir` whose name `doomed` picks.
+async fn remove_where<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    doomed: impl Fn(&str) -> bool,
+) -> Result<(), SnapshotError> {
     let names = disk.list(dir).await.map_err(|source| SnapshotError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
-    for name in names {
-        if let Some((p, lsn)) = parse_snapshot_name(&name) {
-            if p == partition && lsn < keep_lsn {
-                let path = dir.join(&name);
-                disk.remove(&path)
-                    .await
-                    .map_err(|source| SnapshotError::Io { path, source })?;
-            }
-        }
+    for name in names.iter().filter(|n| doomed(n)) {
+        let path = dir.join(name);
+        disk.remove(&path)
+            .await
+            .map_err(|source| SnapshotError::Io { path, source })?;
     }
     Ok(())
 }
