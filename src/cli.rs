@@ -38,7 +38,7 @@ pub fn single_op_output(
 ///
 /// - refused before running (bad operation, unknown table): `ABORTED op N: reason`
 /// - refused by a server, or unavailable: nothing applied: `ABORTED reason`
-/// - outcome unknown / partially applied: an `ERROR` line (neither word would be true)
+/// - outcome unknown: an `ERROR` line (neither word would be true)
 pub fn command_output(
     ops: &[Op],
     outcome: &Result<Vec<OpResult>, ClientError>,
@@ -63,9 +63,7 @@ pub fn command_output(
         ) => {
             format!("ABORTED {e}\n")
         }
-        Err(e @ (ClientError::UnknownOutcome(_) | ClientError::PartiallyApplied(_))) => {
-            error_line(e)
-        }
+        Err(e @ ClientError::UnknownOutcome(_)) => error_line(e),
     }
 }
 

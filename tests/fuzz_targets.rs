@@ -427,7 +427,8 @@ proptest! {
 /// A client command as the server puts it in a Raft entry.
 fn command_bytes(session: u64, seq: u64, ops: Vec<Op>) -> Vec<u8> {
     let command = distkv::server::replica::Command::untimed(session, seq, ops);
-    bincode::Options::serialize(bincode::DefaultOptions::new(), &command).unwrap()
+    let entry = distkv::kv::LogCommand::Command(command);
+    bincode::Options::serialize(bincode::DefaultOptions::new(), &entry).unwrap()
 }
 
 fn odd_entry() -> impl Strategy<Value = distkv::storage::LogEntry> {

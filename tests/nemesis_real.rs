@@ -116,7 +116,7 @@ fn memory_cluster_with_a_minority_down() {
 /// concurrent commands each read the other's write on different partitions
 /// (a dependency cycle), so `benchmark check` rejects the history.
 #[test]
-#[ignore = "cross-partition commands are not atomic until two-phase commit lands (README \"Status\")"]
+
 fn cross_partition_txn_load_is_serializable() {
     let mut cluster = Cluster::start_full(3, TABLES, false, &[], &["--replicas", "3"]);
     let path = cluster.dir.path().join("history-cross.jsonl");

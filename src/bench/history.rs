@@ -37,7 +37,7 @@ impl Status {
             ClientError::Invalid { .. }
             | ClientError::Rejected(_)
             | ClientError::Unavailable(_) => Status::Fail,
-            ClientError::UnknownOutcome(_) | ClientError::PartiallyApplied(_) => Status::Unknown,
+            ClientError::UnknownOutcome(_) => Status::Unknown,
         }
     }
 
@@ -498,12 +498,10 @@ mod tests {
         for e in fail {
             assert_eq!(Status::of_error(&e), Status::Fail);
         }
-        for e in [
-            ClientError::UnknownOutcome("x".into()),
-            ClientError::PartiallyApplied("y".into()),
-        ] {
-            assert_eq!(Status::of_error(&e), Status::Unknown);
-        }
+        assert_eq!(
+            Status::of_error(&ClientError::UnknownOutcome("x".into())),
+            Status::Unknown
+        );
     }
 
     #[test]

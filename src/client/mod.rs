@@ -17,11 +17,11 @@
 //! that expired the session refuses a command first sent long ago, since it
 //! may have run it already (ARCHITECTURE.md "Sessions").
 //!
-//! Until cross-partition transactions land, a command whose parts span
-//! partitions runs each part atomically on its own partition, and a command
-//! with *writes* in several partitions is not atomic as a whole (README,
-//! "Status").
+//! A command whose operations span partitions runs as one transaction
+//! coordinated by this library (`Session::run_txn`, docs/transactions.md):
+//! atomic and strictly serializable like a single-partition command.
 
+use crate::kv::{AbortReason, Prepare, TxnId, TxnOp, TxnState};
 use crate::map::{NodeId, PartitionId, PartitionMap};
 use crate::op::{validate_command, Op, OpError, OpResult};
 use crate::rt::{timeout, Net, Runtime};
@@ -81,10 +81,6 @@ pub enum ClientError {
     /// It may or may not have been applied.
     #[error("unknown outcome: {0}")]
     UnknownOutcome(String),
-    /// Some parts of a multi-partition command were applied and others were
-    /// certainly not (possible until cross-partition transactions land).
-    #[error("partially applied: {0}")]
-    PartiallyApplied(String),
 }
 
 struct Inner<R: Runtime> {
@@ -136,9 +132,24 @@ enum Answer {
     Undelivered,
 }
 
+/// What a client asks of one partition.
+#[derive(Clone)]
+enum PartRequest {
+    /// A command, or the part of one, run on its own.
+    Execute(Vec<Op>),
+    /// A step of a cross-partition transaction.
+    Txn(TxnOp),
+}
+
+/// A partition's successful answer.
+enum PartReply {
+    Results(Vec<OpResult>),
+    Txn(TxnState),
+}
+
 /// What one partition's part of a command came to.
 enum PartOutcome {
-    Done(Vec<OpResult>),
+    Done(PartReply),
     /// Refused as a whole by the server: certainly not applied.
     Rejected(String),
     /// Certainly not applied (never reached, or refused as "not now").
@@ -320,11 +331,14 @@ impl<R: Runtime> Client<R> {
         &self,
         id: CommandId,
         partition: PartitionId,
-        ops: Vec<Op>,
+        request: PartRequest,
         deadline: Instant,
     ) -> PartOutcome {
-        let has_writes = ops.iter().any(Op::is_write);
-        let op_count = ops.len();
+        // A transaction step always matters (a prepare takes locks).
+        let (has_writes, op_count) = match &request {
+            PartRequest::Execute(ops) => (ops.iter().any(Op::is_write), ops.len()),
+            PartRequest::Txn(_) => (true, 0),
+        };
         let mut maybe_applied = false;
         let mut last_error = String::from("deadline passed before the first attempt");
         // Counts replicas tried without finding a leader (rotation).
@@ -348,17 +362,20 @@ impl<R: Runtime> Client<R> {
                 .get(&partition)
                 .map_or(1, |p| p.replicas.len());
             let wait = self.inner.config.attempt_timeout.min(deadline - now);
-            let ops = ops.clone();
+            let request = request.clone();
             let reply = self
                 .call(
                     addr,
-                    |req| Msg::Execute {
-                        req,
-                        session: id.session,
-                        seq: id.seq,
-                        sent_ms: id.sent_ms,
-                        partition,
-                        ops,
+                    |req| match request {
+                        PartRequest::Execute(ops) => Msg::Execute {
+                            req,
+                            session: id.session,
+                            seq: id.seq,
+                            sent_ms: id.sent_ms,
+                            partition,
+                            ops,
+                        },
+                        PartRequest::Txn(op) => Msg::Txn { req, partition, op },
                     },
                     wait,
                 )
@@ -374,6 +391,20 @@ impl<R: Runtime> Client<R> {
                 *attempt % replica_count == 0
             };
             let reply = match reply {
+                Answer::Reply(Msg::TxnReply {
+                    result: Ok(state), ..
+                }) => {
+                    self.set_leader(partition, Some(node));
+                    return PartOutcome::Done(PartReply::Txn(state));
+                }
+                // Errors mean the same for both kinds of request.
+                Answer::Reply(Msg::TxnReply {
+                    req,
+                    result: Err(e),
+                }) => Some(Msg::ExecuteReply {
+                    req,
+                    result: Err(e),
+                }),
                 Answer::Reply(msg) => Some(msg),
                 Answer::NoReply => None,
                 Answer::Undelivered => {
@@ -399,7 +430,7 @@ impl<R: Runtime> Client<R> {
                         ));
                     }
                     self.set_leader(partition, Some(node));
-                    return PartOutcome::Done(results);
+                    return PartOutcome::Done(PartReply::Results(results));
                 }
                 Some(Msg::ExecuteReply {
                     result: Err(ExecError::Rejected(e)),
@@ -527,71 +558,173 @@ impl<R: Runtime> Session<R> {
             seq,
             sent_ms: client.inner.rt.unix_time_ms(),
         };
-        let outcomes = self.run_parts(&ops, &parts, id, deadline).await;
-
-        // Merge, or explain what went wrong and what is known of the effect.
-        let mut done: BTreeMap<PartitionId, Vec<OpResult>> = BTreeMap::new();
-        let (mut rejected, mut not_applied, mut unknown) = (vec![], vec![], vec![]);
-        for (id, outcome) in outcomes {
-            match outcome {
-                PartOutcome::Done(results) => {
-                    done.insert(id, results);
-                }
-                PartOutcome::Rejected(e) => rejected.push(e),
-                PartOutcome::NotApplied(e) => not_applied.push(e),
-                PartOutcome::Unknown(e) => unknown.push(e),
-            }
+        if parts.len() == 1 {
+            let (&partition, _) = parts.iter().next().unwrap();
+            let request = PartRequest::Execute(ops.clone());
+            return match client.run_part(id, partition, request, deadline).await {
+                PartOutcome::Done(PartReply::Results(results)) => Ok(results),
+                PartOutcome::Done(PartReply::Txn(_)) => Err(ClientError::UnknownOutcome(
+                    "a transaction reply to a command".into(),
+                )),
+                PartOutcome::Rejected(e) => Err(ClientError::Rejected(e)),
+                PartOutcome::NotApplied(e) => Err(ClientError::Unavailable(e)),
+                PartOutcome::Unknown(e) => Err(ClientError::UnknownOutcome(e)),
+            };
         }
-        if !unknown.is_empty() {
-            return Err(ClientError::UnknownOutcome(unknown.join("; ")));
-        }
-        if !rejected.is_empty() || !not_applied.is_empty() {
-            let reason = rejected
-                .iter()
-                .chain(&not_applied)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("; ");
-            let applied_writes = done
-                .keys()
-                .any(|id| parts[id].iter().any(|&i| ops[i].is_write()));
-            if applied_writes {
-                return Err(ClientError::PartiallyApplied(format!(
-                    "{reason} (parts of this command in other partitions were applied)"
-                )));
-            }
-            return Err(if rejected.is_empty() {
-                ClientError::Unavailable(reason)
-            } else {
-                ClientError::Rejected(reason)
-            });
-        }
-        Ok(merge(&ops, &touched, &parts, done))
+        self.run_txn(&ops, &touched, &parts, id, deadline).await
     }
 
-    async fn run_parts(
+    /// Runs a command that spans partitions as one transaction
+    /// (docs/transactions.md): prepare every part in parallel (locks taken,
+    /// results computed); if all prepared, it committed at that moment:
+    /// answer, and send the decision to the participants in the
+    /// background. A conflict aborts the attempt, which is retried as a new
+    /// attempt of the same age (wait-die), so the user never sees it.
+    async fn run_txn(
         &self,
         ops: &[Op],
+        touched: &[Vec<PartitionId>],
         parts: &BTreeMap<PartitionId, Vec<usize>>,
         id: CommandId,
         deadline: Instant,
-    ) -> Vec<(PartitionId, PartOutcome)> {
-        let part_ops = |idx: &Vec<usize>| idx.iter().map(|&i| ops[i].clone()).collect::<Vec<_>>();
-        if parts.len() == 1 {
-            let (part, idx) = parts.iter().next().unwrap();
-            let outcome = self
-                .client
-                .run_part(id, *part, part_ops(idx), deadline)
-                .await;
-            return vec![(*part, outcome)];
+    ) -> Result<Vec<OpResult>, ClientError> {
+        let client = &self.client;
+        let rt = &client.inner.rt;
+        let participants: Vec<PartitionId> = parts.keys().copied().collect();
+        let mut attempt = 0u32;
+        loop {
+            let txn = TxnId {
+                session: id.session,
+                seq: id.seq,
+                attempt,
+            };
+            let sent_ms = if attempt == 0 {
+                id.sent_ms
+            } else {
+                rt.unix_time_ms()
+            };
+            let requests = parts
+                .iter()
+                .map(|(&p, idx)| {
+                    let prepare = Prepare {
+                        id: txn,
+                        priority_ms: id.sent_ms,
+                        sent_ms,
+                        participants: participants.clone(),
+                        ops: idx.iter().map(|&i| ops[i].clone()).collect(),
+                    };
+                    (p, PartRequest::Txn(TxnOp::Prepare(prepare)))
+                })
+                .collect();
+            let votes = self.run_parts(requests, id, deadline).await;
+            let mut done: BTreeMap<PartitionId, Vec<OpResult>> = BTreeMap::new();
+            let mut aborted: Option<AbortReason> = None;
+            let (mut not_applied, mut unknown) = (vec![], vec![]);
+            for (p, vote) in votes {
+                match vote {
+                    PartOutcome::Done(PartReply::Txn(
+                        TxnState::Prepared { results } | TxnState::Committed { results },
+                    )) => {
+                        done.insert(p, results);
+                    }
+                    PartOutcome::Done(PartReply::Txn(TxnState::Aborted(reason))) => {
+                        // A refusal outranks a conflict: it is final.
+                        if !matches!(aborted, Some(AbortReason::Rejected(_))) {
+                            aborted = Some(reason);
+                        }
+                    }
+                    PartOutcome::Done(PartReply::Results(_)) => {
+                        unknown.push(format!("partition {p} answered a prepare with results"))
+                    }
+                    PartOutcome::Rejected(e) | PartOutcome::NotApplied(e) => not_applied.push(e),
+                    PartOutcome::Unknown(e) => unknown.push(e),
+                }
+            }
+            if aborted.is_none() && not_applied.is_empty() && unknown.is_empty() {
+                // Every participant prepared: committed.
+                self.resolve_in_background(txn, &participants, true);
+                return Ok(merge(ops, touched, parts, done));
+            }
+            if let Some(reason) = aborted {
+                // Certainly aborted: release the locks of the parts that
+                // prepared, now rather than after recovery's timeout.
+                self.resolve_in_background(txn, &participants, false);
+                match reason {
+                    AbortReason::Rejected(e) => return Err(ClientError::Rejected(e.to_string())),
+                    AbortReason::Conflict
+                    | AbortReason::Fenced
+                    | AbortReason::Aborted
+                    | AbortReason::Expired => {
+                        let pause = retry_pause(
+                            client.inner.config.retry_backoff / 5,
+                            client.inner.config.retry_backoff_max / 4,
+                            attempt.min(8),
+                            rt.rand_u64(),
+                        );
+                        let now = rt.now();
+                        if now + pause >= deadline {
+                            return Err(ClientError::Unavailable(format!(
+                                "transaction {txn} kept conflicting with others until the deadline"
+                            )));
+                        }
+                        rt.sleep(pause).await;
+                        attempt += 1;
+                        continue;
+                    }
+                }
+            }
+            // Some part never answered. Nobody may abort now: every part
+            // may have prepared, and then it committed. If none of a part's
+            // requests can have been proposed it never prepares, so the
+            // transaction cannot commit (recovery aborts what did prepare).
+            if unknown.is_empty() {
+                return Err(ClientError::Unavailable(not_applied.join("; ")));
+            }
+            return Err(ClientError::UnknownOutcome(
+                unknown
+                    .iter()
+                    .chain(&not_applied)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ));
         }
-        // Several partitions: run the parts concurrently.
-        let mut waiting = Vec::with_capacity(parts.len());
-        for (part, idx) in parts {
+    }
+
+    /// Sends a transaction's decision to every participant without waiting
+    /// (best effort: recovery resolves whatever this misses). Only for a
+    /// decided transaction: committed (every part prepared) or aborted
+    /// (some part said aborted).
+    fn resolve_in_background(&self, txn: TxnId, participants: &[PartitionId], commit: bool) {
+        let id = CommandId {
+            session: txn.session,
+            seq: txn.seq,
+            sent_ms: 0,
+        };
+        let rt = &self.client.inner.rt;
+        let deadline = rt.now() + self.client.inner.config.command_timeout;
+        for &p in participants {
+            let client = self.client.clone();
+            let request = PartRequest::Txn(TxnOp::Resolve { id: txn, commit });
+            rt.spawn(async move {
+                let _ = client.run_part(id, p, request, deadline).await;
+            });
+        }
+    }
+
+    /// Runs requests on several partitions concurrently.
+    async fn run_parts(
+        &self,
+        requests: Vec<(PartitionId, PartRequest)>,
+        id: CommandId,
+        deadline: Instant,
+    ) -> Vec<(PartitionId, PartOutcome)> {
+        let mut waiting = Vec::with_capacity(requests.len());
+        for (part, request) in requests {
             let (tx, rx) = oneshot::channel();
-            let (client, part, ops) = (self.client.clone(), *part, part_ops(idx));
+            let client = self.client.clone();
             self.client.inner.rt.spawn(async move {
-                let _ = tx.send(client.run_part(id, part, ops, deadline).await);
+                let _ = tx.send(client.run_part(id, part, request, deadline).await);
             });
             waiting.push((part, rx));
         }
@@ -678,7 +811,9 @@ async fn recv_loop<R: Runtime>(inner: Arc<Inner<R>>) {
             }
         };
         let req = match &msg {
-            Msg::MapReply { req, .. } | Msg::ExecuteReply { req, .. } => *req,
+            Msg::MapReply { req, .. }
+            | Msg::ExecuteReply { req, .. }
+            | Msg::TxnReply { req, .. } => *req,
             other => {
                 tracing::warn!(%from, "client ignores unexpected message {other:?}");
                 continue;

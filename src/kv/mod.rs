@@ -20,6 +20,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 mod ordmap_serde;
+mod txn;
+
+use txn::TxnRecord;
+pub use txn::{conflicts, AbortReason, Prepare, TxnId, TxnOp, TxnOutcome, TxnState};
 
 /// Why a command was refused by a partition. Nothing was applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
@@ -66,6 +70,15 @@ pub struct PartitionStore {
     /// Log time, ms since the Unix epoch: the largest leader stamp of the
     /// commands applied so far. Never goes backwards.
     log_time_ms: u64,
+    /// Cross-partition transaction attempts this partition took part in:
+    /// prepared ones (holding locks) and, until they expire like sessions,
+    /// resolved ones (so a duplicate or late message gets the same answer).
+    #[serde(deserialize_with = "ordmap_serde::deserialize")]
+    txns: OrdMap<TxnId, TxnRecord>,
+    /// The prepared ones among them.
+    prepared: BTreeSet<TxnId>,
+    /// Resolved ones by `(done_ms, id)`, oldest first, for expiry.
+    txn_idle: BTreeSet<(u64, TxnId)>,
 }
 
 /// A session's entry in the session table.
@@ -115,6 +128,19 @@ impl Command {
     }
 }
 
+/// An entry of a partition's Raft log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogCommand {
+    /// A client command on this partition alone.
+    Command(Command),
+    /// A step of a cross-partition transaction, stamped like a command.
+    Txn {
+        time_ms: u64,
+        session_ttl_ms: u64,
+        op: TxnOp,
+    },
+}
+
 /// What a command came to: one result per operation, or why none applied.
 pub type Outcome = Result<Vec<OpResult>, ApplyError>;
 
@@ -147,6 +173,10 @@ pub enum SessionError {
     Stale(#[from] StaleRequest),
     #[error(transparent)]
     Expired(#[from] SessionExpired),
+    /// It touches keys a prepared transaction holds: nothing ran or was
+    /// recorded; run it again once the transaction is resolved.
+    #[error("blocked by a prepared transaction")]
+    Blocked,
 }
 
 impl PartitionStore {
@@ -157,6 +187,9 @@ impl PartitionStore {
             sessions: OrdMap::new(),
             idle: BTreeSet::new(),
             log_time_ms: 0,
+            txns: OrdMap::new(),
+            prepared: BTreeSet::new(),
+            txn_idle: BTreeSet::new(),
         }
     }
 
@@ -327,8 +360,7 @@ impl PartitionStore {
             session_ttl_ms,
             ref ops,
         } = *command;
-        self.log_time_ms = self.log_time_ms.max(time_ms);
-        self.expire_sessions(session_ttl_ms);
+        self.advance_log_time(time_ms, session_ttl_ms);
         #[cfg(feature = "sim")]
         let duplicate_apply = crate::bugs::enabled(crate::bugs::Bug::DuplicateApply);
         #[cfg(not(feature = "sim"))]
@@ -352,9 +384,11 @@ impl PartitionStore {
             }
             Some(last) if seq == last => match &self.sessions[&session].outcome {
                 Some(outcome) => outcome.clone(),
+                None if self.is_blocked(ops) => return Err(SessionError::Blocked),
                 // A retried read-only command: running it again is safe.
                 None => self.execute(ops),
             },
+            _ if self.is_blocked(ops) => return Err(SessionError::Blocked),
             _ => {
                 let outcome = self.execute(ops);
                 let writes = ops.iter().any(Op::is_write);
@@ -370,6 +404,20 @@ impl PartitionStore {
             self.idle.insert((last_ms, session));
         }
         Ok(result)
+    }
+
+    /// Advances log time to a leader's stamp (if later) and drops what
+    /// expired: idle sessions and old resolved transactions.
+    fn advance_log_time(&mut self, time_ms: u64, ttl_ms: u64) {
+        self.log_time_ms = self.log_time_ms.max(time_ms);
+        self.expire_sessions(ttl_ms);
+        self.expire_txns(ttl_ms);
+    }
+
+    /// Applies a transaction entry of the log (see [`LogCommand::Txn`]).
+    pub fn apply_txn_entry(&mut self, time_ms: u64, session_ttl_ms: u64, op: &TxnOp) -> TxnOutcome {
+        self.advance_log_time(time_ms, session_ttl_ms);
+        self.apply_txn(op, session_ttl_ms)
     }
 
     /// Records `session`'s command `seq` at the current log time.

@@ -301,6 +301,12 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
                 let now_ms = self.rt.unix_time_ms();
                 self.core.execute(to, partition, request, now_ms);
             }
+            Msg::Txn { req, partition, op } => {
+                let to = ReplyTo { addr: from, req };
+                let now_ms = self.rt.unix_time_ms();
+                self.core.txn(to, partition, op, now_ms);
+            }
+            Msg::TxnReply { req, result } => self.core.fence_reply(req, result),
             Msg::Raft {
                 from: peer,
                 messages,

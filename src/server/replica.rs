@@ -26,7 +26,7 @@
 //! (`now_ms`, from the driver) into every command: the replicas expire idle
 //! sessions by that log time (see `kv` and ARCHITECTURE.md "Sessions").
 
-use crate::kv::{PartitionStore, SessionError};
+use crate::kv::{LogCommand, PartitionStore, SessionError, TxnId, TxnOp, TxnOutcome, TxnState};
 use crate::map::{NodeId, Partition, PartitionId, PartitionMap};
 use crate::op::{Op, OpResult};
 use crate::raft::{
@@ -102,6 +102,23 @@ pub struct ReplyTo {
 struct Proposal {
     term: Term,
     to: ReplyTo,
+    /// What it asked, to propose again if a transaction's locks block it.
+    pending: Pending,
+}
+
+/// A request the leader holds: proposed, or waiting for locks.
+#[derive(Clone)]
+enum Pending {
+    Execute(Request),
+    Txn(TxnOp),
+}
+
+/// A transaction this leader is recovering (its coordinator went silent):
+/// what each other participant said when fenced.
+struct Recovery {
+    participants: Vec<PartitionId>,
+    /// `true`: prepared or committed there; `false`: aborted there.
+    answers: BTreeMap<PartitionId, bool>,
 }
 
 struct Read {
@@ -166,6 +183,16 @@ pub struct Replica {
     incoming: Option<(Index, PartitionStore)>,
     /// Term and vote as last handed to the log.
     logged: HardState,
+    /// Requests whose entries applied as "blocked by a prepared
+    /// transaction" (leader only): proposed again once one is resolved.
+    blocked: Vec<(ReplyTo, Pending)>,
+    /// Confirmed reads that touch locked keys, run once one is resolved.
+    blocked_reads: Vec<Read>,
+    /// Set when applying released locks.
+    released: bool,
+    /// Prepared transactions: ticks this leader has seen each one prepared.
+    txn_age: BTreeMap<TxnId, u32>,
+    recoveries: BTreeMap<TxnId, Recovery>,
 }
 
 impl Replica {
@@ -183,6 +210,11 @@ impl Replica {
             next_ctx: 1,
             was_leader: false,
             incoming: None,
+            blocked: Vec::new(),
+            blocked_reads: Vec::new(),
+            released: false,
+            txn_age: BTreeMap::new(),
+            recoveries: BTreeMap::new(),
         }
     }
 
@@ -215,6 +247,12 @@ pub struct ServerCore {
     tuning: RaftTuning,
     rng: u64,
     out: Output,
+    /// The wall clock as of the last request (for proposing again).
+    now_ms: u64,
+    /// Recovery's questions in flight: request id -> (our partition, the
+    /// transaction, the partition asked).
+    fences: BTreeMap<u64, (PartitionId, TxnId, PartitionId)>,
+    next_req: u64,
 }
 
 impl ServerCore {
@@ -233,6 +271,9 @@ impl ServerCore {
             tuning,
             rng: seed,
             out: Output::default(),
+            now_ms: 0,
+            fences: BTreeMap::new(),
+            next_req: 1 << 62,
         };
         for (id, group) in recovered {
             let replica = core.replica(group.raft, group.store);
@@ -333,6 +374,118 @@ impl ServerCore {
         for id in ids {
             self.replicas.get_mut(&id).unwrap().raft.tick();
             self.process(id);
+            self.recover(id);
+        }
+    }
+
+    /// Ticks a leader waits for a prepared transaction's resolution before
+    /// it resolves it itself (its coordinator may be gone).
+    fn recover_after_ticks(&self) -> u32 {
+        self.tuning.election_ticks.saturating_mul(4).max(1)
+    }
+
+    /// Recovery (docs/transactions.md): a leader holding a transaction
+    /// prepared for too long fences every other participant. Each answer
+    /// is final (a fence records "aborted" where it had not prepared), so
+    /// the transaction committed exactly when every participant says
+    /// prepared or committed; then the leader sends the decision to all.
+    fn recover(&mut self, partition: PartitionId) {
+        let after = self.recover_after_ticks();
+        let Some(r) = self.replicas.get_mut(&partition) else {
+            return;
+        };
+        if r.raft.role() != Role::Leader {
+            return;
+        }
+        let prepared: BTreeMap<TxnId, Vec<PartitionId>> = r
+            .store
+            .prepared_txns()
+            .map(|(id, participants)| (id, participants.to_vec()))
+            .collect();
+        r.txn_age.retain(|id, _| prepared.contains_key(id));
+        r.recoveries.retain(|id, _| prepared.contains_key(id));
+        let mut asks = Vec::new();
+        for (id, participants) in prepared {
+            let age = r.txn_age.entry(id).or_insert(0);
+            *age += 1;
+            if *age % after != 0 {
+                continue;
+            }
+            tracing::info!(partition, txn = %id, ?participants, "transaction prepared for too long: recovering it");
+            r.recoveries.insert(
+                id,
+                Recovery {
+                    participants: participants.clone(),
+                    answers: BTreeMap::new(),
+                },
+            );
+            asks.push((id, participants));
+        }
+        for (id, participants) in asks {
+            self.fences
+                .retain(|_, (p, txn, _)| !(*p == partition && *txn == id));
+            for q in participants.into_iter().filter(|&q| q != partition) {
+                let req = self.next_req;
+                self.next_req += 1;
+                self.fences.insert(req, (partition, id, q));
+                self.send_to_replicas(q, req, TxnOp::Fence { id });
+            }
+        }
+    }
+
+    /// Sends a transaction step to every replica of `partition` (whichever
+    /// leads it proposes it; the others refuse).
+    fn send_to_replicas(&mut self, partition: PartitionId, req: u64, op: TxnOp) {
+        let Some(map) = &self.map else {
+            return;
+        };
+        let Some(p) = map.partitions.get(&partition) else {
+            return;
+        };
+        for node in &p.replicas {
+            if let Some(&addr) = map.servers.get(node) {
+                let msg = Msg::Txn {
+                    req,
+                    partition,
+                    op: op.clone(),
+                };
+                self.out.replies.push((addr, msg));
+            }
+        }
+    }
+
+    /// A reply to one of our recovery fences.
+    pub fn fence_reply(&mut self, req: u64, result: Result<TxnState, ExecError>) {
+        let Some(&(partition, id, asked)) = self.fences.get(&req) else {
+            return;
+        };
+        let Ok(state) = result else {
+            return; // not the leader, or not now: the next round asks again
+        };
+        self.fences.remove(&req);
+        let Some(r) = self.replicas.get_mut(&partition) else {
+            return;
+        };
+        let Some(recovery) = r.recoveries.get_mut(&id) else {
+            return;
+        };
+        recovery
+            .answers
+            .insert(asked, !matches!(state, TxnState::Aborted(_)));
+        let others = recovery.participants.len().saturating_sub(1);
+        let commit = if recovery.answers.values().any(|&prepared| !prepared) {
+            false
+        } else if recovery.answers.len() >= others {
+            true
+        } else {
+            return;
+        };
+        let participants = r.recoveries.remove(&id).unwrap().participants;
+        tracing::info!(partition, txn = %id, commit, "recovered a transaction");
+        for q in participants {
+            let req = self.next_req;
+            self.next_req += 1;
+            self.send_to_replicas(q, req, TxnOp::Resolve { id, commit });
         }
     }
 
@@ -388,12 +541,7 @@ impl ServerCore {
     /// this server's wall clock (ms since the Unix epoch): a leader stamps
     /// it into the commands it proposes (log time, see [`Command`]).
     pub fn execute(&mut self, to: ReplyTo, partition: PartitionId, request: Request, now_ms: u64) {
-        let Request {
-            session,
-            seq,
-            sent_ms,
-            ops,
-        } = request;
+        self.now_ms = self.now_ms.max(now_ms);
         let node_id = self.node_id;
         if self.map.is_none() && self.replicas.is_empty() {
             self.reply(to, Err(ExecError::NotReady { node_id }));
@@ -403,19 +551,14 @@ impl ServerCore {
             self.reply(to, Err(ExecError::WrongPartition { node_id, partition }));
             return;
         };
-        let not_leader = |leader: Option<NodeId>| ExecError::NotLeader {
-            node_id,
-            partition,
-            leader,
-        };
-        if !ops.iter().any(Op::is_write) {
+        if !request.ops.iter().any(Op::is_write) {
             #[cfg(feature = "sim")]
             let stale_read = crate::bugs::enabled(crate::bugs::Bug::StaleRead);
             #[cfg(not(feature = "sim"))]
             let stale_read = false;
             if stale_read && replica.raft.role() == Role::Leader {
                 // Injected bug: serve from local state, no ReadIndex.
-                let result = replica.store.execute(&ops).map_err(ExecError::from);
+                let result = replica.store.execute(&request.ops).map_err(ExecError::from);
                 self.reply(to, result);
                 return;
             }
@@ -423,50 +566,111 @@ impl ServerCore {
             replica.next_ctx += 1;
             match replica.raft.read_index(ctx) {
                 Ok(()) => {
-                    replica.reads.insert(ctx, Read { to, ops });
+                    replica.reads.insert(
+                        ctx,
+                        Read {
+                            to,
+                            ops: request.ops,
+                        },
+                    );
                 }
                 Err(e) => {
                     let leader = leader_of(&e, &replica.raft);
-                    self.reply(to, Err(not_leader(leader)));
+                    let e = ExecError::NotLeader {
+                        node_id,
+                        partition,
+                        leader,
+                    };
+                    self.reply(to, Err(e));
                     return;
                 }
             }
+            self.process(partition);
         } else {
-            let command = Command {
-                session,
-                seq,
-                sent_ms,
-                time_ms: now_ms,
-                session_ttl_ms: u64::try_from(self.tuning.session_ttl.as_millis())
-                    .unwrap_or(u64::MAX),
-                ops,
-            };
-            let data = command_options()
-                .serialize(&command)
-                .expect("commands within limits encode");
-            match replica.raft.propose(data) {
-                Ok(index) => {
-                    let term = replica.raft.term();
-                    if let Some(old) = replica.proposals.insert(index, Proposal { term, to }) {
-                        // The index was proposed before in an older term and
-                        // overwritten: that command's fate is unknown.
-                        let leader = Some(node_id);
-                        let lost = ExecError::LeaderChanged {
-                            node_id,
-                            partition,
-                            leader,
-                        };
-                        self.reply(old.to, Err(lost));
-                    }
+            self.propose(partition, to, Pending::Execute(request));
+        }
+    }
+
+    /// A step of a cross-partition transaction on one of our partitions
+    /// (from a coordinating client, or from another server's recovery). The
+    /// reply, the attempt's state here, comes once the step is applied; a
+    /// prepare that must wait for locks is answered when it gets them.
+    pub fn txn(&mut self, to: ReplyTo, partition: PartitionId, op: TxnOp, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        let node_id = self.node_id;
+        if self.map.is_none() && self.replicas.is_empty() {
+            self.txn_reply(to, Err(ExecError::NotReady { node_id }));
+        } else if !self.replicas.contains_key(&partition) {
+            self.txn_reply(to, Err(ExecError::WrongPartition { node_id, partition }));
+        } else {
+            self.propose(partition, to, Pending::Txn(op));
+        }
+    }
+
+    /// Proposes a write command or a transaction step on `partition`,
+    /// stamped with log time; the proposer answers it once applied.
+    fn propose(&mut self, partition: PartitionId, to: ReplyTo, pending: Pending) {
+        let node_id = self.node_id;
+        let session_ttl_ms = u64::try_from(self.tuning.session_ttl.as_millis()).unwrap_or(u64::MAX);
+        let time_ms = self.now_ms;
+        let Some(replica) = self.replicas.get_mut(&partition) else {
+            return;
+        };
+        let entry = match &pending {
+            Pending::Execute(request) => LogCommand::Command(Command {
+                session: request.session,
+                seq: request.seq,
+                sent_ms: request.sent_ms,
+                time_ms,
+                session_ttl_ms,
+                ops: request.ops.clone(),
+            }),
+            Pending::Txn(op) => LogCommand::Txn {
+                time_ms,
+                session_ttl_ms,
+                op: op.clone(),
+            },
+        };
+        let data = command_options()
+            .serialize(&entry)
+            .expect("commands within limits encode");
+        match replica.raft.propose(data) {
+            Ok(index) => {
+                let term = replica.raft.term();
+                let proposal = Proposal { term, to, pending };
+                if let Some(old) = replica.proposals.insert(index, proposal) {
+                    // The index was proposed before in an older term and
+                    // overwritten: that command's fate is unknown.
+                    let lost = ExecError::LeaderChanged {
+                        node_id,
+                        partition,
+                        leader: Some(node_id),
+                    };
+                    answer(&mut self.out, old.to, &old.pending, lost);
                 }
-                Err(e) => {
-                    let leader = leader_of(&e, &replica.raft);
-                    self.reply(to, Err(not_leader(leader)));
-                    return;
-                }
+            }
+            Err(e) => {
+                let leader = leader_of(&e, &replica.raft);
+                let e = ExecError::NotLeader {
+                    node_id,
+                    partition,
+                    leader,
+                };
+                answer(&mut self.out, to, &pending, e);
+                return;
             }
         }
         self.process(partition);
+    }
+
+    fn txn_reply(&mut self, to: ReplyTo, result: Result<TxnState, ExecError>) {
+        self.out.replies.push((
+            to.addr,
+            Msg::TxnReply {
+                req: to.req,
+                result,
+            },
+        ));
     }
 
     fn reply(&mut self, to: ReplyTo, result: Result<Vec<OpResult>, ExecError>) {
@@ -554,8 +758,9 @@ impl ServerCore {
                         partition,
                         leader: r.raft.leader(),
                     };
-                    reply(out, p.to, Err(lost));
+                    answer(out, p.to, &p.pending, lost);
                 }
+                r.released = true;
                 if persist.last.is_none() {
                     persist.last = Some((meta.index, meta.term));
                 }
@@ -598,6 +803,12 @@ impl ServerCore {
             }
             while r.ready_reads.front().is_some_and(|(i, _)| *i <= r.applied) {
                 let (_, read) = r.ready_reads.pop_front().unwrap();
+                if r.store.is_blocked(&read.ops) {
+                    // A prepared transaction may be writing what it reads:
+                    // wait for its resolution (strict serializability).
+                    r.blocked_reads.push(read);
+                    continue;
+                }
                 let result = r.store.execute(&read.ops).map_err(ExecError::from);
                 reply(out, read.to, result);
             }
@@ -626,9 +837,19 @@ impl ServerCore {
                     partition,
                     leader: r.raft.leader(),
                 };
-                reply(out, p.to, Err(lost));
+                answer(out, p.to, &p.pending, lost);
             }
-            for (_, read) in std::mem::take(&mut r.reads) {
+            // Held requests that never applied: certainly not applied.
+            for (to, pending) in std::mem::take(&mut r.blocked) {
+                let e = ExecError::NotLeader {
+                    node_id,
+                    partition,
+                    leader: r.raft.leader(),
+                };
+                answer(out, to, &pending, e);
+            }
+            let reads = std::mem::take(&mut r.reads).into_values();
+            for read in reads.chain(std::mem::take(&mut r.blocked_reads)) {
                 let e = ExecError::NotLeader {
                     node_id,
                     partition,
@@ -638,6 +859,25 @@ impl ServerCore {
             }
         }
         r.was_leader = is_leader;
+        if !is_leader {
+            r.txn_age.clear();
+            r.recoveries.clear();
+        }
+        // Locks were released: what waited for them goes again.
+        let retry = if std::mem::take(&mut r.released) && is_leader {
+            let reads = std::mem::take(&mut r.blocked_reads);
+            for read in reads {
+                if r.store.is_blocked(&read.ops) {
+                    r.blocked_reads.push(read);
+                } else {
+                    let result = r.store.execute(&read.ops).map_err(ExecError::from);
+                    reply(out, read.to, result);
+                }
+            }
+            std::mem::take(&mut r.blocked)
+        } else {
+            Vec::new()
+        };
         // Bound the in-memory log: drop applied entries (at an index that is
         // durable here). Nothing is encoded: the state machine is the
         // snapshot, and a follower that falls behind the log gets its bytes
@@ -646,6 +886,9 @@ impl ServerCore {
         let log = r.raft.log();
         if r.applied >= log.first_index() + compact_entries && r.applied <= log.persisted {
             r.raft.compact(r.applied - compact_entries / 2);
+        }
+        for (to, pending) in retry {
+            self.propose(partition, to, pending);
         }
     }
 }
@@ -668,22 +911,67 @@ fn leader_of(e: &ProposeError, raft: &Raft) -> Option<NodeId> {
     }
 }
 
+/// Answers a held request with an error, in the reply type it expects.
+fn answer(out: &mut Output, to: ReplyTo, pending: &Pending, error: ExecError) {
+    let msg = match pending {
+        Pending::Execute(_) => Msg::ExecuteReply {
+            req: to.req,
+            result: Err(error),
+        },
+        Pending::Txn(_) => Msg::TxnReply {
+            req: to.req,
+            result: Err(error),
+        },
+    };
+    out.replies.push((to.addr, msg));
+}
+
+/// What applying an entry came to, for its proposer.
+enum Applied {
+    Execute(Result<Vec<OpResult>, ExecError>),
+    Txn(Result<TxnState, ExecError>),
+    /// Blocked by locks, or a prepare that waits: hold it and propose it
+    /// again once locks are released.
+    Hold,
+    Nothing,
+}
+
 /// Applies one committed entry to the state machine and answers its
 /// proposer, if it is waiting here.
 fn apply(r: &mut Replica, node_id: NodeId, partition: PartitionId, entry: Entry, out: &mut Output) {
     debug_assert_eq!(entry.index, r.applied + 1, "entries apply in order");
     r.applied = entry.index;
-    let result = match &entry.data {
+    let applied = match &entry.data {
         EntryData::Normal(data) => {
             match command_options()
                 .reject_trailing_bytes()
-                .deserialize::<Command>(data)
+                .deserialize::<LogCommand>(data)
             {
-                Ok(c) => Some(match r.store.execute_once(&c) {
-                    Ok(outcome) => outcome.map_err(ExecError::from),
-                    Err(SessionError::Stale(e)) => Err(ExecError::from(e)),
-                    Err(SessionError::Expired(e)) => Err(ExecError::from(e)),
-                }),
+                Ok(LogCommand::Command(c)) => match r.store.execute_once(&c) {
+                    Ok(outcome) => Applied::Execute(outcome.map_err(ExecError::from)),
+                    Err(SessionError::Stale(e)) => Applied::Execute(Err(ExecError::from(e))),
+                    Err(SessionError::Expired(e)) => Applied::Execute(Err(ExecError::from(e))),
+                    Err(SessionError::Blocked) => Applied::Hold,
+                },
+                Ok(LogCommand::Txn {
+                    time_ms,
+                    session_ttl_ms,
+                    op,
+                }) => {
+                    let before = r.store.prepared_count();
+                    let outcome = r.store.apply_txn_entry(time_ms, session_ttl_ms, &op);
+                    if r.store.prepared_count() < before {
+                        r.released = true;
+                    }
+                    match outcome {
+                        TxnOutcome::State(state) => Applied::Txn(Ok(state)),
+                        TxnOutcome::Wait => Applied::Hold,
+                        TxnOutcome::Unknown => Applied::Txn(Err(ExecError::TxnForgotten {
+                            partition,
+                            txn: op.id().to_string(),
+                        })),
+                    }
+                }
                 Err(e) => {
                     // Only our own code proposes, so this is a bug; every
                     // replica skips the entry the same way.
@@ -692,28 +980,38 @@ fn apply(r: &mut Replica, node_id: NodeId, partition: PartitionId, entry: Entry,
                         index = entry.index,
                         "skipping an undecodable entry: {e}"
                     );
-                    None
+                    Applied::Nothing
                 }
             }
         }
-        EntryData::Noop | EntryData::ConfChange(_) => None,
+        EntryData::Noop | EntryData::ConfChange(_) => Applied::Nothing,
     };
-    if let Some(p) = r.proposals.remove(&entry.index) {
-        let result = match result {
-            Some(result) if p.term == entry.term => result,
-            // Another entry took the index: ours was overwritten.
-            _ => Err(ExecError::LeaderChanged {
-                node_id,
-                partition,
-                leader: r.raft.leader(),
-            }),
+    let Some(p) = r.proposals.remove(&entry.index) else {
+        return;
+    };
+    if p.term != entry.term || matches!(applied, Applied::Nothing) {
+        // Another entry took the index: ours was overwritten.
+        let lost = ExecError::LeaderChanged {
+            node_id,
+            partition,
+            leader: r.raft.leader(),
         };
-        out.replies.push((
-            p.to.addr,
-            Msg::ExecuteReply {
-                req: p.to.req,
-                result,
-            },
-        ));
+        answer(out, p.to, &p.pending, lost);
+        return;
     }
+    let msg = match applied {
+        Applied::Execute(result) => Msg::ExecuteReply {
+            req: p.to.req,
+            result,
+        },
+        Applied::Txn(result) => Msg::TxnReply {
+            req: p.to.req,
+            result,
+        },
+        Applied::Hold | Applied::Nothing => {
+            r.blocked.push((p.to, p.pending));
+            return;
+        }
+    };
+    out.replies.push((p.to.addr, msg));
 }

@@ -560,6 +560,7 @@ impl<D: Disk> Storage<D> {
 mod tests {
     use super::*;
     use crate::key::Key;
+    use crate::kv::LogCommand;
     use crate::map::PartitionMap;
     use crate::op::Op;
     use crate::raft::EntryData;
@@ -603,8 +604,20 @@ mod tests {
                         break;
                     }
                     if let EntryData::Normal(data) = &e.data {
-                        let c: Command = bincode::DefaultOptions::new().deserialize(data).unwrap();
-                        let _ = store.execute_once(&c);
+                        let c: LogCommand =
+                            bincode::DefaultOptions::new().deserialize(data).unwrap();
+                        match c {
+                            LogCommand::Command(c) => {
+                                let _ = store.execute_once(&c);
+                            }
+                            LogCommand::Txn {
+                                time_ms,
+                                session_ttl_ms,
+                                op,
+                            } => {
+                                store.apply_txn_entry(time_ms, session_ttl_ms, &op);
+                            }
+                        }
                     }
                 }
                 (id, store)
@@ -756,7 +769,9 @@ mod tests {
                         term: 1,
                         index: *index,
                         data: EntryData::Normal(
-                            bincode::DefaultOptions::new().serialize(&command).unwrap(),
+                            bincode::DefaultOptions::new()
+                                .serialize(&LogCommand::Command(command.clone()))
+                                .unwrap(),
                         ),
                     };
                     let hs = HardState {

@@ -5,7 +5,7 @@
 //! allocate more than a frame can hold.
 
 use super::frame::FRAME_PAYLOAD_LEN_MAX;
-use crate::kv::{ApplyError, SessionExpired, StaleRequest};
+use crate::kv::{ApplyError, SessionExpired, StaleRequest, TxnOp, TxnState};
 use crate::map::{NodeId, PartitionId, PartitionMap};
 use crate::op::{Op, OpResult};
 use crate::raft::Message as RaftMessage;
@@ -58,6 +58,20 @@ pub enum Msg {
         from: NodeId,
         messages: Vec<(PartitionId, RaftMessage)>,
     },
+
+    /// Client (coordinator) or server (recovery) -> a partition's leader:
+    /// one step of a cross-partition transaction (docs/transactions.md).
+    Txn {
+        req: u64,
+        partition: PartitionId,
+        op: TxnOp,
+    },
+    /// Server -> caller: the attempt's state at that partition once the
+    /// step is applied (a vote, or its fate).
+    TxnReply {
+        req: u64,
+        result: Result<TxnState, ExecError>,
+    },
 }
 
 /// Why a server did not execute a command. Unless a variant says otherwise
@@ -102,6 +116,11 @@ pub enum ExecError {
         partition: PartitionId,
         leader: Option<NodeId>,
     },
+    /// A transaction attempt's record expired at this partition (its
+    /// resolution is older than the session TTL): its fate is not known
+    /// here any more.
+    #[error("partition {partition} no longer remembers transaction {txn}")]
+    TxnForgotten { partition: PartitionId, txn: String },
 }
 
 fn options() -> impl Options {

@@ -1,0 +1,640 @@
+//! A partition's side of cross-partition transactions (docs/transactions.md):
+//! prepared transactions and the locks they hold, and the remembered fate of
+//! resolved ones. All of it is replicated state: it changes only by applying
+//! log entries, and it travels in snapshots, so a new leader, a restarted
+//! replica and a replica caught up by snapshot all hold the same locks.
+//!
+//! ```text
+//!   (unknown) --Prepare, no conflict--------------> Prepared (locks held, results computed)
+//!   (unknown) --Prepare, conflict, younger--------> Aborted(Conflict)        ("die")
+//!   (unknown) --Prepare, conflict, older----------> (unknown)  Wait: retried later
+//!   (unknown) --Prepare, invalid / CHECK fails----> Aborted(Rejected)
+//!   (unknown) --Fence or Resolve(abort)-----------> Aborted(Fenced | Aborted)
+//!   Prepared  --Resolve(commit)-------------------> Committed (writes applied, locks released)
+//!   Prepared  --Resolve(abort)--------------------> Aborted (locks released)
+//! ```
+//! A transaction is committed exactly when every participant holds it
+//! Prepared (or Committed): no other record decides it. A fence turns
+//! "never prepared here" into a durable "never will be", so whoever asks
+//! every participant gets the one answer.
+
+use super::{ApplyError, PartitionStore};
+use crate::key::Key;
+use crate::map::PartitionId;
+use crate::op::{Op, OpResult};
+use serde::{Deserialize, Serialize};
+
+/// One attempt of one client command. A command retried after a conflict
+/// runs as a new attempt; an attempt's fate never changes once decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TxnId {
+    pub session: u64,
+    pub seq: u64,
+    pub attempt: u32,
+}
+
+impl std::fmt::Display for TxnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}#{}", self.session, self.seq, self.attempt)
+    }
+}
+
+/// What a coordinator asks one participant to prepare.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prepare {
+    pub id: TxnId,
+    /// Age for wait-die: the client's clock when the command's first
+    /// attempt was sent. Smaller is older; ties broken by session.
+    pub priority_ms: u64,
+    /// The client's clock when this attempt was first sent (expiry rule, as
+    /// for [`super::Command::sent_ms`]).
+    pub sent_ms: u64,
+    /// Every partition the command touches, this one included.
+    pub participants: Vec<PartitionId>,
+    /// This partition's operations, in command order.
+    pub ops: Vec<Op>,
+}
+
+impl Prepare {
+    fn age(&self) -> (u64, u64, u64) {
+        (self.priority_ms, self.id.session, self.id.seq)
+    }
+}
+
+/// Why a transaction attempt was aborted at a partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AbortReason {
+    /// It conflicted with an older prepared transaction ("die"): retry.
+    Conflict,
+    /// Refused as a whole (invalid, a failed CHECK, limits): deterministic.
+    Rejected(ApplyError),
+    /// Marked aborted by recovery before it prepared here.
+    Fenced,
+    /// Aborted by its coordinator or by recovery after it prepared.
+    Aborted,
+    /// Arrived more than half a session TTL after it was sent, unknown here.
+    Expired,
+}
+
+/// A transaction attempt's state at one partition, as a vote.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnState {
+    /// Locks held; `results` are this partition's results, valid at every
+    /// instant until resolution.
+    Prepared {
+        results: Vec<OpResult>,
+    },
+    Committed {
+        results: Vec<OpResult>,
+    },
+    Aborted(AbortReason),
+}
+
+/// What applying a transaction entry came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnOutcome {
+    /// The attempt's state here (a vote, or its final fate).
+    State(TxnState),
+    /// It conflicts with a younger prepared transaction: nothing recorded;
+    /// the leader proposes it again once a lock is released.
+    Wait,
+    /// Resolve or fence of an attempt this partition no longer knows and
+    /// cannot decide (its record expired).
+    Unknown,
+}
+
+/// A transaction attempt as a partition records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct TxnRecord {
+    pub(super) state: TxnState,
+    /// While prepared: the operations (for locks and commit) and the rest
+    /// of the prepare.
+    pub(super) prepared: Option<Prepare>,
+    /// Log time when it was resolved here (expiry, like sessions).
+    pub(super) done_ms: u64,
+}
+
+/// A transaction entry of the Raft log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    Prepare(Prepare),
+    /// The decision, from the coordinator or from recovery.
+    Resolve {
+        id: TxnId,
+        commit: bool,
+    },
+    /// Recovery's question "did it prepare here?", which also makes the
+    /// answer final: an attempt unknown here is recorded aborted.
+    Fence {
+        id: TxnId,
+    },
+}
+
+impl TxnOp {
+    pub fn id(&self) -> TxnId {
+        match self {
+            TxnOp::Prepare(p) => p.id,
+            TxnOp::Resolve { id, .. } | TxnOp::Fence { id } => *id,
+        }
+    }
+}
+
+/// What an operation reads or writes, for conflicts.
+enum Footprint<'a> {
+    Key(&'a Key),
+    Range(&'a Key, &'a Key),
+}
+
+fn footprint(op: &Op) -> (Footprint<'_>, bool) {
+    match op {
+        Op::Put { key, .. } | Op::Swap { key, .. } | Op::Delete { key } => {
+            (Footprint::Key(key), true)
+        }
+        Op::Get { key } => (Footprint::Key(key), false),
+        Op::Scan { start, end } => (Footprint::Range(start, end), false),
+    }
+}
+
+fn span<'a>(f: &Footprint<'a>) -> (&'a str, u64, u64) {
+    match *f {
+        Footprint::Key(k) => (&k.table, k.num, k.num),
+        Footprint::Range(s, e) => (&s.table, s.num, e.num),
+    }
+}
+
+fn overlaps(a: &Footprint<'_>, b: &Footprint<'_>) -> bool {
+    let (ta, lo_a, hi_a) = span(a);
+    let (tb, lo_b, hi_b) = span(b);
+    ta == tb && lo_a <= hi_b && lo_b <= hi_a
+}
+
+/// Whether two commands' operations conflict: one writes what the other
+/// reads or writes.
+pub fn conflicts(a: &[Op], b: &[Op]) -> bool {
+    a.iter().any(|x| {
+        let (fx, wx) = footprint(x);
+        b.iter().any(|y| {
+            let (fy, wy) = footprint(y);
+            (wx || wy) && overlaps(&fx, &fy)
+        })
+    })
+}
+
+impl PartitionStore {
+    /// The prepared transactions whose locks `ops` would conflict with.
+    fn holders<'a>(&'a self, ops: &'a [Op]) -> impl Iterator<Item = &'a Prepare> + 'a {
+        self.prepared.iter().filter_map(move |id| {
+            let p = self.txns.get(id)?.prepared.as_ref()?;
+            conflicts(&p.ops, ops).then_some(p)
+        })
+    }
+
+    /// Whether `ops` touch anything a prepared transaction has locked: a
+    /// command that does must wait for its resolution.
+    pub fn is_blocked(&self, ops: &[Op]) -> bool {
+        self.holders(ops).next().is_some()
+    }
+
+    /// How many transactions hold locks here.
+    pub fn prepared_count(&self) -> usize {
+        self.prepared.len()
+    }
+
+    /// The attempts prepared here and not resolved yet, with their
+    /// participants (recovery's to-do list).
+    pub fn prepared_txns(&self) -> impl Iterator<Item = (TxnId, &[PartitionId])> + '_ {
+        self.prepared.iter().filter_map(|id| {
+            let p = self.txns.get(id)?.prepared.as_ref()?;
+            Some((*id, p.participants.as_slice()))
+        })
+    }
+
+    /// The state of an attempt here, if known.
+    pub fn txn_state(&self, id: &TxnId) -> Option<&TxnState> {
+        self.txns.get(id).map(|r| &r.state)
+    }
+
+    /// Applies a transaction entry (after log time and expiry were advanced
+    /// by the caller). Deterministic: every replica decides the same.
+    pub fn apply_txn(&mut self, op: &TxnOp, session_ttl_ms: u64) -> TxnOutcome {
+        match op {
+            TxnOp::Prepare(p) => self.prepare(p, session_ttl_ms),
+            TxnOp::Resolve { id, commit } => self.resolve(*id, *commit),
+            TxnOp::Fence { id } => match self.txns.get(id) {
+                Some(r) => TxnOutcome::State(r.state.clone()),
+                None => {
+                    self.record_done(*id, TxnState::Aborted(AbortReason::Fenced));
+                    TxnOutcome::State(TxnState::Aborted(AbortReason::Fenced))
+                }
+            },
+        }
+    }
+
+    fn prepare(&mut self, p: &Prepare, session_ttl_ms: u64) -> TxnOutcome {
+        if let Some(r) = self.txns.get(&p.id) {
+            return TxnOutcome::State(r.state.clone());
+        }
+        // A coordinator starts a new attempt only after an earlier one was
+        // aborted somewhere: an earlier attempt still prepared here is dead.
+        let earlier: Vec<TxnId> = self
+            .prepared
+            .iter()
+            .filter(|id| {
+                id.session == p.id.session && id.seq == p.id.seq && id.attempt < p.id.attempt
+            })
+            .copied()
+            .collect();
+        for id in earlier {
+            self.resolve(id, false);
+        }
+        if p.sent_ms.saturating_add(session_ttl_ms / 2) < self.log_time_ms {
+            return self.refuse(p.id, AbortReason::Expired);
+        }
+        if let Err(e) = self.validate(&p.ops) {
+            return self.refuse(p.id, AbortReason::Rejected(e));
+        }
+        // Wait-die: an older transaction waits for younger lock holders; a
+        // younger one dies (and is retried as a new attempt with its age).
+        let mut blocked = false;
+        let mut older_holder = false;
+        for h in self.holders(&p.ops) {
+            blocked = true;
+            older_holder |= h.age() < p.age();
+        }
+        if older_holder {
+            return self.refuse(p.id, AbortReason::Conflict);
+        }
+        if blocked {
+            return TxnOutcome::Wait;
+        }
+        // The results, computed on a copy (O(1): a persistent map); the
+        // locks keep them true until resolution.
+        let saved = self.data.clone();
+        let results = self.execute(&p.ops);
+        self.data = saved;
+        let results = match results {
+            Ok(results) => results,
+            Err(e) => return self.refuse(p.id, AbortReason::Rejected(e)),
+        };
+        let state = TxnState::Prepared { results };
+        self.txns.insert(
+            p.id,
+            TxnRecord {
+                state: state.clone(),
+                prepared: Some(p.clone()),
+                done_ms: 0,
+            },
+        );
+        self.prepared.insert(p.id);
+        TxnOutcome::State(state)
+    }
+
+    fn refuse(&mut self, id: TxnId, reason: AbortReason) -> TxnOutcome {
+        let state = TxnState::Aborted(reason);
+        self.record_done(id, state.clone());
+        TxnOutcome::State(state)
+    }
+
+    fn resolve(&mut self, id: TxnId, commit: bool) -> TxnOutcome {
+        let Some(record) = self.txns.get(&id) else {
+            if commit {
+                // Only an attempt prepared everywhere commits, and a prepared
+                // record stays until resolved here: this one expired after
+                // it was resolved.
+                return TxnOutcome::Unknown;
+            }
+            return self.refuse(id, AbortReason::Aborted);
+        };
+        let Some(p) = record.prepared.clone() else {
+            if commit && matches!(record.state, TxnState::Aborted(_)) {
+                tracing::error!(txn = %id, partition = self.range.id, "commit of an aborted transaction ignored");
+            }
+            return TxnOutcome::State(record.state.clone());
+        };
+        self.prepared.remove(&id);
+        let state = if commit {
+            let TxnState::Prepared { results } = &record.state else {
+                unreachable!("a record with its prepare is prepared")
+            };
+            let results = results.clone();
+            // Cannot fail: validated at prepare, and nothing it touches
+            // changed since (locks).
+            let applied = self.execute(&p.ops);
+            debug_assert_eq!(applied.as_ref(), Ok(&results));
+            TxnState::Committed { results }
+        } else {
+            TxnState::Aborted(AbortReason::Aborted)
+        };
+        self.record_done(id, state.clone());
+        TxnOutcome::State(state)
+    }
+
+    fn record_done(&mut self, id: TxnId, state: TxnState) {
+        let done_ms = self.log_time_ms;
+        if let Some(old) = self.txns.insert(
+            id,
+            TxnRecord {
+                state,
+                prepared: None,
+                done_ms,
+            },
+        ) {
+            self.txn_idle.remove(&(old.done_ms, id));
+        }
+        self.txn_idle.insert((done_ms, id));
+    }
+
+    /// Drops resolved transaction records older than `ttl_ms` of log time.
+    pub(super) fn expire_txns(&mut self, ttl_ms: u64) {
+        let horizon = self.log_time_ms.saturating_sub(ttl_ms);
+        while let Some(&(done_ms, id)) = self.txn_idle.first() {
+            if done_ms >= horizon {
+                break;
+            }
+            self.txn_idle.pop_first();
+            self.txns.remove(&id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::Command;
+    use crate::map::Partition;
+    use crate::op::parse_op;
+
+    const TTL: u64 = 300_000;
+
+    fn store() -> PartitionStore {
+        PartitionStore::new(Partition {
+            id: 1,
+            table: "t".into(),
+            start: 0,
+            end: Some(100),
+            replicas: vec![0],
+        })
+    }
+
+    fn ops(lines: &[&str]) -> Vec<Op> {
+        lines.iter().map(|l| parse_op(l).unwrap()).collect()
+    }
+
+    fn id(session: u64, attempt: u32) -> TxnId {
+        TxnId {
+            session,
+            seq: 1,
+            attempt,
+        }
+    }
+
+    /// A prepare of `lines` by `session`, as old as `priority_ms`.
+    fn prepare(session: u64, attempt: u32, priority_ms: u64, lines: &[&str]) -> TxnOp {
+        TxnOp::Prepare(Prepare {
+            id: id(session, attempt),
+            priority_ms,
+            sent_ms: 1_000,
+            participants: vec![1, 2],
+            ops: ops(lines),
+        })
+    }
+
+    fn apply(s: &mut PartitionStore, op: TxnOp) -> TxnOutcome {
+        s.apply_txn_entry(1_000, TTL, &op)
+    }
+
+    fn get(s: &PartitionStore, line: &str) -> OpResult {
+        s.clone().execute(&ops(&[line])).unwrap().remove(0)
+    }
+
+    fn prepared(results: Vec<OpResult>) -> TxnOutcome {
+        TxnOutcome::State(TxnState::Prepared { results })
+    }
+
+    #[test]
+    fn a_prepared_transaction_reads_now_and_writes_only_when_committed() {
+        let mut s = store();
+        s.execute(&ops(&["PUT t1 old"])).unwrap();
+        let out = apply(
+            &mut s,
+            prepare(7, 0, 10, &["GET t1", "PUT t1 new", "GET t1"]),
+        );
+        let results = vec![
+            OpResult::Get(Some(b"old".to_vec())),
+            OpResult::Put { found: true },
+            OpResult::Get(Some(b"new".to_vec())),
+        ];
+        assert_eq!(out, prepared(results.clone()));
+        assert_eq!(get(&s, "GET t1"), OpResult::Get(Some(b"old".to_vec())));
+        assert!(
+            s.is_blocked(&ops(&["GET t1"])),
+            "a write lock blocks readers"
+        );
+        assert!(!s.is_blocked(&ops(&["GET t2"])));
+        let done = apply(
+            &mut s,
+            TxnOp::Resolve {
+                id: id(7, 0),
+                commit: true,
+            },
+        );
+        assert_eq!(done, TxnOutcome::State(TxnState::Committed { results }));
+        assert_eq!(get(&s, "GET t1"), OpResult::Get(Some(b"new".to_vec())));
+        assert!(!s.is_blocked(&ops(&["GET t1"])));
+        assert_eq!(s.prepared_count(), 0);
+    }
+
+    #[test]
+    fn an_aborted_transaction_leaves_nothing_and_a_late_prepare_cannot_revive_it() {
+        let mut s = store();
+        apply(&mut s, prepare(7, 0, 10, &["PUT t1 x"]));
+        let out = apply(
+            &mut s,
+            TxnOp::Resolve {
+                id: id(7, 0),
+                commit: false,
+            },
+        );
+        assert_eq!(
+            out,
+            TxnOutcome::State(TxnState::Aborted(AbortReason::Aborted))
+        );
+        assert_eq!(get(&s, "GET t1"), OpResult::Get(None));
+        // A duplicate of the prepare, delivered late.
+        let late = apply(&mut s, prepare(7, 0, 10, &["PUT t1 x"]));
+        assert_eq!(
+            late,
+            TxnOutcome::State(TxnState::Aborted(AbortReason::Aborted))
+        );
+        assert_eq!(s.prepared_count(), 0);
+        // An abort that arrives before its prepare fences it just the same.
+        apply(
+            &mut s,
+            TxnOp::Resolve {
+                id: id(8, 0),
+                commit: false,
+            },
+        );
+        let late = apply(&mut s, prepare(8, 0, 10, &["PUT t2 y"]));
+        assert_eq!(
+            late,
+            TxnOutcome::State(TxnState::Aborted(AbortReason::Aborted))
+        );
+        assert_eq!(get(&s, "GET t2"), OpResult::Get(None));
+    }
+
+    #[test]
+    fn a_fence_answers_prepared_or_makes_the_attempt_abort_for_good() {
+        let mut s = store();
+        apply(&mut s, prepare(7, 0, 10, &["PUT t1 x"]));
+        let asked = apply(&mut s, TxnOp::Fence { id: id(7, 0) });
+        assert!(matches!(
+            asked,
+            TxnOutcome::State(TxnState::Prepared { .. })
+        ));
+        let fenced = apply(&mut s, TxnOp::Fence { id: id(9, 0) });
+        assert_eq!(
+            fenced,
+            TxnOutcome::State(TxnState::Aborted(AbortReason::Fenced))
+        );
+        let late = apply(&mut s, prepare(9, 0, 10, &["PUT t5 x"]));
+        assert_eq!(
+            late,
+            TxnOutcome::State(TxnState::Aborted(AbortReason::Fenced))
+        );
+    }
+
+    #[test]
+    fn wait_die_older_waits_younger_dies_readers_share() {
+        let mut s = store();
+        // Session 5 is the lock holder, 20 ms old.
+        assert!(matches!(
+            apply(&mut s, prepare(5, 0, 20, &["PUT t1 a", "GET t3"])),
+            TxnOutcome::State(TxnState::Prepared { .. })
+        ));
+        // Older (10 < 20): waits, nothing recorded.
+        assert_eq!(
+            apply(&mut s, prepare(6, 0, 10, &["GET t1"])),
+            TxnOutcome::Wait
+        );
+        assert_eq!(s.txn_state(&id(6, 0)), None);
+        // Younger (30 > 20): dies.
+        assert_eq!(
+            apply(&mut s, prepare(7, 0, 30, &["PUT t1 b"])),
+            TxnOutcome::State(TxnState::Aborted(AbortReason::Conflict))
+        );
+        // Two readers of t3 do not conflict.
+        assert!(matches!(
+            apply(&mut s, prepare(8, 0, 30, &["GET t3"])),
+            TxnOutcome::State(TxnState::Prepared { .. })
+        ));
+        // A SCAN over the written key conflicts; one beside it does not.
+        assert_eq!(
+            apply(&mut s, prepare(9, 0, 40, &["SCAN t0 t2"])),
+            TxnOutcome::State(TxnState::Aborted(AbortReason::Conflict))
+        );
+        assert!(matches!(
+            apply(&mut s, prepare(10, 0, 40, &["SCAN t4 t9"])),
+            TxnOutcome::State(TxnState::Prepared { .. })
+        ));
+        // Single-partition commands on locked keys wait (nothing recorded).
+        let c = Command::untimed(11, 1, ops(&["PUT t3 z"]));
+        assert!(matches!(
+            s.execute_once(&c),
+            Err(crate::kv::SessionError::Blocked)
+        ));
+        let c = Command::untimed(11, 1, ops(&["PUT t50 z"]));
+        assert!(s.execute_once(&c).is_ok());
+    }
+
+    #[test]
+    fn a_new_attempt_aborts_the_earlier_one_still_prepared_here() {
+        let mut s = store();
+        apply(&mut s, prepare(5, 0, 20, &["PUT t1 a"]));
+        let out = apply(&mut s, prepare(5, 1, 20, &["PUT t1 a"]));
+        assert!(matches!(out, TxnOutcome::State(TxnState::Prepared { .. })));
+        assert_eq!(
+            s.txn_state(&id(5, 0)),
+            Some(&TxnState::Aborted(AbortReason::Aborted))
+        );
+        assert_eq!(s.prepared_count(), 1);
+    }
+
+    #[test]
+    fn invalid_or_late_prepares_are_refused_for_good() {
+        let mut s = store();
+        let out = apply(&mut s, prepare(5, 0, 20, &["PUT t500 a"]));
+        assert!(matches!(
+            out,
+            TxnOutcome::State(TxnState::Aborted(AbortReason::Rejected(
+                ApplyError::WrongPartition { .. }
+            )))
+        ));
+        // Log time far past the attempt's send time plus half a TTL.
+        s.apply_txn_entry(1_000 + TTL, TTL, &TxnOp::Fence { id: id(99, 0) });
+        let out = apply(&mut s, prepare(6, 0, 20, &["PUT t1 a"]));
+        assert_eq!(
+            out,
+            TxnOutcome::State(TxnState::Aborted(AbortReason::Expired))
+        );
+    }
+
+    #[test]
+    fn prepared_transactions_never_expire_and_resolved_ones_do() {
+        let mut s = store();
+        apply(&mut s, prepare(5, 0, 20, &["PUT t1 a"]));
+        apply(&mut s, prepare(6, 0, 20, &["PUT t2 a"]));
+        apply(
+            &mut s,
+            TxnOp::Resolve {
+                id: id(6, 0),
+                commit: true,
+            },
+        );
+        s.apply_txn_entry(1_000 + 2 * TTL, TTL, &TxnOp::Fence { id: id(99, 0) });
+        assert!(matches!(
+            s.txn_state(&id(5, 0)),
+            Some(TxnState::Prepared { .. })
+        ));
+        assert_eq!(s.txn_state(&id(6, 0)), None);
+        // A commit of a forgotten attempt is not guessed at.
+        let out = s.apply_txn_entry(
+            1_000 + 2 * TTL,
+            TTL,
+            &TxnOp::Resolve {
+                id: id(6, 0),
+                commit: true,
+            },
+        );
+        assert_eq!(out, TxnOutcome::Unknown);
+    }
+
+    #[test]
+    fn locks_and_decisions_survive_a_snapshot_round_trip() {
+        let mut s = store();
+        apply(&mut s, prepare(5, 0, 20, &["PUT t1 a"]));
+        apply(
+            &mut s,
+            TxnOp::Resolve {
+                id: id(6, 0),
+                commit: false,
+            },
+        );
+        let bytes = crate::storage::snapshot::encode_store(&s);
+        let mut copy = crate::storage::snapshot::decode_store(&bytes).unwrap();
+        assert_eq!(copy, s);
+        assert!(copy.is_blocked(&ops(&["GET t1"])));
+        apply(
+            &mut copy,
+            TxnOp::Resolve {
+                id: id(5, 0),
+                commit: true,
+            },
+        );
+        assert_eq!(get(&copy, "GET t1"), OpResult::Get(Some(b"a".to_vec())));
+        assert_eq!(
+            apply(&mut copy, prepare(6, 0, 20, &["PUT t2 b"])),
+            TxnOutcome::State(TxnState::Aborted(AbortReason::Aborted))
+        );
+    }
+}
