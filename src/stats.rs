@@ -24,10 +24,18 @@ pub enum Event {
     DiskWiped,
     /// A replica dropped an idle client session (by log time).
     SessionExpired,
+    /// A client committed a transaction across partitions.
+    TxnCommitted,
+    /// A client retried a transaction attempt that lost a conflict.
+    TxnRetried,
+    /// A leader resolved a transaction whose coordinator went silent.
+    TxnRecovered,
+    /// A request waited in a partition's queue for locks.
+    TxnWaited,
 }
 
 impl Event {
-    pub const ALL: [Event; 7] = [
+    pub const ALL: [Event; 11] = [
         Event::Election,
         Event::Compaction,
         Event::SnapshotSent,
@@ -35,6 +43,10 @@ impl Event {
         Event::Checkpoint,
         Event::DiskWiped,
         Event::SessionExpired,
+        Event::TxnCommitted,
+        Event::TxnRetried,
+        Event::TxnRecovered,
+        Event::TxnWaited,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,13 +58,17 @@ impl Event {
             Event::Checkpoint => "checkpoints",
             Event::DiskWiped => "disk wipes",
             Event::SessionExpired => "session expiries",
+            Event::TxnCommitted => "transactions committed",
+            Event::TxnRetried => "transaction retries",
+            Event::TxnRecovered => "transactions recovered",
+            Event::TxnWaited => "lock waits",
         }
     }
 }
 
 /// Counts per [`Event`], in [`Event::ALL`] order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Counts(pub [u64; 7]);
+pub struct Counts(pub [u64; 11]);
 
 impl Counts {
     pub fn get(&self, event: Event) -> u64 {
@@ -80,7 +96,7 @@ impl std::fmt::Display for Counts {
 
 #[cfg(feature = "sim")]
 thread_local! {
-    static COUNTS: std::cell::Cell<Counts> = const { std::cell::Cell::new(Counts([0; 7])) };
+    static COUNTS: std::cell::Cell<Counts> = const { std::cell::Cell::new(Counts([0; 11])) };
 }
 
 /// Counts one `event` (a no-op without feature `sim`).

@@ -624,9 +624,14 @@ impl<R: Runtime> Session<R> {
                 match vote {
                     PartOutcome::Done(PartReply::Txn(
                         TxnState::Prepared { results } | TxnState::Committed { results },
-                    )) => {
+                    )) if results.len() == parts[&p].len() => {
                         done.insert(p, results);
                     }
+                    PartOutcome::Done(PartReply::Txn(
+                        TxnState::Prepared { .. } | TxnState::Committed { .. },
+                    )) => unknown.push(format!(
+                        "partition {p} answered with results for another number of operations"
+                    )),
                     PartOutcome::Done(PartReply::Txn(TxnState::Aborted(reason))) => {
                         // A refusal outranks a conflict: it is final.
                         if !matches!(aborted, Some(AbortReason::Rejected(_))) {
@@ -642,6 +647,7 @@ impl<R: Runtime> Session<R> {
             }
             if aborted.is_none() && not_applied.is_empty() && unknown.is_empty() {
                 // Every participant prepared: committed.
+                crate::stats::count(crate::stats::Event::TxnCommitted);
                 self.resolve_in_background(txn, &participants, true);
                 return Ok(merge(ops, touched, parts, done));
             }
@@ -651,6 +657,11 @@ impl<R: Runtime> Session<R> {
                 self.resolve_in_background(txn, &participants, false);
                 match reason {
                     AbortReason::Rejected(e) => return Err(ClientError::Rejected(e.to_string())),
+                    AbortReason::Stale => {
+                        return Err(ClientError::UnknownOutcome(format!(
+                            "transaction {txn} was refused as older than a later command of its session"
+                        )))
+                    }
                     AbortReason::Conflict
                     | AbortReason::Fenced
                     | AbortReason::Aborted
@@ -668,6 +679,7 @@ impl<R: Runtime> Session<R> {
                             )));
                         }
                         rt.sleep(pause).await;
+                        crate::stats::count(crate::stats::Event::TxnRetried);
                         attempt += 1;
                         continue;
                     }

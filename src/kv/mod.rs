@@ -22,8 +22,10 @@ use std::collections::{BTreeMap, BTreeSet};
 mod ordmap_serde;
 mod txn;
 
-use txn::TxnRecord;
-pub use txn::{conflicts, AbortReason, Prepare, TxnId, TxnOp, TxnOutcome, TxnState};
+pub use txn::{
+    conflicts, AbortReason, Finished, Prepare, TxnId, TxnOp, TxnOutcome, TxnState, WaitKey,
+};
+use txn::{QueueKey, TxnRecord, Waiting};
 
 /// Why a command was refused by a partition. Nothing was applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
@@ -77,14 +79,24 @@ pub struct PartitionStore {
     txns: OrdMap<TxnId, TxnRecord>,
     /// The prepared ones among them.
     prepared: BTreeSet<TxnId>,
-    /// Resolved ones by `(done_ms, id)`, oldest first, for expiry.
+    /// Resolved ones by `(done_ms, id)`, oldest first, for expiry: with
+    /// their results, then (`txn_markers`) only their fate.
     txn_idle: BTreeSet<(u64, TxnId)>,
+    txn_markers: BTreeSet<(u64, TxnId)>,
+    /// Requests waiting for locks, oldest first (see `txn`): run by the
+    /// state machine itself as soon as they can, so nothing overtakes them.
+    queue: BTreeMap<QueueKey, Waiting>,
+    /// Queued requests that finished while applying the last entry, for
+    /// the leader to answer (not replicated state: derived from the log).
+    #[serde(skip)]
+    finished: Vec<Finished>,
 }
 
 /// A session's entry in the session table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct SessionRecord {
-    /// The sequence number of its last command here.
+    /// The sequence number of its last command here (or of its last
+    /// transaction prepared here).
     seq: u64,
     /// That command's outcome. Not kept for a read-only command (`None`):
     /// running it again is harmless, and SCAN results can be large.
@@ -173,10 +185,10 @@ pub enum SessionError {
     Stale(#[from] StaleRequest),
     #[error(transparent)]
     Expired(#[from] SessionExpired),
-    /// It touches keys a prepared transaction holds: nothing ran or was
-    /// recorded; run it again once the transaction is resolved.
-    #[error("blocked by a prepared transaction")]
-    Blocked,
+    /// It touches keys a prepared transaction holds: it waits in the
+    /// partition's queue and runs once it can ([`PartitionStore::take_finished`]).
+    #[error("waiting for a prepared transaction's locks")]
+    Queued,
 }
 
 impl PartitionStore {
@@ -190,6 +202,9 @@ impl PartitionStore {
             txns: OrdMap::new(),
             prepared: BTreeSet::new(),
             txn_idle: BTreeSet::new(),
+            txn_markers: BTreeSet::new(),
+            queue: BTreeMap::new(),
+            finished: Vec::new(),
         }
     }
 
@@ -352,15 +367,28 @@ impl PartitionStore {
     /// Everything here depends on the log alone, so every replica decides
     /// the same.
     pub fn execute_once(&mut self, command: &Command) -> Result<Outcome, SessionError> {
+        self.advance_log_time(command.time_ms, command.session_ttl_ms);
+        self.run_command(command, None)
+    }
+
+    /// Runs a command (see [`PartitionStore::execute_once`]); `queued`: it
+    /// comes from the wait queue at that key.
+    fn run_command(
+        &mut self,
+        command: &Command,
+        queued: Option<QueueKey>,
+    ) -> Result<Outcome, SessionError> {
         let Command {
             session,
             seq,
             sent_ms,
-            time_ms,
             session_ttl_ms,
             ref ops,
+            ..
         } = *command;
-        self.advance_log_time(time_ms, session_ttl_ms);
+        if queued.is_none() && self.is_queued(&WaitKey::Command { session, seq }) {
+            return Err(SessionError::Queued);
+        }
         #[cfg(feature = "sim")]
         let duplicate_apply = crate::bugs::enabled(crate::bugs::Bug::DuplicateApply);
         #[cfg(not(feature = "sim"))]
@@ -384,11 +412,13 @@ impl PartitionStore {
             }
             Some(last) if seq == last => match &self.sessions[&session].outcome {
                 Some(outcome) => outcome.clone(),
-                None if self.is_blocked(ops) => return Err(SessionError::Blocked),
+                None if self.command_must_wait(command, queued) => {
+                    return Err(self.wait(command, queued))
+                }
                 // A retried read-only command: running it again is safe.
                 None => self.execute(ops),
             },
-            _ if self.is_blocked(ops) => return Err(SessionError::Blocked),
+            _ if self.command_must_wait(command, queued) => return Err(self.wait(command, queued)),
             _ => {
                 let outcome = self.execute(ops);
                 let writes = ops.iter().any(Op::is_write);

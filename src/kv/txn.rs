@@ -24,6 +24,10 @@ use crate::map::PartitionId;
 use crate::op::{Op, OpResult};
 use serde::{Deserialize, Serialize};
 
+/// How many session TTLs of log time a partition remembers the fate of a
+/// resolved transaction attempt (an hour with the default TTL).
+pub const MARKER_TTLS: u64 = 12;
+
 /// One attempt of one client command. A command retried after a conflict
 /// runs as a new attempt; an attempt's fate never changes once decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -61,6 +65,10 @@ impl Prepare {
     }
 }
 
+fn age_of(key: &QueueKey) -> (u64, u64, u64) {
+    (key.0, key.1, key.2)
+}
+
 /// Why a transaction attempt was aborted at a partition.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AbortReason {
@@ -74,6 +82,8 @@ pub enum AbortReason {
     Aborted,
     /// Arrived more than half a session TTL after it was sent, unknown here.
     Expired,
+    /// Its session ran a later command here: a late duplicate.
+    Stale,
 }
 
 /// A transaction attempt's state at one partition, as a vote.
@@ -95,12 +105,79 @@ pub enum TxnState {
 pub enum TxnOutcome {
     /// The attempt's state here (a vote, or its final fate).
     State(TxnState),
-    /// It conflicts with a younger prepared transaction: nothing recorded;
-    /// the leader proposes it again once a lock is released.
+    /// It conflicts with a younger prepared transaction: it waits in the
+    /// queue, and its vote comes out of [`PartitionStore::take_finished`].
     Wait,
     /// Resolve or fence of an attempt this partition no longer knows and
     /// cannot decide (its record expired).
     Unknown,
+}
+
+/// A request waiting in a partition's queue for locks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) enum Waiting {
+    Command(super::Command),
+    Prepare(Prepare),
+}
+
+/// Queue order: age (the client's clock when the command was first sent),
+/// then session, sequence number and attempt.
+pub(super) type QueueKey = (u64, u64, u64, u32);
+
+/// Names a queued request, for the leader holding its caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum WaitKey {
+    Command { session: u64, seq: u64 },
+    Txn(TxnId),
+}
+
+/// A queued request that finished.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finished {
+    Command {
+        key: WaitKey,
+        outcome: Result<super::Outcome, super::SessionError>,
+    },
+    Txn {
+        key: WaitKey,
+        state: TxnState,
+    },
+}
+
+impl Waiting {
+    fn key(&self) -> QueueKey {
+        match self {
+            Waiting::Command(c) => (c.sent_ms, c.session, c.seq, 0),
+            Waiting::Prepare(p) => (p.priority_ms, p.id.session, p.id.seq, p.id.attempt),
+        }
+    }
+
+    fn ops(&self) -> &[Op] {
+        match self {
+            Waiting::Command(c) => &c.ops,
+            Waiting::Prepare(p) => &p.ops,
+        }
+    }
+
+    fn wait_key(&self) -> WaitKey {
+        match self {
+            Waiting::Command(c) => WaitKey::Command {
+                session: c.session,
+                seq: c.seq,
+            },
+            Waiting::Prepare(p) => WaitKey::Txn(p.id),
+        }
+    }
+}
+
+/// What the wait-die rule says about a prepare.
+enum Decision {
+    /// Take the locks now.
+    Go,
+    /// Wait in the queue (only for younger lock holders).
+    Wait,
+    /// Abort: an older transaction holds or waits for these keys.
+    Die,
 }
 
 /// A transaction attempt as a partition records it.
@@ -127,6 +204,10 @@ pub enum TxnOp {
     /// answer final: an attempt unknown here is recorded aborted.
     Fence {
         id: TxnId,
+        /// When the attempt was sent (from its prepare): a partition that
+        /// does not know an attempt this old cannot tell whether it
+        /// resolved and forgot it, so it does not guess.
+        sent_ms: u64,
     },
 }
 
@@ -134,7 +215,7 @@ impl TxnOp {
     pub fn id(&self) -> TxnId {
         match self {
             TxnOp::Prepare(p) => p.id,
-            TxnOp::Resolve { id, .. } | TxnOp::Fence { id } => *id,
+            TxnOp::Resolve { id, .. } | TxnOp::Fence { id, .. } => *id,
         }
     }
 }
@@ -202,10 +283,10 @@ impl PartitionStore {
 
     /// The attempts prepared here and not resolved yet, with their
     /// participants (recovery's to-do list).
-    pub fn prepared_txns(&self) -> impl Iterator<Item = (TxnId, &[PartitionId])> + '_ {
+    pub fn prepared_txns(&self) -> impl Iterator<Item = (TxnId, &[PartitionId], u64)> + '_ {
         self.prepared.iter().filter_map(|id| {
             let p = self.txns.get(id)?.prepared.as_ref()?;
-            Some((*id, p.participants.as_slice()))
+            Some((*id, p.participants.as_slice(), p.sent_ms))
         })
     }
 
@@ -218,16 +299,64 @@ impl PartitionStore {
     /// by the caller). Deterministic: every replica decides the same.
     pub fn apply_txn(&mut self, op: &TxnOp, session_ttl_ms: u64) -> TxnOutcome {
         match op {
-            TxnOp::Prepare(p) => self.prepare(p, session_ttl_ms),
-            TxnOp::Resolve { id, commit } => self.resolve(*id, *commit),
-            TxnOp::Fence { id } => match self.txns.get(id) {
-                Some(r) => TxnOutcome::State(r.state.clone()),
-                None => {
-                    self.record_done(*id, TxnState::Aborted(AbortReason::Fenced));
-                    TxnOutcome::State(TxnState::Aborted(AbortReason::Fenced))
+            TxnOp::Prepare(p) => {
+                if self.is_queued(&WaitKey::Txn(p.id)) {
+                    return TxnOutcome::Wait;
                 }
-            },
+                self.prepare(p, session_ttl_ms)
+            }
+            TxnOp::Resolve { id, commit } => {
+                self.unqueue(*id);
+                let outcome = self.resolve(*id, *commit);
+                self.drain_queue();
+                outcome
+            }
+            TxnOp::Fence { id, sent_ms } => {
+                self.unqueue(*id);
+                let outcome = match self.txns.get(id) {
+                    Some(r) => TxnOutcome::State(r.state.clone()),
+                    // So old that it may have been resolved here and
+                    // forgotten: do not claim it aborted.
+                    None if sent_ms
+                        .saturating_add(session_ttl_ms.saturating_mul(MARKER_TTLS - 1))
+                        < self.log_time_ms =>
+                    {
+                        TxnOutcome::Unknown
+                    }
+                    None => self.refuse(*id, AbortReason::Fenced),
+                };
+                self.drain_queue();
+                outcome
+            }
         }
+    }
+
+    /// Drops waiting prepares of earlier attempts of `id`'s command.
+    fn unqueue_earlier(&mut self, id: TxnId) {
+        let earlier: Vec<TxnId> = self
+            .queue
+            .values()
+            .filter_map(|w| match w {
+                Waiting::Prepare(p)
+                    if p.id.session == id.session
+                        && p.id.seq == id.seq
+                        && p.id.attempt < id.attempt =>
+                {
+                    Some(p.id)
+                }
+                _ => None,
+            })
+            .collect();
+        for e in earlier {
+            self.unqueue(e);
+            self.refuse(e, AbortReason::Aborted);
+        }
+    }
+
+    /// Drops a waiting prepare of `id` (being aborted or fenced).
+    fn unqueue(&mut self, id: TxnId) {
+        self.queue
+            .retain(|_, w| !matches!(w, Waiting::Prepare(p) if p.id == id));
     }
 
     fn prepare(&mut self, p: &Prepare, session_ttl_ms: u64) -> TxnOutcome {
@@ -244,29 +373,206 @@ impl PartitionStore {
             })
             .copied()
             .collect();
+        let released = !earlier.is_empty();
         for id in earlier {
             self.resolve(id, false);
         }
-        if p.sent_ms.saturating_add(session_ttl_ms / 2) < self.log_time_ms {
+        self.unqueue_earlier(p.id);
+        if released {
+            self.drain_queue();
+        }
+        // Like a single-partition command: once the session ran a later
+        // command here, an older one never runs (a late duplicate).
+        let last = self.sessions.get(&p.id.session).map(|r| r.seq);
+        if last.is_some_and(|last| last > p.id.seq) {
+            return self.refuse(p.id, AbortReason::Stale);
+        }
+        if last.is_none() && p.sent_ms.saturating_add(session_ttl_ms / 2) < self.log_time_ms {
             return self.refuse(p.id, AbortReason::Expired);
+        }
+        // And once this one is here, older ones of the session are fenced
+        // (nothing to replay on a retry: the transaction table answers it).
+        if last.is_none_or(|last| last < p.id.seq) {
+            self.record(p.id.session, p.id.seq, None);
         }
         if let Err(e) = self.validate(&p.ops) {
             return self.refuse(p.id, AbortReason::Rejected(e));
         }
-        // Wait-die: an older transaction waits for younger lock holders; a
-        // younger one dies (and is retried as a new attempt with its age).
-        let mut blocked = false;
-        let mut older_holder = false;
+        match self.decide(p, None) {
+            Decision::Die => self.refuse(p.id, AbortReason::Conflict),
+            Decision::Wait => {
+                self.kill_younger_waiters(p);
+                self.queue.insert(
+                    Waiting::Prepare(p.clone()).key(),
+                    Waiting::Prepare(p.clone()),
+                );
+                TxnOutcome::Wait
+            }
+            Decision::Go => self.take_locks(p),
+        }
+    }
+
+    /// Wait-die (docs/transactions.md): a transaction never waits for an
+    /// older one, so waits cannot form a cycle; one that dies is retried
+    /// with its age and becomes the oldest in time, so none starves.
+    /// - an older prepared holder of a conflicting lock: die;
+    /// - only younger holders: wait;
+    /// - a newcomer behind an older waiting request (transaction or
+    ///   command) on these keys: die, so it cannot overtake it.
+    fn decide(&self, p: &Prepare, queued: Option<QueueKey>) -> Decision {
+        let mut held = false;
         for h in self.holders(&p.ops) {
-            blocked = true;
-            older_holder |= h.age() < p.age();
+            if h.age() < p.age() {
+                return Decision::Die;
+            }
+            held = true;
         }
-        if older_holder {
-            return self.refuse(p.id, AbortReason::Conflict);
+        if held {
+            return Decision::Wait;
         }
-        if blocked {
-            return TxnOutcome::Wait;
+        if queued.is_none()
+            && self
+                .queue
+                .iter()
+                .any(|(k, w)| age_of(k) < p.age() && conflicts(w.ops(), &p.ops))
+        {
+            return Decision::Die;
         }
+        Decision::Go
+    }
+
+    /// Younger transactions waiting for keys `p` takes or waits for would
+    /// wait for an older one: they die.
+    fn kill_younger_waiters(&mut self, p: &Prepare) {
+        let doomed: Vec<QueueKey> = self
+            .queue
+            .iter()
+            .filter(|(k, w)| {
+                matches!(w, Waiting::Prepare(_))
+                    && age_of(k) > p.age()
+                    && conflicts(w.ops(), &p.ops)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in doomed {
+            let Some(Waiting::Prepare(w)) = self.queue.remove(&k) else {
+                continue;
+            };
+            let TxnOutcome::State(state) = self.refuse(w.id, AbortReason::Conflict) else {
+                continue;
+            };
+            self.finished.push(Finished::Txn {
+                key: WaitKey::Txn(w.id),
+                state,
+            });
+        }
+    }
+
+    /// Whether a command must wait: a prepared transaction holds what it
+    /// touches, or an older queued request waits for it.
+    pub(super) fn command_must_wait(&self, c: &super::Command, queued: Option<QueueKey>) -> bool {
+        let me = Waiting::Command(c.clone()).key();
+        self.holders(&c.ops).next().is_some()
+            || self
+                .queue
+                .iter()
+                .any(|(k, w)| Some(*k) != queued && *k < me && conflicts(w.ops(), &c.ops))
+    }
+
+    /// Queues a command that must wait (unless it is the queued one).
+    pub(super) fn wait(
+        &mut self,
+        c: &super::Command,
+        queued: Option<QueueKey>,
+    ) -> super::SessionError {
+        if queued.is_none() {
+            let w = Waiting::Command(c.clone());
+            self.queue.insert(w.key(), w);
+        }
+        super::SessionError::Queued
+    }
+
+    /// Whether a request is waiting in the queue.
+    pub fn is_queued(&self, key: &WaitKey) -> bool {
+        self.queue.values().any(|w| w.wait_key() == *key)
+    }
+
+    /// How many requests wait in the queue.
+    pub fn queued_count(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Queued requests that finished while applying the last entries.
+    pub fn take_finished(&mut self) -> Vec<Finished> {
+        std::mem::take(&mut self.finished)
+    }
+
+    /// Runs what can run in the queue, oldest first, after locks were
+    /// released, in the same step, so nothing newer overtakes it.
+    fn drain_queue(&mut self) {
+        loop {
+            let mut progressed = false;
+            let keys: Vec<QueueKey> = self.queue.keys().copied().collect();
+            for k in keys {
+                let Some(w) = self.queue.get(&k).cloned() else {
+                    continue;
+                };
+                match w {
+                    Waiting::Prepare(p) => match self.decide(&p, Some(k)) {
+                        Decision::Wait => {}
+                        Decision::Die => {
+                            self.queue.remove(&k);
+                            if let TxnOutcome::State(state) =
+                                self.refuse(p.id, AbortReason::Conflict)
+                            {
+                                self.finished.push(Finished::Txn {
+                                    key: WaitKey::Txn(p.id),
+                                    state,
+                                });
+                            }
+                            progressed = true;
+                        }
+                        Decision::Go => {
+                            self.queue.remove(&k);
+                            if let TxnOutcome::State(state) = self.take_locks(&p) {
+                                self.finished.push(Finished::Txn {
+                                    key: WaitKey::Txn(p.id),
+                                    state,
+                                });
+                            }
+                            progressed = true;
+                        }
+                    },
+                    Waiting::Command(c) => {
+                        if self.command_must_wait(&c, Some(k)) {
+                            continue;
+                        }
+                        self.queue.remove(&k);
+                        let outcome = self.run_command(&c, Some(k));
+                        if matches!(outcome, Err(super::SessionError::Queued)) {
+                            self.queue.insert(k, Waiting::Command(c));
+                            continue;
+                        }
+                        self.finished.push(Finished::Command {
+                            key: WaitKey::Command {
+                                session: c.session,
+                                seq: c.seq,
+                            },
+                            outcome,
+                        });
+                        progressed = true;
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    /// Takes `p`'s locks and computes its results.
+    fn take_locks(&mut self, p: &Prepare) -> TxnOutcome {
+        self.kill_younger_waiters(p);
         // The results, computed on a copy (O(1): a persistent map); the
         // locks keep them true until resolution.
         let saved = self.data.clone();
@@ -340,11 +646,19 @@ impl PartitionStore {
             },
         ) {
             self.txn_idle.remove(&(old.done_ms, id));
+            self.txn_markers.remove(&(old.done_ms, id));
         }
         self.txn_idle.insert((done_ms, id));
     }
 
     /// Drops resolved transaction records older than `ttl_ms` of log time.
+    ///
+    /// Two steps: after one TTL a resolved record keeps only its fate (its
+    /// results, needed by a retrying coordinator, go; no retry comes that
+    /// late); after [`MARKER_TTLS`] TTLs it goes entirely. Until then a
+    /// partition that does not know an attempt can be sure it never saw
+    /// it, which is what makes a fence's "aborted" safe (recovery of a
+    /// participant cut off for a long time still finds the fate here).
     pub(super) fn expire_txns(&mut self, ttl_ms: u64) {
         let horizon = self.log_time_ms.saturating_sub(ttl_ms);
         while let Some(&(done_ms, id)) = self.txn_idle.first() {
@@ -352,6 +666,24 @@ impl PartitionStore {
                 break;
             }
             self.txn_idle.pop_first();
+            if let Some(record) = self.txns.get_mut(&id) {
+                match &mut record.state {
+                    TxnState::Committed { results } | TxnState::Prepared { results } => {
+                        results.clear()
+                    }
+                    TxnState::Aborted(_) => {}
+                }
+            }
+            self.txn_markers.insert((done_ms, id));
+        }
+        let horizon = self
+            .log_time_ms
+            .saturating_sub(ttl_ms.saturating_mul(MARKER_TTLS));
+        while let Some(&(done_ms, id)) = self.txn_markers.first() {
+            if done_ms >= horizon {
+                break;
+            }
+            self.txn_markers.pop_first();
             self.txns.remove(&id);
         }
     }
@@ -487,12 +819,24 @@ mod tests {
     fn a_fence_answers_prepared_or_makes_the_attempt_abort_for_good() {
         let mut s = store();
         apply(&mut s, prepare(7, 0, 10, &["PUT t1 x"]));
-        let asked = apply(&mut s, TxnOp::Fence { id: id(7, 0) });
+        let asked = apply(
+            &mut s,
+            TxnOp::Fence {
+                id: id(7, 0),
+                sent_ms: 1_000,
+            },
+        );
         assert!(matches!(
             asked,
             TxnOutcome::State(TxnState::Prepared { .. })
         ));
-        let fenced = apply(&mut s, TxnOp::Fence { id: id(9, 0) });
+        let fenced = apply(
+            &mut s,
+            TxnOp::Fence {
+                id: id(9, 0),
+                sent_ms: 1_000,
+            },
+        );
         assert_eq!(
             fenced,
             TxnOutcome::State(TxnState::Aborted(AbortReason::Fenced))
@@ -541,10 +885,148 @@ mod tests {
         let c = Command::untimed(11, 1, ops(&["PUT t3 z"]));
         assert!(matches!(
             s.execute_once(&c),
-            Err(crate::kv::SessionError::Blocked)
+            Err(crate::kv::SessionError::Queued)
         ));
-        let c = Command::untimed(11, 1, ops(&["PUT t50 z"]));
+        let c = Command::untimed(12, 1, ops(&["PUT t50 z"]));
         assert!(s.execute_once(&c).is_ok());
+    }
+
+    #[test]
+    fn waiters_run_oldest_first_in_the_step_that_frees_their_keys() {
+        let mut s = store();
+        // Holder: session 5, age 20, writes t1.
+        apply(&mut s, prepare(5, 0, 20, &["PUT t1 a"]));
+        // An older transaction waits; a command waits behind both.
+        assert_eq!(
+            apply(&mut s, prepare(6, 0, 10, &["GET t1", "PUT t2 b"])),
+            TxnOutcome::Wait
+        );
+        let mut c = Command::untimed(7, 1, ops(&["PUT t1 c"]));
+        c.sent_ms = 30;
+        assert!(matches!(
+            s.execute_once(&c),
+            Err(crate::kv::SessionError::Queued)
+        ));
+        // A newcomer younger than the waiter cannot overtake it, even
+        // though no prepared lock blocks it (t2 is only waited for).
+        assert_eq!(
+            apply(&mut s, prepare(8, 0, 40, &["PUT t2 x"])),
+            TxnOutcome::State(TxnState::Aborted(AbortReason::Conflict))
+        );
+        assert!(s.take_finished().is_empty());
+        // The holder commits: the waiter takes its locks at once (and reads
+        // the committed value); the command still waits for it.
+        apply(
+            &mut s,
+            TxnOp::Resolve {
+                id: id(5, 0),
+                commit: true,
+            },
+        );
+        let finished = s.take_finished();
+        assert_eq!(
+            finished,
+            vec![Finished::Txn {
+                key: WaitKey::Txn(id(6, 0)),
+                state: TxnState::Prepared {
+                    results: vec![
+                        OpResult::Get(Some(b"a".to_vec())),
+                        OpResult::Put { found: false }
+                    ]
+                }
+            }]
+        );
+        apply(
+            &mut s,
+            TxnOp::Resolve {
+                id: id(6, 0),
+                commit: true,
+            },
+        );
+        let finished = s.take_finished();
+        assert_eq!(
+            finished,
+            vec![Finished::Command {
+                key: WaitKey::Command { session: 7, seq: 1 },
+                outcome: Ok(Ok(vec![OpResult::Put { found: true }]))
+            }]
+        );
+        assert_eq!(get(&s, "GET t1"), OpResult::Get(Some(b"c".to_vec())));
+        assert_eq!(s.queued_count(), 0);
+    }
+
+    #[test]
+    fn a_waiting_transaction_that_is_fenced_leaves_the_queue_for_good() {
+        let mut s = store();
+        apply(&mut s, prepare(5, 0, 20, &["PUT t1 a"]));
+        assert_eq!(
+            apply(&mut s, prepare(6, 0, 10, &["PUT t1 b"])),
+            TxnOutcome::Wait
+        );
+        // A duplicate waits too, without queueing twice.
+        assert_eq!(
+            apply(&mut s, prepare(6, 0, 10, &["PUT t1 b"])),
+            TxnOutcome::Wait
+        );
+        assert_eq!(s.queued_count(), 1);
+        let fenced = apply(
+            &mut s,
+            TxnOp::Fence {
+                id: id(6, 0),
+                sent_ms: 1_000,
+            },
+        );
+        assert_eq!(
+            fenced,
+            TxnOutcome::State(TxnState::Aborted(AbortReason::Fenced))
+        );
+        assert_eq!(s.queued_count(), 0);
+        apply(
+            &mut s,
+            TxnOp::Resolve {
+                id: id(5, 0),
+                commit: true,
+            },
+        );
+        assert!(s.take_finished().is_empty());
+        assert_eq!(get(&s, "GET t1"), OpResult::Get(Some(b"a".to_vec())));
+    }
+
+    #[test]
+    fn an_older_waiter_makes_younger_waiters_on_its_keys_die() {
+        let mut s = store();
+        apply(&mut s, prepare(5, 0, 5, &["PUT t1 a"]));
+        // Younger than the holder: both die.
+        assert!(matches!(
+            apply(&mut s, prepare(6, 0, 30, &["PUT t1 b"])),
+            TxnOutcome::State(TxnState::Aborted(_))
+        ));
+        // Holder younger than 7 and 8: both wait, the older one arriving
+        // second makes the younger die rather than wait behind it.
+        apply(
+            &mut s,
+            TxnOp::Resolve {
+                id: id(5, 0),
+                commit: true,
+            },
+        );
+        apply(&mut s, prepare(9, 0, 50, &["PUT t1 c"]));
+        assert_eq!(
+            apply(&mut s, prepare(7, 0, 30, &["PUT t1 d"])),
+            TxnOutcome::Wait
+        );
+        assert_eq!(
+            apply(&mut s, prepare(8, 0, 20, &["PUT t1 e"])),
+            TxnOutcome::Wait
+        );
+        assert_eq!(
+            s.take_finished(),
+            vec![Finished::Txn {
+                key: WaitKey::Txn(id(7, 0)),
+                state: TxnState::Aborted(AbortReason::Conflict)
+            }]
+        );
+        assert_eq!(s.queued_count(), 1);
     }
 
     #[test]
@@ -571,7 +1053,14 @@ mod tests {
             )))
         ));
         // Log time far past the attempt's send time plus half a TTL.
-        s.apply_txn_entry(1_000 + TTL, TTL, &TxnOp::Fence { id: id(99, 0) });
+        s.apply_txn_entry(
+            1_000 + TTL,
+            TTL,
+            &TxnOp::Fence {
+                id: id(99, 0),
+                sent_ms: 1_000,
+            },
+        );
         let out = apply(&mut s, prepare(6, 0, 20, &["PUT t1 a"]));
         assert_eq!(
             out,
@@ -584,29 +1073,45 @@ mod tests {
         let mut s = store();
         apply(&mut s, prepare(5, 0, 20, &["PUT t1 a"]));
         apply(&mut s, prepare(6, 0, 20, &["PUT t2 a"]));
-        apply(
-            &mut s,
-            TxnOp::Resolve {
-                id: id(6, 0),
-                commit: true,
-            },
-        );
-        s.apply_txn_entry(1_000 + 2 * TTL, TTL, &TxnOp::Fence { id: id(99, 0) });
+        let commit = TxnOp::Resolve {
+            id: id(6, 0),
+            commit: true,
+        };
+        apply(&mut s, commit.clone());
+        let fence = |sent_ms| TxnOp::Fence {
+            id: id(99, 0),
+            sent_ms,
+        };
+        s.apply_txn_entry(1_000 + 2 * TTL, TTL, &fence(1_000 + 2 * TTL));
         assert!(matches!(
             s.txn_state(&id(5, 0)),
             Some(TxnState::Prepared { .. })
         ));
-        assert_eq!(s.txn_state(&id(6, 0)), None);
-        // A commit of a forgotten attempt is not guessed at.
-        let out = s.apply_txn_entry(
-            1_000 + 2 * TTL,
-            TTL,
-            &TxnOp::Resolve {
-                id: id(6, 0),
-                commit: true,
-            },
+        // After one TTL only its fate is left; a duplicate still finds it.
+        assert_eq!(
+            s.txn_state(&id(6, 0)),
+            Some(&TxnState::Committed { results: vec![] })
         );
-        assert_eq!(out, TxnOutcome::Unknown);
+        let late = s.apply_txn_entry(1_000 + 2 * TTL, TTL, &prepare(6, 0, 20, &["PUT t2 a"]));
+        assert_eq!(
+            late,
+            TxnOutcome::State(TxnState::Committed { results: vec![] })
+        );
+        // After MARKER_TTLS it is gone, and neither a fence nor a commit
+        // guesses at its fate.
+        let later = 1_000 + (MARKER_TTLS + 2) * TTL;
+        s.apply_txn_entry(later, TTL, &fence(later));
+        assert_eq!(s.txn_state(&id(6, 0)), None);
+        let asked = TxnOp::Fence {
+            id: id(6, 0),
+            sent_ms: 1_000,
+        };
+        assert_eq!(s.apply_txn_entry(later, TTL, &asked), TxnOutcome::Unknown);
+        assert_eq!(s.apply_txn_entry(later, TTL, &commit), TxnOutcome::Unknown);
+        assert!(matches!(
+            s.txn_state(&id(5, 0)),
+            Some(TxnState::Prepared { .. })
+        ));
     }
 
     #[test]

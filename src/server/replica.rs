@@ -26,7 +26,9 @@
 //! (`now_ms`, from the driver) into every command: the replicas expire idle
 //! sessions by that log time (see `kv` and ARCHITECTURE.md "Sessions").
 
-use crate::kv::{LogCommand, PartitionStore, SessionError, TxnId, TxnOp, TxnOutcome, TxnState};
+use crate::kv::{
+    Finished, LogCommand, PartitionStore, SessionError, TxnId, TxnOp, TxnOutcome, TxnState, WaitKey,
+};
 use crate::map::{NodeId, Partition, PartitionId, PartitionMap};
 use crate::op::{Op, OpResult};
 use crate::raft::{
@@ -117,8 +119,18 @@ enum Pending {
 /// what each other participant said when fenced.
 struct Recovery {
     participants: Vec<PartitionId>,
-    /// `true`: prepared or committed there; `false`: aborted there.
-    answers: BTreeMap<PartitionId, bool>,
+    sent_ms: u64,
+    answers: BTreeMap<PartitionId, Vote>,
+}
+
+/// A participant's answer to recovery's fence.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Vote {
+    Prepared,
+    Committed,
+    Aborted,
+    /// It no longer knows the attempt (its record expired).
+    Forgotten,
 }
 
 struct Read {
@@ -183,9 +195,9 @@ pub struct Replica {
     incoming: Option<(Index, PartitionStore)>,
     /// Term and vote as last handed to the log.
     logged: HardState,
-    /// Requests whose entries applied as "blocked by a prepared
-    /// transaction" (leader only): proposed again once one is resolved.
-    blocked: Vec<(ReplyTo, Pending)>,
+    /// Callers of requests waiting in the store's queue for locks (leader
+    /// only): answered when the store reports them finished.
+    held: BTreeMap<WaitKey, (ReplyTo, Pending)>,
     /// Confirmed reads that touch locked keys, run once one is resolved.
     blocked_reads: Vec<Read>,
     /// Set when applying released locks.
@@ -210,7 +222,7 @@ impl Replica {
             next_ctx: 1,
             was_leader: false,
             incoming: None,
-            blocked: Vec::new(),
+            held: BTreeMap::new(),
             blocked_reads: Vec::new(),
             released: false,
             txn_age: BTreeMap::new(),
@@ -397,15 +409,15 @@ impl ServerCore {
         if r.raft.role() != Role::Leader {
             return;
         }
-        let prepared: BTreeMap<TxnId, Vec<PartitionId>> = r
+        let prepared: BTreeMap<TxnId, (Vec<PartitionId>, u64)> = r
             .store
             .prepared_txns()
-            .map(|(id, participants)| (id, participants.to_vec()))
+            .map(|(id, participants, sent_ms)| (id, (participants.to_vec(), sent_ms)))
             .collect();
         r.txn_age.retain(|id, _| prepared.contains_key(id));
         r.recoveries.retain(|id, _| prepared.contains_key(id));
         let mut asks = Vec::new();
-        for (id, participants) in prepared {
+        for (id, (participants, sent_ms)) in prepared {
             let age = r.txn_age.entry(id).or_insert(0);
             *age += 1;
             if *age % after != 0 {
@@ -416,19 +428,20 @@ impl ServerCore {
                 id,
                 Recovery {
                     participants: participants.clone(),
+                    sent_ms,
                     answers: BTreeMap::new(),
                 },
             );
-            asks.push((id, participants));
+            asks.push((id, participants, sent_ms));
         }
-        for (id, participants) in asks {
+        for (id, participants, sent_ms) in asks {
             self.fences
                 .retain(|_, (p, txn, _)| !(*p == partition && *txn == id));
             for q in participants.into_iter().filter(|&q| q != partition) {
                 let req = self.next_req;
                 self.next_req += 1;
                 self.fences.insert(req, (partition, id, q));
-                self.send_to_replicas(q, req, TxnOp::Fence { id });
+                self.send_to_replicas(q, req, TxnOp::Fence { id, sent_ms });
             }
         }
     }
@@ -459,8 +472,13 @@ impl ServerCore {
         let Some(&(partition, id, asked)) = self.fences.get(&req) else {
             return;
         };
-        let Ok(state) = result else {
-            return; // not the leader, or not now: the next round asks again
+        let vote = match result {
+            Ok(TxnState::Prepared { .. }) => Vote::Prepared,
+            Ok(TxnState::Committed { .. }) => Vote::Committed,
+            Ok(TxnState::Aborted(_)) => Vote::Aborted,
+            Err(ExecError::TxnForgotten { .. }) => Vote::Forgotten,
+            // Not the leader, or not now: the next round asks again.
+            Err(_) => return,
         };
         self.fences.remove(&req);
         let Some(r) = self.replicas.get_mut(&partition) else {
@@ -469,19 +487,34 @@ impl ServerCore {
         let Some(recovery) = r.recoveries.get_mut(&id) else {
             return;
         };
-        recovery
-            .answers
-            .insert(asked, !matches!(state, TxnState::Aborted(_)));
+        recovery.answers.insert(asked, vote);
+        let votes: Vec<Vote> = recovery.answers.values().copied().collect();
         let others = recovery.participants.len().saturating_sub(1);
-        let commit = if recovery.answers.values().any(|&prepared| !prepared) {
+        let commit = if votes.contains(&Vote::Aborted) {
             false
-        } else if recovery.answers.len() >= others {
+        } else if votes.contains(&Vote::Committed) {
+            true
+        } else if votes.len() < others {
+            return;
+        } else if votes.iter().all(|&v| v == Vote::Prepared) {
             true
         } else {
+            // Some participant forgot it (resolved longer than the session
+            // TTL ago) and no other tells the decision: never guess.
+            let sent_ms = recovery.sent_ms;
+            tracing::error!(
+                partition,
+                txn = %id,
+                sent_ms,
+                "cannot recover a transaction: a participant no longer remembers it and none \
+                 other knows its outcome; its locks stay until one does"
+            );
+            r.recoveries.remove(&id);
             return;
         };
         let participants = r.recoveries.remove(&id).unwrap().participants;
         tracing::info!(partition, txn = %id, commit, "recovered a transaction");
+        crate::stats::count(crate::stats::Event::TxnRecovered);
         for q in participants {
             let req = self.next_req;
             self.next_req += 1;
@@ -839,9 +872,9 @@ impl ServerCore {
                 };
                 answer(out, p.to, &p.pending, lost);
             }
-            // Held requests that never applied: certainly not applied.
-            for (to, pending) in std::mem::take(&mut r.blocked) {
-                let e = ExecError::NotLeader {
+            // Queued requests run when they can, under any leader.
+            for (_, (to, pending)) in std::mem::take(&mut r.held) {
+                let e = ExecError::LeaderChanged {
                     node_id,
                     partition,
                     leader: r.raft.leader(),
@@ -863,8 +896,8 @@ impl ServerCore {
             r.txn_age.clear();
             r.recoveries.clear();
         }
-        // Locks were released: what waited for them goes again.
-        let retry = if std::mem::take(&mut r.released) && is_leader {
+        // Locks were released: reads that waited for them run now.
+        if std::mem::take(&mut r.released) && is_leader {
             let reads = std::mem::take(&mut r.blocked_reads);
             for read in reads {
                 if r.store.is_blocked(&read.ops) {
@@ -874,10 +907,7 @@ impl ServerCore {
                     reply(out, read.to, result);
                 }
             }
-            std::mem::take(&mut r.blocked)
-        } else {
-            Vec::new()
-        };
+        }
         // Bound the in-memory log: drop applied entries (at an index that is
         // durable here). Nothing is encoded: the state machine is the
         // snapshot, and a follower that falls behind the log gets its bytes
@@ -886,9 +916,6 @@ impl ServerCore {
         let log = r.raft.log();
         if r.applied >= log.first_index() + compact_entries && r.applied <= log.persisted {
             r.raft.compact(r.applied - compact_entries / 2);
-        }
-        for (to, pending) in retry {
-            self.propose(partition, to, pending);
         }
     }
 }
@@ -926,6 +953,18 @@ fn answer(out: &mut Output, to: ReplyTo, pending: &Pending, error: ExecError) {
     out.replies.push((to.addr, msg));
 }
 
+/// A command's outcome as a reply.
+fn exec_result(
+    result: Result<crate::kv::Outcome, SessionError>,
+) -> Result<Vec<OpResult>, ExecError> {
+    match result {
+        Ok(outcome) => outcome.map_err(ExecError::from),
+        Err(SessionError::Stale(e)) => Err(ExecError::from(e)),
+        Err(SessionError::Expired(e)) => Err(ExecError::from(e)),
+        Err(SessionError::Queued) => unreachable!("a queued command has no outcome yet"),
+    }
+}
+
 /// What applying an entry came to, for its proposer.
 enum Applied {
     Execute(Result<Vec<OpResult>, ExecError>),
@@ -948,10 +987,8 @@ fn apply(r: &mut Replica, node_id: NodeId, partition: PartitionId, entry: Entry,
                 .deserialize::<LogCommand>(data)
             {
                 Ok(LogCommand::Command(c)) => match r.store.execute_once(&c) {
-                    Ok(outcome) => Applied::Execute(outcome.map_err(ExecError::from)),
-                    Err(SessionError::Stale(e)) => Applied::Execute(Err(ExecError::from(e))),
-                    Err(SessionError::Expired(e)) => Applied::Execute(Err(ExecError::from(e))),
-                    Err(SessionError::Blocked) => Applied::Hold,
+                    Err(SessionError::Queued) => Applied::Hold,
+                    result => Applied::Execute(exec_result(result)),
                 },
                 Ok(LogCommand::Txn {
                     time_ms,
@@ -986,6 +1023,27 @@ fn apply(r: &mut Replica, node_id: NodeId, partition: PartitionId, entry: Entry,
         }
         EntryData::Noop | EntryData::ConfChange(_) => Applied::Nothing,
     };
+    // Queued requests this entry let run: answer those held here.
+    for finished in r.store.take_finished() {
+        let (key, result) = match finished {
+            Finished::Command { key, outcome } => (key, Applied::Execute(exec_result(outcome))),
+            Finished::Txn { key, state } => (key, Applied::Txn(Ok(state))),
+        };
+        if let Some((to, _)) = r.held.remove(&key) {
+            let msg = match result {
+                Applied::Execute(result) => Msg::ExecuteReply {
+                    req: to.req,
+                    result,
+                },
+                Applied::Txn(result) => Msg::TxnReply {
+                    req: to.req,
+                    result,
+                },
+                Applied::Hold | Applied::Nothing => continue,
+            };
+            out.replies.push((to.addr, msg));
+        }
+    }
     let Some(p) = r.proposals.remove(&entry.index) else {
         return;
     };
@@ -1009,7 +1067,15 @@ fn apply(r: &mut Replica, node_id: NodeId, partition: PartitionId, entry: Entry,
             result,
         },
         Applied::Hold | Applied::Nothing => {
-            r.blocked.push((p.to, p.pending));
+            let key = match &p.pending {
+                Pending::Execute(request) => WaitKey::Command {
+                    session: request.session,
+                    seq: request.seq,
+                },
+                Pending::Txn(op) => WaitKey::Txn(op.id()),
+            };
+            crate::stats::count(crate::stats::Event::TxnWaited);
+            r.held.insert(key, (p.to, p.pending));
             return;
         }
     };

@@ -117,7 +117,7 @@ use madsim::rand::{seq::SliceRandom, Rng};
 use madsim::runtime::Handle;
 use madsim::task::NodeId;
 use madsim::time::{sleep, sleep_until, Instant};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -552,6 +552,8 @@ pub struct Summary {
     pub attempt_timeout: Duration,
     pub end: Duration,
     pub linearizability: Linearizability,
+    /// Transactions with unique values that [`check_atomicity`] judged.
+    pub atomicity_checked: usize,
     /// Applied entries after which a Raft log is compacted (drawn per seed).
     pub compact_entries: u64,
     /// Elections, compactions, snapshot sends and installs, checkpoints,
@@ -569,7 +571,8 @@ impl fmt::Display for Summary {
              ({} skipped), {} clogs, {} partitions, {} pauses, {} rolling restarts, \
              {} disk faults ({} fail-stops), \
              loss {}, dup {}, latency 1..{} ms, \
-             timeouts {:?}/{:?}, ended at {:.1?}, {}, compaction every {} entries: {}, trace {:016x}",
+             timeouts {:?}/{:?}, ended at {:.1?}, {}, {} transactions checked for atomicity, \
+             compaction every {} entries: {}, trace {:016x}",
             self.mode,
             self.seed,
             self.shape,
@@ -593,6 +596,7 @@ impl fmt::Display for Summary {
             self.attempt_timeout,
             self.end,
             self.linearizability,
+            self.atomicity_checked,
             self.compact_entries,
             self.events,
             self.trace_hash
@@ -608,6 +612,8 @@ struct Shared {
     model: Mutex<Model>,
     /// Every command and its outcome, for the linearizability check.
     history: Mutex<Vec<HistoryRecord>>,
+    /// Every command with its outcome, for [`check_atomicity`].
+    commands: Mutex<Vec<Recorded>>,
     /// Set when the faulty phase ends: clients switch to liveness commands.
     healed: AtomicBool,
     /// Client deadlines, drawn per seed.
@@ -1172,6 +1178,7 @@ pub async fn scenario_with(config: Config) -> Summary {
         map,
         model: Mutex::new(model),
         history: Mutex::new(Vec::new()),
+        commands: Mutex::new(Vec::new()),
         healed: AtomicBool::new(false),
         client_config,
         think_ms,
@@ -1570,11 +1577,34 @@ pub async fn scenario_with(config: Config) -> Summary {
             shared.elapsed()
         );
     }
+    // Atomicity of the transactions, against the final contents.
+    let final_state = match client_nodes[0].spawn(read_everything(shared.clone())).await {
+        Ok(contents) => contents,
+        Err(e) => panic!("seed {seed}: client 0 task failed: {e:?}"),
+    };
+    let atomicity_checked = {
+        let commands = shared.commands.lock().unwrap();
+        match check_atomicity(seed, &commands, &final_state) {
+            Ok(n) => n,
+            Err(violation) => panic!("{violation}"),
+        }
+    };
     let end = shared.elapsed();
 
     // The whole history, checked for linearizability (strict
     // serializability of the multi-operation commands).
     let history = std::mem::take(&mut *shared.history.lock().unwrap());
+    // `DISTKV_SIM_HISTORY=<file>`: keep the history (JSON lines, the
+    // `benchmark check` format) to study a failure.
+    if let Some(path) = std::env::var_os("DISTKV_SIM_HISTORY") {
+        let lines: Vec<String> = history
+            .iter()
+            .map(|r| serde_json::to_string(r).expect("history records encode"))
+            .collect();
+        if let Err(e) = std::fs::write(&path, lines.join("\n") + "\n") {
+            eprintln!("cannot write the history to {path:?}: {e}");
+        }
+    }
     let check_config = CheckConfig {
         max_states: LINEARIZABILITY_MAX_STATES,
         ..CheckConfig::default()
@@ -1615,6 +1645,7 @@ pub async fn scenario_with(config: Config) -> Summary {
         attempt_timeout: shared.client_config.attempt_timeout,
         end,
         linearizability,
+        atomicity_checked,
         compact_entries,
         events: stats::snapshot(),
         trace_hash: model.trace_hash(),
@@ -1777,72 +1808,237 @@ async fn run_checked(
     ops: Vec<Op>,
 ) -> Result<(), ClientError> {
     let invoked = shared.elapsed();
-    let inv = shared.model.lock().unwrap().invoke(me, &ops, invoked);
-    let split = split_by_partition(&shared.map, &ops);
+    let inv = {
+        let mut model = shared.model.lock().unwrap();
+        model.allow_values(&ops);
+        model.invoke(me, &ops, invoked)
+    };
+    let parts = split_by_partition(&shared.map, &ops);
+    let written = ops.clone();
     let shown = shared.trace.then(|| fmt_ops(&ops));
     let outcome = session.execute(ops).await;
     let now = shared.elapsed();
     if let Some(shown) = shown {
         eprintln!("[sim] client {me} [{invoked:.3?} .. {now:.3?}] `{shown}` -> {outcome:?}");
     }
-    let mut history = shared.history.lock().unwrap();
-    for (part_ops, rows_of) in split {
-        let part_outcome = outcome.as_ref().map_err(Clone::clone).map(|results| {
-            results
+    {
+        let mut history = shared.history.lock().unwrap();
+        for (indices, part) in &parts {
+            let part_ops: Vec<HistoryOp> = indices
                 .iter()
-                .map(|r| match (r, &rows_of) {
-                    (OpResult::Scan(rows), Some(p)) => OpResult::Scan(
-                        rows.iter()
-                            .filter(|(k, _)| p.table == k.table && p.contains(k.num))
-                            .cloned()
-                            .collect(),
-                    ),
-                    _ => r.clone(),
+                .map(|&i| match ops_copy_scan(&written[i], part.as_ref()) {
+                    Some(op) => op,
+                    None => HistoryOp::from_op(&written[i]),
                 })
-                .collect::<Vec<OpResult>>()
-        });
-        history.push(HistoryRecord::new(
-            me as u64,
-            invoked.as_nanos() as u64,
-            now.as_nanos() as u64,
-            part_ops,
-            &part_outcome,
-        ));
+                .collect();
+            let part_outcome = outcome.as_ref().map_err(Clone::clone).map(|results| {
+                indices
+                    .iter()
+                    .map(|&i| match (&results[i], part) {
+                        (OpResult::Scan(rows), Some(p)) => OpResult::Scan(
+                            rows.iter()
+                                .filter(|(k, _)| p.table == k.table && p.contains(k.num))
+                                .cloned()
+                                .collect(),
+                        ),
+                        (r, _) => r.clone(),
+                    })
+                    .collect::<Vec<OpResult>>()
+            });
+            history.push(HistoryRecord::new(
+                me as u64,
+                invoked.as_nanos() as u64,
+                now.as_nanos() as u64,
+                part_ops,
+                &part_outcome,
+            ));
+        }
     }
-    drop(history);
+    shared.commands.lock().unwrap().push(Recorded {
+        client: me,
+        invoked,
+        ops: written,
+        outcome: outcome.clone(),
+    });
     if let Err(violation) = shared.model.lock().unwrap().complete(&inv, &outcome, now) {
         panic!("{violation}");
     }
     outcome.map(|_| ())
 }
 
-/// How a command goes into the history. A SCAN across partitions is not a
-/// snapshot yet (README "Status": each partition's part is atomic on its
-/// own until cross-partition transactions land), so it is recorded as one
-/// SCAN per partition over the same interval, each with that partition's
-/// rows (the `Partition` to filter them by). Every other command the
-/// workload builds lies in one partition and is recorded whole.
-fn split_by_partition(map: &PartitionMap, ops: &[Op]) -> Vec<(Vec<HistoryOp>, Option<Partition>)> {
-    let whole = || vec![(ops.iter().map(HistoryOp::from_op).collect(), None)];
-    let [Op::Scan { start, end }] = ops else {
-        return whole();
-    };
-    let parts = map
-        .partitions_of(&ops[0])
-        .expect("the workload's keys are in the map");
+/// How a command goes into the history for the final linearizability
+/// check: one record per partition it touches, over the same interval,
+/// with that partition's operations (a SCAN clipped to it, with its rows).
+/// Each part is atomic on its own; whether the parts of a transaction are
+/// atomic *together* is checked by [`check_atomicity`] (the WGL search over
+/// whole multi-partition records joins every key into one group and gives
+/// up on runs with many unknown outcomes).
+fn split_by_partition(map: &PartitionMap, ops: &[Op]) -> Vec<(Vec<usize>, Option<Partition>)> {
+    let mut parts: BTreeMap<PartitionId, Vec<usize>> = BTreeMap::new();
+    for (i, op) in ops.iter().enumerate() {
+        for p in map
+            .partitions_of(op)
+            .expect("the workload's keys are in the map")
+        {
+            parts.entry(p.id).or_default().push(i);
+        }
+    }
     if parts.len() <= 1 {
-        return whole();
+        return vec![((0..ops.len()).collect(), None)];
     }
     parts
         .into_iter()
-        .map(|p| {
-            let op = HistoryOp::Scan {
-                start: Key::new(p.table.clone(), start.num.max(p.start)),
-                end: Key::new(p.table.clone(), end.num.min(p.last())),
-            };
-            (vec![op], Some(p.clone()))
-        })
+        .map(|(id, indices)| (indices, Some(map.partitions[&id].clone())))
         .collect()
+}
+
+/// A SCAN clipped to `part`, if `op` is a SCAN and there is a part.
+fn ops_copy_scan(op: &Op, part: Option<&Partition>) -> Option<HistoryOp> {
+    let (Op::Scan { start, end }, Some(p)) = (op, part) else {
+        return None;
+    };
+    Some(HistoryOp::Scan {
+        start: Key::new(p.table.clone(), start.num.max(p.start)),
+        end: Key::new(p.table.clone(), end.num.min(p.last())),
+    })
+}
+
+/// The final contents of every table (the cluster is healthy and quiet).
+async fn read_everything(shared: Arc<Shared>) -> BTreeMap<Key, Vec<u8>> {
+    let seed = shared.seed;
+    let client = match Client::connect(SimRuntime, shared.client_config.clone()).await {
+        Ok(client) => client,
+        Err(e) => panic!("seed {seed}: stability: the final reader cannot connect: {e}"),
+    };
+    let mut session = client.session();
+    let mut contents = BTreeMap::new();
+    for (table, _) in &shared.tables {
+        let scan = Op::Scan {
+            start: Key::new(table.as_str(), 0),
+            end: Key::new(table.as_str(), u64::MAX),
+        };
+        match session.execute(vec![scan]).await {
+            Ok(mut results) => {
+                if let Some(OpResult::Scan(rows)) = results.pop() {
+                    contents.extend(rows);
+                }
+            }
+            Err(e) => panic!("seed {seed}: stability: the final read of table {table} failed: {e}"),
+        }
+    }
+    contents
+}
+
+/// One command as the atomicity check sees it.
+struct Recorded {
+    client: usize,
+    invoked: Duration,
+    ops: Vec<Op>,
+    outcome: Result<Vec<OpResult>, ClientError>,
+}
+
+/// Atomicity of transactions across partitions (kvnemesis's idea): the
+/// workload's transactions PUT a value unique to the command. At the end,
+/// with the final contents of every table:
+/// - a command that failed (certainly not applied) must not have left its
+///   value anywhere, nor have been read by anyone;
+/// - a command whose value is found at one of its keys took effect, so it
+///   took effect at all of them: each of its other PUT keys holds its value
+///   too, unless a later command of the same client wrote that key.
+fn check_atomicity(
+    seed: u64,
+    commands: &[Recorded],
+    final_state: &BTreeMap<Key, Vec<u8>>,
+) -> Result<usize, String> {
+    let mut observed: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for c in commands {
+        if let Ok(results) = &c.outcome {
+            for r in results {
+                match r {
+                    OpResult::Get(Some(v)) | OpResult::Swap(Some(v)) => {
+                        observed.insert(v.clone());
+                    }
+                    OpResult::Scan(rows) => observed.extend(rows.iter().map(|(_, v)| v.clone())),
+                    _ => {}
+                }
+            }
+        }
+    }
+    observed.extend(final_state.values().cloned());
+    let mut checked = 0;
+    for (n, c) in commands.iter().enumerate() {
+        // The last PUT of each key in the command, with a unique value.
+        let mut puts: BTreeMap<&Key, &Vec<u8>> = BTreeMap::new();
+        for op in &c.ops {
+            match op {
+                Op::Put { key, value } if value.starts_with(b"x") => {
+                    puts.insert(key, value);
+                }
+                Op::Put { key, .. } | Op::Swap { key, .. } | Op::Delete { key } => {
+                    puts.remove(key);
+                }
+                _ => {}
+            }
+        }
+        let Some(unique) = puts.values().next().map(|v| (*v).clone()) else {
+            continue;
+        };
+        checked += 1;
+        let failed = matches!(
+            c.outcome,
+            Err(ClientError::Unavailable(_) | ClientError::Rejected(_))
+        );
+        if failed && observed.contains(&unique) {
+            return Err(format!(
+                "seed {seed}: atomicity: client {}'s command `{}` (invoked at {:?}) failed, \
+                 yet its value {} was observed",
+                c.client,
+                fmt_ops(&c.ops),
+                c.invoked,
+                String::from_utf8_lossy(&unique)
+            ));
+        }
+        let here: Vec<&Key> = puts
+            .iter()
+            .filter(|(k, _)| final_state.get(**k) == Some(&unique))
+            .map(|(k, _)| *k)
+            .collect();
+        let Some(witness) = here.first() else {
+            continue;
+        };
+        for key in puts.keys() {
+            if final_state.get(*key) == Some(&unique) {
+                continue;
+            }
+            let rewritten = commands[n + 1..].iter().any(|later| {
+                later.client == c.client
+                    && later.ops.iter().any(|op| match op {
+                        Op::Put { key: k, .. }
+                        | Op::Swap { key: k, .. }
+                        | Op::Delete { key: k } => k == *key,
+                        _ => false,
+                    })
+            });
+            if !rewritten {
+                return Err(format!(
+                    "seed {seed}: atomicity: client {}'s command `{}` (invoked at {:?}, {}) \
+                     took effect at {witness} but not at {key}, which no later command wrote \
+                     (it holds {:?})",
+                    c.client,
+                    fmt_ops(&c.ops),
+                    c.invoked,
+                    match &c.outcome {
+                        Ok(_) => "ok".to_string(),
+                        Err(e) => e.to_string(),
+                    },
+                    final_state
+                        .get(*key)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                ));
+            }
+        }
+    }
+    Ok(checked)
 }
 
 fn random_value(rng: &mut impl Rng) -> Vec<u8> {
@@ -1866,8 +2062,9 @@ fn random_single_op(rng: &mut impl Rng, key: Key) -> Op {
 
 /// A random command: mostly single operations on `me`'s keys, some reads
 /// of any client's key (checked by the linearizability checker only), some
-/// SCANs (possibly across partitions, read-only), some multi-operation
-/// commands inside one partition.
+/// SCANs (possibly across partitions, read-only), some transactions across
+/// two or three partitions, some multi-operation commands inside one
+/// partition.
 fn random_command(rng: &mut impl Rng, me: usize, shared: &Shared) -> Vec<Op> {
     let pick = rng.gen_range(0..100);
     if pick < 12 {
@@ -1888,9 +2085,54 @@ fn random_command(rng: &mut impl Rng, me: usize, shared: &Shared) -> Vec<Op> {
         return vec![Op::Get { key }];
     }
     let keys = shared.owned_in(me, partition);
-    if pick < 75 {
+    if pick < 63 {
         let key = keys[rng.gen_range(0..keys.len())].clone();
         return vec![random_single_op(rng, key)];
+    }
+    if pick < 75 && ids.len() > 1 {
+        // A transaction across two or three partitions (any tables): the
+        // client's own keys there, now and then a SCAN of one of them.
+        let mut chosen = vec![partition];
+        let wanted = rng.gen_range(2..=3.min(ids.len()));
+        while chosen.len() < wanted {
+            let p = ids[rng.gen_range(0..ids.len())];
+            if !chosen.contains(&p) {
+                chosen.push(p);
+            }
+        }
+        // Its writes carry a value unique to the command, so the final
+        // check can tell whether an unknown-outcome one took effect.
+        let unique = format!("x{}", rng.gen::<u32>()).into_bytes();
+        let mut ops = Vec::new();
+        for p in chosen {
+            let keys = shared.owned_in(me, p);
+            for _ in 0..rng.gen_range(1..=2) {
+                if rng.gen_bool(0.1) {
+                    let part = &shared.map.partitions[&p];
+                    let start = part.start + rng.gen_range(0..4);
+                    let end = start + rng.gen_range(0..6);
+                    ops.push(Op::Scan {
+                        start: Key::new(part.table.clone(), start),
+                        end: Key::new(part.table.clone(), end),
+                    });
+                } else {
+                    let key = keys[rng.gen_range(0..keys.len())].clone();
+                    let op = match random_single_op(rng, key) {
+                        Op::Put { key, .. } => Op::Put {
+                            key,
+                            value: unique.clone(),
+                        },
+                        Op::Swap { key, .. } => Op::Swap {
+                            key,
+                            value: unique.clone(),
+                        },
+                        op => op,
+                    };
+                    ops.push(op);
+                }
+            }
+        }
+        return ops;
     }
     // A multi-operation command, all in `partition` (atomic there).
     let p = &shared.map.partitions[&partition];

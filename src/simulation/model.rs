@@ -20,8 +20,8 @@
 //!   refuses a sequence number older than one it applied, so nothing older
 //!   can land after that;
 //! - `Unavailable`: certainly not applied, nothing changes;
-//! - `Rejected`, `Invalid`, `PartiallyApplied`: the harness only builds valid
-//!   single-partition writes, so any of these is reported as a failure;
+//! - `Rejected`, `Invalid`: the harness only builds valid commands, so
+//!   either is reported as a failure;
 //! - [`Model::wipe`] models data that is really lost (a store with one copy
 //!   in memory whose server died): every key there becomes `{None}` and its
 //!   *wipe epoch* is bumped. A command whose keys were wiped while it was in
@@ -288,6 +288,16 @@ impl Model {
     /// Hash of every outcome seen so far, in order: equal for equal runs.
     pub fn trace_hash(&self) -> u64 {
         self.trace_hash
+    }
+
+    /// Adds the values `ops` write to the value space (the workload's
+    /// transactions write values unique to the command).
+    pub fn allow_values(&mut self, ops: &[Op]) {
+        for op in ops {
+            if let Op::Put { value, .. } | Op::Swap { value, .. } = op {
+                self.values.insert(value.clone());
+            }
+        }
     }
 
     /// Records that `client` starts `ops` at simulated time `at`.
