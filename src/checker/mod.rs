@@ -26,6 +26,13 @@
 //! present keys `start <= key <= end` in `(table, number)` order with their
 //! values. A command is one transaction: all its ops apply atomically, in
 //! order, at one instant (a later op sees the earlier ops' writes).
+//! `CHECK k expected` is a read: in an `ok` command (result `"ok"`) the key
+//! held `expected` (`null`: absent) at that point, checked like a GET that
+//! returned `expected`. A command aborted by a CHECK that did not hold is
+//! `fail`, so it is dropped like any other. In an `unknown` command a CHECK
+//! constrains nothing (like a GET with an unknown result): exactly, such a
+//! command can only have taken effect where its CHECKs held, so this accepts
+//! a little more than the exact model, never less.
 //!
 //! With [`InitialState::Unknown`] (`--initial-state unknown`, for histories
 //! recorded on a cluster that already held data) each key starts *unseen*:
@@ -571,6 +578,7 @@ fn validate(record: &HistoryRecord) -> Result<(), String> {
                         HistoryOp::Get { .. } | HistoryOp::Swap { .. },
                         HistoryResult::Value(_)
                     ) | (HistoryOp::Scan { .. }, HistoryResult::Scan(_))
+                        | (HistoryOp::Check { .. }, HistoryResult::CheckOk)
                 );
                 if !fits {
                     return Err(format!("result {result:?} does not fit operation {op:?}"));
@@ -643,10 +651,14 @@ impl Partitions {
                 match r.status {
                     Status::Fail => false,
                     Status::Ok => true,
-                    Status::Unknown => r
-                        .ops
-                        .iter()
-                        .any(|op| !matches!(op, HistoryOp::Get { .. } | HistoryOp::Scan { .. })),
+                    Status::Unknown => r.ops.iter().any(|op| {
+                        !matches!(
+                            op,
+                            HistoryOp::Get { .. }
+                                | HistoryOp::Scan { .. }
+                                | HistoryOp::Check { .. }
+                        )
+                    }),
                 }
             })
             .collect();
@@ -783,6 +795,9 @@ impl Partitions {
                                     v: values.id(value),
                                 },
                                 HistoryOp::Delete { key } => MOp::Delete { k: k(key) },
+                                // A CHECK reads its key; in an `ok` command
+                                // its result says what it read (below).
+                                HistoryOp::Check { key, .. } => MOp::Get { k: k(key) },
                                 HistoryOp::Scan { start, end } => {
                                     let (lo, hi) = scan_range(start, end);
                                     MOp::Scan {
@@ -795,16 +810,28 @@ impl Partitions {
                         let results = r.results.as_ref().map(|results| {
                             results
                                 .iter()
-                                .map(|res| match res {
-                                    HistoryResult::Found(f) => MRes::Found(*f),
-                                    HistoryResult::Value(v) => {
+                                .zip(&r.ops)
+                                .map(|(res, op)| match (res, op) {
+                                    (HistoryResult::Found(f), _) => MRes::Found(*f),
+                                    (HistoryResult::Value(v), _) => {
                                         MRes::Value(v.as_deref().map_or(0, |v| values.id(v)))
                                     }
-                                    HistoryResult::Scan(rows) => MRes::Scan(
+                                    (HistoryResult::Scan(rows), _) => MRes::Scan(
                                         rows.iter()
                                             .map(|(key, v)| (k(key), values.id(v)))
                                             .collect(),
                                     ),
+                                    // An `ok` CHECK read exactly its expected
+                                    // value (0: absent) at the command's
+                                    // linearization point. (`validate` made
+                                    // sure `CheckOk` goes with a CHECK.)
+                                    (HistoryResult::CheckOk, op) => {
+                                        let expected = match op {
+                                            HistoryOp::Check { expected, .. } => expected,
+                                            _ => &None,
+                                        };
+                                        MRes::Value(expected.as_deref().map_or(0, |v| values.id(v)))
+                                    }
                                 })
                                 .collect()
                         });
@@ -836,7 +863,8 @@ fn op_key(op: &HistoryOp) -> Option<&Key> {
         HistoryOp::Put { key, .. }
         | HistoryOp::Get { key }
         | HistoryOp::Swap { key, .. }
-        | HistoryOp::Delete { key } => Some(key),
+        | HistoryOp::Delete { key }
+        | HistoryOp::Check { key, .. } => Some(key),
         HistoryOp::Scan { .. } => None,
     }
 }
@@ -873,6 +901,10 @@ fn op_text(op: &HistoryOp) -> String {
         HistoryOp::Swap { key, value } => format!("SWAP {key} {}", short_value(value)),
         HistoryOp::Delete { key } => format!("DELETE {key}"),
         HistoryOp::Scan { start, end } => format!("SCAN {start} {end}"),
+        HistoryOp::Check { key, expected } => format!(
+            "CHECK {key} {}",
+            expected.as_deref().map_or("null".into(), short_value)
+        ),
     }
 }
 
@@ -882,6 +914,7 @@ fn result_text(result: &HistoryResult) -> String {
         HistoryResult::Found(false) => "not_found".into(),
         HistoryResult::Value(None) => "null".into(),
         HistoryResult::Value(Some(v)) => short_value(v),
+        HistoryResult::CheckOk => "ok".into(),
         HistoryResult::Scan(rows) => {
             let rows: Vec<String> = rows
                 .iter()

@@ -39,6 +39,15 @@ fn scan(a: &str, b: &str) -> HistoryOp {
         end: key(b),
     }
 }
+fn check_op(k: &str, expected: Option<&str>) -> HistoryOp {
+    HistoryOp::Check {
+        key: key(k),
+        expected: expected.map(String::from),
+    }
+}
+fn check_ok() -> HistoryResult {
+    HistoryResult::CheckOk
+}
 fn found(f: bool) -> HistoryResult {
     HistoryResult::Found(f)
 }
@@ -966,6 +975,102 @@ fn histories_read_from_json_are_checked() {
     assert_eq!((r.commands, r.ok, r.unknown, r.partitions), (3, 2, 1, 1));
 }
 
+/// An `ok` CHECK is a read constraint: the key held the expected value at
+/// the command's linearization point. Here the only order real time allows
+/// (PUT a, then the CHECK, then PUT b) makes `CHECK t1 a` hold, and a
+/// guarded write after it is consistent with a later read.
+#[test]
+fn an_ok_check_consistent_with_the_only_order_passes() {
+    let h = vec![
+        ok(0, 0, 1, vec![put("t1", "a")], vec![found(false)]),
+        ok(
+            0,
+            2,
+            3,
+            vec![
+                check_op("t1", Some("a")),
+                check_op("t2", None),
+                put("t2", "x"),
+            ],
+            vec![check_ok(), check_ok(), found(false)],
+        ),
+        ok(1, 4, 5, vec![put("t1", "b")], vec![found(true)]),
+        ok(
+            1,
+            6,
+            7,
+            vec![check_op("t1", Some("b")), get("t2")],
+            vec![check_ok(), val(Some("x"))],
+        ),
+    ];
+    let r = report(&h);
+    assert_eq!(r.ok, 4);
+    // The guarded command joins t1 and t2 into one key group.
+    assert_eq!(r.partitions, 1);
+    // A CHECK sees the earlier writes of its own command.
+    report(&[ok(
+        0,
+        0,
+        1,
+        vec![
+            put("t1", "a"),
+            check_op("t1", Some("a")),
+            del("t1"),
+            check_op("t1", None),
+        ],
+        vec![found(false), check_ok(), found(true), check_ok()],
+    )]);
+}
+
+/// The same shape where the `ok` CHECK contradicts the only possible order:
+/// `t1` held `b` (written before the CHECK was invoked), never `a` after it.
+#[test]
+fn an_ok_check_that_contradicts_the_only_order_is_a_violation() {
+    let h = vec![
+        ok(0, 0, 1, vec![put("t1", "a")], vec![found(false)]),
+        ok(1, 2, 3, vec![put("t1", "b")], vec![found(true)]),
+        ok(0, 4, 5, vec![check_op("t1", Some("a"))], vec![check_ok()]),
+    ];
+    let v = violation(&h);
+    assert!(v.to_string().contains("CHECK t1 a"), "{v}");
+    // Absent is a value too: a CHECK of `null` after a PUT completed.
+    violation(&[
+        ok(0, 0, 1, vec![put("t1", "a")], vec![found(false)]),
+        ok(0, 2, 3, vec![check_op("t1", None)], vec![check_ok()]),
+    ]);
+    // Same with an unknown initial state: the first observation pins t1
+    // down, and the CHECK contradicts it.
+    let config = CheckConfig {
+        initial: InitialState::Unknown,
+        ..CheckConfig::default()
+    };
+    let h = vec![
+        ok(0, 0, 1, vec![get("t1")], vec![val(Some("z"))]),
+        ok(0, 2, 3, vec![check_op("t1", Some("y"))], vec![check_ok()]),
+    ];
+    assert!(check(&h, &config).unwrap().is_violation());
+}
+
+/// A command aborted by a failed CHECK is `fail`: it did not happen, so its
+/// PUT must not explain a read, and its CHECK constrains nothing.
+#[test]
+fn a_check_aborted_command_did_not_happen() {
+    let aborted = failed(1, 2, 3, vec![check_op("t1", Some("zzz")), put("t1", "b")]);
+    report(&[
+        ok(0, 0, 1, vec![put("t1", "a")], vec![found(false)]),
+        aborted.clone(),
+        ok(0, 4, 5, vec![get("t1")], vec![val(Some("a"))]),
+    ]);
+    violation(&[
+        ok(0, 0, 1, vec![put("t1", "a")], vec![found(false)]),
+        aborted,
+        ok(0, 4, 5, vec![get("t1")], vec![val(Some("b"))]),
+    ]);
+    // A result other than "ok" for a CHECK does not fit.
+    let bad = ok(0, 0, 1, vec![check_op("t1", None)], vec![val(None)]);
+    assert!(check(&[bad], &CheckConfig::default()).is_err());
+}
+
 // ---------------------------------------------------------------------------
 // The reference: a plain sequential map and a brute-force search
 
@@ -982,6 +1087,12 @@ fn ref_apply(map: &mut BTreeMap<Key, String>, ops: &[HistoryOp]) -> Vec<HistoryR
                 None => HistoryResult::Value(None),
             },
             HistoryOp::Delete { key } => HistoryResult::Found(map.remove(key).is_some()),
+            // A CHECK that does not hold answers what it found instead of
+            // "ok", so it matches no recorded result.
+            HistoryOp::Check { key, expected } => match map.get(key) {
+                actual if actual == expected.as_ref() => HistoryResult::CheckOk,
+                actual => HistoryResult::Value(actual.cloned()),
+            },
             HistoryOp::Scan { start, end } => HistoryResult::Scan(if start <= end {
                 map.range(start.clone()..=end.clone())
                     .map(|(k, v)| (k.clone(), v.clone()))
@@ -1421,7 +1532,7 @@ fn mutants(g: &Generated) -> Vec<(Kind, Vec<HistoryRecord>)> {
                         ));
                     }
                 }
-                HistoryResult::Value(_) => {}
+                HistoryResult::Value(_) | HistoryResult::CheckOk => {}
             }
         }
     }

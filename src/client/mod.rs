@@ -22,6 +22,7 @@
 //! with *writes* in several partitions is not atomic as a whole (README,
 //! "Status").
 
+use crate::kv::ApplyError;
 use crate::map::{NodeId, PartitionId, PartitionMap};
 use crate::op::{validate_command, Op, OpError, OpResult};
 use crate::rt::{timeout, Net, Runtime};
@@ -85,6 +86,16 @@ pub enum ClientError {
     /// certainly not (possible until cross-partition transactions land).
     #[error("partially applied: {0}")]
     PartiallyApplied(String),
+    /// Operation `index` (0-based, in the command as given) is a CHECK that
+    /// did not hold: `key` held `actual` (`None`: absent). Nothing was
+    /// applied (for a command spanning partitions: unless another part
+    /// applied writes, which is [`ClientError::PartiallyApplied`] instead).
+    #[error("check failed: op {}", index + 1)]
+    CheckFailed {
+        index: usize,
+        key: crate::key::Key,
+        actual: Option<Vec<u8>>,
+    },
 }
 
 struct Inner<R: Runtime> {
@@ -141,6 +152,13 @@ enum PartOutcome {
     Done(Vec<OpResult>),
     /// Refused as a whole by the server: certainly not applied.
     Rejected(String),
+    /// Refused because its operation `op` (0-based, within the part) is a
+    /// CHECK that did not hold; certainly not applied.
+    CheckFailed {
+        op: usize,
+        key: crate::key::Key,
+        actual: Option<Vec<u8>>,
+    },
     /// Certainly not applied (never reached, or refused as "not now").
     NotApplied(String),
     /// May have been applied.
@@ -402,6 +420,10 @@ impl<R: Runtime> Client<R> {
                     return PartOutcome::Done(results);
                 }
                 Some(Msg::ExecuteReply {
+                    result: Err(ExecError::Rejected(ApplyError::CheckFailed { op, key, actual })),
+                    ..
+                }) if op < op_count => return PartOutcome::CheckFailed { op, key, actual },
+                Some(Msg::ExecuteReply {
                     result: Err(ExecError::Rejected(e)),
                     ..
                 }) => return PartOutcome::Rejected(e.to_string()),
@@ -532,10 +554,21 @@ impl<R: Runtime> Session<R> {
         // Merge, or explain what went wrong and what is known of the effect.
         let mut done: BTreeMap<PartitionId, Vec<OpResult>> = BTreeMap::new();
         let (mut rejected, mut not_applied, mut unknown) = (vec![], vec![], vec![]);
+        // The failed CHECK of the lowest operation index, if any.
+        let mut check_failed: Option<ClientError> = None;
         for (id, outcome) in outcomes {
             match outcome {
                 PartOutcome::Done(results) => {
                     done.insert(id, results);
+                }
+                PartOutcome::CheckFailed { op, key, actual } => {
+                    let index = parts[&id][op];
+                    let error = ClientError::CheckFailed { index, key, actual };
+                    rejected.push(error.to_string());
+                    if !matches!(check_failed, Some(ClientError::CheckFailed { index: i, .. }) if i < index)
+                    {
+                        check_failed = Some(error);
+                    }
                 }
                 PartOutcome::Rejected(e) => rejected.push(e),
                 PartOutcome::NotApplied(e) => not_applied.push(e),
@@ -559,6 +592,9 @@ impl<R: Runtime> Session<R> {
                 return Err(ClientError::PartiallyApplied(format!(
                     "{reason} (parts of this command in other partitions were applied)"
                 )));
+            }
+            if let Some(error) = check_failed {
+                return Err(error);
             }
             return Err(if rejected.is_empty() {
                 ClientError::Unavailable(reason)
