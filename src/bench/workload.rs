@@ -34,8 +34,8 @@ pub enum Workload {
     W,
     /// Multi-op commands: GET two random keys and PUT both (usually spans partitions).
     Txn,
-    /// Bank transfers guarded by CHECK, and reads of every balance whose sum
-    /// must stay constant (see [`Bank`]).
+    /// Bank transfers guarded by CHECK (GET 2 accounts, then CHECK both + PUT
+    /// both), and SCANs of every balance, whose sum must stay accounts x 100.
     Bank,
 }
 
