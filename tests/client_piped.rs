@@ -63,7 +63,8 @@ SCAN END
 /// CHECK guards a command: a failed one prints its mismatch reply and
 /// `ABORTED check failed: op N` (numbered from 1, like `ABORTED op N`), and
 /// nothing of the command is applied; a CHECK sees the earlier operations of
-/// its command; a bare CHECK prints only its reply.
+/// its command; a bare CHECK prints only its reply. When CHECKs fail in
+/// several partitions, the first in operation order is reported.
 #[test]
 fn a_failed_check_aborts_the_whole_command() {
     let cluster = Cluster::start();
@@ -95,6 +96,14 @@ cmd
 op GET orders5
 op CHECK customers1 alice
 done
+cmd
+op CHECK customers1 zzz
+op CHECK orders5 zzz
+done
+cmd
+op CHECK orders5 zzz
+op CHECK customers1 zzz
+done
 ";
     let expected = "\
 PUT customers1 not_found
@@ -115,6 +124,10 @@ ABORTED check failed: op 3
 GET customers9 null
 CHECK customers1 mismatch bob
 ABORTED check failed: op 2
+CHECK customers1 mismatch bob
+ABORTED check failed: op 1
+CHECK orders5 mismatch null
+ABORTED check failed: op 1
 ";
     assert_eq!(cluster.run_client(input), expected);
     // Across partitions commands are not atomic yet: when another part

@@ -554,8 +554,8 @@ impl<R: Runtime> Session<R> {
         // Merge, or explain what went wrong and what is known of the effect.
         let mut done: BTreeMap<PartitionId, Vec<OpResult>> = BTreeMap::new();
         let (mut rejected, mut not_applied, mut unknown) = (vec![], vec![], vec![]);
-        // The failed CHECK of the lowest operation index, if any.
-        let mut check_failed: Option<ClientError> = None;
+        // The failed CHECK with the lowest operation index, if any.
+        let mut check_failed: Option<(usize, ClientError)> = None;
         for (id, outcome) in outcomes {
             match outcome {
                 PartOutcome::Done(results) => {
@@ -565,9 +565,11 @@ impl<R: Runtime> Session<R> {
                     let index = parts[&id][op];
                     let error = ClientError::CheckFailed { index, key, actual };
                     rejected.push(error.to_string());
-                    if !matches!(check_failed, Some(ClientError::CheckFailed { index: i, .. }) if i < index)
+                    if check_failed
+                        .as_ref()
+                        .is_none_or(|(first, _)| index < *first)
                     {
-                        check_failed = Some(error);
+                        check_failed = Some((index, error));
                     }
                 }
                 PartOutcome::Rejected(e) => rejected.push(e),
@@ -593,7 +595,7 @@ impl<R: Runtime> Session<R> {
                     "{reason} (parts of this command in other partitions were applied)"
                 )));
             }
-            if let Some(error) = check_failed {
+            if let Some((_, error)) = check_failed {
                 return Err(error);
             }
             return Err(if rejected.is_empty() {
