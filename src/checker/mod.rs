@@ -26,13 +26,13 @@
 //! present keys `start <= key <= end` in `(table, number)` order with their
 //! values. A command is one transaction: all its ops apply atomically, in
 //! order, at one instant (a later op sees the earlier ops' writes).
-//! `CHECK k expected` is a read: in an `ok` command (result `"ok"`) the key
-//! held `expected` (`null`: absent) at that point, checked like a GET that
-//! returned `expected`. A command aborted by a CHECK that did not hold is
-//! `fail`, so it is dropped like any other. In an `unknown` command a CHECK
-//! constrains nothing (like a GET with an unknown result): exactly, such a
-//! command can only have taken effect where its CHECKs held, so this accepts
-//! a little more than the exact model, never less.
+//! `CHECK k expected` is a read that must hold: a command that took effect had
+//! `k` hold `expected` (`null`: absent) at that point of it, so an `ok`
+//! command's CHECKs (result `"ok"`) are read constraints, and an `unknown`
+//! command can only be linearized where its CHECKs hold (if it took effect
+//! at all). A command aborted by a CHECK that did not hold is `fail`, so it
+//! is dropped like any other. A CHECK observes its `(key, value)` pair for
+//! the two-phase check below, even in an `unknown` command.
 //!
 //! With [`InitialState::Unknown`] (`--initial-state unknown`, for histories
 //! recorded on a cluster that already held data) each key starts *unseen*:
@@ -111,8 +111,9 @@
 //! 10^4 even when none of them matters. A partition is therefore first
 //! checked without its *unobserved* unknown-outcome commands: those whose
 //! every op is a PUT or SWAP of a `(key, value)` pair that no completed GET,
-//! SWAP or SCAN of the partition returned, or a read (unknown results
-//! constrain nothing). A command with a DELETE is never set aside (absence
+//! SWAP or SCAN of the partition returned and no CHECK of it (in any
+//! command) names, or a read (unknown results constrain nothing; its CHECKs
+//! go away with it). A command with a DELETE is never set aside (absence
 //! is observable without any value).
 //!
 //! - If that passes, the history passes: an unknown-outcome command may not
@@ -132,7 +133,8 @@
 //! whole partition and drop the set-aside commands, giving `L'`; compare the
 //! two model runs key by key. Where they differ, `L` holds a value written by
 //! a set-aside command — an unobserved pair — so no completed GET, SWAP or
-//! SCAN of that key runs there in `L` (it would have returned that pair).
+//! SCAN of that key runs there in `L` (it would have returned that pair),
+//! nor any kept CHECK (it would have named that pair).
 //! What remains there: completed PUTs and DELETEs (same results when the key
 //! is present in both runs or absent in both), unknown PUTs and DELETEs (both
 //! runs agree again afterwards) and unknown SWAPs (agree when presence
@@ -795,9 +797,10 @@ impl Partitions {
                                     v: values.id(value),
                                 },
                                 HistoryOp::Delete { key } => MOp::Delete { k: k(key) },
-                                // A CHECK reads its key; in an `ok` command
-                                // its result says what it read (below).
-                                HistoryOp::Check { key, .. } => MOp::Get { k: k(key) },
+                                HistoryOp::Check { key, expected } => MOp::Check {
+                                    k: k(key),
+                                    v: expected.as_deref().map_or(0, |v| values.id(v)),
+                                },
                                 HistoryOp::Scan { start, end } => {
                                     let (lo, hi) = scan_range(start, end);
                                     MOp::Scan {
@@ -822,9 +825,8 @@ impl Partitions {
                                             .collect(),
                                     ),
                                     // An `ok` CHECK read exactly its expected
-                                    // value (0: absent) at the command's
-                                    // linearization point. (`validate` made
-                                    // sure `CheckOk` goes with a CHECK.)
+                                    // value (0: absent); `MOp::Check` demands
+                                    // it whatever the result says.
                                     (HistoryResult::CheckOk, op) => {
                                         let expected = match op {
                                             HistoryOp::Check { expected, .. } => expected,

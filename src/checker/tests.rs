@@ -1051,6 +1051,40 @@ fn an_ok_check_that_contradicts_the_only_order_is_a_violation() {
     assert!(check(&h, &config).unwrap().is_violation());
 }
 
+/// An `unknown` command can only have taken effect where its CHECKs held:
+/// its guarded PUT cannot explain a read when the CHECK never could hold,
+/// and can when it could.
+#[test]
+fn an_unknown_guarded_write_takes_effect_only_where_its_check_holds() {
+    let guarded =
+        |expected: Option<&str>| unknown(1, 2, vec![check_op("t1", expected), put("t1", "b")]);
+    let history = |expected: Option<&str>| {
+        vec![
+            ok(0, 0, 1, vec![put("t1", "a")], vec![found(false)]),
+            guarded(expected),
+            ok(0, 4, 5, vec![get("t1")], vec![val(Some("b"))]),
+        ]
+    };
+    // t1 holds `a` from before the guarded command was invoked.
+    report(&history(Some("a")));
+    let v = violation(&history(Some("zzz")));
+    assert!(v.to_string().contains("GET t1"), "{v}");
+    violation(&history(None));
+    for run in [run_whole, run_unpruned] {
+        assert!(run(&history(Some("zzz"))).is_violation());
+        assert!(run(&history(Some("a"))).is_ok());
+    }
+    // The pruning phase must not set aside a write whose value a CHECK
+    // names (here an unknown one): `b` is observed by the CHECK of client 2.
+    let h = vec![
+        unknown(0, 0, vec![put("t1", "b")]),
+        unknown(2, 1, vec![check_op("t1", Some("b")), put("t2", "x")]),
+        ok(3, 5, 6, vec![get("t2")], vec![val(Some("x"))]),
+    ];
+    report(&h);
+    assert!(run_trusting(&h, 1_000_000).is_ok());
+}
+
 /// A command aborted by a failed CHECK is `fail`: it did not happen, so its
 /// PUT must not explain a read, and its CHECK constrains nothing.
 #[test]
