@@ -1194,6 +1194,14 @@ fn oracle_from(history: &[HistoryRecord], initial: &BTreeMap<Key, String>) -> bo
             if calls[i].results.as_ref().is_some_and(|r| *r != results) {
                 continue;
             }
+            // A call takes effect only where its CHECKs hold, known outcome
+            // or not.
+            let checks_hold = calls[i].ops.iter().zip(&results).all(|(op, r)| {
+                !matches!(op, HistoryOp::Check { .. }) || *r == HistoryResult::CheckOk
+            });
+            if !checks_hold {
+                continue;
+            }
             done[i] = true;
             if go(calls, done, &next) {
                 return true;
@@ -1812,15 +1820,28 @@ proptest! {
             let ops: Vec<HistoryOp> = ops.iter().map(|&(kind, k, v)| {
                 let k = KEYS[usize::from(k) % 2];
                 let v = VALUES[usize::from(v) % 2];
-                match kind % 5 { 0 => put(k, v), 1 => get(k), 2 => swap(k, v), 3 => del(k), _ => scan("t0", "t5") }
+                match kind % 7 {
+                    0 => put(k, v),
+                    1 => get(k),
+                    2 => swap(k, v),
+                    3 => del(k),
+                    4 => scan("t0", "t5"),
+                    5 => check_op(k, Some(v)),
+                    _ => check_op(k, None),
+                }
             }).collect();
             // Results: whatever the ops give on a random-ish start state.
             let mut map = BTreeMap::new();
             if kind_seed(ops.len() as u8, *a) { map.insert(key(KEYS[0]), "a".to_string()); }
             let results = ref_apply(&mut map, &ops);
+            // A command whose CHECK did not hold there was aborted.
+            let aborted = ops.iter().zip(&results).any(|(op, r)| {
+                matches!(op, HistoryOp::Check { .. }) && *r != HistoryResult::CheckOk
+            });
             match status {
                 0 => unknown(*client, *a, ops),
                 1 => failed(*client, *a, a + len, ops),
+                _ if aborted => failed(*client, *a, a + len, ops),
                 _ => ok(*client, *a, a + len, ops, results),
             }
         }).collect();
