@@ -163,3 +163,48 @@ fn an_unknown_write_may_land_late_until_a_later_write_fences_it() {
         .unwrap_err();
     assert!(err.contains("key t0"), "{err}");
 }
+
+/// An acknowledged CHECK is a read of its expected value: it must be
+/// explained by a possible state, and it narrows an uncertain one.
+#[test]
+fn an_acknowledged_check_is_a_read_of_its_expected_value() {
+    let mut m = model();
+    let put = vec![Op::Put {
+        key: k(0),
+        value: v("a"),
+    }];
+    let inv = m.invoke(0, &put, T);
+    m.complete(&inv, &Err(ClientError::UnknownOutcome("x".into())), T)
+        .unwrap();
+    assert_eq!(m.possible(&k(0)), BTreeSet::from([None, Some(v("a"))]));
+    let check = |expected: Option<&str>| {
+        vec![Op::Check {
+            key: k(0),
+            expected: expected.map(v),
+        }]
+    };
+    // CHECK t0 a held: the PUT happened.
+    let inv = m.invoke(0, &check(Some("a")), T);
+    m.complete(&inv, &Ok(vec![OpResult::Check]), T).unwrap();
+    assert_eq!(m.possible(&k(0)), BTreeSet::from([Some(v("a"))]));
+    // A CHECK of absent cannot hold any more.
+    let inv = m.invoke(0, &check(None), T);
+    let err = m.complete(&inv, &Ok(vec![OpResult::Check]), T).unwrap_err();
+    assert!(err.contains("key t0"), "{err}");
+    // One that failed applied nothing.
+    let guarded = vec![
+        Op::Check {
+            key: k(0),
+            expected: Some(v("b")),
+        },
+        Op::Delete { key: k(0) },
+    ];
+    let inv = m.invoke(0, &guarded, T);
+    let failed = ClientError::CheckFailed {
+        index: 0,
+        key: k(0),
+        actual: Some(v("a")),
+    };
+    m.complete(&inv, &Err(failed), T).unwrap();
+    assert_eq!(m.possible(&k(0)), BTreeSet::from([Some(v("a"))]));
+}

@@ -3,7 +3,7 @@
 //! `done`), kept free of IO so it is unit-tested directly.
 
 use crate::client::ClientError;
-use crate::op::{format_reply, parse_op, parse_op_words, Op, OpResult};
+use crate::op::{format_check_mismatch, format_reply, parse_op, parse_op_words, Op, OpResult};
 
 /// The reply lines for a command's results, in operation order, each line
 /// ending in `\n`.
@@ -16,9 +16,19 @@ pub fn reply_lines(ops: &[Op], results: &[OpResult], key_len: usize) -> String {
     out
 }
 
-/// The one `ERROR ...` line for a failed one-operation command.
-pub fn error_line(error: &ClientError) -> String {
-    format!("ERROR {error}\n")
+/// The one line for a failed one-operation command: `ERROR ...`, or the
+/// mismatch reply of a CHECK that did not hold (`CHECK <key> mismatch
+/// <actual>`: it is that operation's reply, not an error).
+pub fn error_line(error: &ClientError, key_len: usize) -> String {
+    match error {
+        ClientError::CheckFailed { key, actual, .. } => {
+            format!(
+                "{}\n",
+                format_check_mismatch(key, actual.as_deref(), key_len)
+            )
+        }
+        _ => format!("ERROR {error}\n"),
+    }
 }
 
 /// What a one-operation request line prints (benchmark stdin mode and bare
@@ -30,7 +40,7 @@ pub fn single_op_output(
 ) -> String {
     match outcome {
         Ok(results) => reply_lines(std::slice::from_ref(op), results, key_len),
-        Err(e) => error_line(e),
+        Err(e) => error_line(e, key_len),
     }
 }
 
@@ -38,6 +48,8 @@ pub fn single_op_output(
 ///
 /// - refused before running (bad operation, unknown table): `ABORTED op N: reason`
 /// - refused by a server, or unavailable: nothing applied: `ABORTED reason`
+/// - a CHECK did not hold: its mismatch reply, then `ABORTED check failed: op N`
+///   (N numbered like `ABORTED op N`, from 1)
 /// - outcome unknown: an `ERROR` line (neither word would be true)
 pub fn command_output(
     ops: &[Op],
@@ -63,7 +75,10 @@ pub fn command_output(
         ) => {
             format!("ABORTED {e}\n")
         }
-        Err(e @ ClientError::UnknownOutcome(_)) => error_line(e),
+        Err(e @ ClientError::CheckFailed { .. }) => {
+            format!("{}ABORTED {e}\n", error_line(e, key_len))
+        }
+        Err(e @ ClientError::UnknownOutcome(_)) => error_line(e, key_len),
     }
 }
 
@@ -98,8 +113,10 @@ commands:
   op <OPERATION> <args>    add an operation to it
   done                     run the command as one transaction
   abort                    drop the command being built
-  PUT k v | GET k | SWAP k v | DELETE k | SCAN a b
-                           run one operation on its own
+  PUT k v | GET k | SWAP k v | DELETE k | SCAN a b | CHECK k v
+                           run one operation on its own (CHECK k v: does k
+                           hold v, or is it absent for v = null? in a
+                           command, one that does not aborts it whole)
   time                     toggle printing each command's latency
   clear                    clear the screen
   help                     this text
@@ -342,6 +359,26 @@ mod tests {
         assert_eq!(
             command_output(&ops, &unknown, 0),
             "ERROR unknown outcome: no reply\n"
+        );
+        let check_failed = Err(ClientError::CheckFailed {
+            index: 2,
+            key: crate::key::Key::new("t", 1),
+            actual: Some(b"a".to_vec()),
+        });
+        let mut guarded = ops.clone();
+        guarded.push(parse_op("CHECK t1 b").unwrap());
+        assert_eq!(
+            command_output(&guarded, &check_failed, 0),
+            "CHECK t1 mismatch a\nABORTED check failed: op 3\n"
+        );
+        assert_eq!(
+            single_op_output(&guarded[2], &check_failed, 2),
+            "CHECK t01 mismatch a\n"
+        );
+        let results = vec![OpResult::Check];
+        assert_eq!(
+            single_op_output(&guarded[2], &Ok(results), 0),
+            "CHECK t1 ok\n"
         );
         let unavailable = Err(ClientError::Unavailable("no server".into()));
         assert_eq!(

@@ -225,9 +225,11 @@ impl PartitionMap {
                     .filter(|p| p.start <= end.num && p.last() >= start.num)
                     .collect())
             }
-            Op::Put { key, .. } | Op::Get { key } | Op::Swap { key, .. } | Op::Delete { key } => {
-                Ok(vec![self.partition_of(key)?])
-            }
+            Op::Put { key, .. }
+            | Op::Get { key }
+            | Op::Swap { key, .. }
+            | Op::Delete { key }
+            | Op::Check { key, .. } => Ok(vec![self.partition_of(key)?]),
         }
     }
 }

@@ -51,6 +51,15 @@ pub enum Op {
         start: Key,
         end: Key,
     },
+    /// A guard: the command goes on only if `key` holds `expected` at this
+    /// point of the command (`None`: the key is absent). Otherwise the whole
+    /// command is aborted with nothing applied, and the partition reports the
+    /// actual value (`ApplyError::CheckFailed`). A read. Added last, so the
+    /// encodings of the other variants are unchanged.
+    Check {
+        key: Key,
+        expected: Option<Vec<u8>>,
+    },
 }
 
 /// The result of one operation, in the same position as its [`Op`].
@@ -68,13 +77,16 @@ pub enum OpResult {
     },
     /// Present keys in `[start, end]`, ascending.
     Scan(Vec<(Key, Vec<u8>)>),
+    /// The CHECK held. (A CHECK that does not hold has no result: it aborts
+    /// the whole command, see [`Op::Check`].)
+    Check,
 }
 
 /// Why an operation's text or content was rejected. Shown to users as
 /// `ERROR <message>`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpError {
-    #[error("unknown operation '{0}' (expected PUT, GET, SWAP, DELETE or SCAN)")]
+    #[error("unknown operation '{0}' (expected PUT, GET, SWAP, DELETE, SCAN or CHECK)")]
     UnknownOperation(String),
     #[error("wrong number of arguments for {op}: expected {expected}, got {got}")]
     WrongArgCount {
@@ -109,15 +121,18 @@ impl Op {
             Op::Swap { .. } => "SWAP",
             Op::Delete { .. } => "DELETE",
             Op::Scan { .. } => "SCAN",
+            Op::Check { .. } => "CHECK",
         }
     }
 
     /// The table the operation touches.
     pub fn table(&self) -> &str {
         match self {
-            Op::Put { key, .. } | Op::Get { key } | Op::Swap { key, .. } | Op::Delete { key } => {
-                &key.table
-            }
+            Op::Put { key, .. }
+            | Op::Get { key }
+            | Op::Swap { key, .. }
+            | Op::Delete { key }
+            | Op::Check { key, .. } => &key.table,
             Op::Scan { start, .. } => &start.table,
         }
     }
@@ -129,6 +144,7 @@ impl Op {
             Op::Put { key: k, value } | Op::Swap { key: k, value } => key(k) + value.len(),
             Op::Get { key: k } | Op::Delete { key: k } => key(k),
             Op::Scan { start, end } => key(start) + key(end),
+            Op::Check { key: k, expected } => key(k) + expected.as_ref().map_or(0, Vec::len),
         }
     }
 
@@ -142,6 +158,10 @@ impl Op {
     pub fn validate(&self) -> Result<(), OpError> {
         match self {
             Op::Put { value, .. } | Op::Swap { value, .. } => validate_value(value),
+            Op::Check {
+                expected: Some(value),
+                ..
+            } => validate_value(value),
             Op::Scan { start, end } if start.table != end.table => Err(OpError::ScanAcrossTables(
                 start.to_string(),
                 end.to_string(),
@@ -232,6 +252,15 @@ pub fn parse_op_words(words: &[&str]) -> Result<Op, OpError> {
                 end: Key::parse(args[1])?,
             }
         }
+        "CHECK" => {
+            want("CHECK", 2)?;
+            Op::Check {
+                key: Key::parse(args[0])?,
+                // The word `null` (exactly, like the `null` of replies) means
+                // "absent"; the text interfaces cannot expect the value `null`.
+                expected: (args[1] != "null").then(|| args[1].as_bytes().to_vec()),
+            }
+        }
         _ => return Err(OpError::UnknownOperation(name.to_string())),
     };
     op.validate()?;
@@ -271,6 +300,7 @@ pub fn format_reply(op: &Op, result: &OpResult, key_len: usize) -> String {
             out.push_str("SCAN END");
             out
         }
+        (Op::Check { key, .. }, OpResult::Check) => format!("CHECK {} ok", k(key)),
         // A result of the wrong kind is a bug in whoever produced it; say so
         // instead of printing something that looks like a real reply.
         (op, result) => format!(
@@ -278,6 +308,17 @@ pub fn format_reply(op: &Op, result: &OpResult, key_len: usize) -> String {
             op.name()
         ),
     }
+}
+
+/// The reply line of a CHECK that did not hold, `CHECK <key> mismatch
+/// <actual>` (`null` if absent): printed in place of its reply, as the reason
+/// its command was aborted.
+pub fn format_check_mismatch(key: &Key, actual: Option<&[u8]>, key_len: usize) -> String {
+    let actual = actual.map_or_else(
+        || "null".to_string(),
+        |bytes| String::from_utf8_lossy(bytes).into_owned(),
+    );
+    format!("CHECK {} mismatch {actual}", key.display_padded(key_len))
 }
 
 #[cfg(test)]
@@ -395,6 +436,67 @@ mod tests {
         assert_eq!(
             format_reply(&scan, &OpResult::Scan(vec![]), 0),
             "SCAN t1 t10 BEGIN\nSCAN END"
+        );
+    }
+
+    #[test]
+    fn check_parses_validates_and_formats() {
+        assert_eq!(
+            parse_op("check customers07 alice").unwrap(),
+            Op::Check {
+                key: key("customers7"),
+                expected: Some(b"alice".to_vec())
+            }
+        );
+        // The word `null` expects the key to be absent; `NULL` is a value.
+        assert_eq!(
+            parse_op("CHECK t1 null").unwrap(),
+            Op::Check {
+                key: key("t1"),
+                expected: None
+            }
+        );
+        assert_eq!(
+            parse_op("CHECK t1 NULL").unwrap(),
+            Op::Check {
+                key: key("t1"),
+                expected: Some(b"NULL".to_vec())
+            }
+        );
+        assert!(matches!(
+            parse_op("CHECK t1"),
+            Err(OpError::WrongArgCount {
+                op: "CHECK",
+                expected: 2,
+                got: 1
+            })
+        ));
+        let big = "x".repeat(VALUE_LEN_MAX + 1);
+        assert!(matches!(
+            parse_op(&format!("CHECK t1 {big}")),
+            Err(OpError::ValueTooLarge(_))
+        ));
+        let empty = Op::Check {
+            key: key("t1"),
+            expected: Some(Vec::new()),
+        };
+        assert_eq!(empty.validate(), Err(OpError::EmptyValue));
+        let check = parse_op("CHECK t01 abc").unwrap();
+        assert!(!check.is_write());
+        assert_eq!(check.size_bytes(), 1 + 20 + 3);
+        assert_eq!(check.table(), "t");
+        assert_eq!(format_reply(&check, &OpResult::Check, 3), "CHECK t001 ok");
+        assert_eq!(
+            format_check_mismatch(&key("t1"), Some(b"v"), 0),
+            "CHECK t1 mismatch v"
+        );
+        assert_eq!(
+            format_check_mismatch(&key("t1"), None, 0),
+            "CHECK t1 mismatch null"
+        );
+        assert_eq!(
+            parse_op("FROB t1").unwrap_err().to_string(),
+            "unknown operation 'FROB' (expected PUT, GET, SWAP, DELETE, SCAN or CHECK)"
         );
     }
 

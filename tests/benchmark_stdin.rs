@@ -200,3 +200,41 @@ STOP
     assert_eq!(lines[17], "SWAP customers1 a");
     assert_eq!(lines[18], "STOP");
 }
+
+/// CHECK in stdin mode: exactly one reply line per request, `ok` or the
+/// mismatch with the actual value (`null` if absent), and no ABORTED line.
+#[test]
+fn check_replies_ok_or_mismatch_with_the_actual_value() {
+    let cluster = Cluster::start();
+    let input = "\
+CHECK customers1 null
+CHECK customers1 alice
+PUT customers1 alice
+CHECK customers001 alice
+CHECK customers1 bob
+CHECK customers1 null
+check orders5 null
+CHECK customers1
+CHECK nope1 x
+STOP
+";
+    let expected = "\
+CHECK customers1 ok
+CHECK customers1 mismatch null
+PUT customers1 not_found
+CHECK customers1 ok
+CHECK customers1 mismatch alice
+CHECK customers1 mismatch alice
+CHECK orders5 ok
+ERROR wrong number of arguments for CHECK: expected 2, got 1
+ERROR unknown table 'nope'
+STOP
+";
+    check(&cluster, &[], input, expected);
+    check(
+        &cluster,
+        &["--key-len", "3"],
+        "CHECK customers1 x\nCHECK customers1 alice\n",
+        "CHECK customers001 mismatch alice\nCHECK customers001 ok\n",
+    );
+}

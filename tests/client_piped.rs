@@ -60,6 +60,93 @@ SCAN END
     assert_eq!(cluster.run_client(input), expected);
 }
 
+/// CHECK guards a command: a failed one prints its mismatch reply and
+/// `ABORTED check failed: op N` (numbered from 1, like `ABORTED op N`), and
+/// nothing of the command is applied; a CHECK sees the earlier operations of
+/// its command; a bare CHECK prints only its reply. When CHECKs fail in
+/// several partitions, the first in operation order is reported.
+#[test]
+fn a_failed_check_aborts_the_whole_command() {
+    let cluster = Cluster::start();
+    let input = "\
+PUT customers1 alice
+cmd
+op PUT customers5 o
+op CHECK customers1 bob
+op PUT customers1 carol
+done
+GET customers5
+GET customers1
+cmd
+op CHECK customers1 alice
+op CHECK customers2 null
+op PUT customers2 x
+op CHECK customers2 x
+op SWAP customers1 bob
+done
+CHECK customers1 bob
+CHECK customers3 bob
+cmd
+op CHECK customers9 null
+op PUT customers9 v
+op CHECK customers9 w
+done
+GET customers9
+cmd
+op GET orders5
+op CHECK customers1 alice
+done
+cmd
+op CHECK customers1 zzz
+op CHECK orders5 zzz
+done
+cmd
+op CHECK orders5 zzz
+op CHECK customers1 zzz
+done
+";
+    let expected = "\
+PUT customers1 not_found
+CHECK customers1 mismatch alice
+ABORTED check failed: op 2
+GET customers5 null
+GET customers1 alice
+CHECK customers1 ok
+CHECK customers2 ok
+PUT customers2 not_found
+CHECK customers2 ok
+SWAP customers1 alice
+COMMITTED
+CHECK customers1 ok
+CHECK customers3 mismatch null
+CHECK customers9 mismatch v
+ABORTED check failed: op 3
+GET customers9 null
+CHECK customers1 mismatch bob
+ABORTED check failed: op 2
+CHECK customers1 mismatch bob
+ABORTED check failed: op 1
+CHECK orders5 mismatch null
+ABORTED check failed: op 1
+";
+    assert_eq!(cluster.run_client(input), expected);
+    // Across partitions too: the CHECK fails in one partition, and the
+    // PUT in the other is not applied (one transaction).
+    let input = "\
+cmd
+op PUT orders5 o
+op CHECK customers1 alice
+done
+GET orders5
+";
+    let expected = "\
+CHECK customers1 mismatch bob
+ABORTED check failed: op 2
+GET orders5 null
+";
+    assert_eq!(cluster.run_client(input), expected);
+}
+
 #[test]
 fn time_toggles_latency_lines() {
     let cluster = Cluster::start();

@@ -66,7 +66,7 @@ fn request_line() -> impl Strategy<Value = String> {
     let value = "[!-~]{1,12}";
     let sep = prop_oneof![Just(" "), Just("  "), Just("\t"), Just(" \u{3000}")];
     let well_formed = (
-        0usize..5,
+        0usize..7,
         table,
         digits.clone(),
         digits,
@@ -80,6 +80,8 @@ fn request_line() -> impl Strategy<Value = String> {
                 1 => vec!["GET".to_string(), format!("{table}{a}")],
                 2 => vec!["SWAP".to_string(), format!("{table}{a}"), value],
                 3 => vec!["DELETE".to_string(), format!("{table}{a}")],
+                4 => vec!["CHECK".to_string(), format!("{table}{a}"), value],
+                5 => vec!["CHECK".to_string(), format!("{table}{a}"), "null".into()],
                 _ => vec![
                     "SCAN".to_string(),
                     format!("{table}{a}"),
@@ -98,6 +100,7 @@ fn request_line() -> impl Strategy<Value = String> {
         Just("SWAP"),
         Just("DELETE"),
         Just("SCAN"),
+        Just("CHECK"),
         Just("STOP"),
         Just("FROB"),
     ];
@@ -441,7 +444,9 @@ fn odd_entry() -> impl Strategy<Value = distkv::storage::LogEntry> {
     let op = prop_oneof![
         (key.clone(), value.clone()).prop_map(|(key, value)| Op::Put { key, value }),
         key.clone().prop_map(|key| Op::Get { key }),
-        (key.clone(), value).prop_map(|(key, value)| Op::Swap { key, value }),
+        (key.clone(), value.clone()).prop_map(|(key, value)| Op::Swap { key, value }),
+        (key.clone(), proptest::option::of(value))
+            .prop_map(|(key, expected)| Op::Check { key, expected }),
         key.clone().prop_map(|key| Op::Delete { key }),
         (key.clone(), key).prop_map(|(start, end)| Op::Scan { start, end }),
     ];

@@ -63,6 +63,10 @@ pub fn check_parse_op(data: &[u8]) {
             format!("SCAN {start} {end}"),
             OpResult::Scan(vec![(start.clone(), value.clone()), (end.clone(), value)]),
         ),
+        Op::Check { key, expected } => (
+            format!("CHECK {key} {}", expected.as_deref().map_or("null", text)),
+            OpResult::Check,
+        ),
     };
     // The canonical request parses to the same operation.
     assert_eq!(parse_op(&request).as_ref(), Ok(&op), "request {request:?}");
@@ -100,6 +104,11 @@ pub fn check_parse_op(data: &[u8]) {
                 assert_eq!(&reparsed(lines[1].split(' ').next().unwrap()), start);
                 assert_eq!(&reparsed(lines[2].split(' ').next().unwrap()), end);
                 assert_eq!(lines[3], "SCAN END");
+            }
+            Op::Check { key, .. } => {
+                assert_eq!(first.len(), 3, "{reply:?}");
+                assert_eq!(&reparsed(first[1]), key);
+                assert_eq!(first[2], "ok");
             }
         }
         if width > 0 {

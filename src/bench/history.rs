@@ -36,7 +36,8 @@ impl Status {
         match error {
             ClientError::Invalid { .. }
             | ClientError::Rejected(_)
-            | ClientError::Unavailable(_) => Status::Fail,
+            | ClientError::Unavailable(_)
+            | ClientError::CheckFailed { .. } => Status::Fail,
             ClientError::UnknownOutcome(_) => Status::Unknown,
         }
     }
@@ -51,16 +52,19 @@ impl Status {
 }
 
 /// One operation as a history shows it: `["PUT",k,v]`, `["GET",k]`,
-/// `["SWAP",k,v]`, `["DELETE",k]`, `["SCAN",start,end]`. Values are text
-/// (the benchmark writes printable ASCII; other bytes are replaced lossily).
+/// `["SWAP",k,v]`, `["DELETE",k]`, `["SCAN",start,end]`,
+/// `["CHECK",k,expected]` (`expected` a string, or `null` for "absent").
+/// Values are text (the benchmark writes printable ASCII; other bytes are
+/// replaced lossily).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "Vec<String>")]
+#[serde(try_from = "Vec<Option<String>>")]
 pub enum HistoryOp {
     Put { key: Key, value: String },
     Get { key: Key },
     Swap { key: Key, value: String },
     Delete { key: Key },
     Scan { start: Key, end: Key },
+    Check { key: Key, expected: Option<String> },
 }
 
 impl HistoryOp {
@@ -81,19 +85,39 @@ impl HistoryOp {
                 start: start.clone(),
                 end: end.clone(),
             },
+            Op::Check { key, expected } => HistoryOp::Check {
+                key: key.clone(),
+                expected: expected.as_deref().map(text),
+            },
         }
     }
 
-    /// The operation's words: name, then its arguments as text.
-    fn words(&self) -> Vec<String> {
-        match self {
-            HistoryOp::Put { key, value } => vec!["PUT".into(), key.to_string(), value.clone()],
-            HistoryOp::Get { key } => vec!["GET".into(), key.to_string()],
-            HistoryOp::Swap { key, value } => vec!["SWAP".into(), key.to_string(), value.clone()],
-            HistoryOp::Delete { key } => vec!["DELETE".into(), key.to_string()],
-            HistoryOp::Scan { start, end } => {
-                vec!["SCAN".into(), start.to_string(), end.to_string()]
+    /// The operation's words: name, then its arguments as text (`None`:
+    /// JSON `null`, only a CHECK's `expected`).
+    fn words(&self) -> Vec<Option<String>> {
+        let words: Vec<Option<String>> = match self {
+            HistoryOp::Put { key, value } => {
+                vec![Some(key.to_string()), Some(value.clone())]
             }
+            HistoryOp::Get { key } | HistoryOp::Delete { key } => vec![Some(key.to_string())],
+            HistoryOp::Swap { key, value } => vec![Some(key.to_string()), Some(value.clone())],
+            HistoryOp::Scan { start, end } => vec![Some(start.to_string()), Some(end.to_string())],
+            HistoryOp::Check { key, expected } => vec![Some(key.to_string()), expected.clone()],
+        };
+        std::iter::once(Some(self.name().to_string()))
+            .chain(words)
+            .collect()
+    }
+
+    /// The operation's name, as in requests.
+    pub fn name(&self) -> &'static str {
+        match self {
+            HistoryOp::Put { .. } => "PUT",
+            HistoryOp::Get { .. } => "GET",
+            HistoryOp::Swap { .. } => "SWAP",
+            HistoryOp::Delete { .. } => "DELETE",
+            HistoryOp::Scan { .. } => "SCAN",
+            HistoryOp::Check { .. } => "CHECK",
         }
     }
 }
@@ -104,10 +128,25 @@ impl Serialize for HistoryOp {
     }
 }
 
-impl TryFrom<Vec<String>> for HistoryOp {
+impl TryFrom<Vec<Option<String>>> for HistoryOp {
     type Error = String;
 
-    fn try_from(words: Vec<String>) -> Result<Self, String> {
+    fn try_from(raw: Vec<Option<String>>) -> Result<Self, String> {
+        // Only a CHECK's expected value may be `null`.
+        let is_check = raw.first() == Some(&Some("CHECK".to_string()));
+        let expected = match (is_check, raw.len()) {
+            (true, 3) => Some(raw[2].clone()),
+            _ => None,
+        };
+        let words: Vec<String> = raw
+            .into_iter()
+            .enumerate()
+            .map(|(i, word)| match word {
+                Some(word) => Ok(word),
+                None if is_check && i == 2 => Ok(String::new()),
+                None => Err(format!("null in place of argument {i} of an operation")),
+            })
+            .collect::<Result<_, _>>()?;
         let key =
             |i: usize| -> Result<Key, String> { Key::parse(&words[i]).map_err(|e| e.to_string()) };
         let arity = |n: usize| -> Result<(), String> {
@@ -121,6 +160,12 @@ impl TryFrom<Vec<String>> for HistoryOp {
             return Err("empty operation".into());
         };
         match name.as_str() {
+            "CHECK" => arity(3).and_then(|_| {
+                Ok(HistoryOp::Check {
+                    key: key(1)?,
+                    expected: expected.flatten(),
+                })
+            }),
             "PUT" => arity(3).and_then(|_| {
                 Ok(HistoryOp::Put {
                     key: key(1)?,
@@ -155,6 +200,9 @@ pub enum HistoryResult {
     Value(Option<String>),
     /// SCAN: `[key, value]` pairs in key order.
     Scan(Vec<(Key, String)>),
+    /// CHECK: `"ok"` (it held; one that did not aborted its command, which
+    /// is then `fail` and has no results).
+    CheckOk,
 }
 
 impl HistoryResult {
@@ -170,6 +218,7 @@ impl HistoryResult {
                     .map(|(key, value)| (key.clone(), text(value)))
                     .collect(),
             ),
+            OpResult::Check => HistoryResult::CheckOk,
         }
     }
 
@@ -178,6 +227,7 @@ impl HistoryResult {
         use serde_json::Value;
         let bad = |json: &Value| format!("result {json} does not fit operation {:?}", op.words());
         match (op, json) {
+            (HistoryOp::Check { .. }, Value::String(s)) if s == "ok" => Ok(HistoryResult::CheckOk),
             (HistoryOp::Put { .. } | HistoryOp::Delete { .. }, Value::String(s)) => {
                 match s.as_str() {
                     "found" => Ok(HistoryResult::Found(true)),
@@ -214,6 +264,7 @@ impl Serialize for HistoryResult {
             HistoryResult::Found(true) => serializer.serialize_str("found"),
             HistoryResult::Found(false) => serializer.serialize_str("not_found"),
             HistoryResult::Value(value) => value.serialize(serializer),
+            HistoryResult::CheckOk => serializer.serialize_str("ok"),
             HistoryResult::Scan(rows) => {
                 let mut seq = serializer.serialize_seq(Some(rows.len()))?;
                 for (key, value) in rows {
@@ -485,6 +536,54 @@ mod tests {
     }
 
     #[test]
+    fn check_operations_round_trip_with_null_for_absent() {
+        let ops = [
+            Op::Check {
+                key: key("t01"),
+                expected: Some(b"v".to_vec()),
+            },
+            Op::Check {
+                key: key("t2"),
+                expected: None,
+            },
+            Op::Put {
+                key: key("t2"),
+                value: b"w".to_vec(),
+            },
+        ];
+        let hops: Vec<HistoryOp> = ops.iter().map(HistoryOp::from_op).collect();
+        let results = vec![
+            OpResult::Check,
+            OpResult::Check,
+            OpResult::Put { found: false },
+        ];
+        let ok = HistoryRecord::new(0, 10, 20, hops.clone(), &Ok(results));
+        let text = line_of(&ok);
+        assert_eq!(
+            text,
+            concat!(
+                r#"{"client":0,"invoke":10,"complete":20,"status":"ok","#,
+                r#""ops":[["CHECK","t1","v"],["CHECK","t2",null],["PUT","t2","w"]],"#,
+                r#""results":["ok","ok","not_found"]}"#,
+                "\n"
+            )
+        );
+        assert_eq!(HistoryRecord::parse_line(&text).unwrap(), ok);
+        // A command aborted by its CHECK certainly did not take effect.
+        let aborted = Err(ClientError::CheckFailed {
+            index: 1,
+            key: key("t2"),
+            actual: Some(b"x".to_vec()),
+        });
+        let fail = HistoryRecord::new(1, 10, 20, hops, &aborted);
+        assert_eq!(fail.status, Status::Fail);
+        let text = line_of(&fail);
+        assert!(text.contains(r#""status":"fail""#), "{text}");
+        assert!(!text.contains("results"));
+        assert_eq!(HistoryRecord::parse_line(&text).unwrap(), fail);
+    }
+
+    #[test]
     fn error_statuses_follow_what_is_known_of_the_effect() {
         use crate::op::OpError;
         let fail = [
@@ -522,6 +621,12 @@ mod tests {
             r#"{"client":0,"invoke":1,"complete":2,"status":"fail","ops":[["GET","12"]]}"#,
             r#"{"client":0,"invoke":1,"complete":2,"status":"fail","ops":[["PUT","t1"]]}"#,
             r#"{"client":0,"invoke":1,"complete":2,"status":"fail","ops":[[]]}"#,
+            // `null` is only a CHECK's expected value; a CHECK's result is "ok"
+            r#"{"client":0,"invoke":1,"complete":2,"status":"fail","ops":[["PUT","t1",null]]}"#,
+            r#"{"client":0,"invoke":1,"complete":2,"status":"fail","ops":[["CHECK",null,"v"]]}"#,
+            r#"{"client":0,"invoke":1,"complete":2,"status":"fail","ops":[["CHECK","t1"]]}"#,
+            r#"{"client":0,"invoke":1,"complete":2,"status":"ok","ops":[["CHECK","t1","v"]],"results":["v"]}"#,
+            r#"{"client":0,"invoke":1,"complete":2,"status":"ok","ops":[["CHECK","t1",null]],"results":[null]}"#,
         ];
         for line in bad {
             assert!(HistoryRecord::parse_line(line).is_err(), "accepted {line}");

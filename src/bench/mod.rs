@@ -7,6 +7,7 @@
 //!    N sequential clients, each a client Session (one command at a time),
 //!    each with its own seeded SmallRng (seed + client index) and histogram
 //!        │ commands from CommandGen (workload.rs): mix, keys, values
+//!        │ (bank: Bank builds each transfer from what its first command read)
 //!        │ one HistoryRecord per command (history.rs) -> buffered writer task
 //!        ▼
 //!  LoadReport (report.rs): ok / failed / unknown counts, throughput,
@@ -33,7 +34,7 @@ pub mod workload;
 pub use history::{HistoryOp, HistoryRecord, HistoryResult, Status};
 pub use report::{LoadReport, Stats};
 pub use run::{run_load, LoadError};
-pub use workload::{CommandGen, Distribution, KeyChooser, Workload, Zipfian};
+pub use workload::{Bank, CommandGen, Distribution, KeyChooser, Workload, Zipfian};
 
 use crate::client::Client;
 use crate::map::PartitionMap;
@@ -68,7 +69,7 @@ pub struct LoadArgs {
     /// Stop after this many measured commands, over all clients [default: no limit].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub ops: Option<u64>,
-    /// Size of the key space: key numbers 0..N-1 of the table.
+    /// Size of the key space: key numbers 0..N-1 of the table (bank: N accounts, spread evenly over the table's initial key space so they fall in all its partitions).
     #[arg(long, default_value_t = 100_000, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub keys: u64,
@@ -79,7 +80,7 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 100, value_name = "BYTES",
           value_parser = clap::value_parser!(u64).range(1..=VALUE_LEN_MAX as u64))]
     pub value_size: u64,
-    /// Command mix.
+    /// Command mix. bank: each account starts at 100 (an absent account holds 100); a transfer GETs two accounts, then CHECKs both and PUTs both new balances, retried when a CHECK fails; 10% of turns SCAN every account and check the sum; --value-size does not apply.
     #[arg(long, value_enum, default_value_t = Workload::A)]
     pub workload: Workload,
     /// Which keys commands pick.
@@ -120,6 +121,10 @@ pub struct LoadConfig {
     pub seed: u64,
     #[serde(skip)]
     pub progress_ms: u64,
+    /// The distance between the key numbers the load uses: 1 (keys
+    /// 0..keys-1), except for bank, whose accounts are every
+    /// `key_stride`-th key so they spread over the table's partitions.
+    pub key_stride: u64,
 }
 
 impl LoadArgs {
@@ -127,6 +132,13 @@ impl LoadArgs {
     /// when no `--seed` was given. The error is a one-line reason.
     pub fn to_config(&self, map: &PartitionMap, random_seed: u64) -> Result<LoadConfig, String> {
         let table = pick_table(self.table.as_deref(), map)?;
+        let key_stride = match self.workload {
+            Workload::Bank => map
+                .tables
+                .get(&table)
+                .map_or(1, |t| (t.key_space / self.keys).max(1)),
+            _ => 1,
+        };
         let too_big = |flag: &str| format!("--{flag} is too large for this machine");
         let duration_s = match (self.duration_s, self.ops) {
             (None, None) => Some(DEFAULT_DURATION_S),
@@ -146,6 +158,7 @@ impl LoadArgs {
             // numbers as doubles get it exactly.
             seed: self.seed.unwrap_or(random_seed & SEED_RANDOM_MASK),
             progress_ms: self.progress_ms,
+            key_stride,
         })
     }
 }
@@ -183,20 +196,25 @@ fn open_history(path: &Path) -> Result<Box<dyn Write + Send>, String> {
 /// history may not be strictly serializable and `check` may report
 /// violations that are this known limitation.
 fn txn_history_warning(config: &LoadConfig, map: &PartitionMap, history: bool) -> Option<String> {
-    if !history || config.workload != Workload::Txn {
+    if !history || !matches!(config.workload, Workload::Txn | Workload::Bank) {
         return None;
     }
     let table = map.tables.get(&config.table)?;
-    // The partitions holding the key numbers the load picks, 0..keys.
+    // The partitions holding the key numbers the load picks.
+    let last = config
+        .keys
+        .saturating_sub(1)
+        .saturating_mul(config.key_stride);
     let spanned = table
         .partitions
         .iter()
         .filter_map(|id| map.partitions.get(id))
-        .filter(|p| p.start < config.keys)
+        .filter(|p| p.start <= last)
         .count();
     (spanned > 1).then(|| {
         format!(
-            "warning: --workload txn with --history on table {} spanning {spanned} partitions: cross-partition commands are not atomic until two-phase commit lands, so the history may not be serializable (`check` may report violations)",
+            "warning: --workload {} with --history on table {} spanning {spanned} partitions: cross-partition commands are not atomic until two-phase commit lands, so the history may not be serializable (`check` may report violations)",
+            config.workload.name(),
             config.table
         )
     })
@@ -318,6 +336,7 @@ mod tests {
                 warmup_s: 0,
                 seed: 99,
                 progress_ms: 1000,
+                key_stride: 1,
             }
         );
     }
@@ -349,6 +368,18 @@ mod tests {
         );
         assert_eq!(config.workload, Workload::Txn);
         assert_eq!(config.table, "usertable");
+        assert_eq!(config.key_stride, 1);
+        // Bank spreads its accounts over the table's key space (100 keys).
+        let bank = |keys: &str| {
+            parse(&["--workload=bank", "--table=usertable", keys])
+                .unwrap()
+                .to_config(&map(), 0)
+                .unwrap()
+                .key_stride
+        };
+        assert_eq!(bank("--keys=10"), 10);
+        assert_eq!(bank("--keys=30"), 3);
+        assert_eq!(bank("--keys=1000"), 1);
     }
 
     #[test]
@@ -372,6 +403,9 @@ mod tests {
         assert_eq!(txn_history_warning(&config(&[]), &map, true), None);
         let few = config(&["--workload=txn", "--keys=50"]);
         assert_eq!(txn_history_warning(&few, &map, true), None);
+        // Bank spreads even a few accounts over the partitions.
+        let bank = config(&["--workload=bank", "--keys=2"]);
+        assert!(txn_history_warning(&bank, &map, true).is_some());
         let one = PartitionMap::build(&tables, &servers[..1], 1).unwrap();
         assert_eq!(txn_history_warning(&txn, &one, true), None);
     }

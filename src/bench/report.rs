@@ -28,6 +28,8 @@ pub struct Stats {
     pub unknown: u64,
     /// Latency of successful commands, in microseconds.
     pub latency_us: Histogram<u64>,
+    /// What the bank workload saw (zero for the others).
+    pub bank: BankStats,
 }
 
 impl Default for Stats {
@@ -37,7 +39,35 @@ impl Default for Stats {
             failed: 0,
             unknown: 0,
             latency_us: new_histogram(),
+            bank: BankStats::default(),
         }
+    }
+}
+
+/// Counts of the bank workload, warm-up included (so no violation goes
+/// unreported). Part of the JSON report as `bank`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BankStats {
+    /// Transfers whose CHECK + PUT command committed.
+    pub transfers: u64,
+    /// Transfer attempts aborted by a CHECK that did not hold (another
+    /// client changed a balance after it was read); each was retried with
+    /// fresh reads.
+    pub transfers_aborted: u64,
+    /// Reads of every balance that succeeded.
+    pub reads: u64,
+    /// Reads whose balances did not sum to accounts x the initial balance
+    /// (or held something that is not a balance). Expected while
+    /// cross-partition commands are not atomic (README "Status").
+    pub violations: u64,
+}
+
+impl BankStats {
+    fn merge(&mut self, other: &BankStats) {
+        self.transfers += other.transfers;
+        self.transfers_aborted += other.transfers_aborted;
+        self.reads += other.reads;
+        self.violations += other.violations;
     }
 }
 
@@ -61,6 +91,7 @@ impl Stats {
         self.ok += other.ok;
         self.failed += other.failed;
         self.unknown += other.unknown;
+        self.bank.merge(&other.bank);
         if let Err(e) = self.latency_us.add(&other.latency_us) {
             // Cannot happen: every histogram has the same bounds.
             tracing::error!("cannot merge latency histograms: {e:?}");
@@ -119,6 +150,9 @@ pub struct LoadReport {
     /// number of operations).
     pub throughput_ops_per_s: f64,
     pub latency_ms: LatencySummary,
+    /// Only for `--workload bank`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bank: Option<BankStats>,
 }
 
 fn round_to(x: f64, decimals: i32) -> f64 {
@@ -142,6 +176,7 @@ impl LoadReport {
             unknown: stats.unknown,
             throughput_ops_per_s: round_to(throughput, 1),
             latency_ms: LatencySummary::of(&stats.latency_us),
+            bank: (config.workload == super::Workload::Bank).then_some(stats.bank),
         }
     }
 
@@ -185,6 +220,23 @@ impl LoadReport {
             "latency    p50 {:.3} ms, p99 {:.3} ms, p999 {:.3} ms, max {:.3} ms, mean {:.3} ms",
             l.p50, l.p99, l.p999, l.max, l.mean
         );
+        if let Some(b) = &self.bank {
+            let _ = writeln!(
+                out,
+                "bank       {} transfers committed, {} aborted by CHECK (retried), {} reads of all balances, {} invariant violations (sum != {} x {}){}",
+                b.transfers,
+                b.transfers_aborted,
+                b.reads,
+                b.violations,
+                c.keys,
+                super::workload::BANK_INITIAL_BALANCE,
+                if b.violations > 0 {
+                    "; expected while cross-partition commands are not atomic"
+                } else {
+                    ""
+                }
+            );
+        }
         out
     }
 }
@@ -207,6 +259,7 @@ mod tests {
             warmup_s: 0,
             seed: 42,
             progress_ms: 0,
+            key_stride: 1,
         }
     }
 

@@ -10,13 +10,18 @@
 //!    └─ LoadReport
 //! ```
 //! Clients share only the read-only [`Plan`] and a few atomic counters; each
-//! keeps its own histogram, so the hot path takes no lock.
+//! keeps its own histogram, so the hot path takes no lock. A bank client
+//! (`--workload bank`) runs two commands per transfer, the second built from
+//! what the first read ([`bank_turn`]).
 
 use super::history::{HistoryOp, HistoryRecord, Status};
 use super::report::{LoadReport, Stats};
-use super::workload::{CommandGen, KeyChooser};
+use super::workload::{
+    Bank, BankTurn, CommandGen, KeyChooser, Workload, BANK_TRANSFER_ATTEMPTS_MAX,
+};
 use super::LoadConfig;
-use crate::client::{Client, Session};
+use crate::client::{Client, ClientError, Session};
+use crate::op::{Op, OpResult};
 use crate::rt::Runtime;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -51,6 +56,9 @@ struct Plan {
     stop_at: Option<Instant>,
     ops_limit: Option<u64>,
     gen: CommandGen,
+    /// The bank workload's accounts, when that is the workload (it drives
+    /// its clients itself: a transfer depends on what it read).
+    bank: Option<Bank>,
     /// Measured commands started (the `--ops` budget).
     issued: AtomicU64,
     /// Commands finished, warm-up included (progress).
@@ -81,6 +89,14 @@ impl Plan {
                 keys,
                 config.value_size,
             ),
+            bank: (config.workload == Workload::Bank).then(|| {
+                Bank::new(
+                    config.table.clone(),
+                    config.keys,
+                    config.key_stride,
+                    config.distribution,
+                )
+            }),
             issued: AtomicU64::new(0),
             finished: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -172,29 +188,68 @@ pub async fn run_load<R: Runtime>(
 /// One sequential client: commands one at a time until the plan says stop.
 async fn client_loop<R: Runtime>(
     rt: R,
-    mut session: Session<R>,
+    session: Session<R>,
     index: u64,
     mut rng: SmallRng,
     plan: Arc<Plan>,
-    mut history: Option<mpsc::Sender<HistoryRecord>>,
+    history: Option<mpsc::Sender<HistoryRecord>>,
 ) -> Stats {
-    let mut stats = Stats::default();
-    while let Some(measured) = plan.next_turn(rt.now()) {
+    let mut client = LoadClient {
+        rt,
+        session,
+        index,
+        plan: plan.clone(),
+        history,
+        stats: Stats::default(),
+    };
+    if let Some(bank) = &plan.bank {
+        while bank_turn(&mut client, bank, &mut rng).await.is_some() {}
+        return client.stats;
+    }
+    while let Some(measured) = plan.next_turn(client.rt.now()) {
         let ops = plan.gen.next_command(&mut rng);
-        let history_ops: Option<Vec<HistoryOp>> = history
+        // Counted and recorded; nothing depends on the outcome.
+        let _ = client.execute(ops, measured).await;
+    }
+    client.stats
+}
+
+/// A sequential client's session, and where its commands are counted and
+/// recorded.
+struct LoadClient<R: Runtime> {
+    rt: R,
+    session: Session<R>,
+    index: u64,
+    plan: Arc<Plan>,
+    history: Option<mpsc::Sender<HistoryRecord>>,
+    stats: Stats,
+}
+
+impl<R: Runtime> LoadClient<R> {
+    /// Runs one command, counts it (in the stats if `measured`) and records
+    /// it in the history.
+    async fn execute(
+        &mut self,
+        ops: Vec<Op>,
+        measured: bool,
+    ) -> Result<Vec<OpResult>, ClientError> {
+        let plan = &self.plan;
+        let history_ops: Option<Vec<HistoryOp>> = self
+            .history
             .as_ref()
             .map(|_| ops.iter().map(HistoryOp::from_op).collect());
-        let invoke = rt.now();
-        let outcome = session.execute(ops).await;
-        let complete = rt.now();
+        let invoke = self.rt.now();
+        let outcome = self.session.execute(ops).await;
+        let complete = self.rt.now();
         let status = Status::of(&outcome);
         plan.count(status);
         if measured {
-            stats.record(status, complete.saturating_duration_since(invoke));
+            self.stats
+                .record(status, complete.saturating_duration_since(invoke));
         }
-        if let (Some(tx), Some(ops)) = (history.as_ref(), history_ops) {
+        if let (Some(tx), Some(ops)) = (self.history.as_ref(), history_ops) {
             let record = HistoryRecord::new(
-                index,
+                self.index,
                 plan.nanos(invoke),
                 plan.nanos(complete),
                 ops,
@@ -202,11 +257,76 @@ async fn client_loop<R: Runtime>(
             );
             if tx.send(record).await.is_err() {
                 // The writer failed; it has set `abort` and will report why.
-                history = None;
+                self.history = None;
             }
         }
+        outcome
     }
-    stats
+
+    /// [`LoadClient::execute`] if the plan allows another command; `None`
+    /// when the run is over.
+    async fn next(&mut self, ops: Vec<Op>) -> Option<Result<Vec<OpResult>, ClientError>> {
+        let measured = self.plan.next_turn(self.rt.now())?;
+        Some(self.execute(ops, measured).await)
+    }
+}
+
+/// One turn of the bank workload (see [`Bank`]): a read of every balance,
+/// or a transfer (retried after a failed CHECK). Every command counts
+/// against the plan like any other; `None` when the run is over. The bank
+/// counters include the warm-up, so no violation goes unreported.
+async fn bank_turn<R: Runtime>(
+    client: &mut LoadClient<R>,
+    bank: &Bank,
+    rng: &mut SmallRng,
+) -> Option<()> {
+    let (from, to) = match bank.next_turn(rng) {
+        BankTurn::ReadAll => {
+            if let Ok(results) = client.next(bank.read_all()).await? {
+                client.stats.bank.reads += 1;
+                match bank.sum(&results) {
+                    Ok(sum) if sum == bank.total() => {}
+                    Ok(sum) => {
+                        client.stats.bank.violations += 1;
+                        tracing::warn!(
+                            "bank: the balances sum to {sum}, not {} (cross-partition commands are not atomic yet)",
+                            bank.total()
+                        );
+                    }
+                    Err(e) => {
+                        client.stats.bank.violations += 1;
+                        tracing::warn!("bank: {e}");
+                    }
+                }
+            }
+            return Some(());
+        }
+        BankTurn::Transfer { from, to } => (from, to),
+    };
+    for _ in 0..BANK_TRANSFER_ATTEMPTS_MAX {
+        let Ok(read) = client.next(bank.read_pair(from, to)).await? else {
+            return Some(());
+        };
+        let ops = match bank.transfer(rng, from, to, &read) {
+            Ok(ops) => ops,
+            Err(e) => {
+                client.stats.bank.violations += 1;
+                tracing::warn!("bank: {e}");
+                return Some(());
+            }
+        };
+        match client.next(ops).await? {
+            Ok(_) => {
+                client.stats.bank.transfers += 1;
+                return Some(());
+            }
+            // Another client moved money from or to one of the accounts
+            // since they were read: read them again and retry.
+            Err(ClientError::CheckFailed { .. }) => client.stats.bank.transfers_aborted += 1,
+            Err(_) => return Some(()),
+        }
+    }
+    Some(())
 }
 
 /// Merges the clients' stats as they finish, printing progress meanwhile.
@@ -342,6 +462,7 @@ mod tests {
             warmup_s,
             seed: 0,
             progress_ms: 0,
+            key_stride: 1,
         }
     }
 

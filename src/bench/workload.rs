@@ -5,6 +5,9 @@
 //!  CommandGen::next_command(rng)
 //!     workload a/b/c/w: one op  -> GET k  (read fraction)  |  PUT k v
 //!     workload txn:     4 ops   -> GET k1, GET k2, PUT k1 v1, PUT k2 v2
+//!  Bank (workload bank, driven by run.rs: a transfer needs what it read)
+//!     transfer: GET a, GET b  then  CHECK a old_a, CHECK b old_b, PUT a new_a, PUT b new_b
+//!     read all: SCAN over every account (the sum must stay accounts x 100)
 //!  keys:  KeyChooser -> uniform in [0, keys)
 //!                    | zipfian rank (YCSB, theta 0.99) -> scrambled into [0, keys)
 //!  values: value_size random printable ASCII bytes ('!'..='~', no whitespace)
@@ -13,7 +16,7 @@
 //! seeded generator reproduces the same command stream.
 
 use crate::key::Key;
-use crate::op::Op;
+use crate::op::{Op, OpResult};
 use rand::Rng;
 use serde::Serialize;
 
@@ -31,6 +34,9 @@ pub enum Workload {
     W,
     /// Multi-op commands: GET two random keys and PUT both (usually spans partitions).
     Txn,
+    /// Bank transfers guarded by CHECK (GET 2 accounts, then CHECK both + PUT
+    /// both), and SCANs of every balance, whose sum must stay accounts x 100.
+    Bank,
 }
 
 impl Workload {
@@ -42,7 +48,7 @@ impl Workload {
             Workload::B => Some(0.95),
             Workload::C => Some(1.0),
             Workload::W => Some(0.0),
-            Workload::Txn => None,
+            Workload::Txn | Workload::Bank => None,
         }
     }
 
@@ -54,6 +60,7 @@ impl Workload {
             Workload::C => "c",
             Workload::W => "w",
             Workload::Txn => "txn",
+            Workload::Bank => "bank",
         }
     }
 
@@ -64,6 +71,10 @@ impl Workload {
                 let read_pct = (read * 100.0).round();
                 format!("{read_pct}% GET / {}% PUT", 100.0 - read_pct)
             }
+            None if self == Workload::Bank => format!(
+                "transfers between 2 accounts (GET both, then CHECK both + PUT both), {}% reads of all balances",
+                (BANK_READ_FRACTION * 100.0).round()
+            ),
             None => "GET 2 keys + PUT both, in one command".to_string(),
         }
     }
@@ -212,6 +223,196 @@ pub fn random_value<G: Rng + ?Sized>(rng: &mut G, len: usize) -> Vec<u8> {
 /// Most attempts at drawing a second key different from the first.
 const DISTINCT_KEY_ATTEMPTS: usize = 64;
 
+/// The balance every account starts with. An absent account holds it, so
+/// no set-up phase is needed, and the invariant (the balances sum to
+/// accounts x this) carries over from one bank run to the next on the same
+/// table with the same `--keys`.
+pub const BANK_INITIAL_BALANCE: u64 = 100;
+/// The fraction of bank turns that read every balance (the rest transfer).
+pub const BANK_READ_FRACTION: f64 = 0.1;
+/// Most attempts at one transfer: a transfer whose CHECK failed (another
+/// client moved money from or to one of its accounts after it read them)
+/// reads the two balances again and retries, up to this many times in all.
+pub const BANK_TRANSFER_ATTEMPTS_MAX: usize = 16;
+
+/// One turn of a bank client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BankTurn {
+    /// Read every balance in one command and check their sum.
+    ReadAll,
+    /// Move money from account `from` to account `to` (account indexes).
+    Transfer { from: u64, to: u64 },
+}
+
+/// The bank workload: `accounts` accounts (`--keys`), account `i` being key
+/// number `i * stride` of `table`, so the accounts spread over every
+/// partition of the table. Balances are decimal text; an absent account
+/// holds [`BANK_INITIAL_BALANCE`]. A transfer reads two balances (one
+/// command of two GETs), then in a second command CHECKs that both still
+/// hold what it read and PUTs both new balances, moving a random amount
+/// from one to the other, never below 0. A read of all balances is one
+/// SCAN over the accounts' range.
+#[derive(Clone, Debug)]
+pub struct Bank {
+    table: String,
+    accounts: u64,
+    stride: u64,
+    chooser: KeyChooser,
+}
+
+impl Bank {
+    /// `accounts` at least 1, `stride` at least 1; the accounts are picked
+    /// by `distribution`.
+    pub fn new(table: String, accounts: u64, stride: u64, distribution: Distribution) -> Bank {
+        let accounts = accounts.max(1);
+        Bank {
+            table,
+            accounts,
+            stride: stride.max(1),
+            chooser: KeyChooser::new(distribution, accounts),
+        }
+    }
+
+    /// The sum every read of all balances must find.
+    pub fn total(&self) -> u64 {
+        self.accounts.saturating_mul(BANK_INITIAL_BALANCE)
+    }
+
+    /// The key of account `i`.
+    pub fn key(&self, account: u64) -> Key {
+        Key::new(self.table.clone(), account.saturating_mul(self.stride))
+    }
+
+    /// The account a key belongs to, if any.
+    fn account_of(&self, key: &Key) -> Option<u64> {
+        (key.table == self.table
+            && key.num % self.stride == 0
+            && key.num / self.stride < self.accounts)
+            .then(|| key.num / self.stride)
+    }
+
+    /// What the next turn does.
+    pub fn next_turn<G: Rng + ?Sized>(&self, rng: &mut G) -> BankTurn {
+        if rng.gen::<f64>() < BANK_READ_FRACTION {
+            return BankTurn::ReadAll;
+        }
+        let from = self.chooser.next(rng);
+        let mut to = self.chooser.next(rng);
+        for _ in 0..DISTINCT_KEY_ATTEMPTS {
+            if to != from || self.accounts < 2 {
+                break;
+            }
+            to = self.chooser.next(rng);
+        }
+        BankTurn::Transfer { from, to }
+    }
+
+    /// One SCAN over every account.
+    pub fn read_all(&self) -> Vec<Op> {
+        vec![Op::Scan {
+            start: self.key(0),
+            end: self.key(self.accounts - 1),
+        }]
+    }
+
+    /// The sum of the balances a [`Bank::read_all`] returned (absent
+    /// accounts count [`BANK_INITIAL_BALANCE`]); `Err` names a row that is
+    /// not a balance. Rows between accounts (other keys of the table) are
+    /// not accounts and are skipped.
+    pub fn sum(&self, results: &[OpResult]) -> Result<u64, String> {
+        let mut present = 0u64;
+        let mut sum = 0u64;
+        for result in results {
+            let OpResult::Scan(rows) = result else {
+                return Err(format!("unexpected result {result:?}"));
+            };
+            for (key, value) in rows {
+                if self.account_of(key).is_none() {
+                    continue;
+                }
+                present += 1;
+                sum = sum.saturating_add(parse_balance(key, Some(value))?);
+            }
+        }
+        let absent = self.accounts.saturating_sub(present);
+        Ok(sum.saturating_add(absent.saturating_mul(BANK_INITIAL_BALANCE)))
+    }
+
+    /// The first command of a transfer: read both balances.
+    pub fn read_pair(&self, from: u64, to: u64) -> Vec<Op> {
+        vec![
+            Op::Get {
+                key: self.key(from),
+            },
+            Op::Get { key: self.key(to) },
+        ]
+    }
+
+    /// The second command of a transfer, given what [`Bank::read_pair`]
+    /// returned: CHECK both values are still the ones read, then PUT both
+    /// new balances, moving a random amount (at least 1 when `from` has
+    /// money) from `from` to `to`. `Err` if a value read is not a balance.
+    pub fn transfer<G: Rng + ?Sized>(
+        &self,
+        rng: &mut G,
+        from: u64,
+        to: u64,
+        read: &[OpResult],
+    ) -> Result<Vec<Op>, String> {
+        let [OpResult::Get(old_from), OpResult::Get(old_to)] = read else {
+            return Err(format!("unexpected results {read:?}"));
+        };
+        let (key_from, key_to) = (self.key(from), self.key(to));
+        let balance_from = parse_balance(&key_from, old_from.as_deref())?;
+        let balance_to = parse_balance(&key_to, old_to.as_deref())?;
+        let amount = if from == to || balance_from == 0 {
+            0
+        } else {
+            rng.gen_range(1..=balance_from)
+        };
+        let balance_to = if from == to {
+            balance_to
+        } else {
+            balance_to.saturating_add(amount)
+        };
+        let text = |n: u64| n.to_string().into_bytes();
+        Ok(vec![
+            Op::Check {
+                key: key_from.clone(),
+                expected: old_from.clone(),
+            },
+            Op::Check {
+                key: key_to.clone(),
+                expected: old_to.clone(),
+            },
+            Op::Put {
+                key: key_from,
+                value: text(balance_from - amount),
+            },
+            Op::Put {
+                key: key_to,
+                value: text(balance_to),
+            },
+        ])
+    }
+}
+
+/// A balance as stored: decimal text; absent is [`BANK_INITIAL_BALANCE`].
+fn parse_balance(key: &Key, value: Option<&[u8]>) -> Result<u64, String> {
+    let Some(value) = value else {
+        return Ok(BANK_INITIAL_BALANCE);
+    };
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "{key} holds {:?}, not a balance (run bank on a table that only bank uses)",
+                String::from_utf8_lossy(value)
+            )
+        })
+}
+
 /// Builds the commands of one workload.
 #[derive(Clone, Debug)]
 pub struct CommandGen {
@@ -235,6 +436,7 @@ impl CommandGen {
     pub fn next_command<G: Rng + ?Sized>(&self, rng: &mut G) -> Vec<Op> {
         match self.workload.read_fraction() {
             Some(read) => vec![self.single_op(rng, read)],
+            // Bank commands depend on what earlier ones read: see [`Bank`].
             None => self.read_two_write_both(rng),
         }
     }
@@ -349,6 +551,107 @@ mod tests {
         // A key space of one key cannot give two distinct keys; still works.
         let one = gen(Workload::Txn, Distribution::Uniform, 1);
         assert_eq!(one.next_command(&mut rng).len(), 4);
+    }
+
+    #[test]
+    fn bank_turns_mix_reads_and_transfers_between_distinct_accounts() {
+        let bank = Bank::new("acct".into(), 50, 3, Distribution::Uniform);
+        let mut rng = SmallRng::seed_from_u64(4);
+        let n = 20_000;
+        let mut reads = 0;
+        for _ in 0..n {
+            match bank.next_turn(&mut rng) {
+                BankTurn::ReadAll => reads += 1,
+                BankTurn::Transfer { from, to } => {
+                    assert_ne!(from, to);
+                    assert!(from < 50 && to < 50);
+                }
+            }
+        }
+        let share = reads as f64 / n as f64;
+        assert!((share - BANK_READ_FRACTION).abs() < 0.01, "reads {share}");
+        // Accounts are every stride-th key; a read covers all of them.
+        assert_eq!(bank.key(2), Key::new("acct", 6));
+        assert_eq!(
+            bank.read_all(),
+            vec![Op::Scan {
+                start: Key::new("acct", 0),
+                end: Key::new("acct", 147)
+            }]
+        );
+        assert_eq!(bank.total(), 50 * BANK_INITIAL_BALANCE);
+    }
+
+    #[test]
+    fn a_bank_transfer_checks_what_it_read_and_keeps_the_sum() {
+        let bank = Bank::new("acct".into(), 10, 1, Distribution::Uniform);
+        let mut rng = SmallRng::seed_from_u64(8);
+        assert_eq!(
+            bank.read_pair(1, 2),
+            vec![
+                Op::Get {
+                    key: Key::new("acct", 1)
+                },
+                Op::Get {
+                    key: Key::new("acct", 2)
+                }
+            ]
+        );
+        for _ in 0..1000 {
+            // Account 1 absent (the initial balance), account 2 holds 7.
+            let read = [OpResult::Get(None), OpResult::Get(Some(b"7".to_vec()))];
+            let ops = bank.transfer(&mut rng, 1, 2, &read).unwrap();
+            let [Op::Check {
+                key: c1,
+                expected: e1,
+            }, Op::Check {
+                key: c2,
+                expected: e2,
+            }, Op::Put { key: p1, value: v1 }, Op::Put { key: p2, value: v2 }] = ops.as_slice()
+            else {
+                panic!("unexpected command {ops:?}");
+            };
+            assert_eq!((c1, c2), (p1, p2));
+            assert_eq!((e1, e2), (&None, &Some(b"7".to_vec())));
+            let n = |v: &[u8]| std::str::from_utf8(v).unwrap().parse::<u64>().unwrap();
+            let (from, to) = (n(v1), n(v2));
+            assert_eq!(from + to, BANK_INITIAL_BALANCE + 7, "money is conserved");
+            assert!(from < BANK_INITIAL_BALANCE, "at least 1 moves");
+        }
+        // An empty account gives nothing and goes no lower.
+        let read = [
+            OpResult::Get(Some(b"0".to_vec())),
+            OpResult::Get(Some(b"5".to_vec())),
+        ];
+        let ops = bank.transfer(&mut rng, 1, 2, &read).unwrap();
+        assert_eq!(
+            ops[2],
+            Op::Put {
+                key: Key::new("acct", 1),
+                value: b"0".to_vec()
+            }
+        );
+        assert_eq!(
+            ops[3],
+            Op::Put {
+                key: Key::new("acct", 2),
+                value: b"5".to_vec()
+            }
+        );
+        // A value that is not a balance is an error, not a guess.
+        let read = [OpResult::Get(Some(b"x".to_vec())), OpResult::Get(None)];
+        assert!(bank.transfer(&mut rng, 1, 2, &read).is_err());
+    }
+
+    #[test]
+    fn a_bank_read_sums_present_and_absent_accounts() {
+        let bank = Bank::new("acct".into(), 4, 10, Distribution::Uniform);
+        let row = |num: u64, v: &str| (Key::new("acct", num), v.as_bytes().to_vec());
+        // Accounts 0 and 2 present; key 15 is not an account and is skipped.
+        let rows = vec![row(0, "50"), row(15, "junk"), row(20, "130")];
+        assert_eq!(bank.sum(&[OpResult::Scan(rows)]), Ok(50 + 130 + 2 * 100));
+        assert_eq!(bank.sum(&[OpResult::Scan(vec![])]), Ok(bank.total()));
+        assert!(bank.sum(&[OpResult::Scan(vec![row(10, "x")])]).is_err());
     }
 
     #[test]

@@ -26,6 +26,13 @@
 //! present keys `start <= key <= end` in `(table, number)` order with their
 //! values. A command is one transaction: all its ops apply atomically, in
 //! order, at one instant (a later op sees the earlier ops' writes).
+//! `CHECK k expected` is a read that must hold: a command that took effect had
+//! `k` hold `expected` (`null`: absent) at that point of it, so an `ok`
+//! command's CHECKs (result `"ok"`) are read constraints, and an `unknown`
+//! command can only be linearized where its CHECKs hold (if it took effect
+//! at all). A command aborted by a CHECK that did not hold is `fail`, so it
+//! is dropped like any other. A CHECK observes its `(key, value)` pair for
+//! the two-phase check below, even in an `unknown` command.
 //!
 //! With [`InitialState::Unknown`] (`--initial-state unknown`, for histories
 //! recorded on a cluster that already held data) each key starts *unseen*:
@@ -104,8 +111,9 @@
 //! 10^4 even when none of them matters. A partition is therefore first
 //! checked without its *unobserved* unknown-outcome commands: those whose
 //! every op is a PUT or SWAP of a `(key, value)` pair that no completed GET,
-//! SWAP or SCAN of the partition returned, or a read (unknown results
-//! constrain nothing). A command with a DELETE is never set aside (absence
+//! SWAP or SCAN of the partition returned and no CHECK of it (in any
+//! command) names, or a read (unknown results constrain nothing; its CHECKs
+//! go away with it). A command with a DELETE is never set aside (absence
 //! is observable without any value).
 //!
 //! - If that passes, the history passes: an unknown-outcome command may not
@@ -125,7 +133,8 @@
 //! whole partition and drop the set-aside commands, giving `L'`; compare the
 //! two model runs key by key. Where they differ, `L` holds a value written by
 //! a set-aside command — an unobserved pair — so no completed GET, SWAP or
-//! SCAN of that key runs there in `L` (it would have returned that pair).
+//! SCAN of that key runs there in `L` (it would have returned that pair),
+//! nor any kept CHECK (it would have named that pair).
 //! What remains there: completed PUTs and DELETEs (same results when the key
 //! is present in both runs or absent in both), unknown PUTs and DELETEs (both
 //! runs agree again afterwards) and unknown SWAPs (agree when presence
@@ -571,6 +580,7 @@ fn validate(record: &HistoryRecord) -> Result<(), String> {
                         HistoryOp::Get { .. } | HistoryOp::Swap { .. },
                         HistoryResult::Value(_)
                     ) | (HistoryOp::Scan { .. }, HistoryResult::Scan(_))
+                        | (HistoryOp::Check { .. }, HistoryResult::CheckOk)
                 );
                 if !fits {
                     return Err(format!("result {result:?} does not fit operation {op:?}"));
@@ -643,10 +653,14 @@ impl Partitions {
                 match r.status {
                     Status::Fail => false,
                     Status::Ok => true,
-                    Status::Unknown => r
-                        .ops
-                        .iter()
-                        .any(|op| !matches!(op, HistoryOp::Get { .. } | HistoryOp::Scan { .. })),
+                    Status::Unknown => r.ops.iter().any(|op| {
+                        !matches!(
+                            op,
+                            HistoryOp::Get { .. }
+                                | HistoryOp::Scan { .. }
+                                | HistoryOp::Check { .. }
+                        )
+                    }),
                 }
             })
             .collect();
@@ -783,6 +797,10 @@ impl Partitions {
                                     v: values.id(value),
                                 },
                                 HistoryOp::Delete { key } => MOp::Delete { k: k(key) },
+                                HistoryOp::Check { key, expected } => MOp::Check {
+                                    k: k(key),
+                                    v: expected.as_deref().map_or(0, |v| values.id(v)),
+                                },
                                 HistoryOp::Scan { start, end } => {
                                     let (lo, hi) = scan_range(start, end);
                                     MOp::Scan {
@@ -795,16 +813,27 @@ impl Partitions {
                         let results = r.results.as_ref().map(|results| {
                             results
                                 .iter()
-                                .map(|res| match res {
-                                    HistoryResult::Found(f) => MRes::Found(*f),
-                                    HistoryResult::Value(v) => {
+                                .zip(&r.ops)
+                                .map(|(res, op)| match (res, op) {
+                                    (HistoryResult::Found(f), _) => MRes::Found(*f),
+                                    (HistoryResult::Value(v), _) => {
                                         MRes::Value(v.as_deref().map_or(0, |v| values.id(v)))
                                     }
-                                    HistoryResult::Scan(rows) => MRes::Scan(
+                                    (HistoryResult::Scan(rows), _) => MRes::Scan(
                                         rows.iter()
                                             .map(|(key, v)| (k(key), values.id(v)))
                                             .collect(),
                                     ),
+                                    // An `ok` CHECK read exactly its expected
+                                    // value (0: absent); `MOp::Check` demands
+                                    // it whatever the result says.
+                                    (HistoryResult::CheckOk, op) => {
+                                        let expected = match op {
+                                            HistoryOp::Check { expected, .. } => expected,
+                                            _ => &None,
+                                        };
+                                        MRes::Value(expected.as_deref().map_or(0, |v| values.id(v)))
+                                    }
                                 })
                                 .collect()
                         });
@@ -836,7 +865,8 @@ fn op_key(op: &HistoryOp) -> Option<&Key> {
         HistoryOp::Put { key, .. }
         | HistoryOp::Get { key }
         | HistoryOp::Swap { key, .. }
-        | HistoryOp::Delete { key } => Some(key),
+        | HistoryOp::Delete { key }
+        | HistoryOp::Check { key, .. } => Some(key),
         HistoryOp::Scan { .. } => None,
     }
 }
@@ -873,6 +903,10 @@ fn op_text(op: &HistoryOp) -> String {
         HistoryOp::Swap { key, value } => format!("SWAP {key} {}", short_value(value)),
         HistoryOp::Delete { key } => format!("DELETE {key}"),
         HistoryOp::Scan { start, end } => format!("SCAN {start} {end}"),
+        HistoryOp::Check { key, expected } => format!(
+            "CHECK {key} {}",
+            expected.as_deref().map_or("null".into(), short_value)
+        ),
     }
 }
 
@@ -882,6 +916,7 @@ fn result_text(result: &HistoryResult) -> String {
         HistoryResult::Found(false) => "not_found".into(),
         HistoryResult::Value(None) => "null".into(),
         HistoryResult::Value(Some(v)) => short_value(v),
+        HistoryResult::CheckOk => "ok".into(),
         HistoryResult::Scan(rows) => {
             let rows: Vec<String> = rows
                 .iter()

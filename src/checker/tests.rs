@@ -39,6 +39,15 @@ fn scan(a: &str, b: &str) -> HistoryOp {
         end: key(b),
     }
 }
+fn check_op(k: &str, expected: Option<&str>) -> HistoryOp {
+    HistoryOp::Check {
+        key: key(k),
+        expected: expected.map(String::from),
+    }
+}
+fn check_ok() -> HistoryResult {
+    HistoryResult::CheckOk
+}
 fn found(f: bool) -> HistoryResult {
     HistoryResult::Found(f)
 }
@@ -966,6 +975,136 @@ fn histories_read_from_json_are_checked() {
     assert_eq!((r.commands, r.ok, r.unknown, r.partitions), (3, 2, 1, 1));
 }
 
+/// An `ok` CHECK is a read constraint: the key held the expected value at
+/// the command's linearization point. Here the only order real time allows
+/// (PUT a, then the CHECK, then PUT b) makes `CHECK t1 a` hold, and a
+/// guarded write after it is consistent with a later read.
+#[test]
+fn an_ok_check_consistent_with_the_only_order_passes() {
+    let h = vec![
+        ok(0, 0, 1, vec![put("t1", "a")], vec![found(false)]),
+        ok(
+            0,
+            2,
+            3,
+            vec![
+                check_op("t1", Some("a")),
+                check_op("t2", None),
+                put("t2", "x"),
+            ],
+            vec![check_ok(), check_ok(), found(false)],
+        ),
+        ok(1, 4, 5, vec![put("t1", "b")], vec![found(true)]),
+        ok(
+            1,
+            6,
+            7,
+            vec![check_op("t1", Some("b")), get("t2")],
+            vec![check_ok(), val(Some("x"))],
+        ),
+    ];
+    let r = report(&h);
+    assert_eq!(r.ok, 4);
+    // The guarded command joins t1 and t2 into one key group.
+    assert_eq!(r.partitions, 1);
+    // A CHECK sees the earlier writes of its own command.
+    report(&[ok(
+        0,
+        0,
+        1,
+        vec![
+            put("t1", "a"),
+            check_op("t1", Some("a")),
+            del("t1"),
+            check_op("t1", None),
+        ],
+        vec![found(false), check_ok(), found(true), check_ok()],
+    )]);
+}
+
+/// The same shape where the `ok` CHECK contradicts the only possible order:
+/// `t1` held `b` (written before the CHECK was invoked), never `a` after it.
+#[test]
+fn an_ok_check_that_contradicts_the_only_order_is_a_violation() {
+    let h = vec![
+        ok(0, 0, 1, vec![put("t1", "a")], vec![found(false)]),
+        ok(1, 2, 3, vec![put("t1", "b")], vec![found(true)]),
+        ok(0, 4, 5, vec![check_op("t1", Some("a"))], vec![check_ok()]),
+    ];
+    let v = violation(&h);
+    assert!(v.to_string().contains("CHECK t1 a"), "{v}");
+    // Absent is a value too: a CHECK of `null` after a PUT completed.
+    violation(&[
+        ok(0, 0, 1, vec![put("t1", "a")], vec![found(false)]),
+        ok(0, 2, 3, vec![check_op("t1", None)], vec![check_ok()]),
+    ]);
+    // Same with an unknown initial state: the first observation pins t1
+    // down, and the CHECK contradicts it.
+    let config = CheckConfig {
+        initial: InitialState::Unknown,
+        ..CheckConfig::default()
+    };
+    let h = vec![
+        ok(0, 0, 1, vec![get("t1")], vec![val(Some("z"))]),
+        ok(0, 2, 3, vec![check_op("t1", Some("y"))], vec![check_ok()]),
+    ];
+    assert!(check(&h, &config).unwrap().is_violation());
+}
+
+/// An `unknown` command can only have taken effect where its CHECKs held:
+/// its guarded PUT cannot explain a read when the CHECK never could hold,
+/// and can when it could.
+#[test]
+fn an_unknown_guarded_write_takes_effect_only_where_its_check_holds() {
+    let guarded =
+        |expected: Option<&str>| unknown(1, 2, vec![check_op("t1", expected), put("t1", "b")]);
+    let history = |expected: Option<&str>| {
+        vec![
+            ok(0, 0, 1, vec![put("t1", "a")], vec![found(false)]),
+            guarded(expected),
+            ok(0, 4, 5, vec![get("t1")], vec![val(Some("b"))]),
+        ]
+    };
+    // t1 holds `a` from before the guarded command was invoked.
+    report(&history(Some("a")));
+    let v = violation(&history(Some("zzz")));
+    assert!(v.to_string().contains("GET t1"), "{v}");
+    violation(&history(None));
+    for run in [run_whole, run_unpruned] {
+        assert!(run(&history(Some("zzz"))).is_violation());
+        assert!(run(&history(Some("a"))).is_ok());
+    }
+    // The pruning phase must not set aside a write whose value a CHECK
+    // names (here an unknown one): `b` is observed by the CHECK of client 2.
+    let h = vec![
+        unknown(0, 0, vec![put("t1", "b")]),
+        unknown(2, 1, vec![check_op("t1", Some("b")), put("t2", "x")]),
+        ok(3, 5, 6, vec![get("t2")], vec![val(Some("x"))]),
+    ];
+    report(&h);
+    assert!(run_trusting(&h, 1_000_000).is_ok());
+}
+
+/// A command aborted by a failed CHECK is `fail`: it did not happen, so its
+/// PUT must not explain a read, and its CHECK constrains nothing.
+#[test]
+fn a_check_aborted_command_did_not_happen() {
+    let aborted = failed(1, 2, 3, vec![check_op("t1", Some("zzz")), put("t1", "b")]);
+    report(&[
+        ok(0, 0, 1, vec![put("t1", "a")], vec![found(false)]),
+        aborted.clone(),
+        ok(0, 4, 5, vec![get("t1")], vec![val(Some("a"))]),
+    ]);
+    violation(&[
+        ok(0, 0, 1, vec![put("t1", "a")], vec![found(false)]),
+        aborted,
+        ok(0, 4, 5, vec![get("t1")], vec![val(Some("b"))]),
+    ]);
+    // A result other than "ok" for a CHECK does not fit.
+    let bad = ok(0, 0, 1, vec![check_op("t1", None)], vec![val(None)]);
+    assert!(check(&[bad], &CheckConfig::default()).is_err());
+}
+
 // ---------------------------------------------------------------------------
 // The reference: a plain sequential map and a brute-force search
 
@@ -982,6 +1121,12 @@ fn ref_apply(map: &mut BTreeMap<Key, String>, ops: &[HistoryOp]) -> Vec<HistoryR
                 None => HistoryResult::Value(None),
             },
             HistoryOp::Delete { key } => HistoryResult::Found(map.remove(key).is_some()),
+            // A CHECK that does not hold answers what it found instead of
+            // "ok", so it matches no recorded result.
+            HistoryOp::Check { key, expected } => match map.get(key) {
+                actual if actual == expected.as_ref() => HistoryResult::CheckOk,
+                actual => HistoryResult::Value(actual.cloned()),
+            },
             HistoryOp::Scan { start, end } => HistoryResult::Scan(if start <= end {
                 map.range(start.clone()..=end.clone())
                     .map(|(k, v)| (k.clone(), v.clone()))
@@ -1047,6 +1192,14 @@ fn oracle_from(history: &[HistoryRecord], initial: &BTreeMap<Key, String>) -> bo
             let mut next = map.clone();
             let results = ref_apply(&mut next, &calls[i].ops);
             if calls[i].results.as_ref().is_some_and(|r| *r != results) {
+                continue;
+            }
+            // A call takes effect only where its CHECKs hold, known outcome
+            // or not.
+            let checks_hold = calls[i].ops.iter().zip(&results).all(|(op, r)| {
+                !matches!(op, HistoryOp::Check { .. }) || *r == HistoryResult::CheckOk
+            });
+            if !checks_hold {
                 continue;
             }
             done[i] = true;
@@ -1421,7 +1574,7 @@ fn mutants(g: &Generated) -> Vec<(Kind, Vec<HistoryRecord>)> {
                         ));
                     }
                 }
-                HistoryResult::Value(_) => {}
+                HistoryResult::Value(_) | HistoryResult::CheckOk => {}
             }
         }
     }
@@ -1667,15 +1820,28 @@ proptest! {
             let ops: Vec<HistoryOp> = ops.iter().map(|&(kind, k, v)| {
                 let k = KEYS[usize::from(k) % 2];
                 let v = VALUES[usize::from(v) % 2];
-                match kind % 5 { 0 => put(k, v), 1 => get(k), 2 => swap(k, v), 3 => del(k), _ => scan("t0", "t5") }
+                match kind % 7 {
+                    0 => put(k, v),
+                    1 => get(k),
+                    2 => swap(k, v),
+                    3 => del(k),
+                    4 => scan("t0", "t5"),
+                    5 => check_op(k, Some(v)),
+                    _ => check_op(k, None),
+                }
             }).collect();
             // Results: whatever the ops give on a random-ish start state.
             let mut map = BTreeMap::new();
             if kind_seed(ops.len() as u8, *a) { map.insert(key(KEYS[0]), "a".to_string()); }
             let results = ref_apply(&mut map, &ops);
+            // A command whose CHECK did not hold there was aborted.
+            let aborted = ops.iter().zip(&results).any(|(op, r)| {
+                matches!(op, HistoryOp::Check { .. }) && *r != HistoryResult::CheckOk
+            });
             match status {
                 0 => unknown(*client, *a, ops),
                 1 => failed(*client, *a, a + len, ops),
+                _ if aborted => failed(*client, *a, a + len, ops),
                 _ => ok(*client, *a, a + len, ops, results),
             }
         }).collect();

@@ -41,6 +41,12 @@ pub(crate) enum MOp {
         lo: KeyId,
         hi: KeyId,
     },
+    /// CHECK: the key holds `v` (0: absent). A call that takes effect had
+    /// every CHECK hold, whether or not its results are known.
+    Check {
+        k: KeyId,
+        v: ValueId,
+    },
 }
 
 /// An operation's observed result.
@@ -74,7 +80,7 @@ impl MCall {
     pub fn is_read_only(&self) -> bool {
         self.ops
             .iter()
-            .all(|op| matches!(op, MOp::Get { .. } | MOp::Scan { .. }))
+            .all(|op| matches!(op, MOp::Get { .. } | MOp::Scan { .. } | MOp::Check { .. }))
     }
 }
 
@@ -320,6 +326,13 @@ impl Model {
                     None => true,
                     Some(MRes::Scan(rows)) => self.scan(lo, hi, rows, undo),
                     Some(_) => false,
+                },
+                MOp::Check { k, v } => match self.vals[k as usize] {
+                    UNSEEN => {
+                        self.set(k, v, undo);
+                        true
+                    }
+                    now => now == v,
                 },
             };
             if !matches {
@@ -594,6 +607,13 @@ impl Problem {
     pub fn without_unobserved_unknowns(&self) -> Option<Pruned> {
         let mut observed: HashSet<(KeyId, ValueId)> = HashSet::new();
         for call in &self.calls {
+            // A CHECK observes its pair even when its call's outcome is
+            // unknown: if the call took effect, the pair was there.
+            for op in &call.ops {
+                if let MOp::Check { k, v } = *op {
+                    observed.insert((k, v));
+                }
+            }
             let Some(results) = &call.results else {
                 continue;
             };
@@ -611,7 +631,7 @@ impl Problem {
             call.complete.is_none()
                 && call.ops.iter().all(|op| match *op {
                     MOp::Put { k, v } | MOp::Swap { k, v } => !observed.contains(&(k, v)),
-                    MOp::Get { .. } | MOp::Scan { .. } => true,
+                    MOp::Get { .. } | MOp::Scan { .. } | MOp::Check { .. } => true,
                     MOp::Delete { .. } => false,
                 })
         };
@@ -675,7 +695,10 @@ impl Problem {
                         put_before.push(k);
                         fine
                     }
-                    MOp::Get { .. } | MOp::Scan { .. } => true,
+                    // Every CHECK's pair is observed, so no kept CHECK runs
+                    // where the runs differ (there the key holds an
+                    // unobserved pair).
+                    MOp::Get { .. } | MOp::Scan { .. } | MOp::Check { .. } => true,
                 })
             })
         };

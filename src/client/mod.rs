@@ -21,7 +21,7 @@
 //! coordinated by this library (`Session::run_txn`, docs/transactions.md):
 //! atomic and strictly serializable like a single-partition command.
 
-use crate::kv::{AbortReason, Prepare, TxnId, TxnOp, TxnState};
+use crate::kv::{AbortReason, ApplyError, Prepare, TxnId, TxnOp, TxnState};
 use crate::map::{NodeId, PartitionId, PartitionMap};
 use crate::op::{validate_command, Op, OpError, OpResult};
 use crate::rt::{timeout, Net, Runtime};
@@ -81,6 +81,15 @@ pub enum ClientError {
     /// It may or may not have been applied.
     #[error("unknown outcome: {0}")]
     UnknownOutcome(String),
+    /// Operation `index` (0-based, in the command as given) is a CHECK that
+    /// did not hold: `key` held `actual` (`None`: absent). Nothing was
+    /// applied.
+    #[error("check failed: op {}", index + 1)]
+    CheckFailed {
+        index: usize,
+        key: crate::key::Key,
+        actual: Option<Vec<u8>>,
+    },
 }
 
 struct Inner<R: Runtime> {
@@ -152,6 +161,13 @@ enum PartOutcome {
     Done(PartReply),
     /// Refused as a whole by the server: certainly not applied.
     Rejected(String),
+    /// Refused because its operation `op` (0-based, within the part) is a
+    /// CHECK that did not hold; certainly not applied.
+    CheckFailed {
+        op: usize,
+        key: crate::key::Key,
+        actual: Option<Vec<u8>>,
+    },
     /// Certainly not applied (never reached, or refused as "not now").
     NotApplied(String),
     /// May have been applied.
@@ -433,6 +449,10 @@ impl<R: Runtime> Client<R> {
                     return PartOutcome::Done(PartReply::Results(results));
                 }
                 Some(Msg::ExecuteReply {
+                    result: Err(ExecError::Rejected(ApplyError::CheckFailed { op, key, actual })),
+                    ..
+                }) if op < op_count => return PartOutcome::CheckFailed { op, key, actual },
+                Some(Msg::ExecuteReply {
                     result: Err(ExecError::Rejected(e)),
                     ..
                 }) => return PartOutcome::Rejected(e.to_string()),
@@ -559,13 +579,18 @@ impl<R: Runtime> Session<R> {
             sent_ms: client.inner.rt.unix_time_ms(),
         };
         if parts.len() == 1 {
-            let (&partition, _) = parts.iter().next().unwrap();
+            let (&partition, indices) = parts.iter().next().unwrap();
             let request = PartRequest::Execute(ops.clone());
             return match client.run_part(id, partition, request, deadline).await {
                 PartOutcome::Done(PartReply::Results(results)) => Ok(results),
                 PartOutcome::Done(PartReply::Txn(_)) => Err(ClientError::UnknownOutcome(
                     "a transaction reply to a command".into(),
                 )),
+                PartOutcome::CheckFailed { op, key, actual } => Err(ClientError::CheckFailed {
+                    index: indices[op],
+                    key,
+                    actual,
+                }),
                 PartOutcome::Rejected(e) => Err(ClientError::Rejected(e)),
                 PartOutcome::NotApplied(e) => Err(ClientError::Unavailable(e)),
                 PartOutcome::Unknown(e) => Err(ClientError::UnknownOutcome(e)),
@@ -619,6 +644,8 @@ impl<R: Runtime> Session<R> {
             let votes = self.run_parts(requests, id, deadline).await;
             let mut done: BTreeMap<PartitionId, Vec<OpResult>> = BTreeMap::new();
             let mut aborted: Option<AbortReason> = None;
+            // The failed CHECK with the lowest operation index, if any.
+            let mut check_failed: Option<ClientError> = None;
             let (mut not_applied, mut unknown) = (vec![], vec![]);
             for (p, vote) in votes {
                 match vote {
@@ -632,6 +659,18 @@ impl<R: Runtime> Session<R> {
                     )) => unknown.push(format!(
                         "partition {p} answered with results for another number of operations"
                     )),
+                    PartOutcome::Done(PartReply::Txn(TxnState::Aborted(
+                        AbortReason::Rejected(ApplyError::CheckFailed { op, key, actual }),
+                    ))) if op < parts[&p].len() => {
+                        let index = parts[&p][op];
+                        if !matches!(&check_failed, Some(ClientError::CheckFailed { index: first, .. }) if *first < index)
+                        {
+                            check_failed = Some(ClientError::CheckFailed { index, key, actual });
+                        }
+                        aborted = Some(AbortReason::Rejected(ApplyError::Invalid(
+                            "check failed".into(),
+                        )));
+                    }
                     PartOutcome::Done(PartReply::Txn(TxnState::Aborted(reason))) => {
                         // A refusal outranks a conflict: it is final.
                         if !matches!(aborted, Some(AbortReason::Rejected(_))) {
@@ -640,6 +679,9 @@ impl<R: Runtime> Session<R> {
                     }
                     PartOutcome::Done(PartReply::Results(_)) => {
                         unknown.push(format!("partition {p} answered a prepare with results"))
+                    }
+                    PartOutcome::CheckFailed { .. } => {
+                        unknown.push(format!("partition {p} answered a prepare as a command"))
                     }
                     PartOutcome::Rejected(e) | PartOutcome::NotApplied(e) => not_applied.push(e),
                     PartOutcome::Unknown(e) => unknown.push(e),
@@ -656,7 +698,9 @@ impl<R: Runtime> Session<R> {
                 // prepared, now rather than after recovery's timeout.
                 self.resolve_in_background(txn, &participants, false);
                 match reason {
-                    AbortReason::Rejected(e) => return Err(ClientError::Rejected(e.to_string())),
+                    AbortReason::Rejected(e) => {
+                        return Err(check_failed.unwrap_or(ClientError::Rejected(e.to_string())))
+                    }
                     AbortReason::Stale => {
                         return Err(ClientError::UnknownOutcome(format!(
                             "transaction {txn} was refused as older than a later command of its session"

@@ -46,6 +46,16 @@ pub enum ApplyError {
     ResultTooLarge { partition: u64 },
     #[error("invalid operation: {0}")]
     Invalid(String),
+    /// Operation `op` (0-based, in the command as this partition got it) is
+    /// a CHECK that did not hold: `key` held `actual` (`None`: absent) at
+    /// that point of the command. Added last, so the encodings of the other
+    /// variants are unchanged.
+    #[error("check failed: op {} ({key} holds {})", op + 1, actual.as_deref().map_or_else(|| "null".into(), String::from_utf8_lossy))]
+    CheckFailed {
+        op: usize,
+        key: Key,
+        actual: Option<Vec<u8>>,
+    },
 }
 
 /// One partition's data: key number -> value, within one table's range.
@@ -261,21 +271,23 @@ impl PartitionStore {
     /// fit in a reply ([`RESULT_BYTES_MAX`], counted as the command will
     /// produce them: a GET after a PUT of the same key returns the new
     /// value). It depends only on the state and `ops`, so every replica
-    /// decides the same. After this succeeds, [`PartitionStore::apply`]
-    /// cannot fail.
+    /// decides the same. It also evaluates every CHECK against the values
+    /// the command's earlier operations leave, in order: the first that does
+    /// not hold refuses the command ([`ApplyError::CheckFailed`]). After this
+    /// succeeds, [`PartitionStore::apply`] cannot fail.
     pub fn validate(&self, ops: &[Op]) -> Result<(), ApplyError> {
         let too_large = || ApplyError::ResultTooLarge {
             partition: self.range.id,
         };
         let mut result_bytes = 0usize;
-        // The value length of each key as this command's earlier operations
-        // left it (`None`: deleted).
-        let mut written: BTreeMap<u64, Option<usize>> = BTreeMap::new();
-        let len_now = |written: &BTreeMap<u64, Option<usize>>, num: u64| match written.get(&num) {
-            Some(len) => *len,
+        // The value of each key as this command's earlier operations left it
+        // (`None`: deleted).
+        let mut written: BTreeMap<u64, Option<&[u8]>> = BTreeMap::new();
+        let len_now = |written: &BTreeMap<u64, Option<&[u8]>>, num: u64| match written.get(&num) {
+            Some(value) => value.map(<[u8]>::len),
             None => self.data.get(&num).map(Vec::len),
         };
-        for op in ops {
+        for (i, op) in ops.iter().enumerate() {
             op.validate()
                 .map_err(|e| ApplyError::Invalid(e.to_string()))?;
             let value_bytes = match op {
@@ -298,16 +310,19 @@ impl PartitionStore {
                     let row = self.range.table.len() + 20 + RESULT_OVERHEAD_BYTES;
                     let mut bytes = 0usize;
                     for (num, value) in self.data.range(lo..=hi) {
-                        let len = written.get(num).copied().unwrap_or(Some(value.len()));
+                        let len = match written.get(num) {
+                            Some(value) => value.map(<[u8]>::len),
+                            None => Some(value.len()),
+                        };
                         bytes += len.map_or(0, |len| row + len);
                         if result_bytes + bytes > RESULT_BYTES_MAX {
                             return Err(too_large());
                         }
                     }
                     // Keys this command created in the range.
-                    for (num, len) in written.range(lo..=hi) {
+                    for (num, value) in written.range(lo..=hi) {
                         if !self.data.contains_key(num) {
-                            bytes += len.map_or(0, |len| row + len);
+                            bytes += value.map_or(0, |value| row + value.len());
                         }
                     }
                     bytes
@@ -320,18 +335,33 @@ impl PartitionStore {
                     self.check_key(key)?;
                     let old = len_now(&written, key.num);
                     if old.is_some() {
-                        written.insert(key.num, Some(value.len()));
+                        written.insert(key.num, Some(value));
                     }
                     old.unwrap_or(0)
                 }
                 Op::Put { key, value } => {
                     self.check_key(key)?;
-                    written.insert(key.num, Some(value.len()));
+                    written.insert(key.num, Some(value));
                     0
                 }
                 Op::Delete { key } => {
                     self.check_key(key)?;
                     written.insert(key.num, None);
+                    0
+                }
+                Op::Check { key, expected } => {
+                    self.check_key(key)?;
+                    let actual = match written.get(&key.num) {
+                        Some(value) => *value,
+                        None => self.data.get(&key.num).map(Vec::as_slice),
+                    };
+                    if actual != expected.as_deref() {
+                        return Err(ApplyError::CheckFailed {
+                            op: i,
+                            key: key.clone(),
+                            actual: actual.map(<[u8]>::to_vec),
+                        });
+                    }
                     0
                 }
             };
@@ -502,6 +532,8 @@ impl PartitionStore {
                     .collect(),
                 None => Vec::new(),
             }),
+            // `validate` checked it holds.
+            Op::Check { .. } => OpResult::Check,
         }
     }
 }
@@ -557,6 +589,109 @@ mod tests {
                 OpResult::Delete { found: false },
                 OpResult::Get(None),
             ]
+        );
+    }
+
+    #[test]
+    fn check_sees_the_earlier_operations_of_its_command() {
+        let mut s = store();
+        let r = run(
+            &mut s,
+            &[
+                "CHECK t10 null",
+                "PUT t10 a",
+                "CHECK t10 a",
+                "SWAP t10 b",
+                "CHECK t10 b",
+                "DELETE t10",
+                "CHECK t10 null",
+                "PUT t11 c",
+            ],
+        )
+        .unwrap();
+        assert_eq!(r[0], OpResult::Check);
+        assert_eq!(r[2], OpResult::Check);
+        assert_eq!(r[6], OpResult::Check);
+        assert_eq!(r[7], OpResult::Put { found: false });
+        let r = run(&mut s, &["GET t10", "CHECK t11 c"]).unwrap();
+        assert_eq!(r, vec![OpResult::Get(None), OpResult::Check]);
+    }
+
+    #[test]
+    fn a_failed_check_aborts_the_whole_command_and_names_the_op() {
+        let mut s = store();
+        run(&mut s, &["PUT t10 a"]).unwrap();
+        let before = s.clone();
+        // The first CHECK that does not hold decides, with the value the
+        // command's earlier operations left.
+        let err = run(
+            &mut s,
+            &[
+                "PUT t11 x",
+                "CHECK t10 a",
+                "SWAP t10 b",
+                "CHECK t10 a",
+                "CHECK t12 z",
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            ApplyError::CheckFailed {
+                op: 3,
+                key: Key::new("t", 10),
+                actual: Some(b"b".to_vec()),
+            }
+        );
+        assert_eq!(err.to_string(), "check failed: op 4 (t10 holds b)");
+        assert_eq!(s, before, "nothing of the command was applied");
+        let err = run(&mut s, &["CHECK t12 z", "DELETE t10"]).unwrap_err();
+        assert_eq!(
+            err,
+            ApplyError::CheckFailed {
+                op: 0,
+                key: Key::new("t", 12),
+                actual: None,
+            }
+        );
+        assert_eq!(s, before);
+        // A CHECK outside the partition is refused like any operation.
+        let err = run(&mut s, &["CHECK t25 a"]).unwrap_err();
+        assert!(matches!(err, ApplyError::WrongPartition { .. }), "{err}");
+    }
+
+    /// A command aborted by its CHECK is a finished command of its session:
+    /// a retry gets the same abort back, even once the CHECK would hold,
+    /// instead of running into a different answer.
+    #[test]
+    fn a_retry_of_a_check_aborted_command_gets_the_same_abort() {
+        let mut s = store();
+        let guarded = vec![
+            parse_op("CHECK t10 a").unwrap(),
+            parse_op("PUT t10 b").unwrap(),
+        ];
+        let first = once(&mut s, 1, 1, &guarded).unwrap();
+        let aborted = Err(ApplyError::CheckFailed {
+            op: 0,
+            key: Key::new("t", 10),
+            actual: None,
+        });
+        assert_eq!(first, aborted);
+        // Another session makes the CHECK hold.
+        once(&mut s, 2, 1, &[parse_op("PUT t10 a").unwrap()])
+            .unwrap()
+            .unwrap();
+        assert_eq!(once(&mut s, 1, 1, &guarded).unwrap(), aborted);
+        let get = [parse_op("GET t10").unwrap()];
+        assert_eq!(
+            s.execute(&get).unwrap(),
+            vec![OpResult::Get(Some(b"a".to_vec()))],
+            "the retry did not apply the PUT"
+        );
+        // The session's next command runs.
+        assert_eq!(
+            once(&mut s, 1, 2, &guarded).unwrap(),
+            Ok(vec![OpResult::Check, OpResult::Put { found: true }])
         );
     }
 

@@ -231,7 +231,7 @@ fn footprint(op: &Op) -> (Footprint<'_>, bool) {
         Op::Put { key, .. } | Op::Swap { key, .. } | Op::Delete { key } => {
             (Footprint::Key(key), true)
         }
-        Op::Get { key } => (Footprint::Key(key), false),
+        Op::Get { key } | Op::Check { key, .. } => (Footprint::Key(key), false),
         Op::Scan { start, end } => (Footprint::Range(start, end), false),
     }
 }

@@ -19,7 +19,8 @@
 //!   [`Model::set_groups`]) fences them: the partition's session table
 //!   refuses a sequence number older than one it applied, so nothing older
 //!   can land after that;
-//! - `Unavailable`: certainly not applied, nothing changes;
+//! - `Unavailable`, and `CheckFailed` (a CHECK did not hold): certainly not
+//!   applied, nothing changes;
 //! - `Rejected`, `Invalid`: the harness only builds valid commands, so
 //!   either is reported as a failure;
 //! - [`Model::wipe`] models data that is really lost (a store with one copy
@@ -78,6 +79,9 @@ enum Step {
     Delete,
     /// A SCAN whose range covers the key.
     Scan,
+    /// A CHECK of this value: in an acknowledged command it observed exactly
+    /// that (see [`observed`]).
+    Check(Value),
 }
 
 impl Step {
@@ -89,7 +93,7 @@ impl Step {
     fn apply(&self, state: &mut Value) -> Obs {
         match self {
             Step::Put(v) => Obs::Found(state.replace(v.clone()).is_some()),
-            Step::Get | Step::Scan => Obs::Value(state.clone()),
+            Step::Get | Step::Scan | Step::Check(_) => Obs::Value(state.clone()),
             Step::Swap(v) => match state {
                 // SWAP on an absent key does nothing and returns null.
                 None => Obs::Value(None),
@@ -200,6 +204,9 @@ pub fn fmt_ops(ops: &[Op]) -> String {
             }
             Op::Delete { key } => write!(out, "DELETE {key}"),
             Op::Scan { start, end } => write!(out, "SCAN {start} {end}"),
+            Op::Check { key, expected } => {
+                write!(out, "CHECK {key} {}", fmt_value(expected))
+            }
         };
     }
     out
@@ -322,6 +329,12 @@ impl Model {
                 // linearizability checker judges that read.
                 Op::Get { key } if self.keys.contains_key(key) && self.owner(key) != client => None,
                 Op::Get { key } => Some((key, Step::Get)),
+                Op::Check { key, .. }
+                    if self.keys.contains_key(key) && self.owner(key) != client =>
+                {
+                    None
+                }
+                Op::Check { key, expected } => Some((key, Step::Check(expected.clone()))),
                 Op::Swap { key, value } => Some((key, Step::Swap(value.clone()))),
                 Op::Delete { key } => Some((key, Step::Delete)),
                 Op::Scan { start, end } => {
@@ -490,6 +503,10 @@ impl Model {
                 self.counts.unavailable += 1;
                 Ok(())
             }
+            // Aborted by a CHECK that did not hold: certainly not applied.
+            // (The harness does not generate CHECKs yet; its actual value is
+            // not checked against the model.)
+            Err(ClientError::CheckFailed { .. }) => Ok(()),
             Err(e) => Err(fail(format!(
                 "unexpected error for a valid single-partition command: {e:?}"
             ))),
@@ -513,6 +530,7 @@ impl Model {
                     | (Op::Swap { .. }, OpResult::Swap(_))
                     | (Op::Delete { .. }, OpResult::Delete { .. })
                     | (Op::Scan { .. }, OpResult::Scan(_))
+                    | (Op::Check { .. }, OpResult::Check)
             );
             if !kind_ok {
                 return Err(format!(
@@ -565,7 +583,12 @@ impl Model {
 fn observed(key: &Key, steps: &[(usize, Step)], results: &[OpResult]) -> Vec<Obs> {
     steps
         .iter()
-        .map(|(i, _)| match &results[*i] {
+        .map(|(i, step)| match &results[*i] {
+            // A CHECK that held read its expected value.
+            OpResult::Check => match step {
+                Step::Check(expected) => Obs::Value(expected.clone()),
+                _ => Obs::Value(None),
+            },
             OpResult::Put { found } | OpResult::Delete { found } => Obs::Found(*found),
             OpResult::Get(v) | OpResult::Swap(v) => Obs::Value(v.clone()),
             OpResult::Scan(rows) => {

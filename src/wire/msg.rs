@@ -178,6 +178,10 @@ mod tests {
                         start: Key::new("t", 0),
                         end: Key::new("t", 9),
                     },
+                    Op::Check {
+                        key: Key::new("t", 2),
+                        expected: None,
+                    },
                 ],
             },
             Msg::ExecuteReply {
@@ -191,6 +195,14 @@ mod tests {
                 req: 9,
                 result: Err(ExecError::NotReady { node_id: 2 }),
             },
+            Msg::ExecuteReply {
+                req: 9,
+                result: Err(ExecError::Rejected(ApplyError::CheckFailed {
+                    op: 1,
+                    key: Key::new("t", 2),
+                    actual: Some(b"v".to_vec()),
+                })),
+            },
         ]
     }
 
@@ -199,6 +211,29 @@ mod tests {
         for m in sample() {
             assert_eq!(decode_msg(&encode_msg(&m).unwrap()).unwrap(), m);
         }
+    }
+
+    /// CHECK was added as the last variant of `Op`, `OpResult` and
+    /// `ApplyError`, so the encodings of the older variants did not change:
+    /// an older peer's messages and Raft entries still decode.
+    #[test]
+    fn check_variants_come_last_so_older_encodings_stay_valid() {
+        let code = |op: &Op| options().serialize(op).unwrap()[0];
+        let get = Op::Get {
+            key: Key::new("t", 1),
+        };
+        let check = Op::Check {
+            key: Key::new("t", 1),
+            expected: None,
+        };
+        assert_eq!((code(&get), code(&check)), (1, 5));
+        assert_eq!(options().serialize(&OpResult::Check).unwrap(), [5]);
+        let failed = ApplyError::CheckFailed {
+            op: 0,
+            key: Key::new("t", 1),
+            actual: None,
+        };
+        assert_eq!(options().serialize(&failed).unwrap()[0], 4);
     }
 
     #[test]
@@ -215,7 +250,7 @@ mod tests {
         }
 
         #[test]
-        fn truncated_messages_are_rejected(idx in 0usize..8, cut in any::<proptest::sample::Index>()) {
+        fn truncated_messages_are_rejected(idx in 0usize..9, cut in any::<proptest::sample::Index>()) {
             let m = &sample()[idx];
             let bytes = encode_msg(m).unwrap();
             let keep = cut.index(bytes.len());
