@@ -210,7 +210,7 @@ fn first_failing_seed(mode: Mode, bug: Bug, count: u64) -> Option<(u64, String, 
 }
 
 /// The checks that report a safety violation (see [`harness::failed_check`]).
-const SAFETY: &[&str] = &["model", "linearizability", "raft-safety"];
+const SAFETY: &[&str] = &["model", "linearizability", "atomicity", "raft-safety"];
 
 /// Asserts that `bug` is caught in `mode` within seeds `1..=count` by one of
 /// the `expected` checks (see [`harness::failed_check`]).
@@ -319,4 +319,48 @@ fn catches_injected_no_amnesia_guard() {
         stdout.contains("first caught by seed 383") && stdout.contains("check=model"),
         "no-amnesia-guard not caught by seed 383: {stdout}"
     );
+}
+
+/// A coordinator that commits although a participant refused (it counts a
+/// lost conflict as a prepare) applies the other parts alone: the model
+/// sees a transaction's write at one key and not at another (first: seed 1).
+#[test]
+fn catches_injected_txn_commit_without_all_prepares() {
+    let expected = [SAFETY, &["atomicity"]].concat();
+    assert_caught(
+        Mode::Memory,
+        Bug::TxnCommitWithoutAllPrepares,
+        20,
+        &expected,
+    );
+}
+
+/// Prepared transactions that hold no locks let other commands read and
+/// write their keys before they resolve (first: seed 1).
+#[test]
+fn catches_injected_txn_no_locks() {
+    assert_caught(Mode::Memory, Bug::TxnNoLocks, 20, SAFETY);
+    assert_caught(Mode::Durable, Bug::TxnNoLocks, 20, SAFETY);
+}
+
+/// Recovery that commits on the first "prepared" answer, without hearing
+/// from every participant, commits a transaction one participant never
+/// prepared (it was fenced): needs a coordinator lost mid-way, so rarer
+/// (first: seed 66 in memory mode).
+#[test]
+fn catches_injected_txn_recover_with_missing_prepare() {
+    let expected = [SAFETY, &["atomicity"]].concat();
+    assert_caught(
+        Mode::Memory,
+        Bug::TxnRecoverWithMissingPrepare,
+        150,
+        &expected,
+    );
+}
+
+/// Reads that ignore a prepared transaction's write locks miss a write
+/// whose transaction already answered the client (first: seed 2).
+#[test]
+fn catches_injected_txn_read_ignores_locks() {
+    assert_caught(Mode::Memory, Bug::TxnReadIgnoresLocks, 20, SAFETY);
 }

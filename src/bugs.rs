@@ -34,10 +34,24 @@ pub enum Bug {
     /// its state machine one entry behind the index it names (a follower
     /// that installs it never applies that entry).
     SnapshotOffByOne,
+    /// A transaction's coordinator commits once the participants that
+    /// answered prepared, counting one that refused (lost a conflict) as
+    /// if it had prepared: the others apply their parts, it does not.
+    TxnCommitWithoutAllPrepares,
+    /// A prepared transaction holds no locks: other commands read and
+    /// write its keys between its prepare and its resolution (locks
+    /// released before the decision is applied).
+    TxnNoLocks,
+    /// Recovery commits a transaction as soon as one other participant
+    /// says prepared, without hearing from all (a missing prepare).
+    TxnRecoverWithMissingPrepare,
+    /// Reads (ReadIndex path) ignore the write locks of prepared
+    /// transactions: a read after a transaction's reply can miss its write.
+    TxnReadIgnoresLocks,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 13] = [
         Bug::AckBeforeFsync,
         Bug::DuplicateApply,
         Bug::CommitWithoutQuorum,
@@ -47,6 +61,10 @@ impl Bug {
         Bug::ForgetInstalledSnapshot,
         Bug::NoAmnesiaGuard,
         Bug::SnapshotOffByOne,
+        Bug::TxnCommitWithoutAllPrepares,
+        Bug::TxnNoLocks,
+        Bug::TxnRecoverWithMissingPrepare,
+        Bug::TxnReadIgnoresLocks,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +78,10 @@ impl Bug {
             Bug::ForgetInstalledSnapshot => "forget-installed-snapshot",
             Bug::NoAmnesiaGuard => "no-amnesia-guard",
             Bug::SnapshotOffByOne => "snapshot-off-by-one",
+            Bug::TxnCommitWithoutAllPrepares => "txn-commit-without-all-prepares",
+            Bug::TxnNoLocks => "txn-no-locks",
+            Bug::TxnRecoverWithMissingPrepare => "txn-recover-with-missing-prepare",
+            Bug::TxnReadIgnoresLocks => "txn-read-ignores-locks",
         }
     }
 

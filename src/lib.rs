@@ -26,6 +26,19 @@
 #[cfg(all(feature = "sim", not(madsim)))]
 compile_error!("feature `sim` requires `--cfg madsim` (see .cargo/config.toml)");
 
+/// Whether `bug` is on (always `false` without feature `sim`), for code
+/// compiled in both configurations.
+#[macro_export]
+macro_rules! bug {
+    ($bug:ident) => {{
+        #[cfg(feature = "sim")]
+        let on = $crate::bugs::enabled($crate::bugs::Bug::$bug);
+        #[cfg(not(feature = "sim"))]
+        let on = false;
+        on
+    }};
+}
+
 pub mod bench;
 #[cfg(feature = "sim")]
 pub mod bugs;

@@ -156,7 +156,11 @@ fn bug_modes(bug: Bug) -> &'static [Mode] {
         | Bug::StaleRead
         | Bug::SlowHeartbeat
         | Bug::ForgetInstalledSnapshot
-        | Bug::NoAmnesiaGuard => &[Mode::Memory, Mode::Durable],
+        | Bug::NoAmnesiaGuard
+        | Bug::TxnCommitWithoutAllPrepares
+        | Bug::TxnNoLocks
+        | Bug::TxnRecoverWithMissingPrepare
+        | Bug::TxnReadIgnoresLocks => &[Mode::Memory, Mode::Durable],
         // Injected in the Raft-group simulation's driver (sim/raft) only.
         Bug::SnapshotOffByOne => &[],
     }

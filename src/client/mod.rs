@@ -671,6 +671,14 @@ impl<R: Runtime> Session<R> {
                             "check failed".into(),
                         )));
                     }
+                    PartOutcome::Done(PartReply::Txn(TxnState::Aborted(AbortReason::Conflict)))
+                        if crate::bug!(TxnCommitWithoutAllPrepares) =>
+                    {
+                        // Injected bug: a participant that refused counts
+                        // as prepared (its results: as if it read nothing).
+                        let results = parts[&p].iter().map(|&i| blank_result(&ops[i])).collect();
+                        done.insert(p, results);
+                    }
                     PartOutcome::Done(PartReply::Txn(TxnState::Aborted(reason))) => {
                         // A refusal outranks a conflict: it is final.
                         if !matches!(aborted, Some(AbortReason::Rejected(_))) {
@@ -813,6 +821,19 @@ pub fn retry_pause(base: Duration, max: Duration, failures: u32, random: u64) ->
         span => random % (span + 1),
     };
     half + Duration::from_nanos(jitter_ns)
+}
+
+/// A result of the right kind for `op` that claims it found nothing (for
+/// an injected bug only).
+fn blank_result(op: &Op) -> OpResult {
+    match op {
+        Op::Put { .. } => OpResult::Put { found: false },
+        Op::Get { .. } => OpResult::Get(None),
+        Op::Swap { .. } => OpResult::Swap(None),
+        Op::Delete { .. } => OpResult::Delete { found: false },
+        Op::Scan { .. } => OpResult::Scan(Vec::new()),
+        Op::Check { .. } => OpResult::Check,
+    }
 }
 
 /// Puts per-partition results back into operation order, concatenating a

@@ -264,10 +264,15 @@ pub fn conflicts(a: &[Op], b: &[Op]) -> bool {
 impl PartitionStore {
     /// The prepared transactions whose locks `ops` would conflict with.
     fn holders<'a>(&'a self, ops: &'a [Op]) -> impl Iterator<Item = &'a Prepare> + 'a {
-        self.prepared.iter().filter_map(move |id| {
-            let p = self.txns.get(id)?.prepared.as_ref()?;
-            conflicts(&p.ops, ops).then_some(p)
-        })
+        // Injected bug: prepared transactions hold no locks.
+        let no_locks = crate::bug!(TxnNoLocks);
+        self.prepared
+            .iter()
+            .filter(move |_| !no_locks)
+            .filter_map(move |id| {
+                let p = self.txns.get(id)?.prepared.as_ref()?;
+                conflicts(&p.ops, ops).then_some(p)
+            })
     }
 
     /// Whether `ops` touch anything a prepared transaction has locked: a

@@ -490,7 +490,11 @@ impl ServerCore {
         recovery.answers.insert(asked, vote);
         let votes: Vec<Vote> = recovery.answers.values().copied().collect();
         let others = recovery.participants.len().saturating_sub(1);
-        let commit = if votes.contains(&Vote::Aborted) {
+        let commit = if crate::bug!(TxnRecoverWithMissingPrepare) && votes.contains(&Vote::Prepared)
+        {
+            // Injected bug: one prepared answer is taken for all.
+            true
+        } else if votes.contains(&Vote::Aborted) {
             false
         } else if votes.contains(&Vote::Committed) {
             true
@@ -836,7 +840,7 @@ impl ServerCore {
             }
             while r.ready_reads.front().is_some_and(|(i, _)| *i <= r.applied) {
                 let (_, read) = r.ready_reads.pop_front().unwrap();
-                if r.store.is_blocked(&read.ops) {
+                if r.store.is_blocked(&read.ops) && !crate::bug!(TxnReadIgnoresLocks) {
                     // A prepared transaction may be writing what it reads:
                     // wait for its resolution (strict serializability).
                     r.blocked_reads.push(read);

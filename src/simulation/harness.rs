@@ -1661,6 +1661,8 @@ pub async fn scenario_with(config: Config) -> Summary {
 /// - `model`: a reply no possible state explains (lost or phantom write,
 ///   wrong value), a malformed reply, or an error a valid command must not get;
 /// - `linearizability`: the final WGL check of the whole history failed
+/// - `atomicity`: a transaction took effect at some of its keys only, or a
+///   failed one took effect ([`check_atomicity`])
 ///   (e.g. a stale read of another client's key);
 /// - `raft-safety`: a Raft safety assertion inside a server fired (e.g. a
 ///   committed entry about to be overwritten);
@@ -1681,6 +1683,8 @@ pub fn failed_check(message: &str) -> &'static str {
         "stability"
     } else if is(": linearizability: ") {
         "linearizability"
+    } else if is(": atomicity: ") {
+        "atomicity"
     } else if is("Raft safety") {
         "raft-safety"
     } else if is(" cannot connect: ") {
@@ -2183,7 +2187,7 @@ mod tests {
             for k in FaultKind::ALL {
                 let on = sets.iter().filter(|f| f.contains(k)).count();
                 match (k, mode) {
-                    (FaultKind::Disk, Mode::Memory) => assert_eq!(on, 0),
+                    (FaultKind::Disk | FaultKind::Wipe, Mode::Memory) => assert_eq!(on, 0),
                     _ => assert!(on > 60 && on < 300, "{k:?} {mode:?}: on in {on} of 300"),
                 }
             }
