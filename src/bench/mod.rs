@@ -190,36 +190,6 @@ fn open_history(path: &Path) -> Result<Box<dyn Write + Send>, String> {
     )))
 }
 
-/// The warning `load` prints when it records a history of `txn` commands
-/// whose keys span several partitions: each command's parts run atomically
-/// per partition only (README "Status": no two-phase commit yet), so the
-/// history may not be strictly serializable and `check` may report
-/// violations that are this known limitation.
-fn txn_history_warning(config: &LoadConfig, map: &PartitionMap, history: bool) -> Option<String> {
-    if !history || !matches!(config.workload, Workload::Txn | Workload::Bank) {
-        return None;
-    }
-    let table = map.tables.get(&config.table)?;
-    // The partitions holding the key numbers the load picks.
-    let last = config
-        .keys
-        .saturating_sub(1)
-        .saturating_mul(config.key_stride);
-    let spanned = table
-        .partitions
-        .iter()
-        .filter_map(|id| map.partitions.get(id))
-        .filter(|p| p.start <= last)
-        .count();
-    (spanned > 1).then(|| {
-        format!(
-            "warning: --workload {} with --history on table {} spanning {spanned} partitions: cross-partition commands are not atomic until two-phase commit lands, so the history may not be serializable (`check` may report violations)",
-            config.workload.name(),
-            config.table
-        )
-    })
-}
-
 /// One line on stderr saying what is about to run.
 fn start_line(config: &LoadConfig) -> String {
     let limit = match (config.duration_s, config.ops_limit) {
@@ -278,9 +248,6 @@ pub async fn run_load_cli<R: Runtime>(rt: R, client: Client<R>, args: LoadArgs) 
         }
     };
     eprintln!("{}", start_line(&config));
-    if let Some(warning) = txn_history_warning(&config, &client.map(), history.is_some()) {
-        eprintln!("{warning}");
-    }
     let report = match run_load(rt, client, &config, history).await {
         Ok(report) => report,
         Err(e) => {
@@ -380,34 +347,6 @@ mod tests {
         assert_eq!(bank("--keys=10"), 10);
         assert_eq!(bank("--keys=30"), 3);
         assert_eq!(bank("--keys=1000"), 1);
-    }
-
-    #[test]
-    fn a_txn_history_over_several_partitions_gets_a_warning() {
-        let servers: Vec<std::net::SocketAddr> = ["127.0.0.1:1", "127.0.0.1:2"]
-            .iter()
-            .map(|a| a.parse().unwrap())
-            .collect();
-        let tables = [("usertable".to_string(), 100)];
-        let map = PartitionMap::build(&tables, &servers, 1).unwrap();
-        assert_eq!(map.tables["usertable"].partitions.len(), 2);
-        let config = |args: &[&str]| parse(args).unwrap().to_config(&map, 0).unwrap();
-        let txn = config(&["--workload=txn"]);
-        let warning = txn_history_warning(&txn, &map, true).expect("a warning");
-        assert!(warning.starts_with("warning: "), "{warning}");
-        assert!(warning.contains("not atomic"), "{warning}");
-        assert!(!warning.contains('\n'), "one line");
-        // Not without a history, nor for other workloads, nor when the keys
-        // the load picks all fall in one partition.
-        assert_eq!(txn_history_warning(&txn, &map, false), None);
-        assert_eq!(txn_history_warning(&config(&[]), &map, true), None);
-        let few = config(&["--workload=txn", "--keys=50"]);
-        assert_eq!(txn_history_warning(&few, &map, true), None);
-        // Bank spreads even a few accounts over the partitions.
-        let bank = config(&["--workload=bank", "--keys=2"]);
-        assert!(txn_history_warning(&bank, &map, true).is_some());
-        let one = PartitionMap::build(&tables, &servers[..1], 1).unwrap();
-        assert_eq!(txn_history_warning(&txn, &one, true), None);
     }
 
     #[test]

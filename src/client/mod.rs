@@ -101,6 +101,35 @@ struct Inner<R: Runtime> {
     leaders: Mutex<HashMap<PartitionId, NodeId>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Msg>>>,
     next_req: AtomicU64,
+    /// Transactions across partitions run through this client.
+    txn_committed: AtomicU64,
+    txn_retries: AtomicU64,
+    txn_aborted: AtomicU64,
+}
+
+/// What this client's transactions across partitions came to (see
+/// [`Client::txn_counts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TxnCounts {
+    /// Commands spanning partitions that committed.
+    pub committed: u64,
+    /// Attempts that lost a conflict (or were fenced by recovery) and were
+    /// run again, invisibly to the user.
+    pub retries: u64,
+    /// Commands spanning partitions refused as a whole (a CHECK that did not
+    /// hold, an invalid operation, a limit).
+    pub aborted: u64,
+}
+
+impl TxnCounts {
+    /// The counts since `earlier`.
+    pub fn since(&self, earlier: &TxnCounts) -> TxnCounts {
+        TxnCounts {
+            committed: self.committed - earlier.committed,
+            retries: self.retries - earlier.retries,
+            aborted: self.aborted - earlier.aborted,
+        }
+    }
 }
 
 /// A connection to a cluster, shared by any number of [`Session`]s.
@@ -189,6 +218,9 @@ impl<R: Runtime> Client<R> {
             leaders: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             next_req: AtomicU64::new(1),
+            txn_committed: AtomicU64::new(0),
+            txn_retries: AtomicU64::new(0),
+            txn_aborted: AtomicU64::new(0),
         });
         rt.spawn(recv_loop(inner.clone()));
         let client = Client { inner };
@@ -203,6 +235,17 @@ impl<R: Runtime> Client<R> {
             client: self.clone(),
             id: self.inner.rt.rand_u64(),
             seq: 0,
+        }
+    }
+
+    /// What the transactions across partitions run through this client
+    /// (all its sessions) came to so far.
+    pub fn txn_counts(&self) -> TxnCounts {
+        let i = &self.inner;
+        TxnCounts {
+            committed: i.txn_committed.load(Ordering::Relaxed),
+            retries: i.txn_retries.load(Ordering::Relaxed),
+            aborted: i.txn_aborted.load(Ordering::Relaxed),
         }
     }
 
@@ -698,6 +741,7 @@ impl<R: Runtime> Session<R> {
             if aborted.is_none() && not_applied.is_empty() && unknown.is_empty() {
                 // Every participant prepared: committed.
                 crate::stats::count(crate::stats::Event::TxnCommitted);
+                client.inner.txn_committed.fetch_add(1, Ordering::Relaxed);
                 self.resolve_in_background(txn, &participants, true);
                 return Ok(merge(ops, touched, parts, done));
             }
@@ -707,7 +751,8 @@ impl<R: Runtime> Session<R> {
                 self.resolve_in_background(txn, &participants, false);
                 match reason {
                     AbortReason::Rejected(e) => {
-                        return Err(check_failed.unwrap_or(ClientError::Rejected(e.to_string())))
+                        client.inner.txn_aborted.fetch_add(1, Ordering::Relaxed);
+                        return Err(check_failed.unwrap_or(ClientError::Rejected(e.to_string())));
                     }
                     AbortReason::Stale => {
                         return Err(ClientError::UnknownOutcome(format!(
@@ -732,6 +777,7 @@ impl<R: Runtime> Session<R> {
                         }
                         rt.sleep(pause).await;
                         crate::stats::count(crate::stats::Event::TxnRetried);
+                        client.inner.txn_retries.fetch_add(1, Ordering::Relaxed);
                         attempt += 1;
                         continue;
                     }
