@@ -7,10 +7,9 @@
 //! at once for ~24 s over 20 keys each, each recording a history file
 //! (docs/protocol.md, "Histories"): workload `a` (50 % GET / 50 % PUT, one key per
 //! command) on `kv0..kv19`, and workload `txn` (GET two keys and PUT both,
-//! one command) on `tx0..tx19`, which all lie in `tx`'s one partition, so
-//! each command is one atomic transaction there (cross-partition commands
-//! are not atomic until two-phase commit lands, README "Status"; see the
-//! ignored [`cross_partition_txn_load_is_serializable`]). Meanwhile the
+//! one command) on `tx0..tx19`, spread over `tx`'s three partitions, so
+//! most commands are transactions across two partitions (see also
+//! [`cross_partition_txn_load_is_serializable`], without faults). Meanwhile the
 //! test thread, the nemesis, kills servers with SIGKILL, pauses them with
 //! SIGSTOP, resumes them with SIGCONT and restarts killed ones on the same
 //! port with the same data directories, in rounds, from 2 s to at most
@@ -68,10 +67,10 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// `kv`: 3 partitions of the 20 keys the loads use, on 3 servers; `tx`: one
-/// partition (key numbers past a table's key space belong to its last
-/// range), so `txn` commands on it are single-partition transactions.
-const TABLES: &str = "kv=20,tx=1";
+/// `kv` and `tx`: 3 partitions each of the 20 keys the loads use, on 3
+/// servers, so most `txn` commands (GET two keys, PUT both) are
+/// transactions across two partitions.
+const TABLES: &str = "kv=20,tx=20";
 /// A small key space makes commands overlap on keys, so the check has
 /// something to decide.
 const KEYS: &str = "20";
@@ -111,12 +110,11 @@ fn memory_cluster_with_a_minority_down() {
 
 /// The acceptance test for cross-partition transactions: `txn` commands
 /// over 20 keys of a 3-partition table, without any fault, must be strictly
-/// serializable. Until two-phase commit lands each partition runs its part
-/// of a command on its own (README "Status"), and within seconds two
-/// concurrent commands each read the other's write on different partitions
-/// (a dependency cycle), so `benchmark check` rejects the history.
+/// serializable. Before transactions, each partition ran its part of a
+/// command on its own, and within seconds two concurrent commands each
+/// read the other's write on different partitions (a dependency cycle), so
+/// `benchmark check` rejected the history.
 #[test]
-
 fn cross_partition_txn_load_is_serializable() {
     let mut cluster = Cluster::start_full(3, TABLES, false, &[], &["--replicas", "3"]);
     let path = cluster.dir.path().join("history-cross.jsonl");
