@@ -293,31 +293,32 @@ fn catches_injected_forget_installed_snapshot() {
     assert_caught(Mode::Memory, Bug::ForgetInstalledSnapshot, 250, &expected);
 }
 
-/// Replicas that start empty after a disk wipe must not vote until a leader
-/// has caught them up: otherwise a wiped replica helps a peer that lags by
-/// the last entries win an election while the server holding them is down,
-/// and acknowledged writes are lost. Needs wipes next to kills and
-/// partitions: seed 383 with these faults (about 1 run in 400).
+/// Replicas that start empty (a memory-mode restart, a wiped disk) must
+/// not vote until a leader has caught them up: otherwise an emptied replica
+/// helps a peer that lags by the last entries win an election while the
+/// server holding them is down, and acknowledged writes are lost. Rare, and
+/// the first catching seed moves whenever the scenario's draws change:
+/// memory seed 378 since transactions joined the workload (before: 380, and
+/// durable seed 383 with `--faults wipe,kill,partition,loss,latency
+/// --no-swarm`, which 3,000 durable seeds no longer reproduce).
 #[test]
 fn catches_injected_no_amnesia_guard() {
-    // (In memory mode, where every restart empties a replica, the first
-    // catch is rare and moves with the schedule: seed 380 of `--seed 1`.)
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sim"))
-        .args(["--seed", "383", "--mode", "durable", "--no-swarm"])
-        .args(["--faults", "wipe,kill,partition,loss,latency"])
-        .output()
-        .expect("the sim runner starts");
-    assert!(out.status.success(), "seed 383 passes with the guard");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sim"))
-        .args(["--seed", "383", "--mode", "durable", "--no-swarm"])
-        .args(["--faults", "wipe,kill,partition,loss,latency"])
-        .args(["--inject-bug", "no-amnesia-guard"])
-        .output()
-        .expect("the sim runner starts");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let run = |bug: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sim"));
+        command.args(["--seed", "378", "--mode", "memory"]);
+        if bug {
+            command.args(["--inject-bug", "no-amnesia-guard"]);
+        }
+        command.output().expect("the sim runner starts")
+    };
     assert!(
-        stdout.contains("first caught by seed 383") && stdout.contains("check=model"),
-        "no-amnesia-guard not caught by seed 383: {stdout}"
+        run(false).status.success(),
+        "seed 378 passes with the guard"
+    );
+    let stdout = String::from_utf8_lossy(&run(true).stdout).into_owned();
+    assert!(
+        stdout.contains("first caught by seed 378") && stdout.contains("check=model"),
+        "no-amnesia-guard not caught by seed 378: {stdout}"
     );
 }
 
