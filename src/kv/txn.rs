@@ -25,8 +25,12 @@ use crate::op::{Op, OpResult};
 use serde::{Deserialize, Serialize};
 
 /// How many session TTLs of log time a partition remembers the fate of a
-/// resolved transaction attempt (an hour with the default TTL).
-pub const MARKER_TTLS: u64 = 12;
+/// resolved transaction attempt (20 minutes with the default TTL). Longer
+/// costs memory (tens of bytes per transaction and participant); shorter
+/// narrows the time a participant cut off with a prepared transaction can
+/// still learn its fate from the others (after it, recovery never guesses
+/// and keeps the locks: docs/transactions.md, "Limits").
+pub const MARKER_TTLS: u64 = 4;
 
 /// One attempt of one client command. A command retried after a conflict
 /// runs as a new attempt; an attempt's fate never changes once decided.
