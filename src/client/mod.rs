@@ -150,6 +150,11 @@ pub struct Session<R: Runtime> {
     client: Client<R>,
     id: u64,
     seq: u64,
+    /// This session's last committed transaction and its participants:
+    /// the next prepare at one of them carries its decision, so its locks
+    /// are released there before the next command needs them (its
+    /// background resolve may still be in flight).
+    last_commit: Option<(TxnId, Vec<PartitionId>)>,
 }
 
 /// One command of a session, as every attempt of it names it.
@@ -235,6 +240,7 @@ impl<R: Runtime> Client<R> {
             client: self.clone(),
             id: self.inner.rt.rand_u64(),
             seq: 0,
+            last_commit: None,
         }
     }
 
@@ -639,7 +645,13 @@ impl<R: Runtime> Session<R> {
                 PartOutcome::Unknown(e) => Err(ClientError::UnknownOutcome(e)),
             };
         }
-        self.run_txn(&ops, &touched, &parts, id, deadline).await
+        let last_commit = self.last_commit.take();
+        let (outcome, committed) = self
+            .run_txn(&ops, &touched, &parts, id, deadline, last_commit.as_ref())
+            .await;
+        // Carry the decision on if this command did not deliver it to all.
+        self.last_commit = committed.or(last_commit);
+        outcome
     }
 
     /// Runs a command that spans partitions as one transaction
@@ -648,6 +660,10 @@ impl<R: Runtime> Session<R> {
     /// answer, and send the decision to the participants in the
     /// background. A conflict aborts the attempt, which is retried as a new
     /// attempt of the same age (wait-die), so the user never sees it.
+    ///
+    /// Also returns the transaction if it committed (see
+    /// [`Session::last_commit`]). `previous`: the session's last committed
+    /// transaction, whose decision the prepares carry.
     async fn run_txn(
         &self,
         ops: &[Op],
@@ -655,7 +671,29 @@ impl<R: Runtime> Session<R> {
         parts: &BTreeMap<PartitionId, Vec<usize>>,
         id: CommandId,
         deadline: Instant,
-    ) -> Result<Vec<OpResult>, ClientError> {
+        previous: Option<&(TxnId, Vec<PartitionId>)>,
+    ) -> (
+        Result<Vec<OpResult>, ClientError>,
+        Option<(TxnId, Vec<PartitionId>)>,
+    ) {
+        let outcome = self
+            .run_txn_attempts(ops, touched, parts, id, deadline, previous)
+            .await;
+        match outcome {
+            Ok((results, txn)) => (Ok(results), Some((txn, parts.keys().copied().collect()))),
+            Err(e) => (Err(e), None),
+        }
+    }
+
+    async fn run_txn_attempts(
+        &self,
+        ops: &[Op],
+        touched: &[Vec<PartitionId>],
+        parts: &BTreeMap<PartitionId, Vec<usize>>,
+        id: CommandId,
+        deadline: Instant,
+        previous: Option<&(TxnId, Vec<PartitionId>)>,
+    ) -> Result<(Vec<OpResult>, TxnId), ClientError> {
         let client = &self.client;
         let rt = &client.inner.rt;
         let participants: Vec<PartitionId> = parts.keys().copied().collect();
@@ -680,6 +718,9 @@ impl<R: Runtime> Session<R> {
                         sent_ms,
                         participants: participants.clone(),
                         ops: idx.iter().map(|&i| ops[i].clone()).collect(),
+                        committed_before: previous
+                            .filter(|(_, ps)| ps.contains(&p))
+                            .map(|(t, _)| *t),
                     };
                     (p, PartRequest::Txn(TxnOp::Prepare(prepare)))
                 })
@@ -743,7 +784,7 @@ impl<R: Runtime> Session<R> {
                 crate::stats::count(crate::stats::Event::TxnCommitted);
                 client.inner.txn_committed.fetch_add(1, Ordering::Relaxed);
                 self.resolve_in_background(txn, &participants, true);
-                return Ok(merge(ops, touched, parts, done));
+                return Ok((merge(ops, touched, parts, done), txn));
             }
             if let Some(reason) = aborted {
                 // Certainly aborted: release the locks of the parts that

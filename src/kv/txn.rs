@@ -61,6 +61,11 @@ pub struct Prepare {
     pub participants: Vec<PartitionId>,
     /// This partition's operations, in command order.
     pub ops: Vec<Op>,
+    /// The same session's previous transaction, which its coordinator saw
+    /// committed (every participant prepared): resolved here first, so
+    /// the session does not wait for (or die on) its own locks while the
+    /// background resolve is still on its way.
+    pub committed_before: Option<TxnId>,
 }
 
 impl Prepare {
@@ -309,6 +314,16 @@ impl PartitionStore {
     pub fn apply_txn(&mut self, op: &TxnOp, session_ttl_ms: u64) -> TxnOutcome {
         match op {
             TxnOp::Prepare(p) => {
+                if let Some(before) = p.committed_before {
+                    // Only ever the same session's earlier transaction.
+                    if before.session == p.id.session
+                        && before.seq < p.id.seq
+                        && self.prepared.contains(&before)
+                    {
+                        self.resolve(before, true);
+                        self.drain_queue();
+                    }
+                }
                 if self.is_queued(&WaitKey::Txn(p.id)) {
                     return TxnOutcome::Wait;
                 }
@@ -737,6 +752,7 @@ mod tests {
             sent_ms: 1_000,
             participants: vec![1, 2],
             ops: ops(lines),
+            committed_before: None,
         })
     }
 
@@ -1036,6 +1052,40 @@ mod tests {
             }]
         );
         assert_eq!(s.queued_count(), 1);
+    }
+
+    #[test]
+    fn a_prepare_carries_its_sessions_previous_commit_and_does_not_trip_on_its_locks() {
+        let mut s = store();
+        apply(&mut s, prepare(5, 0, 20, &["PUT t1 a"]));
+        // The session's next command touches t1 before the background
+        // resolve arrived; its prepare says the previous one committed.
+        let TxnOp::Prepare(mut next) = prepare(5, 0, 20, &["GET t1", "PUT t1 b"]) else {
+            unreachable!()
+        };
+        next.id.seq = 2;
+        next.committed_before = Some(id(5, 0));
+        let out = apply(&mut s, TxnOp::Prepare(next));
+        assert_eq!(
+            out,
+            prepared(vec![
+                OpResult::Get(Some(b"a".to_vec())),
+                OpResult::Put { found: true }
+            ])
+        );
+        assert!(matches!(
+            s.txn_state(&id(5, 0)),
+            Some(TxnState::Committed { .. })
+        ));
+        // The resolve that was on its way changes nothing.
+        apply(
+            &mut s,
+            TxnOp::Resolve {
+                id: id(5, 0),
+                commit: true,
+            },
+        );
+        assert_eq!(get(&s, "GET t1"), OpResult::Get(Some(b"a".to_vec())));
     }
 
     #[test]
