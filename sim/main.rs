@@ -283,14 +283,16 @@ fn catches_injected_slow_heartbeat() {
 
 /// A node that installs a snapshot but does not keep it to send on cannot,
 /// as leader, catch up a follower behind it; in memory mode a restarted
-/// (empty) follower then never catches up, and the next kill loses data.
-/// Rare (first: seed 249, memory, since snapshots are taken on demand and
-/// the disk-wipe fault joined the schedule), since it needs compaction, an
-/// install, a leader change and a restart in one group.
+/// (empty) follower then never catches up, and after the next kill the
+/// partition has no leader that can serve (since empty replicas no longer
+/// elect each other while a replica with data campaigns, this shows as
+/// `liveness` rather than lost data). Rare (first: seed 278, memory, since
+/// empty replicas first listen for a survivor; 249 before), since it needs
+/// compaction, an install, a leader change and a restart in one group.
 #[test]
 fn catches_injected_forget_installed_snapshot() {
     let expected = [SAFETY, &["liveness", "stability"]].concat();
-    assert_caught(Mode::Memory, Bug::ForgetInstalledSnapshot, 250, &expected);
+    assert_caught(Mode::Memory, Bug::ForgetInstalledSnapshot, 280, &expected);
 }
 
 /// Replicas that start empty after a disk wipe must not vote until a leader

@@ -76,7 +76,17 @@ pub struct Config {
     /// leader; an emptied member cannot help elect a leader that lacks
     /// entries it acknowledged. Leaders also repair a follower whose log
     /// ends below what it acknowledged (see `handle_append_response`).
+    /// Two refinements keep a survivor's data when a majority restarted
+    /// empty (see `amnesiac_may_grant`): an empty candidate is refused while
+    /// a peer with a log is heard, and a candidate with a log may be chosen
+    /// once every other voter is heard to be empty.
     pub amnesia_guard: bool,
+    /// How long (ticks since start) a member under the amnesia guard
+    /// listens before it grants a vote to an empty candidate: at least the
+    /// longest election timeout (`2 * election_ticks`), so that every live
+    /// peer that campaigns has been heard once. Also how recent what it
+    /// heard of a peer must be to count.
+    pub amnesia_listen_ticks: u32,
     /// Most bytes of snapshot data in one InstallSnapshot message.
     pub snapshot_chunk_bytes: usize,
     /// Most snapshot chunks in flight to one follower (flow control: the
@@ -97,10 +107,22 @@ impl Config {
             pre_vote: true,
             check_quorum: true,
             amnesia_guard: false,
+            amnesia_listen_ticks: 20,
             snapshot_chunk_bytes: 1024 * 1024,
             max_inflight_snapshot_chunks: 4,
         }
     }
+}
+
+/// What an amnesiac member last heard from a campaigning peer.
+#[derive(Clone, Copy, Debug)]
+struct Heard {
+    /// `Raft::ticks` when it arrived.
+    tick: u64,
+    /// The peer's term then.
+    term: Term,
+    /// Where the peer's log ended.
+    last_log_index: Index,
 }
 
 /// What a member is doing now.
@@ -301,6 +323,10 @@ pub struct Raft {
     apply_handed: Index,
     /// See [`Config::amnesia_guard`]: started empty and not caught up yet.
     amnesiac: bool,
+    /// Ticks since this member started (for `amnesia_listen_ticks`).
+    ticks: u64,
+    /// While amnesiac: the last PreVote/Vote heard from each peer.
+    heard: BTreeMap<NodeId, Heard>,
     // Output.
     persisted_hard_state: HardState,
     unpersisted_from: Option<Index>,
@@ -328,6 +354,8 @@ impl Raft {
         let amnesiac = cfg.amnesia_guard && log.last_index() == 0;
         let mut raft = Raft {
             amnesiac,
+            ticks: 0,
+            heard: BTreeMap::new(),
             term: state.hard_state.term,
             vote: state.hard_state.vote,
             role: Role::Follower,
@@ -423,6 +451,7 @@ impl Raft {
 
     /// Advances time by one tick.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         match self.role {
             Role::Leader => self.tick_leader(),
             _ => {
@@ -657,6 +686,7 @@ impl Raft {
         );
         // Leader Completeness (§5.4): our log holds every committed entry.
         self.amnesiac = false;
+        self.heard.clear();
         self.role = Role::Leader;
         self.leader = Some(self.cfg.id);
         self.election_elapsed = 0;
@@ -1088,6 +1118,9 @@ impl Raft {
         if msg.to != self.cfg.id {
             return;
         }
+        if self.amnesiac {
+            self.note_campaigner(&msg);
+        }
         if msg.term > self.term {
             match &msg.body {
                 MessageBody::PreVote { .. } => {} // hypothetical: changes nothing
@@ -1134,7 +1167,8 @@ impl Raft {
                 let granted = msg.term > self.term
                     && !self.in_lease()
                     && self.log.is_up_to_date(last_log_index, last_log_term)
-                    && (!self.amnesiac || last_log_index == 0);
+                    && (!self.amnesiac
+                        || self.amnesiac_may_grant(msg.from, msg.term, last_log_index));
                 let term = if granted { msg.term } else { self.term };
                 self.messages.push(Message {
                     from: self.cfg.id,
@@ -1151,7 +1185,8 @@ impl Raft {
                 // §5.2, §5.4.1: one vote per term, only for an up-to-date log.
                 let granted = self.vote.is_none_or(|v| v == msg.from)
                     && self.log.is_up_to_date(last_log_index, last_log_term)
-                    && (!self.amnesiac || last_log_index == 0);
+                    && (!self.amnesiac
+                        || self.amnesiac_may_grant(msg.from, msg.term, last_log_index));
                 if granted {
                     self.vote = Some(msg.from);
                     self.election_elapsed = 0;
@@ -1218,6 +1253,68 @@ impl Raft {
                     self.start_election(true);
                 }
             }
+        }
+    }
+
+    /// While amnesiac: remember what a campaigning peer said of its log
+    /// and term (PreVote carries the term it would campaign in, one above
+    /// its own).
+    fn note_campaigner(&mut self, msg: &Message) {
+        let (term, last_log_index) = match msg.body {
+            MessageBody::PreVote { last_log_index, .. } => {
+                (msg.term.saturating_sub(1), last_log_index)
+            }
+            MessageBody::Vote { last_log_index, .. } => (msg.term, last_log_index),
+            _ => return,
+        };
+        self.heard.insert(
+            msg.from,
+            Heard {
+                tick: self.ticks,
+                term,
+                last_log_index,
+            },
+        );
+    }
+
+    /// The amnesia guard's vote rule (`Config::amnesia_guard`), for a
+    /// candidate `from` in `term` whose log ends at `last_log_index` (the
+    /// up-to-date check of §5.4.1 applies as well). The argument is in
+    /// ARCHITECTURE.md, "Replicas that lose their state".
+    ///
+    /// - An **empty** candidate: only after listening for
+    ///   `amnesia_listen_ticks`, and only if no peer heard within that time
+    ///   has a log. An empty candidate can win only with voters that are
+    ///   all empty, so this only withholds votes (never unsafe); it keeps
+    ///   two replicas that restarted empty from electing each other and
+    ///   erasing the log of a survivor that is up and campaigning.
+    /// - A candidate **with a log**: only if every other voter (all but us
+    ///   and the candidate) was heard within `amnesia_listen_ticks`, with
+    ///   an empty log and a term below `term`. Then no replica but the
+    ///   candidate holds any entry, so an entry committed on a majority
+    ///   is in the candidate's log unless that whole majority lost its
+    ///   state (which may lose data anyway); and no other voter can have
+    ///   led, or be leading, `term` with a vote we gave before we lost it.
+    fn amnesiac_may_grant(&self, from: NodeId, term: Term, last_log_index: Index) -> bool {
+        let window = self.cfg.amnesia_listen_ticks as u64;
+        let recent = |id: &NodeId| {
+            self.heard
+                .get(id)
+                .filter(|h| self.ticks.saturating_sub(h.tick) < window)
+        };
+        if last_log_index == 0 {
+            self.ticks >= window
+                && !self
+                    .heard
+                    .keys()
+                    .any(|id| recent(id).is_some_and(|h| h.last_log_index > 0))
+        } else {
+            let me = self.cfg.id;
+            self.membership
+                .voters
+                .iter()
+                .filter(|&&v| v != me && v != from)
+                .all(|v| recent(v).is_some_and(|h| h.last_log_index == 0 && h.term < term))
         }
     }
 
@@ -1294,6 +1391,7 @@ impl Raft {
         if self.amnesiac && self.log.last_index() >= commit {
             // Caught up with a leader: everything committed is here now.
             self.amnesiac = false;
+            self.heard.clear();
         }
         // The acknowledgement promises these entries are on our disk.
         self.send(from, MessageBody::AppendResponse(Ok(last_new)), true);

@@ -1125,8 +1125,13 @@ fn a_member_without_durable_state_votes_only_after_catching_up() {
                 _ => None,
             })
     };
-    // A new cluster: the candidate's log is empty too.
+    // A new cluster: the candidate's log is empty too (granted once the
+    // member listened for a while and heard nobody with a log).
     let mut fresh = Raft::new(cfg.clone(), state.clone(), 1);
+    for _ in 0..cfg.amnesia_listen_ticks {
+        fresh.tick();
+    }
+    let _ = fresh.ready();
     fresh.step(vote(1, 1, 0));
     assert_eq!(granted(&mut fresh), Some(true));
 
@@ -1177,6 +1182,8 @@ fn a_follower_that_restarts_empty_is_repaired_by_the_same_leader() {
     fn config(id: NodeId) -> Config {
         Config {
             amnesia_guard: true,
+            // Repair, not elections, is under test: vote at once.
+            amnesia_listen_ticks: 0,
             ..Config::new(id)
         }
     }
@@ -1209,6 +1216,8 @@ fn an_idle_leader_repairs_a_follower_that_restarted_empty() {
     fn config(id: NodeId) -> Config {
         Config {
             amnesia_guard: true,
+            // Repair, not elections, is under test: vote at once.
+            amnesia_listen_ticks: 0,
             ..Config::new(id)
         }
     }
@@ -1225,6 +1234,152 @@ fn an_idle_leader_repairs_a_follower_that_restarted_empty() {
         "the emptied follower has the whole log again"
     );
     c.check_log_matching();
+}
+
+#[test]
+fn two_members_restarted_empty_elect_the_survivor_and_keep_its_log() {
+    // Not in the paper (durable state assumed). Without --persistence,
+    // nodes 2 and 3 crash while node 1 holds the log, and come back empty
+    // after node 1 stepped down. A majority lost its state, so data may be
+    // lost, but here the survivor still has it: the two empty members must
+    // not elect each other and overwrite it (issue 9 item 9). Before the
+    // fix, one of them won with the other's vote and node 1's entries were
+    // truncated away: nobody applied x=1, x=2 again.
+    fn config(id: NodeId) -> Config {
+        Config {
+            amnesia_guard: true,
+            ..Config::new(id)
+        }
+    }
+    let e = Config::new(1).election_ticks;
+    let mut c = Cluster::with_config(3, config);
+    // A fresh group (all empty) elects a leader once its members listened.
+    c.tick_all(4 * e);
+    let survivor = c.leader().expect("a fresh group elects a leader");
+    c.propose(survivor, "x=1");
+    c.propose(survivor, "x=2");
+    c.tick_all(2);
+    let others: Vec<NodeId> = (1..=3).filter(|&id| id != survivor).collect();
+    for id in &others {
+        c.nodes.remove(id); // crashed
+    }
+    c.tick_all(3 * e); // check-quorum: the survivor steps down
+    assert_ne!(c.raft(survivor).role(), Role::Leader);
+    for &id in &others {
+        c.start(id, Disk::default()); // restarted without a disk
+    }
+    c.tick_all(10 * e);
+    assert_eq!(c.leader(), Some(survivor), "the member with the log leads");
+    for id in 1..=3 {
+        assert_eq!(c.applied(id), vec!["x=1", "x=2"], "node {id}");
+    }
+    c.check_log_matching();
+    // One more crash (of the survivor, now the leader): the two that were
+    // caught up elect one of them, and everything is still there.
+    c.nodes.remove(&survivor);
+    c.tick_all(4 * e);
+    let leader = c.leader().filter(|&l| l != survivor);
+    let leader = leader.expect("the two caught-up members elect a leader");
+    c.start(survivor, Disk::default());
+    c.propose(leader, "x=3");
+    c.tick_all(4 * e);
+    for id in 1..=3 {
+        assert_eq!(c.applied(id), vec!["x=1", "x=2", "x=3"], "node {id}");
+    }
+    c.check_log_matching();
+}
+
+#[test]
+fn an_amnesiac_member_votes_for_a_log_only_when_every_other_voter_is_empty() {
+    // The two refinements of the amnesia guard, message by message, on a
+    // member (3) that restarted empty in a group of 1, 2, 3.
+    let cfg = Config {
+        amnesia_guard: true,
+        check_quorum: false,
+        ..Config::new(3)
+    };
+    let listen = cfg.amnesia_listen_ticks;
+    let state = RaftState {
+        initial_membership: Membership::new([1, 2, 3]),
+        ..Default::default()
+    };
+    let pre_vote = |from: NodeId, term: Term, last_log_index: Index| Message {
+        from,
+        to: 3,
+        term,
+        body: MessageBody::PreVote {
+            last_log_index,
+            last_log_term: if last_log_index == 0 { 0 } else { 1 },
+        },
+    };
+    let vote = |from: NodeId, term: Term, last_log_index: Index| Message {
+        body: MessageBody::Vote {
+            last_log_index,
+            last_log_term: if last_log_index == 0 { 0 } else { 1 },
+            transfer: false,
+        },
+        ..pre_vote(from, term, last_log_index)
+    };
+    let granted = |r: &mut Raft| {
+        let ready = r.ready();
+        ready
+            .persisted_messages
+            .iter()
+            .chain(&ready.messages)
+            .find_map(|m| match m.body {
+                MessageBody::VoteResponse { granted } => Some(granted),
+                MessageBody::PreVoteResponse { granted } => Some(granted),
+                _ => None,
+            })
+    };
+    let ticks = |r: &mut Raft, n: u32| {
+        for _ in 0..n {
+            r.tick();
+        }
+        let _ = r.ready();
+    };
+    // Rule 1: an empty candidate only after listening, and not while a
+    // peer with a log is heard.
+    let mut r = Raft::new(cfg.clone(), state.clone(), 1);
+    r.step(pre_vote(2, 1, 0));
+    assert_eq!(granted(&mut r), Some(false), "still listening");
+    ticks(&mut r, listen);
+    r.step(pre_vote(1, 5, 7)); // node 1 has a log
+    let _ = r.ready();
+    r.step(pre_vote(2, 5, 0));
+    assert_eq!(granted(&mut r), Some(false), "node 1 with a log is up");
+    ticks(&mut r, listen); // node 1 fell silent
+    r.step(pre_vote(2, 5, 0));
+    assert_eq!(granted(&mut r), Some(true), "nobody with a log is heard");
+
+    // Rule 2: a candidate with a log only if the third voter is heard, and
+    // is empty with a lower term.
+    let mut r = Raft::new(cfg.clone(), state.clone(), 2);
+    r.step(vote(1, 5, 7));
+    assert_eq!(granted(&mut r), Some(false), "node 2 unheard");
+    let mut r = Raft::new(cfg.clone(), state.clone(), 3);
+    r.step(pre_vote(2, 5, 4)); // node 2 has a log: a minority restarted
+    let _ = r.ready();
+    r.step(vote(1, 6, 7));
+    assert_eq!(granted(&mut r), Some(false), "node 2 has a log");
+    let mut r = Raft::new(cfg.clone(), state.clone(), 4);
+    r.step(pre_vote(2, 7, 0)); // node 2 is empty, but in term 6
+    let _ = r.ready();
+    r.step(vote(1, 6, 7));
+    assert_eq!(granted(&mut r), Some(false), "node 2 may lead term 6");
+    let mut r = Raft::new(cfg.clone(), state.clone(), 5);
+    r.step(pre_vote(2, 5, 0)); // node 2 is empty, in term 4
+    let _ = r.ready();
+    ticks(&mut r, listen);
+    r.step(vote(1, 6, 7));
+    assert_eq!(granted(&mut r), Some(false), "heard too long ago");
+    let mut r = Raft::new(cfg, state, 6);
+    r.step(pre_vote(2, 5, 0));
+    let _ = r.ready();
+    r.step(pre_vote(1, 6, 7));
+    assert_eq!(granted(&mut r), Some(true), "pre-vote for the survivor");
+    r.step(vote(1, 6, 7));
+    assert_eq!(granted(&mut r), Some(true), "vote for the survivor");
 }
 
 // ----- snapshots in chunks (§7) -------------------------------------------

@@ -643,8 +643,10 @@ mod tests {
     fn a_write_commits_on_the_leader_and_reaches_every_replica() {
         let mut c = Cores::new(3);
         assert_eq!(c.leader(0), None, "no leader before an election timeout");
-        c.ticks(25);
-        let leader = c.leader(0).expect("a leader after two election timeouts");
+        c.ticks(40);
+        // Fresh replicas listen for two election timeouts (amnesia guard)
+        // before they vote, so the first election ends within four.
+        let leader = c.leader(0).expect("a leader after four election timeouts");
         let follower = (leader + 1) % 3;
         assert_eq!(
             c.exec(follower, 1, 1, 0, &["PUT t5 a"]),
@@ -681,7 +683,7 @@ mod tests {
     #[test]
     fn after_the_leader_crashes_a_retry_gets_the_original_outcome_once() {
         let mut c = Cores::new(3);
-        c.ticks(25);
+        c.ticks(40);
         let old = c.leader(0).unwrap();
         assert_eq!(
             c.exec(old, 7, 1, 0, &["SWAP t1 x"]),
@@ -720,7 +722,7 @@ mod tests {
     #[test]
     fn replicas_expire_sessions_alike_by_the_leaders_clock() {
         let mut c = Cores::new(3);
-        c.ticks(25);
+        c.ticks(40);
         let leader = c.leader(0).unwrap();
         let ttl_s = RaftTuning::SESSION_TTL_DEFAULT.as_secs();
         // A new session per command, one command per second of leader time.
@@ -765,7 +767,7 @@ mod tests {
     #[test]
     fn an_isolated_leader_neither_commits_nor_serves_reads() {
         let mut c = Cores::new(3);
-        c.ticks(25);
+        c.ticks(40);
         let old = c.leader(0).unwrap();
         assert_eq!(
             c.exec(old, 1, 1, 0, &["PUT t2 before"]),

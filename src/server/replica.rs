@@ -259,6 +259,7 @@ impl ServerCore {
             // Without --persistence every restart empties a replica; with
             // it, an operator may have wiped or replaced the disk.
             amnesia_guard: !no_amnesia_guard(),
+            amnesia_listen_ticks: 2 * self.tuning.election_ticks,
             ..Config::new(self.node_id)
         };
         let seed = self.next_seed();
