@@ -268,6 +268,19 @@ struct SnapshotSend {
     rewound_to: Option<u64>,
 }
 
+/// The driver's verdict on a whole received snapshot (see
+/// [`Raft::step_checked`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotCheck {
+    /// Its bytes decode: install it now.
+    Install,
+    /// They do not: ask the leader again.
+    Reject,
+    /// The driver decodes it elsewhere and reports with
+    /// [`Raft::snapshot_checked`]; the core keeps it until then.
+    Later,
+}
+
 /// A snapshot being received: the chunks so far, in order.
 struct SnapshotAssembly {
     meta: SnapshotMeta,
@@ -313,6 +326,9 @@ pub struct Raft {
     snapshot_wanted: bool,
     /// Follower: the snapshot being received.
     assembly: Option<SnapshotAssembly>,
+    /// Follower: a whole snapshot the driver is checking
+    /// ([`SnapshotCheck::Later`]), and the leader that sent it.
+    checking: Option<(NodeId, Snapshot, u32)>,
     /// Index of the last snapshot installed from a leader (for an injected
     /// bug in the simulation).
     #[cfg_attr(not(feature = "sim"), allow(dead_code))]
@@ -375,6 +391,7 @@ impl Raft {
             local_snapshot: None,
             snapshot_wanted: false,
             assembly: None,
+            checking: None,
             installed_index: 0,
             initial_membership: state.initial_membership,
             apply_handed,
@@ -1102,18 +1119,19 @@ impl Raft {
 
     /// Handles one message from another member of the group.
     pub fn step(&mut self, msg: Message) {
-        self.step_checked(msg, &mut |_, _| true);
+        self.step_checked(msg, &mut |_, _| SnapshotCheck::Install);
     }
 
     /// Like [`Raft::step`], with a last check of a received snapshot: once
     /// all its chunks arrived and its checksum verifies, `check` sees its
-    /// data, and the snapshot is installed only if it returns true (the
-    /// driver decodes it there, so whatever the core installs can be
-    /// applied).
+    /// data, and the snapshot is installed only if it says so (the driver
+    /// decodes it there, so whatever the core installs can be applied), or
+    /// later, if the driver decodes it elsewhere and then reports
+    /// [`Raft::snapshot_checked`] (decoding a large partition takes long).
     pub fn step_checked(
         &mut self,
         msg: Message,
-        check: &mut dyn FnMut(&SnapshotMeta, &[u8]) -> bool,
+        check: &mut dyn FnMut(&SnapshotMeta, &Arc<Vec<u8>>) -> SnapshotCheck,
     ) {
         if msg.to != self.cfg.id {
             return;
@@ -1419,7 +1437,7 @@ impl Raft {
         &mut self,
         from: NodeId,
         chunk: SnapshotChunk,
-        check: &mut dyn FnMut(&SnapshotMeta, &[u8]) -> bool,
+        check: &mut dyn FnMut(&SnapshotMeta, &Arc<Vec<u8>>) -> SnapshotCheck,
     ) {
         let index = chunk.meta.index;
         if index <= self.log.commit {
@@ -1435,6 +1453,15 @@ impl Raft {
             received,
             rejected,
         };
+        if self
+            .checking
+            .as_ref()
+            .is_some_and(|(_, s, crc)| s.meta == chunk.meta && *crc == chunk.crc)
+        {
+            // The driver is checking this one: it is all here.
+            self.send(from, ack(chunk.len, false), false);
+            return;
+        }
         let same = self
             .assembly
             .as_ref()
@@ -1474,7 +1501,13 @@ impl Raft {
             return;
         }
         let a = self.assembly.take().unwrap();
-        if crc32fast::hash(&a.data) != a.crc || !check(&a.meta, &a.data) {
+        let data = Arc::new(a.data);
+        let verdict = if crc32fast::hash(&data) != a.crc {
+            SnapshotCheck::Reject
+        } else {
+            check(&a.meta, &data)
+        };
+        if verdict == SnapshotCheck::Reject {
             tracing::warn!(
                 from,
                 index,
@@ -1486,13 +1519,39 @@ impl Raft {
         // Everything arrived: say so at once (the install's own answer waits
         // until it is durable), so the leader does not resend meanwhile.
         self.send(from, ack(end, false), false);
-        self.install_snapshot(
-            from,
-            Snapshot {
-                meta: a.meta,
-                data: Arc::new(a.data),
-            },
-        );
+        let snapshot = Snapshot { meta: a.meta, data };
+        match verdict {
+            SnapshotCheck::Later => self.checking = Some((from, snapshot, a.crc)),
+            _ => self.install_snapshot(from, snapshot),
+        }
+    }
+
+    /// The driver's verdict on the snapshot at `index` it was checking
+    /// ([`SnapshotCheck::Later`]): install it if it decodes and the log has
+    /// not got there first meanwhile, else ask the leader again.
+    pub fn snapshot_checked(&mut self, index: Index, decodes: bool) {
+        let Some((from, snapshot, _)) = self.checking.take_if(|(_, s, _)| s.meta.index == index)
+        else {
+            return;
+        };
+        if index <= self.log.commit || self.role != Role::Follower {
+            return; // the log got there first, or we campaign or lead now
+        }
+        if !decodes {
+            tracing::warn!(
+                from,
+                index,
+                "received snapshot does not decode; asking again"
+            );
+            let body = MessageBody::SnapshotAck {
+                index,
+                received: 0,
+                rejected: true,
+            };
+            self.send(from, body, false);
+            return;
+        }
+        self.install_snapshot(from, snapshot);
     }
 
     fn install_snapshot(&mut self, from: NodeId, snapshot: Snapshot) {

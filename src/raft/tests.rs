@@ -1630,10 +1630,87 @@ fn a_follower_installs_only_a_snapshot_whose_checksum_verifies() {
         }
     )));
     // The driver's own check can refuse it too.
-    r.step_checked(chunk(crc32fast::hash(&data)), &mut |_, _| false);
+    r.step_checked(chunk(crc32fast::hash(&data)), &mut |_, _| {
+        SnapshotCheck::Reject
+    });
     assert!(r.ready().snapshot.is_none());
     r.step(chunk(crc32fast::hash(&data)));
     let rd = r.ready();
     assert_eq!(rd.snapshot.map(|s| s.meta.index), Some(5));
     assert_eq!(r.log().snapshot.index, 5);
+}
+
+#[test]
+fn a_snapshot_checked_later_is_installed_once_the_driver_says_it_decodes() {
+    // Decoding a large partition takes long, so the driver may decode a
+    // whole received snapshot off its event loop (SnapshotCheck::Later):
+    // the core keeps it, tells the leader everything arrived (so chunks are
+    // not resent meanwhile), and installs it only on a good verdict.
+    let mut r = Raft::new(
+        Config::new(2),
+        RaftState {
+            initial_membership: Membership::new([1, 2, 3]),
+            ..Default::default()
+        },
+        1,
+    );
+    let data = encode_state(&[(1, b"x".to_vec())]);
+    let meta = SnapshotMeta {
+        index: 5,
+        term: 1,
+        membership: Membership::new([1, 2, 3]),
+    };
+    let chunk = Message {
+        from: 1,
+        to: 2,
+        term: 1,
+        body: MessageBody::InstallSnapshot(SnapshotChunk {
+            meta: meta.clone(),
+            len: data.len() as u64,
+            crc: crc32fast::hash(&data),
+            offset: 0,
+            data: data.clone(),
+            done: true,
+        }),
+    };
+    let acked = |rd: &Ready, received: u64, rejected: bool| {
+        rd.messages.iter().any(|m| {
+            m.body
+                == MessageBody::SnapshotAck {
+                    index: 5,
+                    received,
+                    rejected,
+                }
+        })
+    };
+    let len = data.len() as u64;
+    r.step_checked(chunk.clone(), &mut |_, _| SnapshotCheck::Later);
+    let rd = r.ready();
+    assert!(
+        rd.snapshot.is_none(),
+        "nothing installed while it is checked"
+    );
+    assert!(acked(&rd, len, false), "the leader hears it all arrived");
+    // A resent chunk of it is acknowledged whole, not assembled again.
+    r.step_checked(chunk.clone(), &mut |_, _| panic!("checked twice"));
+    assert!(acked(&r.ready(), len, false));
+    // It does not decode: ask again from the start.
+    r.snapshot_checked(5, false);
+    let rd = r.ready();
+    assert!(rd.snapshot.is_none());
+    assert!(acked(&rd, 0, true));
+    assert_eq!(r.log().snapshot.index, 0);
+    // Sent again, and this time it decodes.
+    r.step_checked(chunk, &mut |_, _| SnapshotCheck::Later);
+    let _ = r.ready();
+    r.snapshot_checked(4, true); // another snapshot's verdict: ignored
+    assert!(r.ready().snapshot.is_none());
+    r.snapshot_checked(5, true);
+    let rd = r.ready();
+    assert_eq!(rd.snapshot.map(|s| s.meta.index), Some(5));
+    assert_eq!(r.log().snapshot.index, 5);
+    assert!(rd
+        .persisted_messages
+        .iter()
+        .any(|m| m.body == MessageBody::AppendResponse(Ok(5))));
 }
