@@ -79,7 +79,7 @@ pub struct Config {
     /// Two refinements keep a survivor's data when a majority restarted
     /// empty (see `amnesiac_may_grant`): an empty candidate is refused while
     /// a peer with a log is heard, and a candidate with a log may be chosen
-    /// once every other voter is heard to be empty.
+    /// once every other voter is heard, with a log it is up to date with.
     pub amnesia_guard: bool,
     /// How long (ticks since start) a member under the amnesia guard
     /// listens before it grants a vote to an empty candidate: at least the
@@ -121,8 +121,9 @@ struct Heard {
     tick: u64,
     /// The peer's term then.
     term: Term,
-    /// Where the peer's log ended.
+    /// Where the peer's log ended, and that entry's term.
     last_log_index: Index,
+    last_log_term: Term,
 }
 
 /// What a member is doing now.
@@ -1186,7 +1187,12 @@ impl Raft {
                     && !self.in_lease()
                     && self.log.is_up_to_date(last_log_index, last_log_term)
                     && (!self.amnesiac
-                        || self.amnesiac_may_grant(msg.from, msg.term, last_log_index));
+                        || self.amnesiac_may_grant(
+                            msg.from,
+                            msg.term,
+                            last_log_index,
+                            last_log_term,
+                        ));
                 let term = if granted { msg.term } else { self.term };
                 self.messages.push(Message {
                     from: self.cfg.id,
@@ -1204,7 +1210,12 @@ impl Raft {
                 let granted = self.vote.is_none_or(|v| v == msg.from)
                     && self.log.is_up_to_date(last_log_index, last_log_term)
                     && (!self.amnesiac
-                        || self.amnesiac_may_grant(msg.from, msg.term, last_log_index));
+                        || self.amnesiac_may_grant(
+                            msg.from,
+                            msg.term,
+                            last_log_index,
+                            last_log_term,
+                        ));
                 if granted {
                     self.vote = Some(msg.from);
                     self.election_elapsed = 0;
@@ -1278,11 +1289,16 @@ impl Raft {
     /// and term (PreVote carries the term it would campaign in, one above
     /// its own).
     fn note_campaigner(&mut self, msg: &Message) {
-        let (term, last_log_index) = match msg.body {
-            MessageBody::PreVote { last_log_index, .. } => {
-                (msg.term.saturating_sub(1), last_log_index)
-            }
-            MessageBody::Vote { last_log_index, .. } => (msg.term, last_log_index),
+        let (term, last_log_index, last_log_term) = match msg.body {
+            MessageBody::PreVote {
+                last_log_index,
+                last_log_term,
+            } => (msg.term.saturating_sub(1), last_log_index, last_log_term),
+            MessageBody::Vote {
+                last_log_index,
+                last_log_term,
+                ..
+            } => (msg.term, last_log_index, last_log_term),
             _ => return,
         };
         self.heard.insert(
@@ -1291,6 +1307,7 @@ impl Raft {
                 tick: self.ticks,
                 term,
                 last_log_index,
+                last_log_term,
             },
         );
     }
@@ -1307,13 +1324,21 @@ impl Raft {
     ///   two replicas that restarted empty from electing each other and
     ///   erasing the log of a survivor that is up and campaigning.
     /// - A candidate **with a log**: only if every other voter (all but us
-    ///   and the candidate) was heard within `amnesia_listen_ticks`, with
-    ///   an empty log and a term below `term`. Then no replica but the
-    ///   candidate holds any entry, so an entry committed on a majority
-    ///   is in the candidate's log unless that whole majority lost its
-    ///   state (which may lose data anyway); and no other voter can have
-    ///   led, or be leading, `term` with a vote we gave before we lost it.
-    fn amnesiac_may_grant(&self, from: NodeId, term: Term, last_log_index: Index) -> bool {
+    ///   and the candidate) was heard within `amnesia_listen_ticks`, in a
+    ///   term below `term`, with a log the candidate's is at least as up
+    ///   to date as (§5.4.1; an empty log always is). We vote on behalf of
+    ///   the logs we heard of, in place of the one we lost: an entry
+    ///   committed on a majority is in the candidate's log unless every
+    ///   member of that majority but the candidate lost its state (which
+    ///   may lose data anyway); and no other voter can have led, or be
+    ///   leading, `term` with a vote we gave before we lost it.
+    fn amnesiac_may_grant(
+        &self,
+        from: NodeId,
+        term: Term,
+        last_log_index: Index,
+        last_log_term: Term,
+    ) -> bool {
         let window = self.cfg.amnesia_listen_ticks as u64;
         let recent = |id: &NodeId| {
             self.heard
@@ -1332,7 +1357,13 @@ impl Raft {
                 .voters
                 .iter()
                 .filter(|&&v| v != me && v != from)
-                .all(|v| recent(v).is_some_and(|h| h.last_log_index == 0 && h.term < term))
+                .all(|v| {
+                    recent(v).is_some_and(|h| {
+                        h.term < term
+                            && (last_log_term, last_log_index)
+                                >= (h.last_log_term, h.last_log_index)
+                    })
+                })
         }
     }
 

@@ -1290,7 +1290,44 @@ fn two_members_restarted_empty_elect_the_survivor_and_keep_its_log() {
 }
 
 #[test]
-fn an_amnesiac_member_votes_for_a_log_only_when_every_other_voter_is_empty() {
+fn three_of_five_restarted_empty_elect_one_of_the_two_survivors() {
+    // The same with five members, two of which keep their logs: the three
+    // empty ones must neither elect one of them (the survivors are heard)
+    // nor wait forever (each votes for a survivor that is up to date with
+    // every other log it heard of).
+    fn config(id: NodeId) -> Config {
+        Config {
+            amnesia_guard: true,
+            ..Config::new(id)
+        }
+    }
+    let e = Config::new(1).election_ticks;
+    let mut c = Cluster::with_config(5, config);
+    c.tick_all(4 * e);
+    let leader = c.leader().expect("a fresh group elects a leader");
+    c.propose(leader, "x=1");
+    c.propose(leader, "x=2");
+    c.tick_all(2);
+    let survivors = [leader, leader % 5 + 1];
+    let others: Vec<NodeId> = (1..=5).filter(|id| !survivors.contains(id)).collect();
+    for id in &others {
+        c.nodes.remove(id);
+    }
+    c.tick_all(3 * e);
+    for &id in &others {
+        c.start(id, Disk::default());
+    }
+    c.tick_all(10 * e);
+    let now = c.leader().expect("a leader");
+    assert!(survivors.contains(&now), "a survivor leads, not {now}");
+    for id in 1..=5 {
+        assert_eq!(c.applied(id), vec!["x=1", "x=2"], "node {id}");
+    }
+    c.check_log_matching();
+}
+
+#[test]
+fn an_amnesiac_member_votes_for_a_log_only_if_it_is_up_to_date_with_every_other_voter() {
     // The two refinements of the amnesia guard, message by message, on a
     // member (3) that restarted empty in a group of 1, 2, 3.
     let cfg = Config {
@@ -1352,16 +1389,22 @@ fn an_amnesiac_member_votes_for_a_log_only_when_every_other_voter_is_empty() {
     r.step(pre_vote(2, 5, 0));
     assert_eq!(granted(&mut r), Some(true), "nobody with a log is heard");
 
-    // Rule 2: a candidate with a log only if the third voter is heard, and
-    // is empty with a lower term.
+    // Rule 2: a candidate with a log only if the third voter is heard, in a
+    // lower term, with a log the candidate's is up to date with (it votes
+    // on node 2's behalf, in place of its own lost log).
     let mut r = Raft::new(cfg.clone(), state.clone(), 2);
     r.step(vote(1, 5, 7));
     assert_eq!(granted(&mut r), Some(false), "node 2 unheard");
     let mut r = Raft::new(cfg.clone(), state.clone(), 3);
-    r.step(pre_vote(2, 5, 4)); // node 2 has a log: a minority restarted
+    r.step(pre_vote(2, 5, 9)); // node 2 has a longer log
     let _ = r.ready();
     r.step(vote(1, 6, 7));
-    assert_eq!(granted(&mut r), Some(false), "node 2 has a log");
+    assert_eq!(granted(&mut r), Some(false), "node 2's log is longer");
+    let mut r = Raft::new(cfg.clone(), state.clone(), 7);
+    r.step(pre_vote(2, 5, 4)); // node 2 has a shorter log
+    let _ = r.ready();
+    r.step(vote(1, 6, 7));
+    assert_eq!(granted(&mut r), Some(true), "node 1 is up to date with 2");
     let mut r = Raft::new(cfg.clone(), state.clone(), 4);
     r.step(pre_vote(2, 7, 0)); // node 2 is empty, but in term 6
     let _ = r.ready();
