@@ -283,14 +283,35 @@ fn catches_injected_slow_heartbeat() {
 
 /// A node that installs a snapshot but does not keep it to send on cannot,
 /// as leader, catch up a follower behind it; in memory mode a restarted
-/// (empty) follower then never catches up, and the next kill loses data.
-/// Rare (first: seed 249, memory, since snapshots are taken on demand and
-/// the disk-wipe fault joined the schedule), since it needs compaction, an
-/// install, a leader change and a restart in one group.
+/// (empty) follower then never catches up, and after the next kill the
+/// partition loses data or has no leader that can serve. Rare under the
+/// swarm schedule (it needs compaction, an install, a leader change and a
+/// restart in one group; no seed of `--seed 1 --seeds 500` in either mode
+/// caught it once snapshots were encoded and decoded off the event loop,
+/// which moved the schedule), so pinned with the faults that make it
+/// likely: kills, rolling restarts and latency in every run catch it in 6
+/// of 400 seeds, first seed 30 (check `liveness`).
 #[test]
 fn catches_injected_forget_installed_snapshot() {
-    let expected = [SAFETY, &["liveness", "stability"]].concat();
-    assert_caught(Mode::Memory, Bug::ForgetInstalledSnapshot, 250, &expected);
+    let run = |bug: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sim"));
+        cmd.args(["--seed", "30", "--mode", "memory", "--no-swarm"])
+            .args(["--faults", "kill,latency,rolling"]);
+        if let Some(bug) = bug {
+            cmd.args(["--inject-bug", bug]);
+        }
+        cmd.output().expect("the sim runner starts")
+    };
+    assert!(run(None).status.success(), "seed 30 passes without the bug");
+    let out = run(Some("forget-installed-snapshot"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("first caught by seed 30")
+            && ["model", "liveness", "stability"]
+                .iter()
+                .any(|c| stdout.contains(&format!("check={c}"))),
+        "forget-installed-snapshot not caught by seed 30: {stdout}"
+    );
 }
 
 /// Replicas that start empty (a memory-mode restart, a wiped disk) must

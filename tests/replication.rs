@@ -458,6 +458,45 @@ fn idle_partition_repairs_a_follower_restarted_empty() {
     );
 }
 
+/// Issue 9 item 9 (what a new user ran into), without `--persistence`: two
+/// of three servers killed and restarted empty while the third holds every
+/// write. A majority of every partition lost its state, which may lose
+/// data (docs/protocol.md), but the survivor still has it, so it must win
+/// the elections and the data must stay: before the fix the two empty
+/// servers elected each other and erased it (the first `assert_contents`
+/// found the tables empty). Then one more server killed and restarted:
+/// every partition must be available again, with all the data.
+#[test]
+fn two_servers_restarted_empty_keep_the_survivors_data() {
+    let started = Instant::now();
+    let mut cluster = Cluster::start_replicated(3, 3, false);
+    let keys = data_keys();
+    let mut model = BTreeMap::new();
+    write_round(&cluster, &keys, &mut model, 0, "initial writes");
+    thread::sleep(CATCH_UP); // every replica has every write
+    let survivor = 0;
+    cluster.kill_server(1);
+    cluster.kill_server(2);
+    // Long enough for the survivor's leaderships to lapse (check-quorum).
+    thread::sleep(Duration::from_secs(2));
+    cluster.restart_servers(&[1, 2]);
+    assert_contents(&cluster, &model, "servers 1 and 2 restarted empty");
+    eprintln!(
+        "two servers restarted empty; data kept ({:?})",
+        started.elapsed()
+    );
+    thread::sleep(CATCH_UP);
+    // One more: the survivor itself, then the two others in turn.
+    for victim in [survivor, 1, 2] {
+        cluster.restart_server(victim);
+        let context = format!("server {victim} restarted empty");
+        assert_contents(&cluster, &model, &context);
+        write_round(&cluster, &keys, &mut model, victim + 1, &context);
+        thread::sleep(CATCH_UP);
+    }
+    eprintln!("done in {:?}", started.elapsed());
+}
+
 /// Loads `ops` writes of 64 KB values into keys `customers0..customers329`
 /// (all in the first `customers` partition) with `benchmark load`.
 fn load_large_values(cluster: &Cluster, ops: u64) {

@@ -75,7 +75,7 @@ use crate::shared::{Request, Shared};
 use distkv::bugs::{self, Bug};
 use distkv::raft::{
     Config, Entry, EntryData, HardState, Index, Membership, Message, NodeId, Raft, RaftState,
-    Snapshot, SnapshotMeta, Term,
+    Snapshot, SnapshotCheck, SnapshotMeta, Term,
 };
 use distkv::rt::sim_rt::{SimNet, SimRuntime};
 use distkv::rt::{Net, Runtime, SimDisk};
@@ -444,7 +444,13 @@ impl Driver {
                 }
                 Some(msg) = msg_rx.recv() => {
                     // A snapshot is installed only if it decodes.
-                    self.raft.step_checked(msg, &mut |_, data| RegisterState::decode(data).is_some());
+                    self.raft.step_checked(msg, &mut |_, data| {
+                        if RegisterState::decode(data).is_some() {
+                            SnapshotCheck::Install
+                        } else {
+                            SnapshotCheck::Reject
+                        }
+                    });
                 }
                 Some(req) = req_rx.recv() => self.request(req),
             }

@@ -76,7 +76,17 @@ pub struct Config {
     /// leader; an emptied member cannot help elect a leader that lacks
     /// entries it acknowledged. Leaders also repair a follower whose log
     /// ends below what it acknowledged (see `handle_append_response`).
+    /// Two refinements keep a survivor's data when a majority restarted
+    /// empty (see `amnesiac_may_grant`): an empty candidate is refused while
+    /// a peer with a log is heard, and a candidate with a log may be chosen
+    /// once every other voter is heard, with a log it is up to date with.
     pub amnesia_guard: bool,
+    /// How long (ticks since start) a member under the amnesia guard
+    /// listens before it grants a vote to an empty candidate: at least the
+    /// longest election timeout (`2 * election_ticks`), so that every live
+    /// peer that campaigns has been heard once. Also how recent what it
+    /// heard of a peer must be to count.
+    pub amnesia_listen_ticks: u32,
     /// Most bytes of snapshot data in one InstallSnapshot message.
     pub snapshot_chunk_bytes: usize,
     /// Most snapshot chunks in flight to one follower (flow control: the
@@ -97,10 +107,23 @@ impl Config {
             pre_vote: true,
             check_quorum: true,
             amnesia_guard: false,
+            amnesia_listen_ticks: 20,
             snapshot_chunk_bytes: 1024 * 1024,
             max_inflight_snapshot_chunks: 4,
         }
     }
+}
+
+/// What an amnesiac member last heard from a campaigning peer.
+#[derive(Clone, Copy, Debug)]
+struct Heard {
+    /// `Raft::ticks` when it arrived.
+    tick: u64,
+    /// The peer's term then.
+    term: Term,
+    /// Where the peer's log ended, and that entry's term.
+    last_log_index: Index,
+    last_log_term: Term,
 }
 
 /// What a member is doing now.
@@ -246,6 +269,19 @@ struct SnapshotSend {
     rewound_to: Option<u64>,
 }
 
+/// The driver's verdict on a whole received snapshot (see
+/// [`Raft::step_checked`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotCheck {
+    /// Its bytes decode: install it now.
+    Install,
+    /// They do not: ask the leader again.
+    Reject,
+    /// The driver decodes it elsewhere and reports with
+    /// [`Raft::snapshot_checked`]; the core keeps it until then.
+    Later,
+}
+
 /// A snapshot being received: the chunks so far, in order.
 struct SnapshotAssembly {
     meta: SnapshotMeta,
@@ -291,6 +327,9 @@ pub struct Raft {
     snapshot_wanted: bool,
     /// Follower: the snapshot being received.
     assembly: Option<SnapshotAssembly>,
+    /// Follower: a whole snapshot the driver is checking
+    /// ([`SnapshotCheck::Later`]), and the leader that sent it.
+    checking: Option<(NodeId, Snapshot, u32)>,
     /// Index of the last snapshot installed from a leader (for an injected
     /// bug in the simulation).
     #[cfg_attr(not(feature = "sim"), allow(dead_code))]
@@ -301,6 +340,10 @@ pub struct Raft {
     apply_handed: Index,
     /// See [`Config::amnesia_guard`]: started empty and not caught up yet.
     amnesiac: bool,
+    /// Ticks since this member started (for `amnesia_listen_ticks`).
+    ticks: u64,
+    /// While amnesiac: the last PreVote/Vote heard from each peer.
+    heard: BTreeMap<NodeId, Heard>,
     // Output.
     persisted_hard_state: HardState,
     unpersisted_from: Option<Index>,
@@ -328,6 +371,8 @@ impl Raft {
         let amnesiac = cfg.amnesia_guard && log.last_index() == 0;
         let mut raft = Raft {
             amnesiac,
+            ticks: 0,
+            heard: BTreeMap::new(),
             term: state.hard_state.term,
             vote: state.hard_state.vote,
             role: Role::Follower,
@@ -347,6 +392,7 @@ impl Raft {
             local_snapshot: None,
             snapshot_wanted: false,
             assembly: None,
+            checking: None,
             installed_index: 0,
             initial_membership: state.initial_membership,
             apply_handed,
@@ -423,6 +469,7 @@ impl Raft {
 
     /// Advances time by one tick.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         match self.role {
             Role::Leader => self.tick_leader(),
             _ => {
@@ -657,6 +704,7 @@ impl Raft {
         );
         // Leader Completeness (§5.4): our log holds every committed entry.
         self.amnesiac = false;
+        self.heard.clear();
         self.role = Role::Leader;
         self.leader = Some(self.cfg.id);
         self.election_elapsed = 0;
@@ -1072,21 +1120,25 @@ impl Raft {
 
     /// Handles one message from another member of the group.
     pub fn step(&mut self, msg: Message) {
-        self.step_checked(msg, &mut |_, _| true);
+        self.step_checked(msg, &mut |_, _| SnapshotCheck::Install);
     }
 
     /// Like [`Raft::step`], with a last check of a received snapshot: once
     /// all its chunks arrived and its checksum verifies, `check` sees its
-    /// data, and the snapshot is installed only if it returns true (the
-    /// driver decodes it there, so whatever the core installs can be
-    /// applied).
+    /// data, and the snapshot is installed only if it says so (the driver
+    /// decodes it there, so whatever the core installs can be applied), or
+    /// later, if the driver decodes it elsewhere and then reports
+    /// [`Raft::snapshot_checked`] (decoding a large partition takes long).
     pub fn step_checked(
         &mut self,
         msg: Message,
-        check: &mut dyn FnMut(&SnapshotMeta, &[u8]) -> bool,
+        check: &mut dyn FnMut(&SnapshotMeta, &Arc<Vec<u8>>) -> SnapshotCheck,
     ) {
         if msg.to != self.cfg.id {
             return;
+        }
+        if self.amnesiac {
+            self.note_campaigner(&msg);
         }
         if msg.term > self.term {
             match &msg.body {
@@ -1134,7 +1186,13 @@ impl Raft {
                 let granted = msg.term > self.term
                     && !self.in_lease()
                     && self.log.is_up_to_date(last_log_index, last_log_term)
-                    && (!self.amnesiac || last_log_index == 0);
+                    && (!self.amnesiac
+                        || self.amnesiac_may_grant(
+                            msg.from,
+                            msg.term,
+                            last_log_index,
+                            last_log_term,
+                        ));
                 let term = if granted { msg.term } else { self.term };
                 self.messages.push(Message {
                     from: self.cfg.id,
@@ -1151,7 +1209,13 @@ impl Raft {
                 // §5.2, §5.4.1: one vote per term, only for an up-to-date log.
                 let granted = self.vote.is_none_or(|v| v == msg.from)
                     && self.log.is_up_to_date(last_log_index, last_log_term)
-                    && (!self.amnesiac || last_log_index == 0);
+                    && (!self.amnesiac
+                        || self.amnesiac_may_grant(
+                            msg.from,
+                            msg.term,
+                            last_log_index,
+                            last_log_term,
+                        ));
                 if granted {
                     self.vote = Some(msg.from);
                     self.election_elapsed = 0;
@@ -1218,6 +1282,88 @@ impl Raft {
                     self.start_election(true);
                 }
             }
+        }
+    }
+
+    /// While amnesiac: remember what a campaigning peer said of its log
+    /// and term (PreVote carries the term it would campaign in, one above
+    /// its own).
+    fn note_campaigner(&mut self, msg: &Message) {
+        let (term, last_log_index, last_log_term) = match msg.body {
+            MessageBody::PreVote {
+                last_log_index,
+                last_log_term,
+            } => (msg.term.saturating_sub(1), last_log_index, last_log_term),
+            MessageBody::Vote {
+                last_log_index,
+                last_log_term,
+                ..
+            } => (msg.term, last_log_index, last_log_term),
+            _ => return,
+        };
+        self.heard.insert(
+            msg.from,
+            Heard {
+                tick: self.ticks,
+                term,
+                last_log_index,
+                last_log_term,
+            },
+        );
+    }
+
+    /// The amnesia guard's vote rule (`Config::amnesia_guard`), for a
+    /// candidate `from` in `term` whose log ends at `last_log_index` (the
+    /// up-to-date check of §5.4.1 applies as well). The argument is in
+    /// ARCHITECTURE.md, "Replicas that lose their state".
+    ///
+    /// - An **empty** candidate: only after listening for
+    ///   `amnesia_listen_ticks`, and only if no peer heard within that time
+    ///   has a log. An empty candidate can win only with voters that are
+    ///   all empty, so this only withholds votes (never unsafe); it keeps
+    ///   two replicas that restarted empty from electing each other and
+    ///   erasing the log of a survivor that is up and campaigning.
+    /// - A candidate **with a log**: only if every other voter (all but us
+    ///   and the candidate) was heard within `amnesia_listen_ticks`, in a
+    ///   term below `term`, with a log the candidate's is at least as up
+    ///   to date as (§5.4.1; an empty log always is). We vote on behalf of
+    ///   the logs we heard of, in place of the one we lost: an entry
+    ///   committed on a majority is in the candidate's log unless every
+    ///   member of that majority but the candidate lost its state (which
+    ///   may lose data anyway); and no other voter can have led, or be
+    ///   leading, `term` with a vote we gave before we lost it.
+    fn amnesiac_may_grant(
+        &self,
+        from: NodeId,
+        term: Term,
+        last_log_index: Index,
+        last_log_term: Term,
+    ) -> bool {
+        let window = self.cfg.amnesia_listen_ticks as u64;
+        let recent = |id: &NodeId| {
+            self.heard
+                .get(id)
+                .filter(|h| self.ticks.saturating_sub(h.tick) < window)
+        };
+        if last_log_index == 0 {
+            self.ticks >= window
+                && !self
+                    .heard
+                    .keys()
+                    .any(|id| recent(id).is_some_and(|h| h.last_log_index > 0))
+        } else {
+            let me = self.cfg.id;
+            self.membership
+                .voters
+                .iter()
+                .filter(|&&v| v != me && v != from)
+                .all(|v| {
+                    recent(v).is_some_and(|h| {
+                        h.term < term
+                            && (last_log_term, last_log_index)
+                                >= (h.last_log_term, h.last_log_index)
+                    })
+                })
         }
     }
 
@@ -1294,6 +1440,7 @@ impl Raft {
         if self.amnesiac && self.log.last_index() >= commit {
             // Caught up with a leader: everything committed is here now.
             self.amnesiac = false;
+            self.heard.clear();
         }
         // The acknowledgement promises these entries are on our disk.
         self.send(from, MessageBody::AppendResponse(Ok(last_new)), true);
@@ -1321,7 +1468,7 @@ impl Raft {
         &mut self,
         from: NodeId,
         chunk: SnapshotChunk,
-        check: &mut dyn FnMut(&SnapshotMeta, &[u8]) -> bool,
+        check: &mut dyn FnMut(&SnapshotMeta, &Arc<Vec<u8>>) -> SnapshotCheck,
     ) {
         let index = chunk.meta.index;
         if index <= self.log.commit {
@@ -1337,6 +1484,15 @@ impl Raft {
             received,
             rejected,
         };
+        if self
+            .checking
+            .as_ref()
+            .is_some_and(|(_, s, crc)| s.meta == chunk.meta && *crc == chunk.crc)
+        {
+            // The driver is checking this one: it is all here.
+            self.send(from, ack(chunk.len, false), false);
+            return;
+        }
         let same = self
             .assembly
             .as_ref()
@@ -1376,7 +1532,13 @@ impl Raft {
             return;
         }
         let a = self.assembly.take().unwrap();
-        if crc32fast::hash(&a.data) != a.crc || !check(&a.meta, &a.data) {
+        let data = Arc::new(a.data);
+        let verdict = if crc32fast::hash(&data) != a.crc {
+            SnapshotCheck::Reject
+        } else {
+            check(&a.meta, &data)
+        };
+        if verdict == SnapshotCheck::Reject {
             tracing::warn!(
                 from,
                 index,
@@ -1388,13 +1550,39 @@ impl Raft {
         // Everything arrived: say so at once (the install's own answer waits
         // until it is durable), so the leader does not resend meanwhile.
         self.send(from, ack(end, false), false);
-        self.install_snapshot(
-            from,
-            Snapshot {
-                meta: a.meta,
-                data: Arc::new(a.data),
-            },
-        );
+        let snapshot = Snapshot { meta: a.meta, data };
+        match verdict {
+            SnapshotCheck::Later => self.checking = Some((from, snapshot, a.crc)),
+            _ => self.install_snapshot(from, snapshot),
+        }
+    }
+
+    /// The driver's verdict on the snapshot at `index` it was checking
+    /// ([`SnapshotCheck::Later`]): install it if it decodes and the log has
+    /// not got there first meanwhile, else ask the leader again.
+    pub fn snapshot_checked(&mut self, index: Index, decodes: bool) {
+        let Some((from, snapshot, _)) = self.checking.take_if(|(_, s, _)| s.meta.index == index)
+        else {
+            return;
+        };
+        if index <= self.log.commit || self.role != Role::Follower {
+            return; // the log got there first, or we campaign or lead now
+        }
+        if !decodes {
+            tracing::warn!(
+                from,
+                index,
+                "received snapshot does not decode; asking again"
+            );
+            let body = MessageBody::SnapshotAck {
+                index,
+                received: 0,
+                rejected: true,
+            };
+            self.send(from, body, false);
+            return;
+        }
+        self.install_snapshot(from, snapshot);
     }
 
     fn install_snapshot(&mut self, from: NodeId, snapshot: Snapshot) {

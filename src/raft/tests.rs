@@ -1125,8 +1125,13 @@ fn a_member_without_durable_state_votes_only_after_catching_up() {
                 _ => None,
             })
     };
-    // A new cluster: the candidate's log is empty too.
+    // A new cluster: the candidate's log is empty too (granted once the
+    // member listened for a while and heard nobody with a log).
     let mut fresh = Raft::new(cfg.clone(), state.clone(), 1);
+    for _ in 0..cfg.amnesia_listen_ticks {
+        fresh.tick();
+    }
+    let _ = fresh.ready();
     fresh.step(vote(1, 1, 0));
     assert_eq!(granted(&mut fresh), Some(true));
 
@@ -1177,6 +1182,8 @@ fn a_follower_that_restarts_empty_is_repaired_by_the_same_leader() {
     fn config(id: NodeId) -> Config {
         Config {
             amnesia_guard: true,
+            // Repair, not elections, is under test: vote at once.
+            amnesia_listen_ticks: 0,
             ..Config::new(id)
         }
     }
@@ -1209,6 +1216,8 @@ fn an_idle_leader_repairs_a_follower_that_restarted_empty() {
     fn config(id: NodeId) -> Config {
         Config {
             amnesia_guard: true,
+            // Repair, not elections, is under test: vote at once.
+            amnesia_listen_ticks: 0,
             ..Config::new(id)
         }
     }
@@ -1225,6 +1234,195 @@ fn an_idle_leader_repairs_a_follower_that_restarted_empty() {
         "the emptied follower has the whole log again"
     );
     c.check_log_matching();
+}
+
+#[test]
+fn two_members_restarted_empty_elect_the_survivor_and_keep_its_log() {
+    // Not in the paper (durable state assumed). Without --persistence,
+    // nodes 2 and 3 crash while node 1 holds the log, and come back empty
+    // after node 1 stepped down. A majority lost its state, so data may be
+    // lost, but here the survivor still has it: the two empty members must
+    // not elect each other and overwrite it (issue 9 item 9). Before the
+    // fix, one of them won with the other's vote and node 1's entries were
+    // truncated away: nobody applied x=1, x=2 again.
+    fn config(id: NodeId) -> Config {
+        Config {
+            amnesia_guard: true,
+            ..Config::new(id)
+        }
+    }
+    let e = Config::new(1).election_ticks;
+    let mut c = Cluster::with_config(3, config);
+    // A fresh group (all empty) elects a leader once its members listened.
+    c.tick_all(4 * e);
+    let survivor = c.leader().expect("a fresh group elects a leader");
+    c.propose(survivor, "x=1");
+    c.propose(survivor, "x=2");
+    c.tick_all(2);
+    let others: Vec<NodeId> = (1..=3).filter(|&id| id != survivor).collect();
+    for id in &others {
+        c.nodes.remove(id); // crashed
+    }
+    c.tick_all(3 * e); // check-quorum: the survivor steps down
+    assert_ne!(c.raft(survivor).role(), Role::Leader);
+    for &id in &others {
+        c.start(id, Disk::default()); // restarted without a disk
+    }
+    c.tick_all(10 * e);
+    assert_eq!(c.leader(), Some(survivor), "the member with the log leads");
+    for id in 1..=3 {
+        assert_eq!(c.applied(id), vec!["x=1", "x=2"], "node {id}");
+    }
+    c.check_log_matching();
+    // One more crash (of the survivor, now the leader): the two that were
+    // caught up elect one of them, and everything is still there.
+    c.nodes.remove(&survivor);
+    c.tick_all(4 * e);
+    let leader = c.leader().filter(|&l| l != survivor);
+    let leader = leader.expect("the two caught-up members elect a leader");
+    c.start(survivor, Disk::default());
+    c.propose(leader, "x=3");
+    c.tick_all(4 * e);
+    for id in 1..=3 {
+        assert_eq!(c.applied(id), vec!["x=1", "x=2", "x=3"], "node {id}");
+    }
+    c.check_log_matching();
+}
+
+#[test]
+fn three_of_five_restarted_empty_elect_one_of_the_two_survivors() {
+    // The same with five members, two of which keep their logs: the three
+    // empty ones must neither elect one of them (the survivors are heard)
+    // nor wait forever (each votes for a survivor that is up to date with
+    // every other log it heard of).
+    fn config(id: NodeId) -> Config {
+        Config {
+            amnesia_guard: true,
+            ..Config::new(id)
+        }
+    }
+    let e = Config::new(1).election_ticks;
+    let mut c = Cluster::with_config(5, config);
+    c.tick_all(4 * e);
+    let leader = c.leader().expect("a fresh group elects a leader");
+    c.propose(leader, "x=1");
+    c.propose(leader, "x=2");
+    c.tick_all(2);
+    let survivors = [leader, leader % 5 + 1];
+    let others: Vec<NodeId> = (1..=5).filter(|id| !survivors.contains(id)).collect();
+    for id in &others {
+        c.nodes.remove(id);
+    }
+    c.tick_all(3 * e);
+    for &id in &others {
+        c.start(id, Disk::default());
+    }
+    c.tick_all(10 * e);
+    let now = c.leader().expect("a leader");
+    assert!(survivors.contains(&now), "a survivor leads, not {now}");
+    for id in 1..=5 {
+        assert_eq!(c.applied(id), vec!["x=1", "x=2"], "node {id}");
+    }
+    c.check_log_matching();
+}
+
+#[test]
+fn an_amnesiac_member_votes_for_a_log_only_if_it_is_up_to_date_with_every_other_voter() {
+    // The two refinements of the amnesia guard, message by message, on a
+    // member (3) that restarted empty in a group of 1, 2, 3.
+    let cfg = Config {
+        amnesia_guard: true,
+        check_quorum: false,
+        ..Config::new(3)
+    };
+    let listen = cfg.amnesia_listen_ticks;
+    let state = RaftState {
+        initial_membership: Membership::new([1, 2, 3]),
+        ..Default::default()
+    };
+    let pre_vote = |from: NodeId, term: Term, last_log_index: Index| Message {
+        from,
+        to: 3,
+        term,
+        body: MessageBody::PreVote {
+            last_log_index,
+            last_log_term: if last_log_index == 0 { 0 } else { 1 },
+        },
+    };
+    let vote = |from: NodeId, term: Term, last_log_index: Index| Message {
+        body: MessageBody::Vote {
+            last_log_index,
+            last_log_term: if last_log_index == 0 { 0 } else { 1 },
+            transfer: false,
+        },
+        ..pre_vote(from, term, last_log_index)
+    };
+    let granted = |r: &mut Raft| {
+        let ready = r.ready();
+        ready
+            .persisted_messages
+            .iter()
+            .chain(&ready.messages)
+            .find_map(|m| match m.body {
+                MessageBody::VoteResponse { granted } => Some(granted),
+                MessageBody::PreVoteResponse { granted } => Some(granted),
+                _ => None,
+            })
+    };
+    let ticks = |r: &mut Raft, n: u32| {
+        for _ in 0..n {
+            r.tick();
+        }
+        let _ = r.ready();
+    };
+    // Rule 1: an empty candidate only after listening, and not while a
+    // peer with a log is heard.
+    let mut r = Raft::new(cfg.clone(), state.clone(), 1);
+    r.step(pre_vote(2, 1, 0));
+    assert_eq!(granted(&mut r), Some(false), "still listening");
+    ticks(&mut r, listen);
+    r.step(pre_vote(1, 5, 7)); // node 1 has a log
+    let _ = r.ready();
+    r.step(pre_vote(2, 5, 0));
+    assert_eq!(granted(&mut r), Some(false), "node 1 with a log is up");
+    ticks(&mut r, listen); // node 1 fell silent
+    r.step(pre_vote(2, 5, 0));
+    assert_eq!(granted(&mut r), Some(true), "nobody with a log is heard");
+
+    // Rule 2: a candidate with a log only if the third voter is heard, in a
+    // lower term, with a log the candidate's is up to date with (it votes
+    // on node 2's behalf, in place of its own lost log).
+    let mut r = Raft::new(cfg.clone(), state.clone(), 2);
+    r.step(vote(1, 5, 7));
+    assert_eq!(granted(&mut r), Some(false), "node 2 unheard");
+    let mut r = Raft::new(cfg.clone(), state.clone(), 3);
+    r.step(pre_vote(2, 5, 9)); // node 2 has a longer log
+    let _ = r.ready();
+    r.step(vote(1, 6, 7));
+    assert_eq!(granted(&mut r), Some(false), "node 2's log is longer");
+    let mut r = Raft::new(cfg.clone(), state.clone(), 7);
+    r.step(pre_vote(2, 5, 4)); // node 2 has a shorter log
+    let _ = r.ready();
+    r.step(vote(1, 6, 7));
+    assert_eq!(granted(&mut r), Some(true), "node 1 is up to date with 2");
+    let mut r = Raft::new(cfg.clone(), state.clone(), 4);
+    r.step(pre_vote(2, 7, 0)); // node 2 is empty, but in term 6
+    let _ = r.ready();
+    r.step(vote(1, 6, 7));
+    assert_eq!(granted(&mut r), Some(false), "node 2 may lead term 6");
+    let mut r = Raft::new(cfg.clone(), state.clone(), 5);
+    r.step(pre_vote(2, 5, 0)); // node 2 is empty, in term 4
+    let _ = r.ready();
+    ticks(&mut r, listen);
+    r.step(vote(1, 6, 7));
+    assert_eq!(granted(&mut r), Some(false), "heard too long ago");
+    let mut r = Raft::new(cfg, state, 6);
+    r.step(pre_vote(2, 5, 0));
+    let _ = r.ready();
+    r.step(pre_vote(1, 6, 7));
+    assert_eq!(granted(&mut r), Some(true), "pre-vote for the survivor");
+    r.step(vote(1, 6, 7));
+    assert_eq!(granted(&mut r), Some(true), "vote for the survivor");
 }
 
 // ----- snapshots in chunks (§7) -------------------------------------------
@@ -1475,10 +1673,87 @@ fn a_follower_installs_only_a_snapshot_whose_checksum_verifies() {
         }
     )));
     // The driver's own check can refuse it too.
-    r.step_checked(chunk(crc32fast::hash(&data)), &mut |_, _| false);
+    r.step_checked(chunk(crc32fast::hash(&data)), &mut |_, _| {
+        SnapshotCheck::Reject
+    });
     assert!(r.ready().snapshot.is_none());
     r.step(chunk(crc32fast::hash(&data)));
     let rd = r.ready();
     assert_eq!(rd.snapshot.map(|s| s.meta.index), Some(5));
     assert_eq!(r.log().snapshot.index, 5);
+}
+
+#[test]
+fn a_snapshot_checked_later_is_installed_once_the_driver_says_it_decodes() {
+    // Decoding a large partition takes long, so the driver may decode a
+    // whole received snapshot off its event loop (SnapshotCheck::Later):
+    // the core keeps it, tells the leader everything arrived (so chunks are
+    // not resent meanwhile), and installs it only on a good verdict.
+    let mut r = Raft::new(
+        Config::new(2),
+        RaftState {
+            initial_membership: Membership::new([1, 2, 3]),
+            ..Default::default()
+        },
+        1,
+    );
+    let data = encode_state(&[(1, b"x".to_vec())]);
+    let meta = SnapshotMeta {
+        index: 5,
+        term: 1,
+        membership: Membership::new([1, 2, 3]),
+    };
+    let chunk = Message {
+        from: 1,
+        to: 2,
+        term: 1,
+        body: MessageBody::InstallSnapshot(SnapshotChunk {
+            meta: meta.clone(),
+            len: data.len() as u64,
+            crc: crc32fast::hash(&data),
+            offset: 0,
+            data: data.clone(),
+            done: true,
+        }),
+    };
+    let acked = |rd: &Ready, received: u64, rejected: bool| {
+        rd.messages.iter().any(|m| {
+            m.body
+                == MessageBody::SnapshotAck {
+                    index: 5,
+                    received,
+                    rejected,
+                }
+        })
+    };
+    let len = data.len() as u64;
+    r.step_checked(chunk.clone(), &mut |_, _| SnapshotCheck::Later);
+    let rd = r.ready();
+    assert!(
+        rd.snapshot.is_none(),
+        "nothing installed while it is checked"
+    );
+    assert!(acked(&rd, len, false), "the leader hears it all arrived");
+    // A resent chunk of it is acknowledged whole, not assembled again.
+    r.step_checked(chunk.clone(), &mut |_, _| panic!("checked twice"));
+    assert!(acked(&r.ready(), len, false));
+    // It does not decode: ask again from the start.
+    r.snapshot_checked(5, false);
+    let rd = r.ready();
+    assert!(rd.snapshot.is_none());
+    assert!(acked(&rd, 0, true));
+    assert_eq!(r.log().snapshot.index, 0);
+    // Sent again, and this time it decodes.
+    r.step_checked(chunk, &mut |_, _| SnapshotCheck::Later);
+    let _ = r.ready();
+    r.snapshot_checked(4, true); // another snapshot's verdict: ignored
+    assert!(r.ready().snapshot.is_none());
+    r.snapshot_checked(5, true);
+    let rd = r.ready();
+    assert_eq!(rd.snapshot.map(|s| s.meta.index), Some(5));
+    assert_eq!(r.log().snapshot.index, 5);
+    assert!(rd
+        .persisted_messages
+        .iter()
+        .any(|m| m.body == MessageBody::AppendResponse(Ok(5))));
 }

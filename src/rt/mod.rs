@@ -68,6 +68,18 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     fn spawn<F>(&self, fut: F)
     where
         F: Future<Output = ()> + Send + 'static;
+    /// Runs `f`, CPU-bound work of unbounded length (encoding a whole
+    /// partition), where it does not stall the caller's event loop; the
+    /// future resolves to its result. Production: a blocking-pool thread.
+    /// The default (the simulator) runs it when the future is polled, in
+    /// the task that awaits it, so a run stays deterministic.
+    fn spawn_blocking<F, T>(&self, f: F) -> impl Future<Output = T> + Send
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        async move { f() }
+    }
     /// A random number (seeded by the simulation under the simulator).
     fn rand_u64(&self) -> u64;
     /// Opens a network endpoint. With `listen`, accepts messages sent to that

@@ -61,6 +61,21 @@ impl Runtime for TokioRuntime {
         tokio::spawn(fut);
     }
 
+    fn spawn_blocking<F, T>(&self, f: F) -> impl std::future::Future<Output = T> + Send
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let task = tokio::task::spawn_blocking(f);
+        async move {
+            match task.await {
+                Ok(t) => t,
+                // Blocking tasks are never cancelled; pass a panic on.
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
+    }
+
     fn rand_u64(&self) -> u64 {
         rand::random()
     }

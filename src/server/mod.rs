@@ -18,7 +18,7 @@ pub mod manager_contact;
 pub mod replica;
 
 pub use manager_contact::{ContactNotice, ManagerContact};
-pub use replica::{Output, RaftTuning, ReplyTo, Request, ServerCore};
+pub use replica::{Output, RaftTuning, ReplyTo, Request, ServerCore, SnapshotDone, SnapshotJob};
 
 use crate::map::{NodeId, PartitionId};
 use crate::raft::{Index, Message, Term};
@@ -78,6 +78,7 @@ struct Pending {
 enum Event {
     Durable(Result<Lsn, String>),
     Tick,
+    SnapshotDone(SnapshotDone),
     Received(Option<(SocketAddr, Vec<u8>)>),
 }
 
@@ -94,6 +95,10 @@ struct Driver<R: Runtime, D: Disk> {
     peers: BTreeMap<NodeId, SocketAddr>,
     /// Whether the manager answers our registrations, for the log.
     manager: ManagerContact,
+    /// Where finished snapshot jobs come back. At most one job per replica
+    /// is running (`ServerCore` asks for no other meanwhile), so this
+    /// holds at most that many.
+    jobs_done: tokio::sync::mpsc::UnboundedSender<SnapshotDone>,
 }
 
 /// Runs a server until its network endpoint or its storage fails, or the
@@ -175,7 +180,9 @@ pub async fn run_server<R: Runtime, D: Disk>(
         rt.rand_u64(),
     );
     let manager = ManagerContact::new(rt.now(), config.heartbeat_interval);
+    let (jobs_done, mut finished_jobs) = tokio::sync::mpsc::unbounded_channel();
     let mut d = Driver {
+        jobs_done,
         rt: rt.clone(),
         config,
         net,
@@ -206,6 +213,7 @@ pub async fn run_server<R: Runtime, D: Disk>(
                 biased;
                 durable = durable => Event::Durable(durable),
                 _ = rt.sleep(wait) => Event::Tick,
+                Some(done) = finished_jobs.recv() => Event::SnapshotDone(done),
                 item = received.recv(), if accept => Event::Received(match item {
                     Some(Ok(x)) => Some(x),
                     Some(Err(e)) => return Err(e),
@@ -233,6 +241,7 @@ pub async fn run_server<R: Runtime, D: Disk>(
                     d.log_contact(notice);
                 }
             }
+            Event::SnapshotDone(done) => d.core.snapshot_done(done),
             Event::Received(None) => {
                 return Err(io::Error::other("the network endpoint closed"));
             }
@@ -410,6 +419,14 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
             }
         }
         self.send_raft(out.messages);
+        for job in out.snapshot_jobs {
+            // O(data): off the event loop (see `SnapshotJob`).
+            let (rt, done) = (self.rt.clone(), self.jobs_done.clone());
+            self.rt.spawn(async move {
+                let finished = rt.spawn_blocking(move || job.run()).await;
+                let _ = done.send(finished);
+            });
+        }
         for (to, reply) in out.replies {
             match encode_msg(&reply) {
                 Ok(bytes) => self.net.send(to, bytes),
@@ -519,6 +536,8 @@ mod tests {
         next_req: u64,
         /// Every server's wall clock (and the clients'), ms since the epoch.
         now_ms: u64,
+        /// Snapshot jobs run at once, unless held here (to look at them).
+        held_jobs: Option<Vec<(usize, SnapshotJob)>>,
     }
 
     const T0: u64 = 1_800_000_000_000;
@@ -534,18 +553,23 @@ mod tests {
 
     impl Cores {
         fn new(n: usize) -> Cores {
+            Cores::with_tuning(n, RaftTuning::default())
+        }
+
+        fn with_tuning(n: usize, tuning: RaftTuning) -> Cores {
             let servers: Vec<SocketAddr> = (0..n)
                 .map(|i| format!("127.0.0.1:{}", 1000 + i).parse().unwrap())
                 .collect();
             let map = PartitionMap::build(&[("t".into(), 90)], &servers, n).unwrap();
             let mut c = Cores {
                 cores: (0..n as u64)
-                    .map(|i| ServerCore::new(i, BTreeMap::new(), RaftTuning::default(), i))
+                    .map(|i| ServerCore::new(i, BTreeMap::new(), tuning.clone(), i))
                     .collect(),
                 down: BTreeSet::new(),
                 replies: BTreeMap::new(),
                 next_req: 1,
                 now_ms: T0,
+                held_jobs: None,
             };
             for core in &mut c.cores {
                 core.install_map(map.clone());
@@ -582,6 +606,12 @@ mod tests {
                     for (_, reply) in out.replies {
                         if let Msg::ExecuteReply { req, result } = reply {
                             self.replies.insert(req, result);
+                        }
+                    }
+                    for job in out.snapshot_jobs {
+                        match self.held_jobs.as_mut() {
+                            Some(held) => held.push((i, job)),
+                            None => self.cores[i].snapshot_done(job.run()),
                         }
                     }
                 }
@@ -649,8 +679,10 @@ mod tests {
     fn a_write_commits_on_the_leader_and_reaches_every_replica() {
         let mut c = Cores::new(3);
         assert_eq!(c.leader(0), None, "no leader before an election timeout");
-        c.ticks(25);
-        let leader = c.leader(0).expect("a leader after two election timeouts");
+        c.ticks(40);
+        // Fresh replicas listen for two election timeouts (amnesia guard)
+        // before they vote, so the first election ends within four.
+        let leader = c.leader(0).expect("a leader after four election timeouts");
         let follower = (leader + 1) % 3;
         assert_eq!(
             c.exec(follower, 1, 1, 0, &["PUT t5 a"]),
@@ -687,7 +719,7 @@ mod tests {
     #[test]
     fn after_the_leader_crashes_a_retry_gets_the_original_outcome_once() {
         let mut c = Cores::new(3);
-        c.ticks(25);
+        c.ticks(40);
         let old = c.leader(0).unwrap();
         assert_eq!(
             c.exec(old, 7, 1, 0, &["SWAP t1 x"]),
@@ -726,7 +758,7 @@ mod tests {
     #[test]
     fn replicas_expire_sessions_alike_by_the_leaders_clock() {
         let mut c = Cores::new(3);
-        c.ticks(25);
+        c.ticks(40);
         let leader = c.leader(0).unwrap();
         let ttl_s = RaftTuning::SESSION_TTL_DEFAULT.as_secs();
         // A new session per command, one command per second of leader time.
@@ -769,9 +801,82 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_for_a_follower_is_encoded_and_decoded_off_the_event_loop() {
+        // ARCHITECTURE.md "Snapshots and large partitions": the core never
+        // encodes or decodes a partition on the event loop; the leader hands
+        // the driver one job with an O(1) copy of the store, asks for no
+        // second one while it runs, and offers the bytes when they come
+        // back; the follower hands over the whole received snapshot and
+        // installs it once the driver decoded it.
+        let tuning = RaftTuning {
+            compact_entries: 4,
+            ..RaftTuning::default()
+        };
+        let mut c = Cores::with_tuning(3, tuning);
+        c.ticks(40);
+        let leader = c.leader(0).expect("a leader");
+        let behind = (leader + 1) % 3;
+        c.down.insert(behind);
+        for seq in 1..=20 {
+            let put = format!("PUT t{seq} v{seq}");
+            assert!(matches!(c.exec(leader, 1, seq, 0, &[&put]), Some(Ok(_))));
+        }
+        // A write after the copy is taken is not in the snapshot.
+        c.held_jobs = Some(Vec::new());
+        c.down.remove(&behind);
+        c.ticks(3);
+        let jobs = c.held_jobs.take().unwrap();
+        assert_eq!(jobs.len(), 1, "one encode for the follower: {jobs:?}");
+        assert!(matches!(
+            c.exec(leader, 1, 21, 0, &["PUT t1 after"]),
+            Some(Ok(_))
+        ));
+        let store = &c.cores[behind as usize].replicas()[&0].store;
+        let get = |store: &crate::kv::PartitionStore, key: &str| {
+            store
+                .clone()
+                .execute(&[parse_op(&format!("GET {key}")).unwrap()])
+        };
+        assert_eq!(
+            get(store, "t20").unwrap(),
+            vec![OpResult::Get(None)],
+            "nothing arrives before the job is done"
+        );
+        c.held_jobs = Some(Vec::new());
+        for (i, job) in jobs {
+            assert_eq!(i as u64, leader);
+            c.cores[i].snapshot_done(job.run());
+        }
+        c.pump();
+        // The follower decodes the whole snapshot off its event loop too.
+        let jobs = c.held_jobs.take().unwrap();
+        assert!(
+            matches!(jobs.as_slice(), [(i, SnapshotJob::Decode { .. })] if *i as u64 == behind),
+            "one decode at the follower: {jobs:?}"
+        );
+        let store = &c.cores[behind as usize].replicas()[&0].store;
+        assert_eq!(get(store, "t20").unwrap(), vec![OpResult::Get(None)]);
+        for (i, job) in jobs {
+            c.cores[i].snapshot_done(job.run());
+        }
+        c.pump();
+        c.ticks(3);
+        let store = &c.cores[behind as usize].replicas()[&0].store;
+        assert_eq!(
+            get(store, "t20").unwrap(),
+            vec![OpResult::Get(Some(b"v20".to_vec()))]
+        );
+        assert_eq!(
+            get(store, "t1").unwrap(),
+            vec![OpResult::Get(Some(b"after".to_vec()))],
+            "entries after the snapshot follow it"
+        );
+    }
+
+    #[test]
     fn an_isolated_leader_neither_commits_nor_serves_reads() {
         let mut c = Cores::new(3);
-        c.ticks(25);
+        c.ticks(40);
         let old = c.leader(0).unwrap();
         assert_eq!(
             c.exec(old, 1, 1, 0, &["PUT t2 before"]),

@@ -33,7 +33,7 @@ use crate::map::{NodeId, Partition, PartitionId, PartitionMap};
 use crate::op::{Op, OpResult};
 use crate::raft::{
     Config, Entry, EntryData, HardState, Index, Membership, Message, ProposeError, Raft, RaftState,
-    Role, SnapshotMeta, Term,
+    Role, SnapshotCheck, SnapshotMeta, Term,
 };
 use crate::storage::snapshot::{decode_store, encode_store};
 use crate::storage::{GroupSnapshot, RecoveredGroup};
@@ -169,6 +169,92 @@ pub struct Output {
     /// Raft messages to send now, batched per destination server.
     pub messages: BTreeMap<NodeId, Vec<(PartitionId, Message)>>,
     pub replies: Vec<(SocketAddr, Msg)>,
+    /// O(data) work to run off the event loop; hand each result to
+    /// [`ServerCore::snapshot_done`].
+    pub snapshot_jobs: Vec<SnapshotJob>,
+}
+
+/// Work on a whole partition's state, which takes time in proportion to its
+/// size: the driver runs it away from its event loop (`Runtime::
+/// spawn_blocking`), so that no partition on the server waits for it.
+pub enum SnapshotJob {
+    /// Encode `store`, the partition's state machine at Raft index `index`
+    /// (an O(1) copy: persistent maps), for followers behind the leader's
+    /// log.
+    Encode {
+        partition: PartitionId,
+        index: Index,
+        store: PartitionStore,
+    },
+    /// Decode a whole snapshot received for `partition` at `index`, which
+    /// the Raft core installs once it decodes (`Raft::snapshot_checked`).
+    Decode {
+        partition: PartitionId,
+        index: Index,
+        data: Arc<Vec<u8>>,
+    },
+}
+
+impl SnapshotJob {
+    /// Does the work (pure CPU: callable from any thread).
+    pub fn run(self) -> SnapshotDone {
+        match self {
+            SnapshotJob::Encode {
+                partition,
+                index,
+                store,
+            } => SnapshotDone::Encoded {
+                partition,
+                index,
+                data: encode_store(&store),
+            },
+            SnapshotJob::Decode {
+                partition,
+                index,
+                data,
+            } => SnapshotDone::Decoded {
+                partition,
+                index,
+                store: decode_store(&data)
+                    .ok()
+                    .filter(|store| store.range().id == partition),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for SnapshotJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotJob::Encode {
+                partition, index, ..
+            } => write!(f, "Encode {{ partition: {partition}, index: {index} }}"),
+            SnapshotJob::Decode {
+                partition,
+                index,
+                data,
+            } => write!(
+                f,
+                "Decode {{ partition: {partition}, index: {index}, bytes: {} }}",
+                data.len()
+            ),
+        }
+    }
+}
+
+/// The result of a [`SnapshotJob`].
+pub enum SnapshotDone {
+    Encoded {
+        partition: PartitionId,
+        index: Index,
+        data: Vec<u8>,
+    },
+    /// `None`: the bytes do not decode (or hold another partition).
+    Decoded {
+        partition: PartitionId,
+        index: Index,
+        store: Option<PartitionStore>,
+    },
 }
 
 impl Output {
@@ -177,6 +263,7 @@ impl Output {
             && self.persist.is_empty()
             && self.messages.is_empty()
             && self.replies.is_empty()
+            && self.snapshot_jobs.is_empty()
     }
 }
 
@@ -205,6 +292,9 @@ pub struct Replica {
     /// Prepared transactions: ticks this leader has seen each one prepared.
     txn_age: BTreeMap<TxnId, u32>,
     recoveries: BTreeMap<TxnId, Recovery>,
+    /// The index of the snapshot being encoded for followers, if any (at
+    /// most one per replica; compaction keeps the entries after it).
+    encoding: Option<Index>,
 }
 
 impl Replica {
@@ -227,6 +317,7 @@ impl Replica {
             released: false,
             txn_age: BTreeMap::new(),
             recoveries: BTreeMap::new(),
+            encoding: None,
         }
     }
 
@@ -312,6 +403,7 @@ impl ServerCore {
             // Without --persistence every restart empties a replica; with
             // it, an operator may have wiped or replaced the disk.
             amnesia_guard: !no_amnesia_guard(),
+            amnesia_listen_ticks: 2 * self.tuning.election_ticks,
             ..Config::new(self.node_id)
         };
         let seed = self.next_seed();
@@ -539,20 +631,17 @@ impl ServerCore {
                 continue;
             }
             // A snapshot is decoded once all its chunks arrived, before the
-            // core installs it, so whatever the core accepts can be applied.
-            let incoming = &mut replica.incoming;
-            replica
-                .raft
-                .step_checked(msg, &mut |meta, data| match decode_store(data) {
-                    Ok(store) if store.range().id == partition => {
-                        *incoming = Some((meta.index, store));
-                        true
-                    }
-                    Ok(_) | Err(_) => {
-                        tracing::warn!(partition, from, "dropping an undecodable snapshot");
-                        false
-                    }
+            // core installs it, so whatever the core accepts can be applied:
+            // by the driver, off the event loop (`snapshot_done` reports).
+            let jobs = &mut self.out.snapshot_jobs;
+            replica.raft.step_checked(msg, &mut |meta, data| {
+                jobs.push(SnapshotJob::Decode {
+                    partition,
+                    index: meta.index,
+                    data: data.clone(),
                 });
+                SnapshotCheck::Later
+            });
             if touched.last() != Some(&partition) {
                 touched.push(partition);
             }
@@ -561,6 +650,56 @@ impl ServerCore {
         touched.dedup();
         for id in touched {
             self.process(id);
+        }
+    }
+
+    /// A [`SnapshotJob`] finished.
+    pub fn snapshot_done(&mut self, done: SnapshotDone) {
+        match done {
+            SnapshotDone::Encoded {
+                partition,
+                index,
+                data,
+            } => {
+                let Some(r) = self.replicas.get_mut(&partition) else {
+                    return;
+                };
+                if r.encoding == Some(index) {
+                    r.encoding = None;
+                }
+                tracing::info!(
+                    partition,
+                    index,
+                    bytes = data.len(),
+                    "sending a snapshot to a follower behind the log"
+                );
+                // Ignored if we no longer lead, or compacted past it.
+                r.raft.offer_snapshot(index, Arc::new(data));
+                self.process(partition);
+            }
+            SnapshotDone::Decoded {
+                partition,
+                index,
+                store,
+            } => {
+                let Some(r) = self.replicas.get_mut(&partition) else {
+                    return;
+                };
+                let decodes = store.is_some();
+                if !decodes {
+                    tracing::warn!(partition, index, "dropping an undecodable snapshot");
+                }
+                if let Some(store) = store {
+                    r.incoming = Some((index, store));
+                }
+                r.raft.snapshot_checked(index, decodes);
+                self.process(partition);
+                let r = self.replicas.get_mut(&partition).unwrap();
+                if r.incoming.as_ref().is_some_and(|(i, _)| *i == index) {
+                    // Not installed (the log got there first): free it.
+                    r.incoming = None;
+                }
+            }
         }
     }
 
@@ -849,19 +988,18 @@ impl ServerCore {
                 let result = r.store.execute(&read.ops).map_err(ExecError::from);
                 reply(out, read.to, result);
             }
-            if rd.snapshot_request {
+            if rd.snapshot_request && r.encoding.is_none() {
                 // A follower is behind our log: encode the state machine
-                // once for it (and any other that needs it meanwhile). This
-                // is O(data), but only when a follower needs it, never per
-                // write or per compaction.
-                let data = encode_store(&r.store);
-                tracing::info!(
+                // once for it (and any other that needs it meanwhile). That
+                // is O(data), so the driver does it off the event loop, from
+                // an O(1) copy; `snapshot_done` offers the bytes. Only when
+                // a follower needs it, never per write or per compaction.
+                r.encoding = Some(r.applied);
+                out.snapshot_jobs.push(SnapshotJob::Encode {
                     partition,
-                    index = r.applied,
-                    bytes = data.len(),
-                    "sending a snapshot to a follower behind the log"
-                );
-                r.raft.offer_snapshot(r.applied, Arc::new(data));
+                    index: r.applied,
+                    store: r.store.clone(),
+                });
             }
         }
         // A deposed leader's proposals may or may not commit under the new
@@ -917,9 +1055,13 @@ impl ServerCore {
         // snapshot, and a follower that falls behind the log gets its bytes
         // on demand (`snapshot_request` above). Half of the entries stay, so
         // a follower that is merely a little behind still gets entries.
+        // While a snapshot is being encoded, the entries after it stay, so
+        // the follower that gets it can go on with entries.
         let log = r.raft.log();
         if r.applied >= log.first_index() + compact_entries && r.applied <= log.persisted {
-            r.raft.compact(r.applied - compact_entries / 2);
+            let keep_after = r.applied - compact_entries / 2;
+            r.raft
+                .compact(r.encoding.map_or(keep_after, |i| keep_after.min(i)));
         }
     }
 }
