@@ -184,7 +184,7 @@ pub enum SnapshotJob {
     Encode {
         partition: PartitionId,
         index: Index,
-        store: PartitionStore,
+        store: Box<PartitionStore>,
     },
     /// Decode a whole snapshot received for `partition` at `index`, which
     /// the Raft core installs once it decodes (`Raft::snapshot_checked`).
@@ -217,7 +217,8 @@ impl SnapshotJob {
                 index,
                 store: decode_store(&data)
                     .ok()
-                    .filter(|store| store.range().id == partition),
+                    .filter(|store| store.range().id == partition)
+                    .map(Box::new),
             },
         }
     }
@@ -253,7 +254,7 @@ pub enum SnapshotDone {
     Decoded {
         partition: PartitionId,
         index: Index,
-        store: Option<PartitionStore>,
+        store: Option<Box<PartitionStore>>,
     },
 }
 
@@ -690,7 +691,7 @@ impl ServerCore {
                     tracing::warn!(partition, index, "dropping an undecodable snapshot");
                 }
                 if let Some(store) = store {
-                    r.incoming = Some((index, store));
+                    r.incoming = Some((index, *store));
                 }
                 r.raft.snapshot_checked(index, decodes);
                 self.process(partition);
@@ -998,7 +999,7 @@ impl ServerCore {
                 out.snapshot_jobs.push(SnapshotJob::Encode {
                     partition,
                     index: r.applied,
-                    store: r.store.clone(),
+                    store: Box::new(r.store.clone()),
                 });
             }
         }
