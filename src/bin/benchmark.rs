@@ -50,6 +50,10 @@ struct LoadCmd {
     load: distkv::bench::LoadArgs,
 }
 
+/// How long a finishing run waits for its last transactions' decisions to
+/// be delivered (see `Client::settle`).
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn main() {
     let args = Args::parse();
     distkv::cli::init_logging("warn");
@@ -68,11 +72,19 @@ fn main() {
     let client = distkv::cli::connect_or_exit(&rt, connect_addr, timeout_ms);
     match args.mode {
         Some(Mode::Load(cmd)) => {
-            let code = rt.block_on(distkv::bench::run_load_cli(TokioRuntime, client, cmd.load));
+            let code = rt.block_on(async {
+                let code =
+                    distkv::bench::run_load_cli(TokioRuntime, client.clone(), cmd.load).await;
+                client.settle(SETTLE).await;
+                code
+            });
             std::process::exit(code);
         }
         Some(Mode::Check(_)) => unreachable!("handled before connecting"),
-        None => stdin_mode(&rt, client, args.key_len as usize),
+        None => {
+            stdin_mode(&rt, client.clone(), args.key_len as usize);
+            rt.block_on(client.settle(SETTLE));
+        }
     }
 }
 

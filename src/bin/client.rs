@@ -69,6 +69,10 @@ impl Terminal {
     }
 }
 
+/// How long the program waits, when it ends, for its last transactions'
+/// decisions to be delivered (see `Client::settle`).
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn main() {
     let args = Args::parse();
     distkv::cli::init_logging("warn");
@@ -96,6 +100,7 @@ fn main() {
                 break;
             }
         }
+        term.rt.block_on(client.settle(SETTLE));
         return;
     }
     let map = client.map();
@@ -140,4 +145,5 @@ fn main() {
     if let Some(path) = &history {
         let _ = editor.save_history(path);
     }
+    term.rt.block_on(client.settle(SETTLE));
 }

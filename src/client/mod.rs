@@ -105,6 +105,8 @@ struct Inner<R: Runtime> {
     txn_committed: AtomicU64,
     txn_retries: AtomicU64,
     txn_aborted: AtomicU64,
+    /// Background resolves still running (see [`Client::settle`]).
+    resolving: AtomicU64,
 }
 
 /// What this client's transactions across partitions came to (see
@@ -226,6 +228,7 @@ impl<R: Runtime> Client<R> {
             txn_committed: AtomicU64::new(0),
             txn_retries: AtomicU64::new(0),
             txn_aborted: AtomicU64::new(0),
+            resolving: AtomicU64::new(0),
         });
         rt.spawn(recv_loop(inner.clone()));
         let client = Client { inner };
@@ -241,6 +244,19 @@ impl<R: Runtime> Client<R> {
             id: self.inner.rt.rand_u64(),
             seq: 0,
             last_commit: None,
+        }
+    }
+
+    /// Waits, at most `max`, until the decisions of this client's
+    /// transactions have been delivered (they are sent in the background
+    /// after the reply). A program about to exit calls it, so the locks of
+    /// its last transactions are released at once rather than by the
+    /// participants' recovery a few seconds later.
+    pub async fn settle(&self, max: Duration) {
+        let rt = &self.inner.rt;
+        let until = rt.now() + max;
+        while self.inner.resolving.load(Ordering::Acquire) > 0 && rt.now() < until {
+            rt.sleep(Duration::from_millis(2)).await;
         }
     }
 
@@ -857,8 +873,10 @@ impl<R: Runtime> Session<R> {
         for &p in participants {
             let client = self.client.clone();
             let request = PartRequest::Txn(TxnOp::Resolve { id: txn, commit });
+            client.inner.resolving.fetch_add(1, Ordering::AcqRel);
             rt.spawn(async move {
                 let _ = client.run_part(id, p, request, deadline).await;
+                client.inner.resolving.fetch_sub(1, Ordering::AcqRel);
             });
         }
     }

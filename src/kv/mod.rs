@@ -428,8 +428,15 @@ impl PartitionStore {
             .get(&session)
             .filter(|_| !duplicate_apply)
             .map(|record| record.seq);
+        // A queued command's own place-holder (recorded when it was queued,
+        // see `wait`) does not make it a retry; and it passed the freshness
+        // rule below when it was queued, which is what makes running it
+        // safe (it has not run anywhere, and duplicates find it queued).
+        let last = last.filter(|&l| queued.is_none() || l != seq);
         let result = match last {
-            None if sent_ms.saturating_add(session_ttl_ms / 2) < self.log_time_ms => {
+            None if queued.is_none()
+                && sent_ms.saturating_add(session_ttl_ms / 2) < self.log_time_ms =>
+            {
                 return Err(SessionError::Expired(SessionExpired {
                     session,
                     seq,
@@ -506,6 +513,10 @@ impl PartitionStore {
             self.idle.pop_first();
             self.sessions.remove(&session);
             crate::stats::count(crate::stats::Event::SessionExpired);
+            // Its commands still waiting for locks go too: a later command
+            // of the session may have run meanwhile, and once the session is
+            // forgotten nothing would keep them from running after it.
+            self.expire_queued(session, ttl_ms);
         }
         debug_assert_eq!(self.idle.len(), self.sessions.len());
     }

@@ -503,7 +503,10 @@ impl PartitionStore {
                 .any(|(k, w)| Some(*k) != queued && *k < me && conflicts(w.ops(), &c.ops))
     }
 
-    /// Queues a command that must wait (unless it is the queued one).
+    /// Queues a command that must wait (unless it is the queued one). Its
+    /// session records its sequence number now, as if it ran: a later
+    /// command of the session that runs first makes it stale, so it never
+    /// runs after a later one.
     pub(super) fn wait(
         &mut self,
         c: &super::Command,
@@ -512,8 +515,39 @@ impl PartitionStore {
         if queued.is_none() {
             let w = Waiting::Command(c.clone());
             self.queue.insert(w.key(), w);
+            let last = self.sessions.get(&c.session).map(|r| r.seq);
+            if last.is_none_or(|last| last < c.seq) {
+                self.record(c.session, c.seq, None);
+            }
         }
         super::SessionError::Queued
+    }
+
+    /// Drops the queued commands of `session`, which expired.
+    pub(super) fn expire_queued(&mut self, session: u64, ttl_ms: u64) {
+        let doomed: Vec<QueueKey> = self
+            .queue
+            .iter()
+            .filter(|(_, w)| matches!(w, Waiting::Command(c) if c.session == session))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in doomed {
+            let Some(Waiting::Command(c)) = self.queue.remove(&k) else {
+                continue;
+            };
+            self.finished.push(Finished::Command {
+                key: WaitKey::Command {
+                    session,
+                    seq: c.seq,
+                },
+                outcome: Err(super::SessionError::Expired(super::SessionExpired {
+                    session,
+                    seq: c.seq,
+                    partition: self.range.id,
+                    ttl_s: ttl_ms / 1000,
+                })),
+            });
+        }
     }
 
     /// Whether a request is waiting in the queue.
@@ -1086,6 +1120,74 @@ mod tests {
             },
         );
         assert_eq!(get(&s, "GET t1"), OpResult::Get(Some(b"a".to_vec())));
+    }
+
+    #[test]
+    fn a_queued_command_runs_however_long_it_waited_but_never_after_a_later_one() {
+        let mut s = store();
+        apply(&mut s, prepare(5, 0, 20, &["PUT t1 a"]));
+        let mut c = Command::untimed(7, 1, ops(&["PUT t1 c"]));
+        (c.sent_ms, c.time_ms, c.session_ttl_ms) = (1_000, 1_000, TTL);
+        assert!(matches!(
+            s.execute_once(&c),
+            Err(crate::kv::SessionError::Queued)
+        ));
+        // Log time passes the freshness bound (half a TTL) while it waits:
+        // it still runs when the lock goes, once.
+        let late = 1_000 + TTL / 2 + 1;
+        let commit = TxnOp::Resolve {
+            id: id(5, 0),
+            commit: true,
+        };
+        assert_eq!(
+            s.apply_txn_entry(late, TTL, &commit),
+            TxnOutcome::State(TxnState::Committed {
+                results: vec![OpResult::Put { found: false }]
+            })
+        );
+        assert_eq!(
+            s.take_finished(),
+            vec![Finished::Command {
+                key: WaitKey::Command { session: 7, seq: 1 },
+                outcome: Ok(Ok(vec![OpResult::Put { found: true }]))
+            }]
+        );
+        // A queued command whose session then runs a later command is
+        // stale when its turn comes.
+        let TxnOp::Prepare(mut holder) = prepare(6, 0, 20, &["PUT t2 a"]) else {
+            unreachable!()
+        };
+        holder.sent_ms = late;
+        let held = s.apply_txn_entry(late, TTL, &TxnOp::Prepare(holder));
+        assert!(matches!(held, TxnOutcome::State(TxnState::Prepared { .. })));
+        let mut c2 = Command::untimed(7, 2, ops(&["PUT t2 x"]));
+        (c2.sent_ms, c2.time_ms, c2.session_ttl_ms) = (late, late, TTL);
+        assert!(matches!(
+            s.execute_once(&c2),
+            Err(crate::kv::SessionError::Queued)
+        ));
+        let mut c3 = Command::untimed(7, 3, ops(&["PUT t3 y"]));
+        (c3.sent_ms, c3.time_ms, c3.session_ttl_ms) = (late, late, TTL);
+        assert!(s.execute_once(&c3).is_ok());
+        apply(
+            &mut s,
+            TxnOp::Resolve {
+                id: id(6, 0),
+                commit: true,
+            },
+        );
+        let finished = s.take_finished();
+        assert!(
+            matches!(
+                &finished[..],
+                [Finished::Command {
+                    outcome: Err(crate::kv::SessionError::Stale(_)),
+                    ..
+                }]
+            ),
+            "{finished:?}"
+        );
+        assert_eq!(get(&s, "GET t2"), OpResult::Get(Some(b"a".to_vec())));
     }
 
     #[test]
