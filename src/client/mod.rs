@@ -661,13 +661,21 @@ impl<R: Runtime> Session<R> {
                 PartOutcome::Unknown(e) => Err(ClientError::UnknownOutcome(e)),
             };
         }
-        let last_commit = self.last_commit.take();
-        let (outcome, committed) = self
-            .run_txn(&ops, &touched, &parts, id, deadline, last_commit.as_ref())
-            .await;
-        // Carry the decision on if this command did not deliver it to all.
-        self.last_commit = committed.or(last_commit);
-        outcome
+        let previous = self.last_commit.take();
+        match self
+            .run_txn(&ops, &touched, &parts, id, deadline, previous.as_ref())
+            .await
+        {
+            Ok((results, txn)) => {
+                self.last_commit = Some((txn, parts.keys().copied().collect()));
+                Ok(results)
+            }
+            Err(e) => {
+                // Carry the earlier decision on: it was not delivered by this.
+                self.last_commit = previous;
+                Err(e)
+            }
+        }
     }
 
     /// Runs a command that spans partitions as one transaction
@@ -677,31 +685,10 @@ impl<R: Runtime> Session<R> {
     /// background. A conflict aborts the attempt, which is retried as a new
     /// attempt of the same age (wait-die), so the user never sees it.
     ///
-    /// Also returns the transaction if it committed (see
-    /// [`Session::last_commit`]). `previous`: the session's last committed
-    /// transaction, whose decision the prepares carry.
+    /// Returns the results and the committed attempt. `previous`: the
+    /// session's last committed transaction, whose decision the prepares
+    /// carry (see [`Session::last_commit`]).
     async fn run_txn(
-        &self,
-        ops: &[Op],
-        touched: &[Vec<PartitionId>],
-        parts: &BTreeMap<PartitionId, Vec<usize>>,
-        id: CommandId,
-        deadline: Instant,
-        previous: Option<&(TxnId, Vec<PartitionId>)>,
-    ) -> (
-        Result<Vec<OpResult>, ClientError>,
-        Option<(TxnId, Vec<PartitionId>)>,
-    ) {
-        let outcome = self
-            .run_txn_attempts(ops, touched, parts, id, deadline, previous)
-            .await;
-        match outcome {
-            Ok((results, txn)) => (Ok(results), Some((txn, parts.keys().copied().collect()))),
-            Err(e) => (Err(e), None),
-        }
-    }
-
-    async fn run_txn_attempts(
         &self,
         ops: &[Op],
         touched: &[Vec<PartitionId>],
