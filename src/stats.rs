@@ -32,10 +32,18 @@ pub enum Event {
     TxnRecovered,
     /// A request waited in a partition's queue for locks.
     TxnWaited,
+    /// A transaction's coordinator crashed at a protocol step (simulated).
+    CoordinatorCrash,
+    /// A copy of a prepare was sent again late (simulated).
+    LatePrepare,
+    /// A bank transfer committed (simulation workload).
+    BankTransfer,
+    /// A read of every bank account was checked against the total.
+    BankRead,
 }
 
 impl Event {
-    pub const ALL: [Event; 11] = [
+    pub const ALL: [Event; 15] = [
         Event::Election,
         Event::Compaction,
         Event::SnapshotSent,
@@ -47,6 +55,10 @@ impl Event {
         Event::TxnRetried,
         Event::TxnRecovered,
         Event::TxnWaited,
+        Event::CoordinatorCrash,
+        Event::LatePrepare,
+        Event::BankTransfer,
+        Event::BankRead,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,13 +74,17 @@ impl Event {
             Event::TxnRetried => "transaction retries",
             Event::TxnRecovered => "transactions recovered",
             Event::TxnWaited => "lock waits",
+            Event::CoordinatorCrash => "coordinator crashes",
+            Event::LatePrepare => "late prepares",
+            Event::BankTransfer => "bank transfers",
+            Event::BankRead => "bank totals checked",
         }
     }
 }
 
 /// Counts per [`Event`], in [`Event::ALL`] order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Counts(pub [u64; 11]);
+pub struct Counts(pub [u64; 15]);
 
 impl Counts {
     pub fn get(&self, event: Event) -> u64 {
@@ -96,7 +112,7 @@ impl std::fmt::Display for Counts {
 
 #[cfg(feature = "sim")]
 thread_local! {
-    static COUNTS: std::cell::Cell<Counts> = const { std::cell::Cell::new(Counts([0; 11])) };
+    static COUNTS: std::cell::Cell<Counts> = const { std::cell::Cell::new(Counts([0; 15])) };
 }
 
 /// Counts one `event` (a no-op without feature `sim`).

@@ -210,6 +210,62 @@ enum PartOutcome {
     Unknown(String),
 }
 
+/// Where a simulated coordinator crash (see [`faults`]) stops a
+/// transaction attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Crash {
+    /// After some of the prepares left (each once), before any answer.
+    WhilePreparing,
+    /// Once the participants' answers decided the attempt (committed: every
+    /// part prepared; or aborted), before the decision went anywhere.
+    BeforeResolving,
+    /// After the decision went to some participants (a commit: after the
+    /// user got the reply).
+    WhileResolving,
+}
+
+/// The error a crashed coordinator's user sees: nothing came back.
+fn crash_error(txn: TxnId, when: &str) -> ClientError {
+    ClientError::UnknownOutcome(format!(
+        "the coordinator of transaction {txn} crashed {when} (simulated)"
+    ))
+}
+
+/// Faults aimed at the transaction protocol, for the whole-system
+/// simulation (feature `sim`; without it the rate is always 0): with
+/// probability `rate` a transaction attempt's coordinator crashes at one of
+/// the protocol's steps ([`Crash`]; the session goes on with its next
+/// command, as a new coordinator would), and a prepare that reached its
+/// partition arrives again up to 3 s later. Recovery must then resolve
+/// every abandoned transaction, and no late prepare may revive an aborted
+/// or finished one. Per thread, like the other simulated faults: a madsim
+/// simulation runs on one thread.
+#[cfg(feature = "sim")]
+pub mod faults {
+    use std::cell::Cell;
+
+    thread_local! {
+        static RATE: Cell<f64> = const { Cell::new(0.0) };
+    }
+
+    /// Turns the coordinator faults on (`rate` > 0) or off on this thread.
+    pub fn set_coordinator_faults(rate: f64) {
+        assert!((0.0..=1.0).contains(&rate), "coordinator fault rate {rate}");
+        RATE.with(|r| r.set(rate));
+    }
+
+    pub(super) fn rate() -> f64 {
+        RATE.with(Cell::get)
+    }
+}
+
+#[cfg(not(feature = "sim"))]
+mod faults {
+    pub(super) fn rate() -> f64 {
+        0.0
+    }
+}
+
 impl<R: Runtime> Client<R> {
     /// Opens a network endpoint and fetches the partition map from the
     /// manager, retrying until the command deadline.
@@ -391,6 +447,67 @@ impl<R: Runtime> Client<R> {
         match cached {
             Some(leader) if p.replicas.contains(&leader) => Some(leader),
             _ => Some(p.replicas[attempt % p.replicas.len()]),
+        }
+    }
+
+    /// True with probability `p`; draws nothing when `p` is 0 (so the
+    /// simulation's schedule does not change with the faults off).
+    fn chance(&self, p: f64) -> bool {
+        p > 0.0 && ((self.inner.rt.rand_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+
+    /// Whether this transaction attempt's coordinator crashes, and where
+    /// (simulated, see [`faults`]; never in production).
+    fn draw_crash(&self) -> Option<Crash> {
+        if !self.chance(faults::rate()) {
+            return None;
+        }
+        crate::stats::count(crate::stats::Event::CoordinatorCrash);
+        Some(match self.inner.rt.rand_u64() % 3 {
+            0 => Crash::WhilePreparing,
+            1 => Crash::BeforeResolving,
+            _ => Crash::WhileResolving,
+        })
+    }
+
+    /// Sends `op` once to the partition's presumed leader, without waiting
+    /// for (or retrying on) an answer.
+    fn send_once(&self, partition: PartitionId, op: TxnOp) {
+        let map = self.map();
+        let Some(addr) = self
+            .target(&map, partition, 0)
+            .and_then(|node| map.servers.get(&node).copied())
+        else {
+            return;
+        };
+        let req = self.inner.next_req.fetch_add(1, Ordering::Relaxed);
+        if let Ok(bytes) = encode_msg(&Msg::Txn { req, partition, op }) {
+            self.inner.net.send(addr, bytes);
+        }
+    }
+
+    /// Simulated late duplicates (see [`faults`]): a copy of a prepare that
+    /// reached its partition (or may have) arrives again up to 3 s later,
+    /// when the attempt may long be decided and resolved. (A prepare that
+    /// certainly never arrived has no copy in flight in a real network.)
+    fn send_late_copies(
+        &self,
+        prepares: &BTreeMap<PartitionId, Prepare>,
+        votes: &[(PartitionId, PartOutcome)],
+    ) {
+        let rate = faults::rate();
+        for (p, vote) in votes {
+            if !matches!(vote, PartOutcome::Done(_) | PartOutcome::Unknown(_)) || !self.chance(rate)
+            {
+                continue;
+            }
+            crate::stats::count(crate::stats::Event::LatePrepare);
+            let (client, p, prepare) = (self.clone(), *p, prepares[p].clone());
+            let delay = Duration::from_millis(self.inner.rt.rand_u64() % 3000);
+            self.inner.rt.spawn(async move {
+                client.inner.rt.sleep(delay).await;
+                client.send_once(p, TxnOp::Prepare(prepare));
+            });
         }
     }
 
@@ -712,7 +829,7 @@ impl<R: Runtime> Session<R> {
             } else {
                 rt.unix_time_ms()
             };
-            let requests = parts
+            let prepares: BTreeMap<PartitionId, Prepare> = parts
                 .iter()
                 .map(|(&p, idx)| {
                     let prepare = Prepare {
@@ -725,10 +842,25 @@ impl<R: Runtime> Session<R> {
                             .filter(|(_, ps)| ps.contains(&p))
                             .map(|(t, _)| *t),
                     };
-                    (p, PartRequest::Txn(TxnOp::Prepare(prepare)))
+                    (p, prepare)
                 })
                 .collect();
+            let crash = self.client.draw_crash();
+            if crash == Some(Crash::WhilePreparing) {
+                // Some prepares leave (once each), then nothing more.
+                for (&p, prepare) in &prepares {
+                    if self.client.chance(0.5) {
+                        self.client.send_once(p, TxnOp::Prepare(prepare.clone()));
+                    }
+                }
+                return Err(crash_error(txn, "while sending its prepares"));
+            }
+            let requests = prepares
+                .iter()
+                .map(|(&p, prepare)| (p, PartRequest::Txn(TxnOp::Prepare(prepare.clone()))))
+                .collect();
             let votes = self.run_parts(requests, id, deadline).await;
+            self.client.send_late_copies(&prepares, &votes);
             let mut done: BTreeMap<PartitionId, Vec<OpResult>> = BTreeMap::new();
             let mut aborted: Option<AbortReason> = None;
             // The failed CHECK with the lowest operation index, if any.
@@ -782,11 +914,33 @@ impl<R: Runtime> Session<R> {
                     PartOutcome::Unknown(e) => unknown.push(e),
                 }
             }
+            let decided = aborted.is_some() || (not_applied.is_empty() && unknown.is_empty());
+            if decided && crash.is_some() {
+                // Decided, but the coordinator dies before (or while)
+                // sending the decision: the participants' recovery must
+                // resolve the rest. Its user hears nothing, except for a
+                // commit that crashed after replying.
+                let reached: Vec<PartitionId> = match crash {
+                    Some(Crash::WhileResolving) => participants
+                        .iter()
+                        .copied()
+                        .filter(|_| self.client.chance(0.5))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                let commit = aborted.is_none();
+                self.resolve_in_background(txn, &reached, commit);
+                if !(commit && crash == Some(Crash::WhileResolving)) {
+                    return Err(crash_error(txn, "before sending its decision to everyone"));
+                }
+            }
             if aborted.is_none() && not_applied.is_empty() && unknown.is_empty() {
                 // Every participant prepared: committed.
                 crate::stats::count(crate::stats::Event::TxnCommitted);
                 client.inner.txn_committed.fetch_add(1, Ordering::Relaxed);
-                self.resolve_in_background(txn, &participants, true);
+                if crash.is_none() {
+                    self.resolve_in_background(txn, &participants, true);
+                }
                 return Ok((merge(ops, touched, parts, done), txn));
             }
             if let Some(reason) = aborted {

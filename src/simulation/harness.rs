@@ -161,6 +161,16 @@ const REPLICAS: usize = 3;
 const TABLE_NAMES: [&str; 3] = ["t", "u", "v"];
 /// Small value space, so values collide.
 const VALUES: [&str; 4] = ["v0", "v1", "v2", "v3"];
+/// The bank workload's table (Jepsen's bank test): accounts `bank0..`,
+/// [`BANK_ACCOUNTS_PER_PARTITION`] in each of its partitions (one per
+/// server), each starting at [`BANK_INITIAL`] (an absent account holds it).
+/// Transfers move money between two accounts; every read of all of them
+/// must add up to the total. See [`bank_turn`].
+const BANK_TABLE: &str = "bank";
+const BANK_ACCOUNTS_PER_PARTITION: u64 = 2;
+const BANK_INITIAL: i64 = 100;
+/// The share of a client's chaos-phase turns that go to the bank.
+const BANK_SHARE: f64 = 0.1;
 
 fn manager_addr() -> SocketAddr {
     "10.0.0.100:24000".parse().unwrap()
@@ -213,11 +223,20 @@ impl Shape {
             .collect()
     }
 
+    /// The bank's accounts (see [`BANK_TABLE`]).
+    fn bank_accounts(&self) -> Vec<Key> {
+        (0..BANK_ACCOUNTS_PER_PARTITION * self.servers as u64)
+            .map(|n| Key::new(BANK_TABLE, n))
+            .collect()
+    }
+
     fn manager_config(&self) -> ManagerConfig {
+        let mut tables = self.tables.clone();
+        tables.push((BANK_TABLE.to_string(), self.bank_accounts().len() as u64));
         ManagerConfig {
             listen_addr: manager_addr(),
             servers: (0..self.servers).map(server_addr).collect(),
-            tables: self.tables.clone(),
+            tables,
             replicas: REPLICAS,
         }
     }
@@ -308,10 +327,18 @@ pub enum FaultKind {
     /// them up, and nothing acknowledged may be lost. As with memory-mode
     /// kills, the rest of the cluster is up and caught up meanwhile.
     Wipe,
+    /// Faults aimed at the transaction protocol ([`crate::client::faults`]):
+    /// 2–12 % (per seed) of transaction attempts have their coordinator (the
+    /// client) crash while sending the prepares, once the answers decided
+    /// the attempt but before the decision went out, or after it went to
+    /// some participants; and a prepare that arrived is sent again up to
+    /// 3 s later. The participants' recovery must resolve every abandoned
+    /// transaction, and no late prepare may revive one.
+    Coordinator,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::Kill,
         FaultKind::Clog,
         FaultKind::Manager,
@@ -323,6 +350,7 @@ impl FaultKind {
         FaultKind::Disk,
         FaultKind::Rolling,
         FaultKind::Wipe,
+        FaultKind::Coordinator,
     ];
 
     pub fn name(self) -> &'static str {
@@ -338,6 +366,7 @@ impl FaultKind {
             FaultKind::Disk => "disk",
             FaultKind::Rolling => "rolling",
             FaultKind::Wipe => "wipe",
+            FaultKind::Coordinator => "coordinator",
         }
     }
 
@@ -626,11 +655,23 @@ struct Shared {
     trace: bool,
     /// Per table: the key numbers the workload uses, `0..n` ([`Shape::universe`]).
     tables: Vec<(String, u64)>,
+    /// The bank's accounts ([`BANK_TABLE`]).
+    bank: Vec<Key>,
 }
 
 impl Shared {
     fn elapsed(&self) -> Duration {
         Instant::now() - self.start
+    }
+
+    /// The partitions of the model's tables (all but the bank's).
+    fn partition_ids(&self) -> Vec<PartitionId> {
+        self.map
+            .partitions
+            .values()
+            .filter(|p| p.table != BANK_TABLE)
+            .map(|p| p.id)
+            .collect()
     }
 
     /// Owned keys of `client` in `partition`.
@@ -1134,6 +1175,12 @@ pub async fn scenario_with(config: Config) -> Summary {
     }
     // Per thread, and a simulation runs on one thread: set on every run.
     crate::rt::sim_rt::set_duplication(dup);
+    let coordinator_faults = if enabled.contains(FaultKind::Coordinator) {
+        0.02 + 0.1 * seed_draw(seed, 6)
+    } else {
+        0.0
+    };
+    crate::client::faults::set_coordinator_faults(coordinator_faults);
     let latency = if enabled.contains(FaultKind::Latency) {
         Duration::from_millis(1)..Duration::from_millis(max_latency_ms)
     } else {
@@ -1185,6 +1232,7 @@ pub async fn scenario_with(config: Config) -> Summary {
         liveness_errors: Mutex::new(vec![String::new(); CLIENTS]),
         trace: std::env::var_os("DISTKV_SIM_TRACE").is_some(),
         tables,
+        bank: shape.bank_accounts(),
     });
 
     let manager = handle
@@ -1538,6 +1586,7 @@ pub async fn scenario_with(config: Config) -> Summary {
     net.update_config(|c| c.packet_loss_rate = 0.0);
     let copies = crate::rt::sim_rt::copies_sent();
     crate::rt::sim_rt::set_duplication(0.0);
+    crate::client::faults::set_coordinator_faults(0.0);
     shared.healed.store(true, Ordering::SeqCst);
     let healed_at = shared.elapsed();
     for (i, client) in clients.into_iter().enumerate() {
@@ -1582,6 +1631,15 @@ pub async fn scenario_with(config: Config) -> Summary {
         Ok(contents) => contents,
         Err(e) => panic!("seed {seed}: client 0 task failed: {e:?}"),
     };
+    // The bank kept its total.
+    let balances: BTreeMap<&Key, Option<&Vec<u8>>> = shared
+        .bank
+        .iter()
+        .map(|key| (key, final_state.get(key)))
+        .collect();
+    if let Err(e) = bank_total_is_kept(shared.bank.len(), &balances) {
+        panic!("seed {seed}: bank: in the final contents: {e}");
+    }
     let atomicity_checked = {
         let commands = shared.commands.lock().unwrap();
         match check_atomicity(seed, &commands, &final_state) {
@@ -1663,6 +1721,8 @@ pub async fn scenario_with(config: Config) -> Summary {
 /// - `linearizability`: the final WGL check of the whole history failed
 /// - `atomicity`: a transaction took effect at some of its keys only, or a
 ///   failed one took effect ([`check_atomicity`])
+/// - `bank`: a read of every bank account, or the final contents, did not
+///   add up to the bank's total ([`bank_turn`])
 ///   (e.g. a stale read of another client's key);
 /// - `raft-safety`: a Raft safety assertion inside a server fired (e.g. a
 ///   committed entry about to be overwritten);
@@ -1685,6 +1745,8 @@ pub fn failed_check(message: &str) -> &'static str {
         "linearizability"
     } else if is(": atomicity: ") {
         "atomicity"
+    } else if is(": bank: ") {
+        "bank"
     } else if is("Raft safety") {
         "raft-safety"
     } else if is(" cannot connect: ") {
@@ -1723,9 +1785,13 @@ async fn client_main(me: usize, shared: Arc<Shared>) {
     let mut rng = madsim::rand::thread_rng();
     let (think_min, think_max) = shared.think_ms[me];
     while !shared.healed.load(Ordering::SeqCst) {
-        let ops = random_command(&mut rng, me, &shared);
-        // Errors are expected under faults; the checker has judged the outcome.
-        let _ = run_checked(&shared, &mut session, me, ops).await;
+        if rng.gen_bool(BANK_SHARE) {
+            bank_turn(&mut rng, &shared, &mut session, me).await;
+        } else {
+            let ops = random_command(&mut rng, me, &shared);
+            // Errors are expected under faults; the checker has judged the outcome.
+            let _ = run_checked(&shared, &mut session, me, ops).await;
+        }
         // Now and then a client goes idle for a while: its cached leaders
         // go stale meanwhile.
         let think = if rng.gen_bool(0.03) {
@@ -1740,7 +1806,7 @@ async fn client_main(me: usize, shared: Arc<Shared>) {
     // may still be being elected and restarted replicas catching up, so a
     // command that fails is retried (the harness bounds the whole phase).
     let mut commands: Vec<Vec<Op>> = Vec::new();
-    for &id in shared.map.partitions.keys() {
+    for id in shared.partition_ids() {
         let key = shared.owned_in(me, id)[0].clone();
         let value = VALUES[rng.gen_range(0..VALUES.len())].as_bytes().to_vec();
         commands.push(vec![
@@ -1758,10 +1824,26 @@ async fn client_main(me: usize, shared: Arc<Shared>) {
             end: Key::new(table, n + 10),
         }]);
     }
+    // The bank's partitions too: a read of every account.
+    commands.push(
+        shared
+            .bank
+            .iter()
+            .map(|key| Op::Get { key: key.clone() })
+            .collect(),
+    );
     for ops in commands {
         let shown = fmt_ops(&ops);
+        let bank = ops[0].table() == BANK_TABLE;
         loop {
-            match run_checked(&shared, &mut session, me, ops.clone()).await {
+            let outcome = if bank {
+                run_bank_checked(&shared, &mut session, me, ops.clone())
+                    .await
+                    .map(|_| ())
+            } else {
+                run_checked(&shared, &mut session, me, ops.clone()).await
+            };
+            match outcome {
                 Ok(()) => break,
                 Err(e) => {
                     shared.liveness_errors.lock().unwrap()[me] =
@@ -1817,6 +1899,30 @@ async fn run_checked(
         model.allow_values(&ops);
         model.invoke(me, &ops, invoked)
     };
+    let written = ops.clone();
+    let outcome = execute_recorded(shared, session, me, ops, invoked).await;
+    let now = shared.elapsed();
+    shared.commands.lock().unwrap().push(Recorded {
+        client: me,
+        invoked,
+        ops: written,
+        outcome: outcome.clone(),
+    });
+    if let Err(violation) = shared.model.lock().unwrap().complete(&inv, &outcome, now) {
+        panic!("{violation}");
+    }
+    outcome.map(|_| ())
+}
+
+/// Runs one command and records it in the history (for the final
+/// linearizability check), without the model.
+async fn execute_recorded(
+    shared: &Shared,
+    session: &mut Session<SimRuntime>,
+    me: usize,
+    ops: Vec<Op>,
+    invoked: Duration,
+) -> Result<Vec<OpResult>, ClientError> {
     let parts = split_by_partition(&shared.map, &ops);
     let written = ops.clone();
     let shown = shared.trace.then(|| fmt_ops(&ops));
@@ -1858,16 +1964,168 @@ async fn run_checked(
             ));
         }
     }
-    shared.commands.lock().unwrap().push(Recorded {
-        client: me,
-        invoked,
-        ops: written,
-        outcome: outcome.clone(),
-    });
-    if let Err(violation) = shared.model.lock().unwrap().complete(&inv, &outcome, now) {
-        panic!("{violation}");
+    outcome
+}
+
+/// A bank command ([`BANK_TABLE`]): recorded in the history like any
+/// other (the model does not know the bank's keys, which every client
+/// writes); a read of every account is checked against the total.
+async fn run_bank_checked(
+    shared: &Shared,
+    session: &mut Session<SimRuntime>,
+    me: usize,
+    ops: Vec<Op>,
+) -> Result<Vec<OpResult>, ClientError> {
+    let invoked = shared.elapsed();
+    let shown = fmt_ops(&ops);
+    let outcome = execute_recorded(shared, session, me, ops.clone(), invoked).await;
+    if let Ok(results) = &outcome {
+        let mut balances: BTreeMap<&Key, Option<&Vec<u8>>> = BTreeMap::new();
+        for (op, result) in ops.iter().zip(results) {
+            match (op, result) {
+                (Op::Get { key }, OpResult::Get(value)) => {
+                    balances.insert(key, value.as_ref());
+                }
+                (Op::Scan { .. }, OpResult::Scan(rows)) => {
+                    for key in &shared.bank {
+                        balances.insert(key, None);
+                    }
+                    for (key, value) in rows {
+                        balances.insert(key, Some(value));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if balances.len() == shared.bank.len() {
+            stats::count(Event::BankRead);
+            if let Err(e) = bank_total_is_kept(shared.bank.len(), &balances) {
+                panic!(
+                    "seed {}: bank: client {me}'s read `{shown}` (invoked at {invoked:.3?}): {e}",
+                    shared.seed
+                );
+            }
+        }
     }
-    outcome.map(|_| ())
+    outcome
+}
+
+/// A balance: the account's value, or [`BANK_INITIAL`] when absent.
+fn balance(value: Option<&Vec<u8>>) -> Result<i64, String> {
+    match value {
+        None => Ok(BANK_INITIAL),
+        Some(v) => std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("balance {:?} is not a number", String::from_utf8_lossy(v))),
+    }
+}
+
+/// Every balance is a non-negative number and they add up to the total.
+fn bank_total_is_kept(
+    accounts: usize,
+    balances: &BTreeMap<&Key, Option<&Vec<u8>>>,
+) -> Result<(), String> {
+    let mut sum = 0;
+    for (key, value) in balances {
+        let b = balance(*value).map_err(|e| format!("{key}: {e}"))?;
+        if b < 0 {
+            return Err(format!("{key} has a negative balance {b}"));
+        }
+        sum += b;
+    }
+    let total = BANK_INITIAL * accounts as i64;
+    if sum != total {
+        let shown: Vec<String> = balances
+            .iter()
+            .map(|(k, v)| format!("{k}={}", balance(*v).unwrap_or(i64::MIN)))
+            .collect();
+        return Err(format!(
+            "the balances add up to {sum}, not {total}: {}",
+            shown.join(" ")
+        ));
+    }
+    Ok(())
+}
+
+/// One turn of a client at the bank: three in ten read every account (GETs
+/// of all of them, or one SCAN of the table), the others transfer: read two
+/// accounts, then move up to 10 from one to the other with a command that
+/// CHECKs both balances it read and PUTs both new ones (it aborts if either
+/// changed meanwhile; that is fine, the turn just ends).
+async fn bank_turn(
+    rng: &mut impl Rng,
+    shared: &Shared,
+    session: &mut Session<SimRuntime>,
+    me: usize,
+) {
+    let accounts = &shared.bank;
+    if rng.gen_bool(0.3) {
+        let ops = if rng.gen_bool(0.5) {
+            accounts
+                .iter()
+                .map(|key| Op::Get { key: key.clone() })
+                .collect()
+        } else {
+            vec![Op::Scan {
+                start: accounts[0].clone(),
+                end: accounts[accounts.len() - 1].clone(),
+            }]
+        };
+        let _ = run_bank_checked(shared, session, me, ops).await;
+        return;
+    }
+    let from = accounts[rng.gen_range(0..accounts.len())].clone();
+    let to = loop {
+        let k = &accounts[rng.gen_range(0..accounts.len())];
+        if *k != from {
+            break k.clone();
+        }
+    };
+    let read = vec![Op::Get { key: from.clone() }, Op::Get { key: to.clone() }];
+    let Ok(results) = run_bank_checked(shared, session, me, read).await else {
+        return;
+    };
+    let [OpResult::Get(a), OpResult::Get(b)] = &results[..] else {
+        panic!(
+            "seed {}: bank: a read of two accounts returned {results:?}",
+            shared.seed
+        );
+    };
+    let (Ok(balance_a), Ok(balance_b)) = (balance(a.as_ref()), balance(b.as_ref())) else {
+        panic!(
+            "seed {}: bank: client {me} read a balance that is not a number: {results:?}",
+            shared.seed
+        );
+    };
+    if balance_a <= 0 {
+        return;
+    }
+    let amount = rng.gen_range(1..=balance_a.min(10));
+    let transfer = vec![
+        Op::Check {
+            key: from.clone(),
+            expected: a.clone(),
+        },
+        Op::Check {
+            key: to.clone(),
+            expected: b.clone(),
+        },
+        Op::Put {
+            key: from,
+            value: (balance_a - amount).to_string().into_bytes(),
+        },
+        Op::Put {
+            key: to,
+            value: (balance_b + amount).to_string().into_bytes(),
+        },
+    ];
+    if run_bank_checked(shared, session, me, transfer)
+        .await
+        .is_ok()
+    {
+        stats::count(Event::BankTransfer);
+    }
 }
 
 /// How a command goes into the history for the final linearizability
@@ -1916,10 +2174,11 @@ async fn read_everything(shared: Arc<Shared>) -> BTreeMap<Key, Vec<u8>> {
     };
     let mut session = client.session();
     let mut contents = BTreeMap::new();
-    for (table, _) in &shared.tables {
+    let tables = shared.tables.iter().map(|(t, _)| t.as_str());
+    for table in tables.chain([BANK_TABLE]) {
         let scan = Op::Scan {
-            start: Key::new(table.as_str(), 0),
-            end: Key::new(table.as_str(), u64::MAX),
+            start: Key::new(table, 0),
+            end: Key::new(table, u64::MAX),
         };
         match session.execute(vec![scan]).await {
             Ok(mut results) => {
@@ -2081,7 +2340,7 @@ fn random_command(rng: &mut impl Rng, me: usize, shared: &Shared) -> Vec<Op> {
             end: Key::new(table, end),
         }];
     }
-    let ids: Vec<PartitionId> = shared.map.partitions.keys().copied().collect();
+    let ids = shared.partition_ids();
     let partition = ids[rng.gen_range(0..ids.len())];
     if pick < 27 {
         let keys = shared.keys_in(partition);
