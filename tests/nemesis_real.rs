@@ -54,7 +54,8 @@
 //!   rejected by `benchmark check` with exit 1. This proves the history
 //!   holds enough overlapping, observed commands for the check to mean
 //!   something. (The stale read applies to the one-key commands of `a`
-//!   only; the other two apply to every history.)
+//!   only; the other two apply to every history.) For `bank`, also a read
+//!   of all balances with one balance raised by 1 (so they sum to 2001).
 //!
 //! And for the bank (the invariant the transactions exist for):
 //!
@@ -653,6 +654,12 @@ fn check_history(
         "a PUT that misses an earlier acknowledged PUT",
         put_not_found(lines),
     ));
+    if name == "bank" {
+        mutants.push((
+            "a read of all balances with one balance 1 too high",
+            balance_off_by_one(lines),
+        ));
+    }
     for (what, mutant) in mutants {
         let mutant = mutant.unwrap_or_else(|| {
             panic!("history {name}: no command to corrupt into {what}: the history is too thin")
@@ -786,6 +793,32 @@ fn stale_read(lines: &[Value]) -> Option<Vec<Value>> {
             let mut out = lines.to_vec();
             out[index]["results"][0] = Value::from(v1.as_str());
             return Some(out);
+        }
+    }
+    None
+}
+
+/// The first `ok` SCAN (a bank read of all balances) that returned a row,
+/// that row's balance raised by 1. Every state a linearization of the
+/// bank's commands can reach sums to the total (a transfer's PUTs keep the
+/// sum of the balances its CHECKs guard), so no read may see 1 more.
+fn balance_off_by_one(lines: &[Value]) -> Option<Vec<Value>> {
+    let mut out = lines.to_vec();
+    for line in &mut out {
+        if status(line) != "ok" {
+            continue;
+        }
+        for (i, (op, _, _)) in ops(line).iter().enumerate() {
+            let rows = &mut line["results"][i];
+            if op == "SCAN" && rows.as_array().is_some_and(|r| !r.is_empty()) {
+                let row = &mut rows[0];
+                let balance: u64 = row[1]
+                    .as_str()
+                    .and_then(|b| b.parse().ok())
+                    .expect("a balance");
+                row[1] = Value::from((balance + 1).to_string());
+                return Some(out);
+            }
         }
     }
     None
