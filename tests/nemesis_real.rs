@@ -2,14 +2,20 @@
 //! faults (the real-process companion of the madsim simulations in `sim/`).
 //!
 //! Each test starts a manager and 3 servers on loopback with `--replicas 3`
-//! (every partition replicated on every server) and two tables: `kv=20`
-//! (3 partitions) and `tx=1` (1 partition). Two `benchmark load` runs go on
-//! at once for ~24 s over 20 keys each, each recording a history file
+//! (every partition replicated on every server) and three tables, `kv=20`,
+//! `tx=20` and `bank=20`, of 3 partitions each. Three `benchmark load` runs
+//! go on at once for ~24 s over 20 keys each, each recording a history file
 //! (docs/protocol.md, "Histories"): workload `a` (50 % GET / 50 % PUT, one key per
-//! command) on `kv0..kv19`, and workload `txn` (GET two keys and PUT both,
+//! command) on `kv0..kv19`; workload `txn` (GET two keys and PUT both,
 //! one command) on `tx0..tx19`, spread over `tx`'s three partitions, so
 //! most commands are transactions across two partitions (see also
-//! [`cross_partition_txn_load_is_serializable`], without faults). Meanwhile the
+//! [`cross_partition_txn_load_is_serializable`], without faults); and
+//! workload `bank` on 20 accounts `bank0..bank19` (every account starts at
+//! 100, an absent one holds 100): a transfer GETs two balances, then CHECKs
+//! both still hold what it read and PUTs both new balances in one command
+//! (a transaction across partitions when the accounts are on two), and a
+//! tenth of the turns read every balance with one SCAN over the three
+//! partitions and check that they sum to 2000. Meanwhile the
 //! test thread, the nemesis, kills servers with SIGKILL, pauses them with
 //! SIGSTOP, resumes them with SIGCONT and restarts killed ones on the same
 //! port with the same data directories, in rounds, from 2 s to at most
@@ -28,7 +34,7 @@
 //!
 //! - `benchmark check` (the project's WGL checker, with the empty initial
 //!   state of a fresh cluster) must find it linearizable (strictly
-//!   serializable for `txn`): exit 0, `OK: <n> commands`. If the search
+//!   serializable for `txn` and `bank`): exit 0, `OK: <n> commands`. If the search
 //!   gives up (exit 3: many unknown-outcome writes pending at once, each of
 //!   which may or may not have landed), the history is checked again without
 //!   the unknown writes whose values no read returned — sound, since each of
@@ -47,7 +53,20 @@
 //!   `not_found` on a key an earlier acknowledged PUT created — must each be
 //!   rejected by `benchmark check` with exit 1. This proves the history
 //!   holds enough overlapping, observed commands for the check to mean
-//!   something.
+//!   something. (The stale read applies to the one-key commands of `a`
+//!   only; the other two apply to every history.) For `bank`, also a read
+//!   of all balances with one balance raised by 1 (so they sum to 2001).
+//!
+//! And for the bank (the invariant the transactions exist for):
+//!
+//! - The bank load's report counts no invariant violation (every read of
+//!   all balances summed to 2000, every value read was a balance) and a
+//!   fair number of committed transfers and reads of all balances (so it
+//!   did not pass by doing nothing).
+//! - After the loads end, the cluster healed, one more SCAN of every account
+//!   must find the balances summing to 2000 (absent accounts counting 100):
+//!   no acknowledged, unknown-outcome or aborted transfer created or lost
+//!   money, whatever the faults interrupted.
 //!
 //! Nothing here asserts timing: deadlines are generous, the number of `ok`
 //! commands required is small, and the fault schedule (random, from a seed
@@ -67,10 +86,11 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// `kv` and `tx`: 3 partitions each of the 20 keys the loads use, on 3
-/// servers, so most `txn` commands (GET two keys, PUT both) are
-/// transactions across two partitions.
-const TABLES: &str = "kv=20,tx=20";
+/// `kv`, `tx` and `bank`: 3 partitions each of the 20 keys the loads use,
+/// on 3 servers, so most `txn` commands (GET two keys, PUT both) and bank
+/// transfers are transactions across two partitions, and a bank read of all
+/// balances spans all three.
+const TABLES: &str = "kv=20,tx=20,bank=20";
 /// A small key space makes commands overlap on keys, so the check has
 /// something to decide.
 const KEYS: &str = "20";
@@ -95,6 +115,14 @@ const CATCH_UP: Duration = Duration::from_secs(3);
 /// per second), far above what a cluster that stopped answering does.
 const MIN_OK: usize = 200;
 const MIN_OK_AFTER_HEAL: usize = 30;
+/// The bank's accounts (`--keys` of the bank load, one account per key of
+/// `bank=20`) and what their balances sum to: each starts at 100.
+const BANK_ACCOUNTS: u64 = 20;
+const BANK_TOTAL: u64 = BANK_ACCOUNTS * 100;
+/// The least number of committed transfers and of reads of all balances the
+/// bank load must do (it does thousands and hundreds on an idle machine).
+const MIN_BANK_TRANSFERS: u64 = 100;
+const MIN_BANK_READS: u64 = 10;
 /// A value no load writes (loads write 8 random printable characters).
 const NEVER_WRITTEN: &str = "never_written_by_the_load";
 
@@ -143,6 +171,7 @@ fn run_scenario(name: &'static str, persistence: bool) {
     let dir = cluster.dir.path().to_path_buf();
     let history_a = dir.join("history-a.jsonl");
     let history_txn = dir.join("history-txn.jsonl");
+    let history_bank = dir.join("history-bank.jsonl");
 
     // Taken before the loads start: a history's clock starts later, so a
     // command whose history `invoke` is at least `t` after this was really
@@ -150,6 +179,7 @@ fn run_scenario(name: &'static str, persistence: bool) {
     let started = Instant::now();
     let load_a = spawn_load(&mut cluster, "a", "kv", &history_a, seed, LOAD_S);
     let load_txn = spawn_load(&mut cluster, "txn", "tx", &history_txn, seed, LOAD_S);
+    let load_bank = spawn_load(&mut cluster, "bank", "bank", &history_bank, seed, LOAD_S);
     let mut nemesis = Nemesis::new(name, cluster, started);
 
     run_faults(&mut nemesis, &mut rng, persistence, started);
@@ -168,20 +198,106 @@ fn run_scenario(name: &'static str, persistence: bool) {
     let limit = Duration::from_secs(LOAD_S + 60);
     let report_a = finish_load(load_a, limit, &nemesis);
     let report_txn = finish_load(load_txn, limit, &nemesis);
+    let report_bank = finish_load(load_bank, limit, &nemesis);
     nemesis.mark("loads done");
     nemesis.cluster.assert_all_running();
 
+    check_bank(&report_bank, &nemesis);
     for (history, report, table) in [
         (read_history("a", &history_a), report_a, "kv"),
         (read_history("txn", &history_txn), report_txn, "tx"),
+        (read_history("bank", &history_bank), report_bank, "bank"),
     ] {
         check_history(&history, &report, table, healed_at, &nemesis, seed);
     }
 }
 
+/// The bank invariant: the load's report counts no violation and enough
+/// work, and the balances still sum to [`BANK_TOTAL`] once everything ended.
+fn check_bank(report: &Value, nemesis: &Nemesis) {
+    let bank = &report["bank"];
+    let count = |field: &str| {
+        bank[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("bank report without {field}: {report}"))
+    };
+    eprintln!(
+        "bank: {} transfers committed, {} aborted by CHECK, {} reads of all balances, \
+         {} violations",
+        count("transfers"),
+        count("transfers_aborted"),
+        count("reads"),
+        count("violations")
+    );
+    assert_eq!(
+        count("violations"),
+        0,
+        "bank: reads of all balances that did not sum to {BANK_TOTAL} (the load's stderr has \
+         them): {report}\nfaults:\n{}",
+        nemesis.events()
+    );
+    assert!(
+        count("transfers") >= MIN_BANK_TRANSFERS && count("reads") >= MIN_BANK_READS,
+        "bank: too few transfers or reads of all balances: {report}\nfaults:\n{}",
+        nemesis.events()
+    );
+    let (present, sum, scan) = bank_balances(&nemesis.cluster);
+    eprintln!("bank: at the end {present} accounts written, balances summing to {sum}");
+    assert_eq!(
+        sum,
+        BANK_TOTAL,
+        "bank: the balances at the end sum to {sum}, not {BANK_TOTAL}:\n{scan}\nfaults:\n{}",
+        nemesis.events()
+    );
+}
+
+/// One SCAN of every account (retried while the cluster answers with an
+/// error): how many accounts exist, the sum of all balances (absent ones
+/// counting 100), and the SCAN's output.
+fn bank_balances(cluster: &Cluster) -> (u64, u64, String) {
+    let manager = cluster.manager_addr.to_string();
+    let probe = format!("SCAN bank0 bank{}\nSTOP\n", BANK_ACCOUNTS - 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = common::run(
+            BENCHMARK,
+            &["--connect-addr", &manager, "--timeout-ms", "3000"],
+            &probe,
+        );
+        let answered =
+            out.status.success() && !out.stdout.contains("ERROR") && out.stdout.ends_with("STOP\n");
+        if answered {
+            let (mut present, mut sum) = (0, 0);
+            for line in out
+                .stdout
+                .lines()
+                .filter(|l| !l.starts_with("SCAN") && *l != "STOP")
+            {
+                let (key, value) = line
+                    .split_once(' ')
+                    .unwrap_or_else(|| panic!("bad SCAN row {line:?}"));
+                assert!(key.starts_with("bank"), "a row outside the bank: {line:?}");
+                present += 1;
+                sum += value
+                    .parse::<u64>()
+                    .unwrap_or_else(|e| panic!("not a balance: {line:?}: {e}"));
+            }
+            assert!(present <= BANK_ACCOUNTS, "{}", out.stdout);
+            return (present, sum + (BANK_ACCOUNTS - present) * 100, out.stdout);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the final SCAN of the bank failed for 30 s:\n{}{}",
+            out.stdout,
+            out.stderr
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Starts `benchmark load` with `workload` on [`KEYS`] keys of `table` for
 /// `duration_s`, writing its history to `history`: 8 clients, 4 for `txn`
-/// (its commands all conflict in one partition).
+/// and `bank` (their commands are transactions, often conflicting).
 fn spawn_load(
     cluster: &mut Cluster,
     workload: &str,
@@ -190,9 +306,14 @@ fn spawn_load(
     seed: u64,
     duration_s: u64,
 ) -> Background {
-    let clients = if workload == "txn" { "4" } else { "8" };
+    let clients = if workload == "a" { "8" } else { "4" };
     // A stream per load; a load seed must fit in 53 bits.
-    let seed = seed.wrapping_add(u64::from(workload == "txn") * 1000) & ((1 << 53) - 1);
+    let stream = match workload {
+        "a" => 0,
+        "txn" => 1000,
+        _ => 2000,
+    };
+    let seed = seed.wrapping_add(stream) & ((1 << 53) - 1);
     cluster.spawn_benchmark(
         &format!("load-{workload}-{table}"),
         &[
@@ -385,20 +506,22 @@ fn num(v: &Value) -> u64 {
     v.as_u64().expect("a number")
 }
 
-/// The ops of a command as (name, key, argument).
+/// The ops of a command as (name, key, argument); a CHECK of absence has
+/// no argument (JSON `null`), nor has a GET.
 fn ops(line: &Value) -> Vec<(String, String, Option<String>)> {
     line["ops"]
         .as_array()
         .expect("ops")
         .iter()
         .map(|op| {
-            let w: Vec<String> = op
+            let w: Vec<Option<String>> = op
                 .as_array()
                 .expect("an op")
                 .iter()
-                .map(|w| w.as_str().expect("a word").to_string())
+                .map(|w| w.as_str().map(str::to_string))
                 .collect();
-            (w[0].clone(), w[1].clone(), w.get(2).cloned())
+            let word = |i: usize| w[i].clone().expect("a word");
+            (word(0), word(1), w.get(2).cloned().flatten())
         })
         .collect()
 }
@@ -531,6 +654,12 @@ fn check_history(
         "a PUT that misses an earlier acknowledged PUT",
         put_not_found(lines),
     ));
+    if name == "bank" {
+        mutants.push((
+            "a read of all balances with one balance 1 too high",
+            balance_off_by_one(lines),
+        ));
+    }
     for (what, mutant) in mutants {
         let mutant = mutant.unwrap_or_else(|| {
             panic!("history {name}: no command to corrupt into {what}: the history is too thin")
@@ -664,6 +793,32 @@ fn stale_read(lines: &[Value]) -> Option<Vec<Value>> {
             let mut out = lines.to_vec();
             out[index]["results"][0] = Value::from(v1.as_str());
             return Some(out);
+        }
+    }
+    None
+}
+
+/// The first `ok` SCAN (a bank read of all balances) that returned a row,
+/// that row's balance raised by 1. Every state a linearization of the
+/// bank's commands can reach sums to the total (a transfer's PUTs keep the
+/// sum of the balances its CHECKs guard), so no read may see 1 more.
+fn balance_off_by_one(lines: &[Value]) -> Option<Vec<Value>> {
+    let mut out = lines.to_vec();
+    for line in &mut out {
+        if status(line) != "ok" {
+            continue;
+        }
+        for (i, (op, _, _)) in ops(line).iter().enumerate() {
+            let rows = &mut line["results"][i];
+            if op == "SCAN" && rows.as_array().is_some_and(|r| !r.is_empty()) {
+                let row = &mut rows[0];
+                let balance: u64 = row[1]
+                    .as_str()
+                    .and_then(|b| b.parse().ok())
+                    .expect("a balance");
+                row[1] = Value::from((balance + 1).to_string());
+                return Some(out);
+            }
         }
     }
     None
