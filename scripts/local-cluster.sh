@@ -350,6 +350,7 @@ fi
 echo "distkv: manager $manager, servers $addrs, tables $tables"
 echo "distkv: logs in $logs"
 echo "distkv: connect more clients with: $bin/client --connect-addr $manager"
+echo "distkv: see servers and partitions with: $bin/admin --connect-addr $manager servers (or partitions)"
 echo "distkv: restart a server with: $0 restart-server N$([ "$manager_port" = 24000 ] || echo " --manager-port $manager_port")"
 if [ "$open_client" = 1 ]; then
   "$bin/client" --connect-addr "$manager"

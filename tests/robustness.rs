@@ -236,6 +236,13 @@ fn unexpected_messages_to_the_manager_are_ignored() {
         Msg::Register {
             node_id: 99,
             addr: "127.0.0.1:1".parse().unwrap(),
+            replicas: vec![],
+        },
+        // Admin requests sent to the wrong process are ignored.
+        Msg::TransferLeader {
+            req: 6,
+            partition: 0,
+            to: 1,
         },
         Msg::GetMap { req: 5 },
     ];

@@ -22,6 +22,7 @@
 //! atomic and strictly serializable like a single-partition command.
 
 use crate::kv::{AbortReason, ApplyError, Prepare, TxnId, TxnOp, TxnState};
+use crate::manager::status::ClusterStatus;
 use crate::map::{NodeId, PartitionId, PartitionMap};
 use crate::op::{validate_command, Op, OpError, OpResult};
 use crate::rt::{timeout, Net, Runtime};
@@ -335,6 +336,48 @@ impl<R: Runtime> Client<R> {
             .unwrap()
             .clone()
             .expect("connect fetched a map")
+    }
+
+    /// What the manager knows of the servers and partitions (`admin`).
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
+        let addr = self.inner.config.manager_addr;
+        let wait = self.inner.config.command_timeout;
+        match self.call(addr, |req| Msg::Status { req }, wait).await {
+            Ok(Answer::Reply(Msg::StatusReply { status, .. })) => Ok(status),
+            Ok(Answer::Reply(other)) => Err(ClientError::Unavailable(format!(
+                "the manager at {addr} answered {other:?}"
+            ))),
+            Ok(_) => Err(ClientError::Unavailable(format!(
+                "the manager at {addr} did not answer"
+            ))),
+            Err(e) => Err(ClientError::Unavailable(e)),
+        }
+    }
+
+    /// Asks the server at `addr`, which should lead `partition`, to hand
+    /// its leadership to server `to` (`admin transfer-leader`). `Ok`: the
+    /// server started the transfer (it completes within an election
+    /// timeout, unless `to` is down); `Err(Rejected)`: why it would not.
+    pub async fn transfer_leader(
+        &self,
+        addr: SocketAddr,
+        partition: PartitionId,
+        to: NodeId,
+    ) -> Result<String, ClientError> {
+        let wait = self.inner.config.attempt_timeout;
+        let build = |req| Msg::TransferLeader { req, partition, to };
+        match self.call(addr, build, wait).await {
+            Ok(Answer::Reply(Msg::AdminReply { result, .. })) => {
+                result.map_err(ClientError::Rejected)
+            }
+            Ok(Answer::Reply(other)) => Err(ClientError::Unavailable(format!(
+                "server {addr} answered {other:?}"
+            ))),
+            Ok(_) => Err(ClientError::Unavailable(format!(
+                "server {addr} did not answer"
+            ))),
+            Err(e) => Err(ClientError::Unavailable(e)),
+        }
     }
 
     /// Checks a command without running it: limits, operation arguments, and
@@ -1136,7 +1179,9 @@ async fn recv_loop<R: Runtime>(inner: Arc<Inner<R>>) {
         let req = match &msg {
             Msg::MapReply { req, .. }
             | Msg::ExecuteReply { req, .. }
-            | Msg::TxnReply { req, .. } => *req,
+            | Msg::TxnReply { req, .. }
+            | Msg::StatusReply { req, .. }
+            | Msg::AdminReply { req, .. } => *req,
             other => {
                 tracing::warn!(%from, "client ignores unexpected message {other:?}");
                 continue;

@@ -2,18 +2,25 @@
 //! path: clients fetch the map once and then talk to servers directly.
 //!
 //! ```text
-//!   server --Register(node_id, addr)--> manager --RegisterReply(map)--> server
+//!   server --Register(node_id, addr, replicas)--> manager --RegisterReply(map)--> server
 //!   client --GetMap--> manager --MapReply(map)--> client
+//!   admin  --Status--> manager --StatusReply(servers, partitions)--> admin
 //! ```
+//! Registrations double as heartbeats that carry the state of each replica
+//! ([`status`]), which the manager keeps for `admin`.
 //! The map is a pure function of the configuration ([`PartitionMap::build`]),
 //! so a restarted manager recovers it exactly; servers re-register within a
 //! heartbeat and refresh the advertised addresses.
 
+pub mod status;
+
 use crate::map::{MapError, NodeId, PartitionMap};
 use crate::rt::{Net, Runtime};
 use crate::wire::{decode_msg, encode_msg, Msg};
+use status::Heartbeats;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Instant;
 
 /// Manager configuration. Every field is validated by [`ManagerConfig::build_map`].
 #[derive(Clone, Debug)]
@@ -51,26 +58,42 @@ impl ManagerConfig {
 /// The manager's state machine: messages in, replies out. No IO.
 pub struct ManagerCore {
     map: PartitionMap,
+    heartbeats: Heartbeats,
 }
 
 impl ManagerCore {
     pub fn new(map: PartitionMap) -> ManagerCore {
-        ManagerCore { map }
+        ManagerCore {
+            map,
+            heartbeats: Heartbeats::default(),
+        }
     }
 
     pub fn map(&self) -> &PartitionMap {
         &self.map
     }
 
-    /// Handles one request; returns the reply, if any.
-    pub fn handle(&mut self, msg: Msg) -> Option<Msg> {
+    /// Handles one request received at `now`; returns the reply, if any.
+    pub fn handle(&mut self, msg: Msg, now: Instant) -> Option<Msg> {
         match msg {
             Msg::GetMap { req } => Some(Msg::MapReply {
                 req,
                 map: self.map.clone(),
             }),
-            Msg::Register { node_id, addr } => Some(Msg::RegisterReply {
-                result: self.register(node_id, addr),
+            Msg::Register {
+                node_id,
+                addr,
+                replicas,
+            } => {
+                let result = self.register(node_id, addr);
+                if result.is_ok() {
+                    self.heartbeats.record(node_id, replicas, now);
+                }
+                Some(Msg::RegisterReply { result })
+            }
+            Msg::Status { req } => Some(Msg::StatusReply {
+                req,
+                status: self.heartbeats.status(&self.map, now),
             }),
             other => {
                 tracing::warn!("manager ignores unexpected message {other:?}");
@@ -123,7 +146,7 @@ pub async fn run_manager<R: Runtime>(rt: R, config: ManagerConfig) -> io::Result
                 continue;
             }
         };
-        if let Some(reply) = core.handle(msg) {
+        if let Some(reply) = core.handle(msg, rt.now()) {
             match encode_msg(&reply) {
                 Ok(bytes) => net.send(from, bytes),
                 Err(e) => tracing::error!("cannot encode reply: {e}"),
@@ -135,6 +158,14 @@ pub async fn run_manager<R: Runtime>(rt: R, config: ManagerConfig) -> io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn register(node_id: NodeId, addr: SocketAddr) -> Msg {
+        Msg::Register {
+            node_id,
+            addr,
+            replicas: Vec::new(),
+        }
+    }
 
     fn core() -> ManagerCore {
         let config = ManagerConfig {
@@ -160,31 +191,25 @@ mod tests {
         let mut c = core();
         let addr: SocketAddr = "192.168.0.5:23000".parse().unwrap();
         let Some(Msg::RegisterReply { result: Ok(map) }) =
-            c.handle(Msg::Register { node_id: 0, addr })
+            c.handle(register(0, addr), Instant::now())
         else {
             panic!("expected a map");
         };
         assert_eq!(map.servers[&0], addr);
         assert_eq!(map.epoch, 2);
         // Same address again: no change.
-        c.handle(Msg::Register { node_id: 0, addr });
+        c.handle(register(0, addr), Instant::now());
         assert_eq!(c.map().epoch, 2);
     }
 
     #[test]
     fn registration_of_an_unknown_or_undialable_server_is_refused() {
         let mut c = core();
-        let reply = c.handle(Msg::Register {
-            node_id: 9,
-            addr: "127.0.0.1:1".parse().unwrap(),
-        });
+        let reply = c.handle(register(9, "127.0.0.1:1".parse().unwrap()), Instant::now());
         assert!(
             matches!(reply, Some(Msg::RegisterReply { result: Err(e) }) if e.contains("unknown node id 9"))
         );
-        let reply = c.handle(Msg::Register {
-            node_id: 0,
-            addr: "0.0.0.0:1".parse().unwrap(),
-        });
+        let reply = c.handle(register(0, "0.0.0.0:1".parse().unwrap()), Instant::now());
         assert!(matches!(reply, Some(Msg::RegisterReply { result: Err(_) })));
     }
 }

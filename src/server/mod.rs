@@ -20,6 +20,7 @@ pub mod replica;
 pub use manager_contact::{ContactNotice, ManagerContact};
 pub use replica::{Output, RaftTuning, ReplyTo, Request, ServerCore, SnapshotDone, SnapshotJob};
 
+use crate::manager::status::ReplicaStatus;
 use crate::map::{NodeId, PartitionId};
 use crate::raft::{Index, Message, Term};
 use crate::rt::{Disk, Net, Runtime};
@@ -29,7 +30,7 @@ use crate::wire::{decode_msg, encode_msg, Msg};
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Server configuration; see the `server` binary's `--help` for the flags.
@@ -144,17 +145,25 @@ pub async fn run_server<R: Runtime, D: Disk>(
         recovered_replicas = recovered.len(),
         "server started"
     );
-    let register = encode_msg(&Msg::Register {
-        node_id: config.node_id,
-        addr: config.advertise_addr,
-    })
-    .expect("register encodes");
+    // Heartbeats: a registration with the replicas' state as of the last
+    // tick (the driver refreshes `status` on every tick).
+    let status: Arc<Mutex<Vec<ReplicaStatus>>> = Arc::default();
     {
-        let (net, rt2) = (net.clone(), rt.clone());
+        let (net, rt2, status) = (net.clone(), rt.clone(), status.clone());
         let (manager, interval) = (config.manager_addr, config.heartbeat_interval);
+        let (node_id, addr) = (config.node_id, config.advertise_addr);
         rt.spawn(async move {
             loop {
-                net.send(manager, register.clone());
+                let replicas = status.lock().unwrap().clone();
+                let register = Msg::Register {
+                    node_id,
+                    addr,
+                    replicas,
+                };
+                match encode_msg(&register) {
+                    Ok(bytes) => net.send(manager, bytes),
+                    Err(e) => tracing::error!("cannot encode a heartbeat: {e}"),
+                }
                 rt2.sleep(interval).await;
             }
         });
@@ -237,6 +246,7 @@ pub async fn run_server<R: Runtime, D: Disk>(
                     next_tick + tick
                 };
                 d.core.tick();
+                *status.lock().unwrap() = d.core.status();
                 if let Some(notice) = d.manager.tick(now) {
                     d.log_contact(notice);
                 }
@@ -316,6 +326,13 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
                 self.core.txn(to, partition, op, now_ms);
             }
             Msg::TxnReply { req, result } => self.core.fence_reply(req, result),
+            Msg::TransferLeader { req, partition, to } => {
+                let result = self.core.transfer_leader(partition, to);
+                match encode_msg(&Msg::AdminReply { req, result }) {
+                    Ok(bytes) => self.net.send(from, bytes),
+                    Err(e) => tracing::error!("cannot encode reply: {e}"),
+                }
+            }
             Msg::Raft {
                 from: peer,
                 messages,

@@ -29,6 +29,7 @@
 use crate::kv::{
     Finished, LogCommand, PartitionStore, SessionError, TxnId, TxnOp, TxnOutcome, TxnState, WaitKey,
 };
+use crate::manager::status::{ReplicaRole, ReplicaStatus};
 use crate::map::{NodeId, Partition, PartitionId, PartitionMap};
 use crate::op::{Op, OpResult};
 use crate::raft::{
@@ -471,6 +472,66 @@ impl ServerCore {
         for id in ids {
             self.process(id);
         }
+    }
+
+    /// The state of every replica, for the manager (heartbeats).
+    pub fn status(&self) -> Vec<ReplicaStatus> {
+        self.replicas
+            .iter()
+            .map(|(&partition, r)| ReplicaStatus {
+                partition,
+                role: match r.raft.role() {
+                    Role::Leader => ReplicaRole::Leader,
+                    Role::Follower => ReplicaRole::Follower,
+                    Role::PreCandidate | Role::Candidate => ReplicaRole::Candidate,
+                },
+                term: r.raft.term(),
+                leader: r.raft.leader(),
+                commit: r.raft.commit(),
+                applied: r.applied,
+                keys: r.store.len() as u64,
+            })
+            .collect()
+    }
+
+    /// Asks this server's replica of `partition`, which must lead it, to
+    /// hand the leadership to server `to` (Raft's leadership transfer: `to`
+    /// is caught up, then told to campaign at once). Returns what happens,
+    /// for the operator, or why not.
+    pub fn transfer_leader(
+        &mut self,
+        partition: PartitionId,
+        to: NodeId,
+    ) -> Result<String, String> {
+        let me = self.node_id;
+        let Some(r) = self.replicas.get_mut(&partition) else {
+            return Err(format!(
+                "server {me} holds no replica of partition {partition}"
+            ));
+        };
+        if to == me && r.raft.role() == Role::Leader {
+            return Ok(format!("server {me} already leads partition {partition}"));
+        }
+        if !r.raft.membership().voters.contains(&to) {
+            return Err(format!(
+                "server {to} holds no voting replica of partition {partition} (its replicas: {:?})",
+                r.raft.membership().voters
+            ));
+        }
+        if let Err(e) = r.raft.transfer_leader(to) {
+            let leader = r
+                .raft
+                .leader()
+                .map_or("unknown".to_string(), |l| format!("server {l}"));
+            return Err(format!(
+                "server {me} does not lead partition {partition} ({e}; leader: {leader})"
+            ));
+        }
+        tracing::info!(node_id = me, partition, to, "transferring leadership");
+        self.process(partition);
+        Ok(format!(
+            "server {me} is handing the leadership of partition {partition} to server {to}"
+        ))
     }
 
     /// Advances every group's clock by one tick.

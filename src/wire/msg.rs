@@ -6,6 +6,7 @@
 
 use super::frame::FRAME_PAYLOAD_LEN_MAX;
 use crate::kv::{ApplyError, SessionExpired, StaleRequest, TxnOp, TxnState};
+use crate::manager::status::{ClusterStatus, ReplicaStatus};
 use crate::map::{NodeId, PartitionId, PartitionMap};
 use crate::op::{Op, OpResult};
 use crate::raft::Message as RaftMessage;
@@ -26,8 +27,13 @@ pub enum Msg {
     /// Manager -> client.
     MapReply { req: u64, map: PartitionMap },
 
-    /// Server -> manager, at start and then as a heartbeat.
-    Register { node_id: NodeId, addr: SocketAddr },
+    /// Server -> manager, at start and then as a heartbeat, with the state
+    /// of its replicas as of its last tick.
+    Register {
+        node_id: NodeId,
+        addr: SocketAddr,
+        replicas: Vec<ReplicaStatus>,
+    },
     /// Manager -> server: the current map, or why the server was refused.
     RegisterReply {
         result: Result<PartitionMap, String>,
@@ -71,6 +77,22 @@ pub enum Msg {
     TxnReply {
         req: u64,
         result: Result<TxnState, ExecError>,
+    },
+
+    /// Admin -> manager: how is the cluster?
+    Status { req: u64 },
+    /// Manager -> admin.
+    StatusReply { req: u64, status: ClusterStatus },
+    /// Admin -> a partition's leader: hand the leadership to server `to`.
+    TransferLeader {
+        req: u64,
+        partition: PartitionId,
+        to: NodeId,
+    },
+    /// Server -> admin: what it did, or why not.
+    AdminReply {
+        req: u64,
+        result: Result<String, String>,
     },
 }
 
@@ -159,7 +181,29 @@ mod tests {
                 req: 1,
                 map: map.clone(),
             },
-            Msg::Register { node_id: 0, addr },
+            Msg::Register {
+                node_id: 0,
+                addr,
+                replicas: vec![crate::manager::status::ReplicaStatus {
+                    partition: 3,
+                    role: crate::manager::status::ReplicaRole::Leader,
+                    term: 7,
+                    leader: Some(0),
+                    commit: 12,
+                    applied: 11,
+                    keys: 5,
+                }],
+            },
+            Msg::Status { req: 9 },
+            Msg::TransferLeader {
+                req: 10,
+                partition: 3,
+                to: 1,
+            },
+            Msg::AdminReply {
+                req: 10,
+                result: Err("not the leader".into()),
+            },
             Msg::RegisterReply {
                 result: Err("no".into()),
             },

@@ -26,6 +26,7 @@ pub const MANAGER: &str = env!("CARGO_BIN_EXE_manager");
 pub const SERVER: &str = env!("CARGO_BIN_EXE_server");
 pub const BENCHMARK: &str = env!("CARGO_BIN_EXE_benchmark");
 pub const CLIENT: &str = env!("CARGO_BIN_EXE_client");
+pub const ADMIN: &str = env!("CARGO_BIN_EXE_admin");
 
 /// The longest any one helper process may run before it is killed.
 pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,0 +1,258 @@
+//! `admin`: what an operator asks of a running cluster (README "Operating
+//! a cluster").
+use clap::{Parser, Subcommand};
+use distkv::client::{Client, ClientError};
+use distkv::manager::status::{ClusterStatus, PartitionInfo, ServerInfo};
+use distkv::map::{NodeId, PartitionId};
+use distkv::rt::tokio_rt::TokioRuntime;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "distkv admin: inspect and steer a running cluster",
+    after_help = "The manager learns each replica's state from the servers' heartbeats (sent \
+                  every --heartbeat-ms of the server, 1 s by default), so what it shows may lag \
+                  by that much. Exit status: 0 done, 1 the cluster or the manager could not be reached \
+                  or refused, 2 bad arguments."
+)]
+struct Args {
+    /// The manager.
+    #[arg(long, global = true, default_value = "0.0.0.0:24000")]
+    connect_addr: SocketAddr,
+    /// How long to wait for the cluster, in milliseconds.
+    #[arg(long, global = true, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    timeout_ms: u64,
+    /// Print JSON (one object) instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Every server: address, whether the manager hears it (up /
+    /// unreachable / unknown), time since its last heartbeat, its replicas
+    /// and how many of them it leads.
+    Servers,
+    /// Every partition: table, key range, replicas, leader, term, applied
+    /// index and key count (the leader's), and which replicas reported.
+    Partitions,
+    /// Hand the leadership of a partition to another of its replicas, and
+    /// wait until the manager sees the new leader.
+    TransferLeader {
+        /// The partition (its id, as `admin partitions` shows it).
+        #[arg(long)]
+        partition: PartitionId,
+        /// The server that is to lead it (one of its replicas).
+        #[arg(long)]
+        to: NodeId,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    distkv::cli::init_logging("warn");
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let client = distkv::cli::connect_or_exit(&rt, args.connect_addr, args.timeout_ms);
+    let result = rt.block_on(async {
+        match args.command {
+            Command::Servers => status(&client).await.map(|s| {
+                if args.json {
+                    json(&s.servers)
+                } else {
+                    servers_table(&s.servers)
+                }
+            }),
+            Command::Partitions => status(&client).await.map(|s| {
+                if args.json {
+                    json(&s.partitions)
+                } else {
+                    partitions_table(&s.partitions)
+                }
+            }),
+            Command::TransferLeader { partition, to } => {
+                let deadline = Instant::now() + Duration::from_millis(args.timeout_ms);
+                transfer_leader(&client, partition, to, deadline)
+                    .await
+                    .map(|said| {
+                        if args.json {
+                            json(&serde_json::json!({
+                                "partition": partition, "leader": to, "message": said
+                            }))
+                        } else {
+                            format!("{said}\n")
+                        }
+                    })
+            }
+        }
+    });
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn status(client: &Client<TokioRuntime>) -> Result<ClusterStatus, String> {
+    client.cluster_status().await.map_err(|e| e.to_string())
+}
+
+fn json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string_pretty(value).expect("status encodes") + "\n"
+}
+
+/// Sends the request to the partition's leader (as the manager last saw
+/// it), then polls the manager until it reports `to` leading.
+async fn transfer_leader(
+    client: &Client<TokioRuntime>,
+    partition: PartitionId,
+    to: NodeId,
+    deadline: Instant,
+) -> Result<String, String> {
+    let s = status(client).await?;
+    let Some(p) = s.partitions.iter().find(|p| p.id == partition) else {
+        return Err(format!(
+            "there is no partition {partition} (see `admin partitions`)"
+        ));
+    };
+    if !p.replicas.contains(&to) {
+        return Err(format!(
+            "server {to} holds no replica of partition {partition} (its replicas: {:?})",
+            p.replicas
+        ));
+    }
+    if p.leader == Some(to) {
+        return Ok(format!("server {to} already leads partition {partition}"));
+    }
+    let Some(leader) = p.leader else {
+        return Err(format!(
+            "partition {partition} has no known leader right now; try again in a moment"
+        ));
+    };
+    let addr = s
+        .servers
+        .iter()
+        .find(|x| x.id == leader)
+        .map(|x| x.addr)
+        .ok_or_else(|| format!("server {leader} is not in the map"))?;
+    let said = match client.transfer_leader(addr, partition, to).await {
+        Ok(said) => said,
+        Err(ClientError::Rejected(why)) => return Err(why),
+        Err(e) => return Err(e.to_string()),
+    };
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let s = status(client).await?;
+        let now = s.partitions.iter().find(|p| p.id == partition);
+        if now.and_then(|p| p.leader) == Some(to) {
+            return Ok(format!(
+                "{said}: server {to} now leads partition {partition}"
+            ));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{said}, but the manager does not see server {to} leading it yet \
+                 (leader: {}); is server {to} up?",
+                now.and_then(|p| p.leader)
+                    .map_or("none".to_string(), |l| format!("server {l}"))
+            ));
+        }
+    }
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        padded.join("  ").trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+fn servers_table(servers: &[ServerInfo]) -> String {
+    let rows = servers
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.to_string(),
+                s.addr.to_string(),
+                s.state.name().to_string(),
+                s.last_heartbeat_ms.map_or("never".to_string(), |ms| {
+                    format!("{:.1}s ago", ms as f64 / 1e3)
+                }),
+                s.replicas.to_string(),
+                s.leaders.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "ADDRESS", "STATE", "HEARTBEAT", "REPLICAS", "LEADERS"],
+        rows,
+    )
+}
+
+fn partitions_table(partitions: &[PartitionInfo]) -> String {
+    let list = |ids: &[NodeId]| {
+        ids.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let rows = partitions
+        .iter()
+        .map(|p| {
+            vec![
+                p.id.to_string(),
+                p.table.clone(),
+                format!(
+                    "[{}, {})",
+                    p.start,
+                    p.end.map_or("∞".to_string(), |e| e.to_string())
+                ),
+                list(&p.replicas),
+                p.leader.map_or("-".to_string(), |l| l.to_string()),
+                p.term.to_string(),
+                p.applied.to_string(),
+                p.keys.to_string(),
+                list(&p.reporting),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "TABLE",
+            "RANGE",
+            "REPLICAS",
+            "LEADER",
+            "TERM",
+            "APPLIED",
+            "KEYS",
+            "REPORTING",
+        ],
+        rows,
+    )
+}

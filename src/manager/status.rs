@@ -1,0 +1,282 @@
+//! What the manager knows of the cluster beyond the map: each server's
+//! heartbeats and the state of its replicas, as `admin servers` and `admin
+//! partitions` show it.
+//!
+//! ```text
+//!   server --Register{status: [ReplicaStatus]}--> manager   (every heartbeat)
+//!   admin  --Status--> manager --StatusReply(ClusterStatus)--> admin
+//! ```
+//! A server's report is as of its last Raft tick before the heartbeat, so a
+//! partition's leader and applied index may lag by up to one heartbeat
+//! interval. A server not heard from for [`UNREACHABLE_AFTER`] is shown as
+//! unreachable; nothing is decided from it yet (re-replication will).
+
+use crate::map::{NodeId, PartitionId, PartitionMap};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// A server not heard from for this long is shown as unreachable (three
+/// default heartbeat intervals).
+pub const UNREACHABLE_AFTER: Duration = Duration::from_secs(3);
+
+/// A replica's Raft role, as reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaRole {
+    Leader,
+    Follower,
+    /// Campaigning (pre-vote or vote): the group has no leader it knows of.
+    Candidate,
+}
+
+/// One replica, as its server reports it in a heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub partition: PartitionId,
+    pub role: ReplicaRole,
+    pub term: u64,
+    /// The leader this replica follows, if it knows one.
+    pub leader: Option<NodeId>,
+    /// Raft log indexes: known committed, and applied to the store.
+    pub commit: u64,
+    pub applied: u64,
+    /// Keys in the replica's store.
+    pub keys: u64,
+}
+
+/// Whether the manager hears a server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerState {
+    /// Heard within [`UNREACHABLE_AFTER`].
+    Up,
+    /// Heard before, but not for [`UNREACHABLE_AFTER`].
+    Unreachable,
+    /// Never heard since the manager started.
+    Unknown,
+}
+
+impl ServerState {
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerState::Up => "up",
+            ServerState::Unreachable => "unreachable",
+            ServerState::Unknown => "unknown",
+        }
+    }
+}
+
+/// A server, as `admin servers` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+    pub state: ServerState,
+    /// Milliseconds since its last heartbeat (`None`: never heard).
+    pub last_heartbeat_ms: Option<u64>,
+    /// Replicas the map places on it, and how many of them it reported
+    /// leading in its last heartbeat.
+    pub replicas: usize,
+    pub leaders: usize,
+}
+
+/// A partition, as `admin partitions` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionInfo {
+    pub id: PartitionId,
+    pub table: String,
+    /// Key numbers `[start, end)`; `end` is `None` for the open-ended last
+    /// partition of a table.
+    pub start: u64,
+    pub end: Option<u64>,
+    pub replicas: Vec<NodeId>,
+    /// The replica that reported leading it in the highest term, among the
+    /// servers that are up.
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    /// The leader's applied index and key count (without a leader: the
+    /// highest any replica reported).
+    pub applied: u64,
+    pub keys: u64,
+    /// Replicas whose server is up and reported them.
+    pub reporting: Vec<NodeId>,
+}
+
+/// The answer to `Msg::Status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub epoch: u64,
+    pub servers: Vec<ServerInfo>,
+    pub partitions: Vec<PartitionInfo>,
+}
+
+/// The servers' last heartbeats.
+#[derive(Debug, Default)]
+pub struct Heartbeats {
+    last: BTreeMap<NodeId, (Instant, Vec<ReplicaStatus>)>,
+}
+
+impl Heartbeats {
+    /// Server `node` reported `replicas` at `now`.
+    pub fn record(&mut self, node: NodeId, replicas: Vec<ReplicaStatus>, now: Instant) {
+        self.last.insert(node, (now, replicas));
+    }
+
+    /// The cluster as of `now`, from `map` and the heartbeats.
+    pub fn status(&self, map: &PartitionMap, now: Instant) -> ClusterStatus {
+        let up = |node: NodeId| {
+            self.last
+                .get(&node)
+                .is_some_and(|(at, _)| now.saturating_duration_since(*at) < UNREACHABLE_AFTER)
+        };
+        // Reports per partition, from servers that are up.
+        let mut reports: BTreeMap<PartitionId, Vec<(NodeId, &ReplicaStatus)>> = BTreeMap::new();
+        for (&node, (_, replicas)) in &self.last {
+            if up(node) {
+                for r in replicas {
+                    reports.entry(r.partition).or_default().push((node, r));
+                }
+            }
+        }
+        let partitions: Vec<PartitionInfo> = map
+            .partitions
+            .values()
+            .map(|p| {
+                let seen: Vec<&(NodeId, &ReplicaStatus)> = reports
+                    .get(&p.id)
+                    .map(|v| v.iter().filter(|(n, _)| p.replicas.contains(n)).collect())
+                    .unwrap_or_default();
+                let leader = seen
+                    .iter()
+                    .filter(|(_, r)| r.role == ReplicaRole::Leader)
+                    .max_by_key(|(_, r)| r.term);
+                let (applied, keys) = match leader {
+                    Some((_, r)) => (r.applied, r.keys),
+                    None => seen
+                        .iter()
+                        .map(|(_, r)| (r.applied, r.keys))
+                        .max()
+                        .unwrap_or((0, 0)),
+                };
+                PartitionInfo {
+                    id: p.id,
+                    table: p.table.clone(),
+                    start: p.start,
+                    end: p.end,
+                    replicas: p.replicas.clone(),
+                    leader: leader.map(|(n, _)| *n),
+                    term: seen.iter().map(|(_, r)| r.term).max().unwrap_or(0),
+                    applied,
+                    keys,
+                    reporting: seen.iter().map(|(n, _)| *n).collect(),
+                }
+            })
+            .collect();
+        let servers = map
+            .servers
+            .iter()
+            .map(|(&id, &addr)| {
+                let heard = self.last.get(&id);
+                let state = match heard {
+                    None => ServerState::Unknown,
+                    Some(_) if up(id) => ServerState::Up,
+                    Some(_) => ServerState::Unreachable,
+                };
+                ServerInfo {
+                    id,
+                    addr,
+                    state,
+                    last_heartbeat_ms: heard
+                        .map(|(at, _)| now.saturating_duration_since(*at).as_millis() as u64),
+                    replicas: map
+                        .partitions
+                        .values()
+                        .filter(|p| p.replicas.contains(&id))
+                        .count(),
+                    leaders: partitions.iter().filter(|p| p.leader == Some(id)).count(),
+                }
+            })
+            .collect();
+        ClusterStatus {
+            epoch: map.epoch,
+            servers,
+            partitions,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> PartitionMap {
+        let servers: Vec<SocketAddr> = (0..3)
+            .map(|i| format!("127.0.0.1:{}", 23000 + i).parse().unwrap())
+            .collect();
+        PartitionMap::build(&[("t".to_string(), 30)], &servers, 2).unwrap()
+    }
+
+    fn report(partition: PartitionId, role: ReplicaRole, term: u64, applied: u64) -> ReplicaStatus {
+        ReplicaStatus {
+            partition,
+            role,
+            term,
+            leader: None,
+            commit: applied,
+            applied,
+            keys: applied / 2,
+        }
+    }
+
+    #[test]
+    fn leaders_come_from_the_newest_term_of_servers_that_are_up() {
+        let map = map();
+        let start = Instant::now();
+        let mut h = Heartbeats::default();
+        let p = *map.partitions.keys().next().unwrap();
+        let replicas = map.partitions[&p].replicas.clone();
+        let (a, b) = (replicas[0], replicas[1]);
+        // `a` led in term 2; `b` leads in term 3 (a's report is stale).
+        h.record(a, vec![report(p, ReplicaRole::Leader, 2, 10)], start);
+        h.record(b, vec![report(p, ReplicaRole::Leader, 3, 12)], start);
+        let s = h.status(&map, start + Duration::from_millis(500));
+        let info = &s.partitions[0];
+        assert_eq!(
+            (info.leader, info.term, info.applied, info.keys),
+            (Some(b), 3, 12, 6)
+        );
+        assert_eq!(info.reporting, vec![a, b]);
+        let server = |s: &ClusterStatus, id| s.servers.iter().find(|x| x.id == id).unwrap().clone();
+        assert_eq!(server(&s, b).leaders, 1);
+        assert_eq!(server(&s, a).leaders, 0);
+        assert_eq!(server(&s, b).state, ServerState::Up);
+
+        // `b` goes silent: unreachable, its report no longer counts.
+        h.record(
+            a,
+            vec![report(p, ReplicaRole::Follower, 3, 12)],
+            start + UNREACHABLE_AFTER,
+        );
+        let later = start + UNREACHABLE_AFTER + Duration::from_millis(1);
+        let s = h.status(&map, later);
+        assert_eq!(server(&s, b).state, ServerState::Unreachable);
+        assert_eq!(server(&s, b).last_heartbeat_ms, Some(3001));
+        assert_eq!(s.partitions[0].leader, None);
+        assert_eq!(s.partitions[0].reporting, vec![a]);
+        let never = (0..3).find(|n| *n != a && *n != b).unwrap();
+        assert_eq!(server(&s, never).state, ServerState::Unknown);
+    }
+
+    #[test]
+    fn replica_counts_follow_the_map() {
+        let map = map();
+        let s = Heartbeats::default().status(&map, Instant::now());
+        let total: usize = s.servers.iter().map(|x| x.replicas).sum();
+        assert_eq!(total, map.partitions.len() * 2);
+        assert!(s
+            .partitions
+            .iter()
+            .all(|p| p.leader.is_none() && p.reporting.is_empty()));
+    }
+}
