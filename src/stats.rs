@@ -40,10 +40,13 @@ pub enum Event {
     BankTransfer,
     /// A read of every bank account was checked against the total.
     BankRead,
+    /// A leader started handing its leadership over on an operator's
+    /// request (simulated `admin transfer-leader`).
+    LeaderTransfer,
 }
 
 impl Event {
-    pub const ALL: [Event; 15] = [
+    pub const ALL: [Event; 16] = [
         Event::Election,
         Event::Compaction,
         Event::SnapshotSent,
@@ -59,6 +62,7 @@ impl Event {
         Event::LatePrepare,
         Event::BankTransfer,
         Event::BankRead,
+        Event::LeaderTransfer,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,13 +82,14 @@ impl Event {
             Event::LatePrepare => "late prepares",
             Event::BankTransfer => "bank transfers",
             Event::BankRead => "bank totals checked",
+            Event::LeaderTransfer => "leader transfers",
         }
     }
 }
 
 /// Counts per [`Event`], in [`Event::ALL`] order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Counts(pub [u64; 15]);
+pub struct Counts(pub [u64; 16]);
 
 impl Counts {
     pub fn get(&self, event: Event) -> u64 {
@@ -112,7 +117,7 @@ impl std::fmt::Display for Counts {
 
 #[cfg(feature = "sim")]
 thread_local! {
-    static COUNTS: std::cell::Cell<Counts> = const { std::cell::Cell::new(Counts([0; 15])) };
+    static COUNTS: std::cell::Cell<Counts> = const { std::cell::Cell::new(Counts([0; 16])) };
 }
 
 /// Counts one `event` (a no-op without feature `sim`).

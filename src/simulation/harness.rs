@@ -176,6 +176,10 @@ fn manager_addr() -> SocketAddr {
     "10.0.0.100:24000".parse().unwrap()
 }
 
+fn admin_ip() -> IpAddr {
+    IpAddr::from([10, 0, 9, 1])
+}
+
 fn server_addr(i: usize) -> SocketAddr {
     SocketAddr::new(IpAddr::from([10, 0, 0, i as u8 + 1]), 23000)
 }
@@ -335,10 +339,15 @@ pub enum FaultKind {
     /// 3 s later. The participants' recovery must resolve every abandoned
     /// transaction, and no late prepare may revive one.
     Coordinator,
+    /// An operator moving leaders: every 0.5–3 s an admin node asks the
+    /// manager for the cluster's status and asks a partition's leader (as
+    /// the manager last saw it) to hand its leadership to another of its
+    /// replicas (`admin transfer-leader`, Raft's leadership transfer).
+    Transfer,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 12] = [
+    pub const ALL: [FaultKind; 13] = [
         FaultKind::Kill,
         FaultKind::Clog,
         FaultKind::Manager,
@@ -351,6 +360,7 @@ impl FaultKind {
         FaultKind::Rolling,
         FaultKind::Wipe,
         FaultKind::Coordinator,
+        FaultKind::Transfer,
     ];
 
     pub fn name(self) -> &'static str {
@@ -367,6 +377,7 @@ impl FaultKind {
             FaultKind::Rolling => "rolling",
             FaultKind::Wipe => "wipe",
             FaultKind::Coordinator => "coordinator",
+            FaultKind::Transfer => "transfer",
         }
     }
 
@@ -1344,6 +1355,10 @@ pub async fn scenario_with(config: Config) -> Summary {
                 .id()
         })
         .collect();
+    if enabled.contains(FaultKind::Transfer) {
+        let node = handle.create_node().name("admin").ip(admin_ip()).build();
+        node.spawn(admin_main(shared.clone()));
+    }
     let mut clients = Vec::new();
     let mut client_ids = Vec::new();
     let mut client_nodes = Vec::new();
@@ -1765,6 +1780,47 @@ pub fn failed_check(message: &str) -> &'static str {
         "time-limit"
     } else {
         "panic"
+    }
+}
+
+/// The operator of [`FaultKind::Transfer`]: until healed, moves a random
+/// partition's leadership to another of its replicas now and then.
+async fn admin_main(shared: Arc<Shared>) {
+    let Ok(client) = Client::connect(SimRuntime, shared.client_config.clone()).await else {
+        return; // The manager is down for long: no operator today.
+    };
+    let mut rng = madsim::rand::thread_rng();
+    while !shared.healed.load(Ordering::SeqCst) {
+        sleep(Duration::from_millis(rng.gen_range(500..=3000))).await;
+        if shared.healed.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(status) = client.cluster_status().await else {
+            continue;
+        };
+        let p = &status.partitions[rng.gen_range(0..status.partitions.len())];
+        let Some(leader) = p.leader else {
+            continue;
+        };
+        let others: Vec<crate::map::NodeId> = p
+            .replicas
+            .iter()
+            .copied()
+            .filter(|&r| r != leader)
+            .collect();
+        let to = others[rng.gen_range(0..others.len())];
+        let addr = shared.map.servers[&leader];
+        let outcome = client.transfer_leader(addr, p.id, to).await;
+        if shared.trace {
+            eprintln!(
+                "[sim] {:.3?} admin: transfer partition {} from server {leader} to {to}: {outcome:?}",
+                shared.elapsed(),
+                p.id
+            );
+        }
+        if outcome.is_ok() {
+            stats::count(Event::LeaderTransfer);
+        }
     }
 }
 
