@@ -21,7 +21,7 @@
 //! coordinated by this library (`Session::run_txn`, docs/transactions.md):
 //! atomic and strictly serializable like a single-partition command.
 
-use crate::kv::{AbortReason, ApplyError, Prepare, TxnId, TxnOp, TxnState};
+use crate::kv::{AbortReason, ApplyError, Prepare, Resolution, TxnId, TxnOp, TxnState};
 use crate::manager::status::ClusterStatus;
 use crate::map::{NodeId, PartitionId, PartitionMap};
 use crate::op::{validate_command, Op, OpError, OpResult};
@@ -106,9 +106,31 @@ struct Inner<R: Runtime> {
     txn_committed: AtomicU64,
     txn_retries: AtomicU64,
     txn_aborted: AtomicU64,
-    /// Background resolves still running (see [`Client::settle`]).
+    /// Decisions of transactions not yet delivered (see [`Client::settle`]).
     resolving: AtomicU64,
+    /// Decisions waiting to be sent, per participant (see
+    /// [`Session::resolve_in_background`]).
+    decisions: Mutex<HashMap<PartitionId, Decisions>>,
 }
+
+/// The decisions for one partition that wait to be sent: the next prepare
+/// this client sends there carries them, or, after [`DECISION_DELAY`]
+/// without one, a request of their own.
+#[derive(Default)]
+struct Decisions {
+    queued: Vec<Resolution>,
+    /// A task is on its way to send them on their own.
+    flushing: bool,
+}
+
+/// How long decisions wait for a prepare to the same partition to carry
+/// them before they are sent on their own. Under load one comes much
+/// sooner; a lone session's next transaction carries its own decision
+/// anyway (`committed_before`). Locks wait for it, so it stays short.
+const DECISION_DELAY: Duration = Duration::from_millis(1);
+
+/// At most this many decisions travel in one request.
+const DECISIONS_MAX: usize = 512;
 
 /// What this client's transactions across partitions came to (see
 /// [`Client::txn_counts`]).
@@ -286,6 +308,7 @@ impl<R: Runtime> Client<R> {
             txn_retries: AtomicU64::new(0),
             txn_aborted: AtomicU64::new(0),
             resolving: AtomicU64::new(0),
+            decisions: Mutex::new(HashMap::new()),
         });
         rt.spawn(recv_loop(inner.clone()));
         let client = Client { inner };
@@ -563,6 +586,67 @@ impl<R: Runtime> Client<R> {
         };
     }
 
+    /// Queues decisions for `partition` (already counted in `resolving`),
+    /// and makes sure they are sent soon.
+    fn queue_decisions(&self, partition: PartitionId, decisions: Vec<Resolution>) {
+        let start = {
+            let mut all = self.inner.decisions.lock().unwrap();
+            let d = all.entry(partition).or_default();
+            d.queued.extend(decisions);
+            !std::mem::replace(&mut d.flushing, true)
+        };
+        if start {
+            let client = self.clone();
+            self.inner
+                .rt
+                .spawn(async move { client.flush_decisions(partition).await });
+        }
+    }
+
+    /// Takes (some of) the decisions waiting for `partition`, for a request
+    /// about to go there; the caller accounts for them.
+    fn take_decisions(&self, partition: PartitionId) -> Vec<Resolution> {
+        let mut all = self.inner.decisions.lock().unwrap();
+        match all.get_mut(&partition) {
+            Some(d) if d.queued.len() > DECISIONS_MAX => d.queued.drain(..DECISIONS_MAX).collect(),
+            Some(d) => std::mem::take(&mut d.queued),
+            None => Vec::new(),
+        }
+    }
+
+    /// Sends the decisions for `partition` that no prepare took within
+    /// [`DECISION_DELAY`], in requests of their own, until none wait.
+    async fn flush_decisions(&self, partition: PartitionId) {
+        let rt = &self.inner.rt;
+        loop {
+            rt.sleep(DECISION_DELAY).await;
+            let decisions = {
+                let mut all = self.inner.decisions.lock().unwrap();
+                let d = all.entry(partition).or_default();
+                if d.queued.is_empty() {
+                    d.flushing = false;
+                    return;
+                }
+                let n = d.queued.len().min(DECISIONS_MAX);
+                d.queued.drain(..n).collect::<Vec<_>>()
+            };
+            let n = decisions.len() as u64;
+            let id = CommandId {
+                session: 0,
+                seq: 0,
+                sent_ms: 0,
+            };
+            let request = PartRequest::Txn(TxnOp::Batch {
+                decisions,
+                prepare: None,
+            });
+            let deadline = rt.now() + self.inner.config.command_timeout;
+            // Best effort: recovery resolves whatever this misses.
+            let _ = self.run_part(id, partition, request, deadline).await;
+            self.inner.resolving.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+
     /// Runs one partition's part of a command until it has an answer or the
     /// deadline passes. Requests go to the partition's leader: a follower
     /// answers `NotLeader` with a hint, which is followed; with no hint (an
@@ -685,6 +769,12 @@ impl<R: Runtime> Client<R> {
                     result: Err(e @ ExecError::Stale(_)),
                     ..
                 }) => return PartOutcome::Unknown(e.to_string()),
+                // A decision for an attempt the partition forgot (applied,
+                // and final: asking again changes nothing).
+                Some(Msg::ExecuteReply {
+                    result: Err(e @ ExecError::TxnForgotten { .. }),
+                    ..
+                }) => return PartOutcome::Rejected(e.to_string()),
                 // Refused now (it came more than half a session TTL after it
                 // was first sent to a partition that forgot the session):
                 // only an earlier attempt may have applied it.
@@ -898,12 +988,41 @@ impl<R: Runtime> Session<R> {
                 }
                 return Err(crash_error(txn, "while sending its prepares"));
             }
+            let mut carried: Vec<(PartitionId, Vec<Resolution>)> = Vec::new();
             let requests = prepares
                 .iter()
-                .map(|(&p, prepare)| (p, PartRequest::Txn(TxnOp::Prepare(prepare.clone()))))
+                .map(|(&p, prepare)| {
+                    let prepare = prepare.clone();
+                    // Decisions waiting for this partition go with it. (Were
+                    // this command's future dropped before the answers,
+                    // they would be lost: recovery resolves those.)
+                    let decisions = client.take_decisions(p);
+                    if decisions.is_empty() {
+                        return (p, PartRequest::Txn(TxnOp::Prepare(prepare)));
+                    }
+                    carried.push((p, decisions.clone()));
+                    let op = TxnOp::Batch {
+                        decisions,
+                        prepare: Some(prepare),
+                    };
+                    (p, PartRequest::Txn(op))
+                })
                 .collect();
             let votes = self.run_parts(requests, id, deadline).await;
             self.client.send_late_copies(&prepares, &votes);
+            for (p, decisions) in carried {
+                // Applied with the prepare if it was answered; otherwise
+                // they wait for the next request again.
+                let delivered = votes
+                    .iter()
+                    .any(|(q, vote)| *q == p && matches!(vote, PartOutcome::Done(_)));
+                if delivered {
+                    let n = decisions.len() as u64;
+                    client.inner.resolving.fetch_sub(n, Ordering::AcqRel);
+                } else {
+                    client.queue_decisions(p, decisions);
+                }
+            }
             let mut done: BTreeMap<PartitionId, Vec<OpResult>> = BTreeMap::new();
             let mut aborted: Option<AbortReason> = None;
             // The failed CHECK with the lowest operation index, if any.
@@ -1045,51 +1164,68 @@ impl<R: Runtime> Session<R> {
     /// Sends a transaction's decision to every participant without waiting
     /// (best effort: recovery resolves whatever this misses). Only for a
     /// decided transaction: committed (every part prepared) or aborted
-    /// (some part said aborted).
+    /// (some part said aborted). The decisions for a partition wait a
+    /// moment for the next prepare this client sends there, which carries
+    /// them in its entry ([`TxnOp::Batch`]); those still waiting after
+    /// [`DECISION_DELAY`] go together in a request of their own.
     fn resolve_in_background(&self, txn: TxnId, participants: &[PartitionId], commit: bool) {
-        let id = CommandId {
-            session: txn.session,
-            seq: txn.seq,
-            sent_ms: 0,
-        };
-        let rt = &self.client.inner.rt;
-        let deadline = rt.now() + self.client.inner.config.command_timeout;
+        let client = &self.client;
+        client
+            .inner
+            .resolving
+            .fetch_add(participants.len() as u64, Ordering::AcqRel);
         for &p in participants {
-            let client = self.client.clone();
-            let request = PartRequest::Txn(TxnOp::Resolve { id: txn, commit });
-            client.inner.resolving.fetch_add(1, Ordering::AcqRel);
-            rt.spawn(async move {
-                let _ = client.run_part(id, p, request, deadline).await;
-                client.inner.resolving.fetch_sub(1, Ordering::AcqRel);
-            });
+            client.queue_decisions(p, vec![Resolution { id: txn, commit }]);
         }
     }
 
-    /// Runs requests on several partitions concurrently.
+    /// Runs requests on several partitions concurrently (in this task: no
+    /// task to spawn per part).
     async fn run_parts(
         &self,
         requests: Vec<(PartitionId, PartRequest)>,
         id: CommandId,
         deadline: Instant,
     ) -> Vec<(PartitionId, PartOutcome)> {
-        let mut waiting = Vec::with_capacity(requests.len());
-        for (part, request) in requests {
-            let (tx, rx) = oneshot::channel();
-            let client = self.client.clone();
-            self.client.inner.rt.spawn(async move {
-                let _ = tx.send(client.run_part(id, part, request, deadline).await);
-            });
-            waiting.push((part, rx));
-        }
-        let mut outcomes = Vec::with_capacity(waiting.len());
-        for (id, rx) in waiting {
-            let outcome = rx
-                .await
-                .unwrap_or_else(|_| PartOutcome::Unknown("part task ended".into()));
-            outcomes.push((id, outcome));
-        }
-        outcomes
+        let parts: Vec<PartitionId> = requests.iter().map(|(p, _)| *p).collect();
+        let client = &self.client;
+        let outcomes = join_all(
+            requests
+                .into_iter()
+                .map(|(part, request)| client.run_part(id, part, request, deadline))
+                .collect(),
+        )
+        .await;
+        parts.into_iter().zip(outcomes).collect()
     }
+}
+
+/// Runs futures concurrently in the calling task; their outputs in order.
+async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    use std::task::Poll;
+    let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|o| o.expect("polled to completion"))
+        .collect()
 }
 
 /// `base` doubled `failures` times, at most `max`.

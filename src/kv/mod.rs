@@ -23,7 +23,8 @@ mod ordmap_serde;
 mod txn;
 
 pub use txn::{
-    conflicts, AbortReason, Finished, Prepare, TxnId, TxnOp, TxnOutcome, TxnState, WaitKey,
+    conflicts, AbortReason, Finished, Prepare, Resolution, TxnId, TxnOp, TxnOutcome, TxnState,
+    WaitKey,
 };
 use txn::{QueueKey, TxnRecord, Waiting};
 
@@ -87,8 +88,9 @@ pub struct PartitionStore {
     /// resolved ones (so a duplicate or late message gets the same answer).
     #[serde(deserialize_with = "ordmap_serde::deserialize")]
     txns: OrdMap<TxnId, TxnRecord>,
-    /// The prepared ones among them.
-    prepared: BTreeSet<TxnId>,
+    /// The prepared ones among them, with their prepares (the locks they
+    /// hold): conflict checks go through these alone.
+    prepared: BTreeMap<TxnId, Prepare>,
     /// Resolved ones by `(done_ms, id)`, oldest first, for expiry: with
     /// their results, then (`txn_markers`) only their fate.
     txn_idle: BTreeSet<(u64, TxnId)>,
@@ -210,7 +212,7 @@ impl PartitionStore {
             idle: BTreeSet::new(),
             log_time_ms: 0,
             txns: OrdMap::new(),
-            prepared: BTreeSet::new(),
+            prepared: BTreeMap::new(),
             txn_idle: BTreeSet::new(),
             txn_markers: BTreeSet::new(),
             queue: BTreeMap::new(),
@@ -521,6 +523,74 @@ impl PartitionStore {
         debug_assert_eq!(self.idle.len(), self.sessions.len());
     }
 
+    /// The results [`PartitionStore::execute`] would give now, without
+    /// changing anything: a prepare computes them under its locks and
+    /// applies the operations only when it commits. (Cheaper than running
+    /// them on a copy of the data, which copies the tree nodes it writes.)
+    pub(crate) fn results_of(&self, ops: &[Op]) -> Result<Vec<OpResult>, ApplyError> {
+        self.validate(ops)?;
+        // The value of each key as the earlier operations left it (`None`:
+        // deleted).
+        let mut written: BTreeMap<u64, Option<&[u8]>> = BTreeMap::new();
+        let now = |written: &BTreeMap<u64, Option<&[u8]>>, num: u64| match written.get(&num) {
+            Some(value) => value.map(<[u8]>::to_vec),
+            None => self.data.get(&num).cloned(),
+        };
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            results.push(match op {
+                Op::Put { key, value } => {
+                    let found = match written.get(&key.num) {
+                        Some(value) => value.is_some(),
+                        None => self.data.contains_key(&key.num),
+                    };
+                    written.insert(key.num, Some(value));
+                    OpResult::Put { found }
+                }
+                Op::Get { key } => OpResult::Get(now(&written, key.num)),
+                Op::Swap { key, value } => {
+                    let old = now(&written, key.num);
+                    if old.is_some() {
+                        written.insert(key.num, Some(value));
+                    }
+                    OpResult::Swap(old)
+                }
+                Op::Delete { key } => {
+                    let found = match written.get(&key.num) {
+                        Some(value) => value.is_some(),
+                        None => self.data.contains_key(&key.num),
+                    };
+                    written.insert(key.num, None);
+                    OpResult::Delete { found }
+                }
+                Op::Scan { start, end } => OpResult::Scan(match self.clip(start, end) {
+                    None => Vec::new(),
+                    Some((lo, hi)) => {
+                        let mut rows: BTreeMap<u64, &[u8]> = self
+                            .data
+                            .range(lo..=hi)
+                            .map(|(num, value)| (*num, value.as_slice()))
+                            .collect();
+                        for (num, value) in written.range(lo..=hi) {
+                            match value {
+                                Some(value) => rows.insert(*num, value),
+                                None => rows.remove(num),
+                            };
+                        }
+                        rows.into_iter()
+                            .map(|(num, value)| {
+                                (Key::new(self.range.table.clone(), num), value.to_vec())
+                            })
+                            .collect()
+                    }
+                }),
+                // `validate` checked it holds.
+                Op::Check { .. } => OpResult::Check,
+            });
+        }
+        Ok(results)
+    }
+
     /// Applies one already-validated operation.
     fn apply(&mut self, op: &Op) -> OpResult {
         match op {
@@ -567,6 +637,51 @@ mod tests {
     fn run(s: &mut PartitionStore, lines: &[&str]) -> Result<Vec<OpResult>, ApplyError> {
         let ops: Vec<Op> = lines.iter().map(|l| parse_op(l).unwrap()).collect();
         s.execute(&ops)
+    }
+
+    #[test]
+    fn results_of_matches_execute_and_changes_nothing() {
+        let commands: &[&[&str]] = &[
+            &["PUT t10 a", "PUT t10 b", "GET t10", "SWAP t11 x", "GET t11"],
+            &[
+                "SWAP t12 c",
+                "DELETE t12",
+                "DELETE t12",
+                "GET t12",
+                "PUT t13 n",
+            ],
+            &[
+                "SCAN t10 t19",
+                "PUT t14 p",
+                "DELETE t12",
+                "SCAN t0 t30",
+                "GET t14",
+            ],
+            &[
+                "DELETE t13",
+                "SWAP t13 q",
+                "PUT t19 z",
+                "SCAN t12 t19",
+                "CHECK t19 z",
+            ],
+            &[
+                "CHECK t12 null",
+                "PUT t12 again",
+                "SCAN t11 t12",
+                "SCAN t15 t16",
+            ],
+        ];
+        let mut s = store();
+        run(&mut s, &["PUT t12 old", "PUT t15 v", "PUT t16 w"]).unwrap();
+        for lines in commands {
+            let ops: Vec<Op> = lines.iter().map(|l| parse_op(l).unwrap()).collect();
+            let before = s.data.clone();
+            let predicted = s.results_of(&ops);
+            assert_eq!(s.data, before, "{lines:?} changed the data");
+            assert_eq!(predicted, s.execute(&ops), "{lines:?}");
+        }
+        let ops = vec![parse_op("CHECK t10 nope").unwrap()];
+        assert!(s.results_of(&ops).is_err());
     }
 
     #[test]

@@ -193,9 +193,6 @@ enum Decision {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct TxnRecord {
     pub(super) state: TxnState,
-    /// While prepared: the operations (for locks and commit) and the rest
-    /// of the prepare.
-    pub(super) prepared: Option<Prepare>,
     /// Log time when it was resolved here (expiry, like sessions).
     pub(super) done_ms: u64,
 }
@@ -218,13 +215,44 @@ pub enum TxnOp {
         /// resolved and forgot it, so it does not guess.
         sent_ms: u64,
     },
+    /// Several decisions in one entry (a coordinator's decisions for this
+    /// partition gathered while they waited to be sent), each applied as a
+    /// [`TxnOp::Resolve`], then optionally a prepare that carries them.
+    /// Answered like its prepare, or without one like its last decision.
+    Batch {
+        decisions: Vec<Resolution>,
+        prepare: Option<Prepare>,
+    },
 }
 
+/// A decided transaction attempt: committed (every participant was seen
+/// prepared) or aborted (some participant was seen aborted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolution {
+    pub id: TxnId,
+    pub commit: bool,
+}
+
+/// The id [`TxnOp::id`] gives an empty batch (never sent).
+const NO_TXN: TxnId = TxnId {
+    session: 0,
+    seq: 0,
+    attempt: 0,
+};
+
 impl TxnOp {
+    /// The attempt the step is about (whose state it answers).
     pub fn id(&self) -> TxnId {
         match self {
             TxnOp::Prepare(p) => p.id,
             TxnOp::Resolve { id, .. } | TxnOp::Fence { id, .. } => *id,
+            TxnOp::Batch {
+                prepare: Some(p), ..
+            } => p.id,
+            TxnOp::Batch {
+                decisions,
+                prepare: None,
+            } => decisions.last().map_or(NO_TXN, |d| d.id),
         }
     }
 }
@@ -276,12 +304,8 @@ impl PartitionStore {
         // Injected bug: prepared transactions hold no locks.
         let no_locks = crate::bug!(TxnNoLocks);
         self.prepared
-            .iter()
-            .filter(move |_| !no_locks)
-            .filter_map(move |id| {
-                let p = self.txns.get(id)?.prepared.as_ref()?;
-                conflicts(&p.ops, ops).then_some(p)
-            })
+            .values()
+            .filter(move |p| !no_locks && conflicts(&p.ops, ops))
     }
 
     /// Whether `ops` touch anything a prepared transaction has locked: a
@@ -298,10 +322,9 @@ impl PartitionStore {
     /// The attempts prepared here and not resolved yet, with their
     /// participants (recovery's to-do list).
     pub fn prepared_txns(&self) -> impl Iterator<Item = (TxnId, &[PartitionId], u64)> + '_ {
-        self.prepared.iter().filter_map(|id| {
-            let p = self.txns.get(id)?.prepared.as_ref()?;
-            Some((*id, p.participants.as_slice(), p.sent_ms))
-        })
+        self.prepared
+            .iter()
+            .map(|(id, p)| (*id, p.participants.as_slice(), p.sent_ms))
     }
 
     /// The state of an attempt here, if known.
@@ -313,27 +336,29 @@ impl PartitionStore {
     /// by the caller). Deterministic: every replica decides the same.
     pub fn apply_txn(&mut self, op: &TxnOp, session_ttl_ms: u64) -> TxnOutcome {
         match op {
-            TxnOp::Prepare(p) => {
-                if let Some(before) = p.committed_before {
-                    // Only ever the same session's earlier transaction.
-                    if before.session == p.id.session
-                        && before.seq < p.id.seq
-                        && self.prepared.contains(&before)
-                    {
-                        self.resolve(before, true);
-                        self.drain_queue();
-                    }
-                }
-                if self.is_queued(&WaitKey::Txn(p.id)) {
-                    return TxnOutcome::Wait;
-                }
-                self.prepare(p, session_ttl_ms)
-            }
+            TxnOp::Prepare(p) => self.apply_prepare(p, session_ttl_ms),
             TxnOp::Resolve { id, commit } => {
                 self.unqueue(*id);
                 let outcome = self.resolve(*id, *commit);
                 self.drain_queue();
                 outcome
+            }
+            TxnOp::Batch { decisions, prepare } => {
+                // Each decision as its own Resolve would apply it; the queue
+                // runs once, after all of them released their locks (still
+                // oldest first, and in the step that frees its keys).
+                let mut outcome = TxnOutcome::Unknown;
+                for d in decisions {
+                    self.unqueue(d.id);
+                    outcome = self.resolve(d.id, d.commit);
+                }
+                if !decisions.is_empty() {
+                    self.drain_queue();
+                }
+                match prepare {
+                    Some(p) => self.apply_prepare(p, session_ttl_ms),
+                    None => outcome,
+                }
             }
             TxnOp::Fence { id, sent_ms } => {
                 self.unqueue(*id);
@@ -353,6 +378,23 @@ impl PartitionStore {
                 outcome
             }
         }
+    }
+
+    fn apply_prepare(&mut self, p: &Prepare, session_ttl_ms: u64) -> TxnOutcome {
+        if let Some(before) = p.committed_before {
+            // Only ever the same session's earlier transaction.
+            if before.session == p.id.session
+                && before.seq < p.id.seq
+                && self.prepared.contains_key(&before)
+            {
+                self.resolve(before, true);
+                self.drain_queue();
+            }
+        }
+        if self.is_queued(&WaitKey::Txn(p.id)) {
+            return TxnOutcome::Wait;
+        }
+        self.prepare(p, session_ttl_ms)
     }
 
     /// Drops waiting prepares of earlier attempts of `id`'s command.
@@ -391,7 +433,7 @@ impl PartitionStore {
         // aborted somewhere: an earlier attempt still prepared here is dead.
         let earlier: Vec<TxnId> = self
             .prepared
-            .iter()
+            .keys()
             .filter(|id| {
                 id.session == p.id.session && id.seq == p.id.seq && id.attempt < p.id.attempt
             })
@@ -631,12 +673,9 @@ impl PartitionStore {
     /// Takes `p`'s locks and computes its results.
     fn take_locks(&mut self, p: &Prepare) -> TxnOutcome {
         self.kill_younger_waiters(p);
-        // The results, computed on a copy (O(1): a persistent map); the
-        // locks keep them true until resolution.
-        let saved = self.data.clone();
-        let results = self.execute(&p.ops);
-        self.data = saved;
-        let results = match results {
+        // The results, computed without writing anything; the locks keep
+        // them true until resolution.
+        let results = match self.results_of(&p.ops) {
             Ok(results) => results,
             Err(e) => return self.refuse(p.id, AbortReason::Rejected(e)),
         };
@@ -645,11 +684,10 @@ impl PartitionStore {
             p.id,
             TxnRecord {
                 state: state.clone(),
-                prepared: Some(p.clone()),
                 done_ms: 0,
             },
         );
-        self.prepared.insert(p.id);
+        self.prepared.insert(p.id, p.clone());
         TxnOutcome::State(state)
     }
 
@@ -669,13 +707,12 @@ impl PartitionStore {
             }
             return self.refuse(id, AbortReason::Aborted);
         };
-        let Some(p) = record.prepared.clone() else {
+        let Some(p) = self.prepared.remove(&id) else {
             if commit && matches!(record.state, TxnState::Aborted(_)) {
                 tracing::error!(txn = %id, partition = self.range.id, "commit of an aborted transaction ignored");
             }
             return TxnOutcome::State(record.state.clone());
         };
-        self.prepared.remove(&id);
         let state = if commit {
             let TxnState::Prepared { results } = &record.state else {
                 unreachable!("a record with its prepare is prepared")
@@ -695,14 +732,7 @@ impl PartitionStore {
 
     fn record_done(&mut self, id: TxnId, state: TxnState) {
         let done_ms = self.log_time_ms;
-        if let Some(old) = self.txns.insert(
-            id,
-            TxnRecord {
-                state,
-                prepared: None,
-                done_ms,
-            },
-        ) {
+        if let Some(old) = self.txns.insert(id, TxnRecord { state, done_ms }) {
             self.txn_idle.remove(&(old.done_ms, id));
             self.txn_markers.remove(&(old.done_ms, id));
         }

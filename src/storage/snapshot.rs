@@ -44,10 +44,10 @@ use std::path::{Path, PathBuf};
 use super::wal::Lsn;
 
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"DKVSNAP\n";
-pub const SNAPSHOT_VERSION: u32 = 4;
+pub const SNAPSHOT_VERSION: u32 = 5;
 pub const SNAPSHOT_HEADER_LEN: usize = 44;
 pub const RECEIVED_MAGIC: &[u8; 8] = b"DKVRECV\n";
-pub const RECEIVED_VERSION: u32 = 2;
+pub const RECEIVED_VERSION: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {

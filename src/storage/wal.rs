@@ -51,7 +51,7 @@ use std::path::{Path, PathBuf};
 pub type Lsn = u64;
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"DKVWAL\r\n";
-pub const SEGMENT_VERSION: u32 = 3;
+pub const SEGMENT_VERSION: u32 = 4;
 pub const SEGMENT_HEADER_LEN: usize = 24;
 pub const RECORD_HEADER_LEN: usize = 29;
 /// Largest record payload (16 MiB).
