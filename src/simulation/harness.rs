@@ -1662,6 +1662,15 @@ pub async fn scenario_with(config: Config) -> Summary {
             Err(violation) => panic!("{violation}"),
         }
     };
+    // The manager's view (what `admin` shows) catches up with the healed
+    // cluster: every server up, every partition led and reported by all
+    // its replicas.
+    if let Err(e) = client_nodes[0]
+        .spawn(check_control_plane(shared.clone()))
+        .await
+    {
+        panic!("seed {seed}: client 0 task failed: {e:?}");
+    }
     let end = shared.elapsed();
 
     // The whole history, checked for linearizability (strict
@@ -1738,6 +1747,8 @@ pub async fn scenario_with(config: Config) -> Summary {
 ///   failed one took effect ([`check_atomicity`])
 /// - `bank`: a read of every bank account, or the final contents, did not
 ///   add up to the bank's total ([`bank_turn`])
+/// - `control-plane`: the manager's status did not show the healed cluster
+///   in time ([`check_control_plane`])
 ///   (e.g. a stale read of another client's key);
 /// - `raft-safety`: a Raft safety assertion inside a server fired (e.g. a
 ///   committed entry about to be overwritten);
@@ -1762,6 +1773,8 @@ pub fn failed_check(message: &str) -> &'static str {
         "atomicity"
     } else if is(": bank: ") {
         "bank"
+    } else if is(": control-plane: ") {
+        "control-plane"
     } else if is("Raft safety") {
         "raft-safety"
     } else if is(" cannot connect: ") {
@@ -2246,6 +2259,59 @@ async fn read_everything(shared: Arc<Shared>) -> BTreeMap<Key, Vec<u8>> {
         }
     }
     contents
+}
+
+/// How long the manager's status may take to show the healed, quiet
+/// cluster: servers heartbeat every second and count as unreachable after
+/// 3 s of silence ([`crate::manager::status::UNREACHABLE_AFTER`]).
+const CONTROL_PLANE_BOUND: Duration = Duration::from_secs(5);
+
+/// Polls the manager's status (as `admin` does) until every server is up
+/// and every partition has a leader that all its replicas report; panics
+/// (check `control-plane`) if that takes longer than [`CONTROL_PLANE_BOUND`].
+async fn check_control_plane(shared: Arc<Shared>) {
+    use crate::manager::status::ServerState;
+    let seed = shared.seed;
+    let client = match Client::connect(SimRuntime, shared.client_config.clone()).await {
+        Ok(client) => client,
+        Err(e) => panic!("seed {seed}: control-plane: cannot connect: {e}"),
+    };
+    let deadline = Instant::now() + CONTROL_PLANE_BOUND;
+    loop {
+        let problem = match client.cluster_status().await {
+            Err(e) => format!("the manager did not answer: {e}"),
+            Ok(status) => {
+                let down: Vec<String> = status
+                    .servers
+                    .iter()
+                    .filter(|s| s.state != ServerState::Up)
+                    .map(|s| format!("server {} is {}", s.id, s.state.name()))
+                    .collect();
+                let unled: Vec<String> = status
+                    .partitions
+                    .iter()
+                    .filter(|p| p.leader.is_none() || p.reporting.len() != p.replicas.len())
+                    .map(|p| {
+                        format!(
+                            "partition {} has leader {:?}, reported by {:?} of {:?}",
+                            p.id, p.leader, p.reporting, p.replicas
+                        )
+                    })
+                    .collect();
+                if down.is_empty() && unled.is_empty() {
+                    return;
+                }
+                [down, unled].concat().join("; ")
+            }
+        };
+        if Instant::now() >= deadline {
+            panic!(
+                "seed {seed}: control-plane: the manager's status did not show the healed \
+                 cluster within {CONTROL_PLANE_BOUND:?}: {problem}"
+            );
+        }
+        sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// One command as the atomicity check sees it.
