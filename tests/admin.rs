@@ -44,7 +44,13 @@ fn has_leader(p: &Value) -> bool {
 
 #[test]
 fn admin_shows_servers_partitions_and_moves_a_leader() {
-    let mut cluster = Cluster::start_full(3, "t=300,u=30", false, &[], &["--replicas", "3"]);
+    let mut cluster = Cluster::start_full(
+        3,
+        "t=300,u=30",
+        false,
+        &[],
+        &["--replicas", "3", "--dead-after-ms", "5000"],
+    );
 
     // Every server is up and holds every partition (3 replicas on 3).
     let servers = admin_json(&cluster, "servers");
@@ -123,22 +129,33 @@ fn admin_shows_servers_partitions_and_moves_a_leader() {
         assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
     }
 
-    // A killed server turns unreachable; its partitions get new leaders.
+    // A killed server turns unreachable (3 s), then dead (--dead-after,
+    // 5 s here); its partitions get new leaders.
     cluster.kill_server(to as usize);
     let start = Instant::now();
+    let mut seen = Vec::new();
     loop {
         let servers = admin_json(&cluster, "servers");
-        let dead = servers.iter().find(|s| s["id"] == to).unwrap();
-        if dead["state"] == "unreachable" {
-            assert_eq!(dead["leaders"], 0);
+        let gone = servers.iter().find(|s| s["id"] == to).unwrap().clone();
+        let state = gone["state"].as_str().unwrap().to_string();
+        if seen.last() != Some(&state) {
+            seen.push(state.clone());
+        }
+        if state == "dead" {
+            assert_eq!(gone["leaders"], 0);
             break;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "server {to} still {dead} after 15 s"
+            start.elapsed() < Duration::from_secs(20),
+            "server {to} still {gone} after 20 s"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    assert_eq!(
+        seen,
+        ["up", "unreachable", "dead"],
+        "states of the killed server"
+    );
     wait_partitions(&cluster, "new leaders", |ps| {
         ps.iter().all(|p| has_leader(p) && p["leader"] != to)
     });

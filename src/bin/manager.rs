@@ -22,6 +22,10 @@ struct Args {
     /// Replicas per partition [default: 3, or the number of servers if fewer].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=7))]
     replicas: Option<u64>,
+    /// A server not heard from for this long (ms) is declared dead (`admin servers` shows it; the
+    /// manager does not re-replicate its partitions yet).
+    #[arg(long, default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1000..=86_400_000))]
+    dead_after_ms: u64,
 }
 
 fn parse_table(s: &str) -> Result<(String, u64), String> {
@@ -53,6 +57,7 @@ fn main() {
         servers: args.servers,
         tables: args.tables,
         replicas,
+        dead_after: std::time::Duration::from_millis(args.dead_after_ms),
     };
     if let Err(e) = config.build_map() {
         eprintln!("error: {e}");

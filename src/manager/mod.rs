@@ -20,7 +20,7 @@ use crate::wire::{decode_msg, encode_msg, Msg};
 use status::Heartbeats;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Manager configuration. Every field is validated by [`ManagerConfig::build_map`].
 #[derive(Clone, Debug)]
@@ -33,9 +33,16 @@ pub struct ManagerConfig {
     pub tables: Vec<(String, u64)>,
     /// Replicas per partition (capped at the number of servers).
     pub replicas: usize,
+    /// A server not heard from for this long is declared dead (`admin`
+    /// shows it; nothing acts on it yet).
+    pub dead_after: Duration,
 }
 
 impl ManagerConfig {
+    /// Like CockroachDB's `server.time_until_store_dead`: long enough that
+    /// a restart or a short network outage never counts.
+    pub const DEAD_AFTER_DEFAULT: Duration = Duration::from_secs(300);
+
     /// Builds the initial map. Listed server addresses with an unspecified IP
     /// (`0.0.0.0`) are not dialable, so they are shown as loopback until the
     /// server registers its advertised address.
@@ -62,10 +69,11 @@ pub struct ManagerCore {
 }
 
 impl ManagerCore {
-    pub fn new(map: PartitionMap) -> ManagerCore {
+    /// Starting at `now`; servers silent for `dead_after` are dead.
+    pub fn new(map: PartitionMap, now: Instant, dead_after: Duration) -> ManagerCore {
         ManagerCore {
             map,
-            heartbeats: Heartbeats::default(),
+            heartbeats: Heartbeats::new(now, dead_after),
         }
     }
 
@@ -136,7 +144,7 @@ pub async fn run_manager<R: Runtime>(rt: R, config: ManagerConfig) -> io::Result
         servers = map.servers.len(),
         "manager listening"
     );
-    let mut core = ManagerCore::new(map);
+    let mut core = ManagerCore::new(map, rt.now(), config.dead_after);
     loop {
         let (from, payload) = net.recv().await?;
         let msg = match decode_msg(&payload) {
@@ -176,8 +184,13 @@ mod tests {
             ],
             tables: vec![("t".into(), 100)],
             replicas: 3,
+            dead_after: ManagerConfig::DEAD_AFTER_DEFAULT,
         };
-        ManagerCore::new(config.build_map().unwrap())
+        ManagerCore::new(
+            config.build_map().unwrap(),
+            Instant::now(),
+            config.dead_after,
+        )
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! A server's report is as of its last Raft tick before the heartbeat, so a
 //! partition's leader and applied index may lag by up to one heartbeat
 //! interval. A server not heard from for [`UNREACHABLE_AFTER`] is shown as
-//! unreachable; nothing is decided from it yet (re-replication will).
+//! unreachable, and after the manager's `--dead-after` as dead; nothing is
+//! decided from either yet (re-replication will act on dead servers).
 
 use crate::map::{NodeId, PartitionId, PartitionMap};
 use serde::{Deserialize, Serialize};
@@ -53,6 +54,9 @@ pub enum ServerState {
     Up,
     /// Heard before, but not for [`UNREACHABLE_AFTER`].
     Unreachable,
+    /// Not heard for the manager's `--dead-after` (or never, for that long
+    /// since the manager started): considered gone for good.
+    Dead,
     /// Never heard since the manager started.
     Unknown,
 }
@@ -62,6 +66,7 @@ impl ServerState {
         match self {
             ServerState::Up => "up",
             ServerState::Unreachable => "unreachable",
+            ServerState::Dead => "dead",
             ServerState::Unknown => "unknown",
         }
     }
@@ -112,12 +117,25 @@ pub struct ClusterStatus {
 }
 
 /// The servers' last heartbeats.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Heartbeats {
     last: BTreeMap<NodeId, (Instant, Vec<ReplicaStatus>)>,
+    /// When the manager started: a server never heard from is dead once
+    /// this is `dead_after` ago.
+    since: Instant,
+    dead_after: Duration,
 }
 
 impl Heartbeats {
+    /// Counting from `now`; a server silent for `dead_after` is dead.
+    pub fn new(now: Instant, dead_after: Duration) -> Heartbeats {
+        Heartbeats {
+            last: BTreeMap::new(),
+            since: now,
+            dead_after,
+        }
+    }
+
     /// Server `node` reported `replicas` at `now`.
     pub fn record(&mut self, node: NodeId, replicas: Vec<ReplicaStatus>, now: Instant) {
         self.last.insert(node, (now, replicas));
@@ -178,7 +196,9 @@ impl Heartbeats {
             .iter()
             .map(|(&id, &addr)| {
                 let heard = self.last.get(&id);
+                let silent = now.saturating_duration_since(heard.map_or(self.since, |(at, _)| *at));
                 let state = match heard {
+                    _ if silent >= self.dead_after => ServerState::Dead,
                     None => ServerState::Unknown,
                     Some(_) if up(id) => ServerState::Up,
                     Some(_) => ServerState::Unreachable,
@@ -233,7 +253,7 @@ mod tests {
     fn leaders_come_from_the_newest_term_of_servers_that_are_up() {
         let map = map();
         let start = Instant::now();
-        let mut h = Heartbeats::default();
+        let mut h = Heartbeats::new(start, Duration::from_secs(10));
         let p = *map.partitions.keys().next().unwrap();
         let replicas = map.partitions[&p].replicas.clone();
         let (a, b) = (replicas[0], replicas[1]);
@@ -266,12 +286,20 @@ mod tests {
         assert_eq!(s.partitions[0].reporting, vec![a]);
         let never = (0..3).find(|n| *n != a && *n != b).unwrap();
         assert_eq!(server(&s, never).state, ServerState::Unknown);
+
+        // Silent for --dead-after (10 s here): dead; so is one never heard
+        // for that long since the manager started.
+        let s = h.status(&map, start + Duration::from_secs(10));
+        assert_eq!(server(&s, b).state, ServerState::Dead);
+        assert_eq!(server(&s, never).state, ServerState::Dead);
+        assert_eq!(server(&s, a).state, ServerState::Unreachable);
     }
 
     #[test]
     fn replica_counts_follow_the_map() {
         let map = map();
-        let s = Heartbeats::default().status(&map, Instant::now());
+        let now = Instant::now();
+        let s = Heartbeats::new(now, Duration::from_secs(60)).status(&map, now);
         let total: usize = s.servers.iter().map(|x| x.replicas).sum();
         assert_eq!(total, map.partitions.len() * 2);
         assert!(s

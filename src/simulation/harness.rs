@@ -242,6 +242,7 @@ impl Shape {
             servers: (0..self.servers).map(server_addr).collect(),
             tables,
             replicas: REPLICAS,
+            dead_after: ManagerConfig::DEAD_AFTER_DEFAULT,
         }
     }
 }
