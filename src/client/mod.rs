@@ -247,6 +247,11 @@ enum Crash {
     WhileResolving,
 }
 
+/// A reply of the wrong kind to an admin call.
+fn unexpected(who: &str, reply: &Msg) -> ClientError {
+    ClientError::Unavailable(format!("{who} answered with an unexpected {reply:?}"))
+}
+
 /// The error a crashed coordinator's user sees: nothing came back.
 fn crash_error(txn: TxnId, when: &str) -> ClientError {
     ClientError::UnknownOutcome(format!(
@@ -365,22 +370,18 @@ impl<R: Runtime> Client<R> {
     pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
         let addr = self.inner.config.manager_addr;
         let wait = self.inner.config.command_timeout;
-        match self.call(addr, |req| Msg::Status { req }, wait).await {
-            Ok(Answer::Reply(Msg::StatusReply { status, .. })) => Ok(status),
-            Ok(Answer::Reply(other)) => Err(ClientError::Unavailable(format!(
-                "the manager at {addr} answered {other:?}"
-            ))),
-            Ok(_) => Err(ClientError::Unavailable(format!(
-                "the manager at {addr} did not answer"
-            ))),
-            Err(e) => Err(ClientError::Unavailable(e)),
+        let reply = self.ask(addr, "the manager", |req| Msg::Status { req }, wait);
+        match reply.await? {
+            Msg::StatusReply { status, .. } => Ok(status),
+            other => Err(unexpected(&format!("the manager at {addr}"), &other)),
         }
     }
 
     /// Asks the server at `addr`, which should lead `partition`, to hand
     /// its leadership to server `to` (`admin transfer-leader`). `Ok`: the
     /// server started the transfer (it completes within an election
-    /// timeout, unless `to` is down); `Err(Rejected)`: why it would not.
+    /// timeout, unless `to` is down); `Err(Rejected)`: why it would not;
+    /// `Err(Unavailable)`: no answer (the transfer may still have started).
     pub async fn transfer_leader(
         &self,
         addr: SocketAddr,
@@ -389,15 +390,28 @@ impl<R: Runtime> Client<R> {
     ) -> Result<String, ClientError> {
         let wait = self.inner.config.attempt_timeout;
         let build = |req| Msg::TransferLeader { req, partition, to };
+        match self.ask(addr, "server", build, wait).await? {
+            Msg::AdminReply { result, .. } => result.map_err(ClientError::Rejected),
+            other => Err(unexpected(&format!("server {addr}"), &other)),
+        }
+    }
+
+    /// One request and its reply, for the admin calls (no retries: the
+    /// operator sees what happened). `who` names the peer in errors.
+    async fn ask(
+        &self,
+        addr: SocketAddr,
+        who: &str,
+        build: impl FnOnce(u64) -> Msg,
+        wait: Duration,
+    ) -> Result<Msg, ClientError> {
         match self.call(addr, build, wait).await {
-            Ok(Answer::Reply(Msg::AdminReply { result, .. })) => {
-                result.map_err(ClientError::Rejected)
-            }
-            Ok(Answer::Reply(other)) => Err(ClientError::Unavailable(format!(
-                "server {addr} answered {other:?}"
+            Ok(Answer::Reply(msg)) => Ok(msg),
+            Ok(Answer::NoReply) => Err(ClientError::Unavailable(format!(
+                "{who} at {addr} did not answer within {wait:?}"
             ))),
-            Ok(_) => Err(ClientError::Unavailable(format!(
-                "server {addr} did not answer"
+            Ok(Answer::Undelivered) => Err(ClientError::Unavailable(format!(
+                "{who} at {addr} is unreachable"
             ))),
             Err(e) => Err(ClientError::Unavailable(e)),
         }

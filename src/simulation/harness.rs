@@ -1822,6 +1822,9 @@ async fn admin_main(shared: Arc<Shared>) {
             .copied()
             .filter(|&r| r != leader)
             .collect();
+        if others.is_empty() {
+            continue; // A partition with one replica has no one to hand over to.
+        }
         let to = others[rng.gen_range(0..others.len())];
         let addr = shared.map.servers[&leader];
         let outcome = client.transfer_leader(addr, p.id, to).await;
