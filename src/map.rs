@@ -27,8 +27,10 @@ pub struct Partition {
     pub start: u64,
     /// One past the last key number, or `None` for the open-ended last range.
     pub end: Option<u64>,
-    /// Servers holding a replica: the members of the partition's Raft group.
-    /// The first is where clients look for the leader first.
+    /// Servers holding a voting replica: the voters of the partition's Raft
+    /// group. The first is where clients look for the leader first. (In a
+    /// replica's own store, which never changes with the membership: the
+    /// group's initial voters.)
     pub replicas: Vec<NodeId>,
 }
 
@@ -58,6 +60,22 @@ pub struct Table {
     pub partitions: Vec<PartitionId>,
 }
 
+/// What the map knows of a partition's Raft group besides its voters
+/// ([`Partition::replicas`]), learned from the group's leader: the group's
+/// membership changes are decided in its own log, and the map follows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupConfig {
+    /// The group's voters when it was created. A new replica starts from
+    /// them: the log replays every later change on top.
+    pub initial: Vec<NodeId>,
+    /// Replicas that receive the log but do not vote (yet): a replica
+    /// being added catches up as a learner first.
+    pub learners: Vec<NodeId>,
+    /// A log index at which this membership holds, committed (0: the
+    /// initial one). Only grows; a newer report replaces an older one.
+    pub conf_index: u64,
+}
+
 /// Everything a client needs to route a command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionMap {
@@ -67,6 +85,8 @@ pub struct PartitionMap {
     pub partitions: BTreeMap<PartitionId, Partition>,
     /// Where each server can be reached (its advertised address).
     pub servers: BTreeMap<NodeId, SocketAddr>,
+    /// Every partition's group, beyond its voters.
+    pub groups: BTreeMap<PartitionId, GroupConfig>,
 }
 
 /// Why a cluster configuration was rejected.
@@ -113,6 +133,7 @@ impl PartitionMap {
             tables: BTreeMap::new(),
             partitions: BTreeMap::new(),
             servers: (0..).zip(servers.iter().copied()).collect(),
+            groups: BTreeMap::new(),
         };
         let mut next_id: PartitionId = 0;
         // `rotation` continues across tables so small tables do not all land
@@ -144,6 +165,13 @@ impl PartitionMap {
                         .collect(),
                 };
                 ids.push(next_id);
+                map.groups.insert(
+                    next_id,
+                    GroupConfig {
+                        initial: partition.replicas.clone(),
+                        ..GroupConfig::default()
+                    },
+                );
                 map.partitions.insert(next_id, partition);
                 next_id += 1;
             }
@@ -182,6 +210,19 @@ impl PartitionMap {
                 {
                     return Err(format!("partition {id} has no replica or an unknown one"));
                 }
+                let Some(group) = self.groups.get(id) else {
+                    return Err(format!("partition {id} has no group configuration"));
+                };
+                if group.initial.is_empty()
+                    || group
+                        .learners
+                        .iter()
+                        .any(|l| !self.servers.contains_key(l) || p.replicas.contains(l))
+                {
+                    return Err(format!(
+                        "partition {id} has no initial voters, or a learner that is unknown or also a voter"
+                    ));
+                }
                 if let Some(end) = p.end {
                     if end <= p.start {
                         return Err(format!("partition {id} is empty"));
@@ -191,6 +232,17 @@ impl PartitionMap {
             }
         }
         Ok(())
+    }
+
+    /// Servers holding a replica of `partition`, voting or not.
+    pub fn hosts(&self, partition: PartitionId) -> impl Iterator<Item = NodeId> + '_ {
+        let voters = self.partitions.get(&partition).map(|p| p.replicas.iter());
+        let learners = self.groups.get(&partition).map(|g| g.learners.iter());
+        voters
+            .into_iter()
+            .flatten()
+            .chain(learners.into_iter().flatten())
+            .copied()
     }
 
     /// The partition holding `key`, or an error if its table is unknown.

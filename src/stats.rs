@@ -43,10 +43,15 @@ pub enum Event {
     /// A leader started handing its leadership over on an operator's
     /// request (simulated `admin transfer-leader`).
     LeaderTransfer,
+    /// A leader proposed a change to its group's membership (add a
+    /// learner, promote it, remove a replica).
+    MembershipChange,
+    /// A server dropped a replica its group had removed.
+    ReplicaDropped,
 }
 
 impl Event {
-    pub const ALL: [Event; 16] = [
+    pub const ALL: [Event; 18] = [
         Event::Election,
         Event::Compaction,
         Event::SnapshotSent,
@@ -63,6 +68,8 @@ impl Event {
         Event::BankTransfer,
         Event::BankRead,
         Event::LeaderTransfer,
+        Event::MembershipChange,
+        Event::ReplicaDropped,
     ];
 
     pub fn name(self) -> &'static str {
@@ -83,13 +90,15 @@ impl Event {
             Event::BankTransfer => "bank transfers",
             Event::BankRead => "bank totals checked",
             Event::LeaderTransfer => "leader transfers",
+            Event::MembershipChange => "membership changes",
+            Event::ReplicaDropped => "replicas dropped",
         }
     }
 }
 
 /// Counts per [`Event`], in [`Event::ALL`] order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Counts(pub [u64; 16]);
+pub struct Counts(pub [u64; 18]);
 
 impl Counts {
     pub fn get(&self, event: Event) -> u64 {
@@ -117,7 +126,7 @@ impl std::fmt::Display for Counts {
 
 #[cfg(feature = "sim")]
 thread_local! {
-    static COUNTS: std::cell::Cell<Counts> = const { std::cell::Cell::new(Counts([0; 16])) };
+    static COUNTS: std::cell::Cell<Counts> = const { std::cell::Cell::new(Counts([0; 18])) };
 }
 
 /// Counts one `event` (a no-op without feature `sim`).

@@ -33,15 +33,28 @@ fn sample_payloads() -> Vec<Vec<u8>> {
         Msg::Register {
             node_id: 1,
             addr,
+            epoch: 2,
             replicas: vec![distkv::manager::status::ReplicaStatus {
                 partition: 2,
-                role: distkv::manager::status::ReplicaRole::Follower,
+                role: distkv::manager::status::ReplicaRole::Leader,
                 term: 3,
-                leader: Some(0),
+                leader: Some(1),
                 commit: 9,
                 applied: 9,
                 keys: 4,
+                config: Some(distkv::manager::status::ReportedConfig {
+                    conf_index: 7,
+                    voters: vec![0, 1],
+                    learners: vec![],
+                }),
             }],
+        },
+        Msg::ChangeReplicas {
+            req: 10,
+            partition: 2,
+            voters: vec![0, 1],
+            learners: vec![],
+            change: distkv::raft::ConfChange::AddLearner(2),
         },
         Msg::Status { req: 8 },
         Msg::TransferLeader {

@@ -38,8 +38,9 @@ enum Command {
     /// unreachable / unknown), time since its last heartbeat, its replicas
     /// and how many of them it leads.
     Servers,
-    /// Every partition: table, key range, replicas, leader, term, applied
-    /// index and key count (the leader's), and which replicas reported.
+    /// Every partition: table, key range, replicas (voters), learners (new
+    /// replicas catching up), leader, term, applied index and key count
+    /// (the leader's), and which replicas reported.
     Partitions,
     /// Hand the leadership of a partition to another of its replicas, and
     /// wait until the manager sees the new leader.
@@ -233,6 +234,11 @@ fn partitions_table(partitions: &[PartitionInfo]) -> String {
                     p.end.map_or("∞".to_string(), |e| e.to_string())
                 ),
                 list(&p.replicas),
+                if p.learners.is_empty() {
+                    "-".to_string()
+                } else {
+                    list(&p.learners)
+                },
                 p.leader.map_or("-".to_string(), |l| l.to_string()),
                 p.term.to_string(),
                 p.applied.to_string(),
@@ -247,6 +253,7 @@ fn partitions_table(partitions: &[PartitionInfo]) -> String {
             "TABLE",
             "RANGE",
             "REPLICAS",
+            "LEARNERS",
             "LEADER",
             "TERM",
             "APPLIED",

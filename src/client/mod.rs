@@ -519,13 +519,15 @@ impl<R: Runtime> Client<R> {
         }
     }
 
-    /// The replica to try for `partition`: the cached leader if it is still
-    /// a replica, else the `attempt`-th replica in map order.
+    /// The replica to try for `partition`: the cached leader if the map
+    /// knows where it is (a leader the map does not list as a replica is
+    /// one added since the map was fetched), else the `attempt`-th replica
+    /// in map order.
     fn target(&self, map: &PartitionMap, partition: PartitionId, attempt: usize) -> Option<NodeId> {
         let p = map.partitions.get(&partition)?;
         let cached = self.inner.leaders.lock().unwrap().get(&partition).copied();
         match cached {
-            Some(leader) if p.replicas.contains(&leader) => Some(leader),
+            Some(leader) if map.servers.contains_key(&leader) => Some(leader),
             _ => Some(p.replicas[attempt % p.replicas.len()]),
         }
     }

@@ -14,10 +14,12 @@
 
 pub mod status;
 
-use crate::map::{MapError, NodeId, PartitionMap};
+use crate::map::{MapError, NodeId, PartitionId, PartitionMap};
+use crate::raft::ConfChange;
 use crate::rt::{Net, Runtime};
 use crate::wire::{decode_msg, encode_msg, Msg};
-use status::Heartbeats;
+use status::{Heartbeats, ReplicaRole, ReplicaStatus, ServerState};
+use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -62,23 +64,63 @@ impl ManagerConfig {
     }
 }
 
+/// How often the manager looks for partitions to repair.
+pub const PLAN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A membership change asked of a leader and not yet seen in its reports
+/// is asked again after this long.
+const MOVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A membership change the manager asked a partition's leader for.
+#[derive(Clone, Debug)]
+struct Move {
+    req: u64,
+    change: ConfChange,
+    /// The map's `conf_index` when asked: done once it grows.
+    conf_index: u64,
+    sent: Instant,
+}
+
 /// The manager's state machine: messages in, replies out. No IO.
 pub struct ManagerCore {
     map: PartitionMap,
     heartbeats: Heartbeats,
+    /// Replicas every partition should have (capped at the server count).
+    replicas: usize,
+    /// The highest map epoch a server reported holding: a restarted
+    /// manager numbers its maps above it.
+    seen_epoch: u64,
+    moves: BTreeMap<PartitionId, Move>,
+    next_req: u64,
 }
 
 impl ManagerCore {
-    /// Starting at `now`; servers silent for `dead_after` are dead.
-    pub fn new(map: PartitionMap, now: Instant, dead_after: Duration) -> ManagerCore {
+    /// Starting at `now`; servers silent for `dead_after` are dead and
+    /// their replicas are replaced, so each partition keeps `replicas`.
+    pub fn new(
+        map: PartitionMap,
+        now: Instant,
+        dead_after: Duration,
+        replicas: usize,
+    ) -> ManagerCore {
         ManagerCore {
             map,
             heartbeats: Heartbeats::new(now, dead_after),
+            replicas,
+            seen_epoch: 0,
+            moves: BTreeMap::new(),
+            next_req: 1,
         }
     }
 
     pub fn map(&self) -> &PartitionMap {
         &self.map
+    }
+
+    /// A new map: its epoch is above every one handed out, by us or by a
+    /// manager before a restart.
+    fn bump_epoch(&mut self) {
+        self.map.epoch = self.map.epoch.max(self.seen_epoch) + 1;
     }
 
     /// Handles one request received at `now`; returns the reply, if any.
@@ -91,10 +133,17 @@ impl ManagerCore {
             Msg::Register {
                 node_id,
                 addr,
+                epoch,
                 replicas,
             } => {
-                let result = self.register(node_id, addr);
+                let mut result = self.register(node_id, addr);
                 if result.is_ok() {
+                    self.seen_epoch = self.seen_epoch.max(epoch);
+                    let learned = self.learn(node_id, &replicas);
+                    if learned || self.map.epoch < epoch {
+                        self.bump_epoch();
+                    }
+                    result = Ok(self.map.clone());
                     self.heartbeats.record(node_id, replicas, now);
                 }
                 Some(Msg::RegisterReply { result })
@@ -103,11 +152,194 @@ impl ManagerCore {
                 req,
                 status: self.heartbeats.status(&self.map, now),
             }),
+            Msg::AdminReply { req, result } => {
+                // A leader's answer to a membership change we asked for.
+                if let Err(why) = result {
+                    let partition = self
+                        .moves
+                        .iter()
+                        .find(|(_, m)| m.req == req)
+                        .map(|(&p, _)| p);
+                    if let Some(m) = partition.and_then(|p| self.moves.remove(&p)) {
+                        tracing::debug!(?partition, change = ?m.change, "membership change refused: {why}");
+                    }
+                }
+                None
+            }
             other => {
                 tracing::warn!("manager ignores unexpected message {other:?}");
                 None
             }
         }
+    }
+
+    /// Adopts the memberships that `node`'s leaders report, when newer than
+    /// the map's. Returns whether the map changed.
+    fn learn(&mut self, node: NodeId, replicas: &[ReplicaStatus]) -> bool {
+        let mut changed = false;
+        for r in replicas {
+            let Some(config) = &r.config else {
+                continue;
+            };
+            let (Some(partition), Some(group)) = (
+                self.map.partitions.get_mut(&r.partition),
+                self.map.groups.get_mut(&r.partition),
+            ) else {
+                continue;
+            };
+            if config.conf_index <= group.conf_index {
+                continue;
+            }
+            let known = |ids: &[NodeId]| ids.iter().all(|n| self.map.servers.contains_key(n));
+            if config.voters.is_empty() || !known(&config.voters) || !known(&config.learners) {
+                tracing::warn!(
+                    partition = r.partition,
+                    ?config,
+                    "ignoring a membership with no voter or an unknown server"
+                );
+                continue;
+            }
+            group.conf_index = config.conf_index;
+            // The reporting leader first: clients try it first.
+            let mut voters = config.voters.clone();
+            if let Some(i) = voters.iter().position(|&v| v == node) {
+                voters[..=i].rotate_right(1);
+            }
+            let same_voters = {
+                let (mut a, mut b) = (voters.clone(), partition.replicas.clone());
+                a.sort_unstable();
+                b.sort_unstable();
+                a == b
+            };
+            if same_voters && group.learners == config.learners {
+                continue;
+            }
+            tracing::info!(
+                partition = r.partition,
+                voters = ?voters,
+                learners = ?config.learners,
+                conf_index = config.conf_index,
+                "partition membership changed"
+            );
+            partition.replicas = voters;
+            group.learners = config.learners.clone();
+            changed = true;
+        }
+        changed
+    }
+
+    /// The membership changes to ask for at `now`, one per partition at a
+    /// time, each to the partition's leader: replace the replicas on dead
+    /// servers (a learner on the live server with the fewest replicas, then
+    /// promoted once caught up, then the dead replica removed), and bring
+    /// every partition to the configured replica count.
+    pub fn plan(&mut self, now: Instant) -> Vec<(SocketAddr, Msg)> {
+        let mut leaders: BTreeMap<PartitionId, (u64, NodeId)> = BTreeMap::new();
+        for (node, r) in self.heartbeats.reports(now) {
+            if r.role == ReplicaRole::Leader
+                && leaders.get(&r.partition).is_none_or(|&(t, _)| t < r.term)
+            {
+                leaders.insert(r.partition, (r.term, node));
+            }
+        }
+        let states: BTreeMap<NodeId, ServerState> = self
+            .map
+            .servers
+            .keys()
+            .map(|&n| (n, self.heartbeats.state(n, now)))
+            .collect();
+        let up = |n: &NodeId| states.get(n) == Some(&ServerState::Up);
+        let dead = |n: &NodeId| states.get(n) == Some(&ServerState::Dead);
+        let mut load: BTreeMap<NodeId, usize> = states
+            .iter()
+            .filter(|(_, &s)| s == ServerState::Up)
+            .map(|(&n, _)| (n, 0))
+            .collect();
+        for &p in self.map.partitions.keys() {
+            for n in self.map.hosts(p) {
+                if let Some(l) = load.get_mut(&n) {
+                    *l += 1;
+                }
+            }
+        }
+        let target = self.replicas.min(self.map.servers.len()).max(1);
+        let mut out = Vec::new();
+        let ids: Vec<PartitionId> = self.map.partitions.keys().copied().collect();
+        for id in ids {
+            let conf_index = self.map.groups.get(&id).map_or(0, |g| g.conf_index);
+            if let Some(m) = self.moves.get(&id) {
+                if m.conf_index < conf_index
+                    || now.saturating_duration_since(m.sent) >= MOVE_TIMEOUT
+                {
+                    self.moves.remove(&id);
+                } else {
+                    continue;
+                }
+            }
+            let Some(&(_, leader)) = leaders.get(&id) else {
+                continue;
+            };
+            let Some(&leader_addr) = self.map.servers.get(&leader) else {
+                continue;
+            };
+            let voters = self.map.partitions[&id].replicas.clone();
+            let learners = self.map.groups[&id].learners.clone();
+            let holds = |n: &NodeId| voters.contains(n) || learners.contains(n);
+            let change = if let Some(&l) = learners.iter().find(|l| dead(l)) {
+                Some(ConfChange::Remove(l))
+            } else if let Some(&l) = learners.first() {
+                Some(ConfChange::AddVoter(l))
+            } else if voters.len() > target {
+                // One too many (a replacement was promoted): the dead one
+                // goes, else the one least needed.
+                voters
+                    .iter()
+                    .filter(|&&v| v != leader)
+                    .max_by_key(|&&v| (dead(&v), !up(&v), load.get(&v).copied().unwrap_or(0), v))
+                    .map(|&v| ConfChange::Remove(v))
+            } else if voters.len() < target || voters.iter().any(dead) {
+                load.iter()
+                    .filter(|(n, _)| !holds(n))
+                    .min_by_key(|(&n, &l)| (l, n))
+                    .map(|(&n, _)| ConfChange::AddLearner(n))
+            } else {
+                None
+            };
+            let Some(change) = change else {
+                continue;
+            };
+            if let ConfChange::AddLearner(n) = change {
+                *load.get_mut(&n).unwrap() += 1;
+            }
+            tracing::info!(
+                partition = id,
+                leader,
+                ?change,
+                "asking for a membership change"
+            );
+            let req = self.next_req;
+            self.next_req += 1;
+            self.moves.insert(
+                id,
+                Move {
+                    req,
+                    change: change.clone(),
+                    conf_index,
+                    sent: now,
+                },
+            );
+            out.push((
+                leader_addr,
+                Msg::ChangeReplicas {
+                    req,
+                    partition: id,
+                    voters,
+                    learners,
+                    change,
+                },
+            ));
+        }
+        out
     }
 
     fn register(&mut self, node_id: NodeId, addr: SocketAddr) -> Result<PartitionMap, String> {
@@ -126,7 +358,7 @@ impl ManagerCore {
         if *known != addr {
             tracing::info!(node_id, old = %known, new = %addr, "server address changed");
             *known = addr;
-            self.map.epoch += 1;
+            self.bump_epoch();
         }
         Ok(self.map.clone())
     }
@@ -144,9 +376,44 @@ pub async fn run_manager<R: Runtime>(rt: R, config: ManagerConfig) -> io::Result
         servers = map.servers.len(),
         "manager listening"
     );
-    let mut core = ManagerCore::new(map, rt.now(), config.dead_after);
+    let mut core = ManagerCore::new(map, rt.now(), config.dead_after, config.replicas);
+    let net = std::sync::Arc::new(net);
+    // `Net::recv` is not cancel-safe: receive in a task of its own.
+    let (inbox, mut received) = tokio::sync::mpsc::channel(1024);
+    {
+        let net = net.clone();
+        rt.spawn(async move {
+            loop {
+                let item = net.recv().await;
+                let stop = item.is_err();
+                if inbox.send(item).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+    }
+    let send = |to: SocketAddr, msg: &Msg| match encode_msg(msg) {
+        Ok(bytes) => net.send(to, bytes),
+        Err(e) => tracing::error!("cannot encode a message: {e}"),
+    };
+    let mut next_plan = rt.now() + PLAN_INTERVAL;
     loop {
-        let (from, payload) = net.recv().await?;
+        let wait = next_plan.saturating_duration_since(rt.now());
+        let item = tokio::select! {
+            biased;
+            _ = rt.sleep(wait) => None,
+            item = received.recv() => match item {
+                Some(item) => Some(item?),
+                None => return Err(io::Error::other("the network endpoint closed")),
+            },
+        };
+        let Some((from, payload)) = item else {
+            next_plan = rt.now() + PLAN_INTERVAL;
+            for (to, msg) in core.plan(rt.now()) {
+                send(to, &msg);
+            }
+            continue;
+        };
         let msg = match decode_msg(&payload) {
             Ok(msg) => msg,
             Err(e) => {
@@ -155,10 +422,7 @@ pub async fn run_manager<R: Runtime>(rt: R, config: ManagerConfig) -> io::Result
             }
         };
         if let Some(reply) = core.handle(msg, rt.now()) {
-            match encode_msg(&reply) {
-                Ok(bytes) => net.send(from, bytes),
-                Err(e) => tracing::error!("cannot encode reply: {e}"),
-            }
+            send(from, &reply);
         }
     }
 }
@@ -171,6 +435,7 @@ mod tests {
         Msg::Register {
             node_id,
             addr,
+            epoch: 0,
             replicas: Vec::new(),
         }
     }
@@ -190,6 +455,7 @@ mod tests {
             config.build_map().unwrap(),
             Instant::now(),
             config.dead_after,
+            config.replicas,
         )
     }
 

@@ -44,6 +44,19 @@ pub struct ReplicaStatus {
     pub applied: u64,
     /// Keys in the replica's store.
     pub keys: u64,
+    /// The group's committed membership, reported by its leader (followers
+    /// and leaders with a change in flight send `None`). The manager's map
+    /// follows it.
+    pub config: Option<ReportedConfig>,
+}
+
+/// A group's committed membership, as its leader reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedConfig {
+    /// A log index at which it holds (see `Raft::committed_membership`).
+    pub conf_index: u64,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
 }
 
 /// Whether the manager hears a server.
@@ -96,6 +109,9 @@ pub struct PartitionInfo {
     pub start: u64,
     pub end: Option<u64>,
     pub replicas: Vec<NodeId>,
+    /// Replicas catching up before they vote (a move or re-replication in
+    /// progress).
+    pub learners: Vec<NodeId>,
     /// The replica that reported leading it in the highest term, among the
     /// servers that are up.
     pub leader: Option<NodeId>,
@@ -141,13 +157,36 @@ impl Heartbeats {
         self.last.insert(node, (now, replicas));
     }
 
+    /// Whether `node` was heard within [`UNREACHABLE_AFTER`] of `now`.
+    pub fn is_up(&self, node: NodeId, now: Instant) -> bool {
+        self.last
+            .get(&node)
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) < UNREACHABLE_AFTER)
+    }
+
+    /// How the manager sees server `node` at `now`.
+    pub fn state(&self, node: NodeId, now: Instant) -> ServerState {
+        let heard = self.last.get(&node);
+        let silent = now.saturating_duration_since(heard.map_or(self.since, |(at, _)| *at));
+        match heard {
+            _ if silent >= self.dead_after => ServerState::Dead,
+            None => ServerState::Unknown,
+            Some(_) if self.is_up(node, now) => ServerState::Up,
+            Some(_) => ServerState::Unreachable,
+        }
+    }
+
+    /// Every report from a server that is up at `now`, with its server.
+    pub fn reports(&self, now: Instant) -> impl Iterator<Item = (NodeId, &ReplicaStatus)> {
+        self.last
+            .iter()
+            .filter(move |(&node, _)| self.is_up(node, now))
+            .flat_map(|(&node, (_, replicas))| replicas.iter().map(move |r| (node, r)))
+    }
+
     /// The cluster as of `now`, from `map` and the heartbeats.
     pub fn status(&self, map: &PartitionMap, now: Instant) -> ClusterStatus {
-        let up = |node: NodeId| {
-            self.last
-                .get(&node)
-                .is_some_and(|(at, _)| now.saturating_duration_since(*at) < UNREACHABLE_AFTER)
-        };
+        let up = |node: NodeId| self.is_up(node, now);
         // Reports per partition, from servers that are up.
         let mut reports: BTreeMap<PartitionId, Vec<(NodeId, &ReplicaStatus)>> = BTreeMap::new();
         for (&node, (_, replicas)) in &self.last {
@@ -161,9 +200,10 @@ impl Heartbeats {
             .partitions
             .values()
             .map(|p| {
+                let hosts: Vec<NodeId> = map.hosts(p.id).collect();
                 let seen: Vec<&(NodeId, &ReplicaStatus)> = reports
                     .get(&p.id)
-                    .map(|v| v.iter().filter(|(n, _)| p.replicas.contains(n)).collect())
+                    .map(|v| v.iter().filter(|(n, _)| hosts.contains(n)).collect())
                     .unwrap_or_default();
                 let leader = seen
                     .iter()
@@ -183,6 +223,11 @@ impl Heartbeats {
                     start: p.start,
                     end: p.end,
                     replicas: p.replicas.clone(),
+                    learners: map
+                        .groups
+                        .get(&p.id)
+                        .map(|g| g.learners.clone())
+                        .unwrap_or_default(),
                     leader: leader.map(|(n, _)| *n),
                     term: seen.iter().map(|(_, r)| r.term).max().unwrap_or(0),
                     applied,
@@ -196,23 +241,16 @@ impl Heartbeats {
             .iter()
             .map(|(&id, &addr)| {
                 let heard = self.last.get(&id);
-                let silent = now.saturating_duration_since(heard.map_or(self.since, |(at, _)| *at));
-                let state = match heard {
-                    _ if silent >= self.dead_after => ServerState::Dead,
-                    None => ServerState::Unknown,
-                    Some(_) if up(id) => ServerState::Up,
-                    Some(_) => ServerState::Unreachable,
-                };
                 ServerInfo {
                     id,
                     addr,
-                    state,
+                    state: self.state(id, now),
                     last_heartbeat_ms: heard
                         .map(|(at, _)| now.saturating_duration_since(*at).as_millis() as u64),
                     replicas: map
                         .partitions
-                        .values()
-                        .filter(|p| p.replicas.contains(&id))
+                        .keys()
+                        .filter(|&&p| map.hosts(p).any(|n| n == id))
                         .count(),
                     leaders: partitions.iter().filter(|p| p.leader == Some(id)).count(),
                 }
@@ -246,6 +284,7 @@ mod tests {
             commit: applied,
             applied,
             keys: applied / 2,
+            config: None,
         }
     }
 

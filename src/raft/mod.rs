@@ -437,6 +437,24 @@ impl Raft {
     pub fn membership(&self) -> &Membership {
         &self.membership
     }
+    /// Index of the newest membership change in the log (0: none since the
+    /// snapshot or the initial membership); it may not be committed yet.
+    pub fn membership_index(&self) -> Index {
+        self.membership_index
+    }
+    /// The membership, when its newest change is committed (`None` while a
+    /// change is in flight), with an index it is known to hold at: the
+    /// change's own, or the snapshot's when the log holds no change (the
+    /// change is in the snapshot, or there never was one). Indexes of the
+    /// group's committed memberships only grow, so a newer report of one
+    /// never goes back. Only a leader's answer is current: a follower's
+    /// commit index may lag.
+    pub fn committed_membership(&self) -> Option<(Index, &Membership)> {
+        (self.membership_index <= self.log.commit).then_some((
+            self.membership_index.max(self.log.snapshot.index),
+            &self.membership,
+        ))
+    }
     pub fn hard_state(&self) -> HardState {
         HardState {
             term: self.term,
@@ -1902,7 +1920,7 @@ impl Raft {
     /// The membership in effect right after `index` (at or after the
     /// snapshot): the snapshot's (or the initial one) plus the changes in
     /// the log up to `index`.
-    fn membership_at(&self, index: Index) -> Membership {
+    pub fn membership_at(&self, index: Index) -> Membership {
         let mut m = if self.log.snapshot.index > 0 {
             self.log.snapshot.membership.clone()
         } else {

@@ -147,17 +147,18 @@ pub async fn run_server<R: Runtime, D: Disk>(
     );
     // Heartbeats: a registration with the replicas' state as of the last
     // tick (the driver refreshes `status` on every tick).
-    let status: Arc<Mutex<Vec<ReplicaStatus>>> = Arc::default();
+    let status: Arc<Mutex<(u64, Vec<ReplicaStatus>)>> = Arc::default();
     {
         let (net, rt2, status) = (net.clone(), rt.clone(), status.clone());
         let (manager, interval) = (config.manager_addr, config.heartbeat_interval);
         let (node_id, addr) = (config.node_id, config.advertise_addr);
         rt.spawn(async move {
             loop {
-                let replicas = status.lock().unwrap().clone();
+                let (epoch, replicas) = status.lock().unwrap().clone();
                 let register = Msg::Register {
                     node_id,
                     addr,
+                    epoch,
                     replicas,
                 };
                 match encode_msg(&register) {
@@ -246,7 +247,7 @@ pub async fn run_server<R: Runtime, D: Disk>(
                     next_tick + tick
                 };
                 d.core.tick();
-                *status.lock().unwrap() = d.core.status();
+                *status.lock().unwrap() = (d.core.epoch(), d.core.status());
                 if let Some(notice) = d.manager.tick(now) {
                     d.log_contact(notice);
                 }
@@ -328,10 +329,22 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
             Msg::TxnReply { req, result } => self.core.fence_reply(req, result),
             Msg::TransferLeader { req, partition, to } => {
                 let result = self.core.transfer_leader(partition, to);
-                match encode_msg(&Msg::AdminReply { req, result }) {
-                    Ok(bytes) => self.net.send(from, bytes),
-                    Err(e) => tracing::error!("cannot encode reply: {e}"),
+                self.admin_reply(from, req, result);
+            }
+            Msg::ChangeReplicas {
+                req,
+                partition,
+                voters,
+                learners,
+                change,
+            } => {
+                let result = self
+                    .core
+                    .change_replicas(partition, &voters, &learners, change);
+                if let Err(why) = &result {
+                    tracing::debug!(partition, "membership change refused: {why}");
                 }
+                self.admin_reply(from, req, result);
             }
             Msg::Raft {
                 from: peer,
@@ -347,6 +360,13 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
             }
         }
         Ok(())
+    }
+
+    fn admin_reply(&self, to: SocketAddr, req: u64, result: Result<String, String>) {
+        match encode_msg(&Msg::AdminReply { req, result }) {
+            Ok(bytes) => self.net.send(to, bytes),
+            Err(e) => tracing::error!("cannot encode reply: {e}"),
+        }
     }
 
     /// Says in the log that the manager went silent or came back.
@@ -397,6 +417,11 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
 
     async fn perform(&mut self, out: Output) -> io::Result<()> {
         let now = self.rt.now();
+        for &partition in &out.unhosted {
+            if let Some(s) = self.storage.as_mut() {
+                s.log_unhost(now, partition);
+            }
+        }
         for range in &out.hosted {
             if let Some(s) = self.storage.as_mut() {
                 s.log_host(now, range);
@@ -559,6 +584,12 @@ mod tests {
 
     const T0: u64 = 1_800_000_000_000;
 
+    fn addrs(n: usize) -> Vec<SocketAddr> {
+        (0..n)
+            .map(|i| format!("127.0.0.1:{}", 1000 + i).parse().unwrap())
+            .collect()
+    }
+
     fn request(session: u64, seq: u64, sent_ms: u64, ops: &[&str]) -> Request {
         Request {
             session,
@@ -574,10 +605,11 @@ mod tests {
         }
 
         fn with_tuning(n: usize, tuning: RaftTuning) -> Cores {
-            let servers: Vec<SocketAddr> = (0..n)
-                .map(|i| format!("127.0.0.1:{}", 1000 + i).parse().unwrap())
-                .collect();
-            let map = PartitionMap::build(&[("t".into(), 90)], &servers, n).unwrap();
+            let map = PartitionMap::build(&[("t".into(), 90)], &addrs(n), n).unwrap();
+            Cores::with_map(n, tuning, map)
+        }
+
+        fn with_map(n: usize, tuning: RaftTuning, map: PartitionMap) -> Cores {
             let mut c = Cores {
                 cores: (0..n as u64)
                     .map(|i| ServerCore::new(i, BTreeMap::new(), tuning.clone(), i))
@@ -653,7 +685,10 @@ mod tests {
             let leaders: Vec<NodeId> = (0..self.cores.len() as u64)
                 .filter(|i| !self.down.contains(i))
                 .filter(|&i| {
-                    self.cores[i as usize].replicas()[&partition].raft.role() == Role::Leader
+                    self.cores[i as usize]
+                        .replicas()
+                        .get(&partition)
+                        .is_some_and(|r| r.raft.role() == Role::Leader)
                 })
                 .collect();
             assert!(leaders.len() <= 1, "two live leaders: {leaders:?}");
@@ -981,5 +1016,122 @@ mod tests {
                 }
             )]
         ));
+    }
+
+    /// Re-replication end to end, without IO: a manager core hears the
+    /// servers' heartbeats, declares a silent server dead, and has the
+    /// partition's leader add a learner on the spare server, promote it
+    /// once caught up and remove the dead replica; the map follows the
+    /// group, and the dead server, back, drops its replica.
+    #[test]
+    fn a_dead_servers_replica_is_replaced_through_the_group_log() {
+        use crate::manager::ManagerCore;
+        use std::time::{Duration, Instant};
+        let map = PartitionMap::build(&[("t".into(), 1)], &addrs(4), 3).unwrap();
+        assert_eq!(map.partitions[&0].replicas, vec![0, 1, 2]);
+        let mut c = Cores::with_map(4, RaftTuning::default(), map.clone());
+        c.ticks(40);
+        let leader = c.leader(0).expect("a leader");
+        assert_eq!(
+            c.exec(leader, 1, 1, 0, &["PUT t0 kept"]),
+            Some(Ok(vec![OpResult::Put { found: false }]))
+        );
+        let dead_after = Duration::from_secs(5);
+        let start = Instant::now();
+        let mut manager = ManagerCore::new(map, start, dead_after, 3);
+        // The victim is a follower (a leader is never removed).
+        let victim = (0..3).find(|&n| n != leader).unwrap();
+        c.down.insert(victim);
+        let mut now = start;
+        let mut changes = Vec::new();
+        // One "second" per round: 20 ticks, heartbeats, a plan.
+        for _ in 0..40 {
+            now += Duration::from_secs(1);
+            c.ticks(20);
+            for i in 0..4u64 {
+                if c.down.contains(&i) {
+                    continue;
+                }
+                let register = Msg::Register {
+                    node_id: i,
+                    addr: addrs(4)[i as usize],
+                    epoch: c.cores[i as usize].epoch(),
+                    replicas: c.cores[i as usize].status(),
+                };
+                let Some(Msg::RegisterReply { result: Ok(map) }) = manager.handle(register, now)
+                else {
+                    panic!("registration refused");
+                };
+                c.cores[i as usize].install_map(map);
+            }
+            c.pump();
+            for (to, msg) in manager.plan(now) {
+                let Msg::ChangeReplicas {
+                    req,
+                    partition,
+                    voters,
+                    learners,
+                    change,
+                } = msg
+                else {
+                    panic!("unexpected {msg:?}");
+                };
+                let node = addrs(4).iter().position(|a| *a == to).unwrap();
+                let result =
+                    c.cores[node].change_replicas(partition, &voters, &learners, change.clone());
+                if result.is_ok() {
+                    changes.push(change);
+                }
+                manager.handle(Msg::AdminReply { req, result }, now);
+                c.pump();
+            }
+        }
+        use crate::raft::ConfChange;
+        assert_eq!(
+            changes,
+            vec![
+                ConfChange::AddLearner(3),
+                ConfChange::AddVoter(3),
+                ConfChange::Remove(victim)
+            ],
+            "learner first, promoted once caught up, then the dead replica goes"
+        );
+        let mut voters = manager.map().partitions[&0].replicas.clone();
+        voters.sort_unstable();
+        let mut expected: Vec<NodeId> = (0..4).filter(|&n| n != victim).collect();
+        expected.sort_unstable();
+        assert_eq!(voters, expected, "the map follows the group");
+        assert!(manager.map().groups[&0].learners.is_empty());
+        let leader = c.leader(0).expect("still led");
+        assert_eq!(
+            c.exec(leader, 1, 2, 0, &["GET t0"]),
+            Some(Ok(vec![OpResult::Get(Some(b"kept".to_vec()))]))
+        );
+        let mut store = c.cores[3].replicas()[&0].store.clone();
+        assert_eq!(
+            store.execute(&[parse_op("GET t0").unwrap()]).unwrap(),
+            vec![OpResult::Get(Some(b"kept".to_vec()))],
+            "the new replica has the data"
+        );
+        // The dead server comes back with its old replica: the map tells
+        // it the group moved on, and it drops the replica for good.
+        c.down.remove(&victim);
+        let v = victim as usize;
+        assert!(c.cores[v].replicas().contains_key(&0));
+        c.cores[v].install_map(manager.map().clone());
+        assert!(!c.cores[v].replicas().contains_key(&0), "dropped");
+        assert_eq!(c.cores[v].take_output().unhosted, vec![0]);
+        // A stale placement (a map from a restarted manager, not yet
+        // taught the membership) does not bring it back.
+        let mut stale = PartitionMap::build(&[("t".into(), 1)], &addrs(4), 3).unwrap();
+        stale.epoch = manager.map().epoch + 1;
+        c.cores[v].install_map(stale);
+        assert!(!c.cores[v].replicas().contains_key(&0), "not recreated");
+        c.ticks(60);
+        assert_eq!(
+            c.leader(0),
+            Some(leader),
+            "the removed replica never disturbed the group"
+        );
     }
 }

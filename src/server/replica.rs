@@ -29,12 +29,12 @@
 use crate::kv::{
     Finished, LogCommand, PartitionStore, SessionError, TxnId, TxnOp, TxnOutcome, TxnState, WaitKey,
 };
-use crate::manager::status::{ReplicaRole, ReplicaStatus};
+use crate::manager::status::{ReplicaRole, ReplicaStatus, ReportedConfig};
 use crate::map::{NodeId, Partition, PartitionId, PartitionMap};
 use crate::op::{Op, OpResult};
 use crate::raft::{
-    Config, Entry, EntryData, HardState, Index, Membership, Message, ProposeError, Raft, RaftState,
-    Role, SnapshotCheck, SnapshotMeta, Term,
+    ConfChange, Config, Entry, EntryData, HardState, Index, Membership, Message, ProposeError,
+    Raft, RaftState, Role, SnapshotCheck, SnapshotMeta, Term,
 };
 use crate::storage::snapshot::{decode_store, encode_store};
 use crate::storage::{GroupSnapshot, RecoveredGroup};
@@ -44,6 +44,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// A learner this close to the leader's commit index may become a voter
+/// (it then catches up the rest as any follower does).
+const LEARNER_LAG_MAX: Index = 100;
 
 /// Raft timing and limits for every group of a server.
 #[derive(Clone, Debug)]
@@ -166,6 +170,8 @@ impl Persist {
 pub struct Output {
     /// Replicas created by a new map (a durable server logs them first).
     pub hosted: Vec<Partition>,
+    /// Replicas dropped because their group removed them (logged).
+    pub unhosted: Vec<PartitionId>,
     pub persist: Vec<Persist>,
     /// Raft messages to send now, batched per destination server.
     pub messages: BTreeMap<NodeId, Vec<(PartitionId, Message)>>,
@@ -262,6 +268,7 @@ pub enum SnapshotDone {
 impl Output {
     pub fn is_empty(&self) -> bool {
         self.hosted.is_empty()
+            && self.unhosted.is_empty()
             && self.persist.is_empty()
             && self.messages.is_empty()
             && self.replies.is_empty()
@@ -358,6 +365,9 @@ pub struct ServerCore {
     /// transaction, the partition asked).
     fences: BTreeMap<u64, (PartitionId, TxnId, PartitionId)>,
     next_req: u64,
+    /// Replicas dropped, with the map's `conf_index` that removed them: a
+    /// map placing one here again must be newer (not a stale placement).
+    removed: BTreeMap<PartitionId, u64>,
 }
 
 impl ServerCore {
@@ -379,6 +389,7 @@ impl ServerCore {
             now_ms: 0,
             fences: BTreeMap::new(),
             next_req: 1 << 62,
+            removed: BTreeMap::new(),
         };
         for (id, group) in recovered {
             let replica = core.replica(group.raft, group.store);
@@ -438,40 +449,126 @@ impl ServerCore {
             .collect()
     }
 
-    /// Adopts `map` if it is newer than ours and creates a replica (empty)
-    /// for every partition placed on us that we do not hold yet.
+    /// Adopts `map` if it is newer than ours: creates a replica (empty) for
+    /// every partition placed on us that we do not hold yet, and drops the
+    /// replicas their groups removed.
+    ///
+    /// A replica is dropped only when the map's membership, committed at
+    /// `conf_index`, leaves us out and our log ends before that index: the
+    /// leader stops sending to a member once it appends the member's
+    /// removal, so a removed replica never holds it, while a replica that
+    /// was added again holds every change since. (Every entry the group
+    /// committed is on a quorum of the new membership, so nothing is lost
+    /// with us.)
     pub fn install_map(&mut self, map: PartitionMap) {
         if self.map.as_ref().is_some_and(|m| m.epoch >= map.epoch) {
             return;
         }
+        let me = self.node_id;
+        let held: Vec<PartitionId> = self.replicas.keys().copied().collect();
+        for id in held {
+            let Some(group) = map.groups.get(&id) else {
+                continue;
+            };
+            let last = self.replicas[&id].raft.log().last_index();
+            if map.hosts(id).any(|n| n == me) || group.conf_index <= last {
+                continue;
+            }
+            self.drop_replica(id, group.conf_index);
+        }
         for partition in map.partitions.values() {
-            if !partition.replicas.contains(&self.node_id)
+            let Some(group) = map.groups.get(&partition.id) else {
+                continue;
+            };
+            if !map.hosts(partition.id).any(|n| n == me)
                 || self.replicas.contains_key(&partition.id)
+                || self
+                    .removed
+                    .get(&partition.id)
+                    .is_some_and(|&c| c >= group.conf_index)
             {
                 continue;
             }
             tracing::info!(
-                node_id = self.node_id,
+                node_id = me,
                 partition = partition.id,
                 table = %partition.table,
                 start = partition.start,
                 end = ?partition.end,
-                replicas = ?partition.replicas,
+                voters = ?partition.replicas,
+                learners = ?group.learners,
                 "hosting a replica"
             );
+            // The group's initial voters, whatever it has now: the log
+            // (or a snapshot) brings the membership changes since.
+            let range = Partition {
+                replicas: group.initial.clone(),
+                ..partition.clone()
+            };
             let state = RaftState {
-                initial_membership: Membership::new(partition.replicas.iter().copied()),
+                initial_membership: Membership::new(group.initial.iter().copied()),
                 ..RaftState::default()
             };
-            let replica = self.replica(state, PartitionStore::new(partition.clone()));
+            let replica = self.replica(state, PartitionStore::new(range.clone()));
             self.replicas.insert(partition.id, replica);
-            self.out.hosted.push(partition.clone());
+            self.removed.remove(&partition.id);
+            self.out.hosted.push(range);
         }
         self.map = Some(map);
         let ids: Vec<PartitionId> = self.replicas.keys().copied().collect();
         for id in ids {
             self.process(id);
         }
+    }
+
+    /// Drops our replica of `partition`, which its group removed (the map
+    /// says so as of `conf_index`); whoever waits on it is told.
+    fn drop_replica(&mut self, partition: PartitionId, conf_index: u64) {
+        let Some(mut r) = self.replicas.remove(&partition) else {
+            return;
+        };
+        let node_id = self.node_id;
+        tracing::info!(
+            node_id,
+            partition,
+            conf_index,
+            "dropping a replica its group removed"
+        );
+        crate::stats::count(crate::stats::Event::ReplicaDropped);
+        let leader = r.raft.leader().filter(|&l| l != node_id);
+        let lost = ExecError::LeaderChanged {
+            node_id,
+            partition,
+            leader,
+        };
+        for (_, p) in std::mem::take(&mut r.proposals) {
+            answer(&mut self.out, p.to, &p.pending, lost.clone());
+        }
+        for (_, (to, pending)) in std::mem::take(&mut r.held) {
+            answer(&mut self.out, to, &pending, lost.clone());
+        }
+        let reads = std::mem::take(&mut r.reads).into_values();
+        for read in reads.chain(std::mem::take(&mut r.blocked_reads)) {
+            let e = ExecError::NotLeader {
+                node_id,
+                partition,
+                leader,
+            };
+            self.out.replies.push((
+                read.to.addr,
+                Msg::ExecuteReply {
+                    req: read.to.req,
+                    result: Err(e),
+                },
+            ));
+        }
+        self.removed.insert(partition, conf_index);
+        self.out.unhosted.push(partition);
+    }
+
+    /// The epoch of our map (0: none yet).
+    pub fn epoch(&self) -> u64 {
+        self.map.as_ref().map_or(0, |m| m.epoch)
     }
 
     /// The state of every replica, for the manager (heartbeats).
@@ -490,8 +587,105 @@ impl ServerCore {
                 commit: r.raft.commit(),
                 applied: r.applied,
                 keys: r.store.len() as u64,
+                config: (r.raft.role() == Role::Leader)
+                    .then(|| r.raft.committed_membership())
+                    .flatten()
+                    .map(|(conf_index, m)| ReportedConfig {
+                        conf_index,
+                        voters: m.voters.iter().copied().collect(),
+                        learners: m.learners.iter().copied().collect(),
+                    }),
             })
             .collect()
+    }
+
+    /// Asks this server's replica of `partition`, which must lead it, to
+    /// propose `change` to the group's membership, if the membership still
+    /// is `voters` + `learners` with no change in flight (the manager
+    /// decided on that view). A learner becomes a voter only once it has
+    /// caught up, and the leader never removes itself (transfer the
+    /// leadership first). Returns what happens, or why not.
+    pub fn change_replicas(
+        &mut self,
+        partition: PartitionId,
+        voters: &[NodeId],
+        learners: &[NodeId],
+        change: ConfChange,
+    ) -> Result<String, String> {
+        let me = self.node_id;
+        let Some(r) = self.replicas.get_mut(&partition) else {
+            return Err(format!(
+                "server {me} holds no replica of partition {partition}"
+            ));
+        };
+        if r.raft.role() != Role::Leader {
+            return Err(format!(
+                "server {me} does not lead partition {partition} (leader: {:?})",
+                r.raft.leader()
+            ));
+        }
+        let Some((_, current)) = r.raft.committed_membership() else {
+            return Err(format!(
+                "partition {partition} has a membership change in flight"
+            ));
+        };
+        let same = |ids: &[NodeId], set: &std::collections::BTreeSet<NodeId>| {
+            ids.len() == set.len() && ids.iter().all(|id| set.contains(id))
+        };
+        if !same(voters, &current.voters) || !same(learners, &current.learners) {
+            return Err(format!(
+                "partition {partition}'s membership is voters {:?} learners {:?}, not the one the change was decided on",
+                current.voters, current.learners
+            ));
+        }
+        match change {
+            ConfChange::AddLearner(n)
+                if current.voters.contains(&n) || current.learners.contains(&n) =>
+            {
+                return Err(format!(
+                    "server {n} already holds a replica of partition {partition}"
+                ));
+            }
+            ConfChange::AddVoter(n) if !current.learners.contains(&n) => {
+                return Err(format!(
+                    "server {n} is not a learner of partition {partition}"
+                ));
+            }
+            ConfChange::AddVoter(n) => {
+                let matched = r.raft.match_index(n).unwrap_or(0);
+                let commit = r.raft.commit();
+                if matched == 0 || matched + LEARNER_LAG_MAX < commit {
+                    return Err(format!(
+                        "learner {n} of partition {partition} has not caught up (at {matched}, commit {commit})"
+                    ));
+                }
+            }
+            ConfChange::Remove(n) if n == me => {
+                return Err(format!(
+                    "server {me} leads partition {partition}: transfer the leadership before removing it"
+                ));
+            }
+            ConfChange::Remove(n)
+                if !current.voters.contains(&n) && !current.learners.contains(&n) =>
+            {
+                return Err(format!(
+                    "server {n} holds no replica of partition {partition}"
+                ));
+            }
+            _ => {}
+        }
+        r.raft
+            .propose_conf_change(change.clone())
+            .map_err(|e| format!("partition {partition} refused {change:?}: {e}"))?;
+        tracing::info!(
+            node_id = me,
+            partition,
+            ?change,
+            "proposed a membership change"
+        );
+        crate::stats::count(crate::stats::Event::MembershipChange);
+        self.process(partition);
+        Ok(format!("partition {partition}: proposed {change:?}"))
     }
 
     /// Asks this server's replica of `partition`, which must lead it, to

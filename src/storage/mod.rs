@@ -68,6 +68,10 @@ pub enum LogEntry {
         len: u64,
         crc: u32,
     },
+    /// The replica was removed from its group and dropped: recovery
+    /// forgets the partition and every earlier record of it (a later
+    /// `Host` starts it anew).
+    Unhost,
 }
 
 fn entry_options() -> impl Options {
@@ -281,15 +285,10 @@ impl<D: Disk> Storage<D> {
         .await?;
         recovery.truncated_tail_bytes = recovered.truncated_tail_bytes;
         let log_first = recovered.records.first().map_or(wal.next_lsn(), |r| r.lsn);
-        for (&partition, &snapshot) in &covered {
-            if log_first > snapshot + 1 {
-                return Err(StorageError::Gap {
-                    partition,
-                    snapshot,
-                    log_first,
-                });
-            }
-        }
+        // Partitions dropped in the log: everything of theirs before the
+        // drop is moot (a checkpoint may have removed their snapshots).
+        let mut dropped: BTreeMap<PartitionId, Lsn> = BTreeMap::new();
+        let mut entries = Vec::with_capacity(recovered.records.len());
         for record in recovered.records {
             let bad = |reason: String| StorageError::BadEntry {
                 lsn: record.lsn,
@@ -305,28 +304,55 @@ impl<D: Disk> Storage<D> {
                 .reject_trailing_bytes()
                 .deserialize(&record.payload)
                 .map_err(|e| bad(format!("does not decode: {e}")))?;
-            if covered.get(&record.group).is_some_and(|&l| record.lsn <= l) {
+            if entry == LogEntry::Unhost {
+                dropped.insert(record.group, record.lsn);
+            }
+            entries.push((record.lsn, record.group, entry));
+        }
+        for (&partition, &lsn) in &dropped {
+            if covered.get(&partition).is_some_and(|&l| l < lsn) {
+                covered.remove(&partition);
+                groups.remove(&partition);
+            }
+        }
+        for (&partition, &snapshot) in &covered {
+            if log_first > snapshot + 1 {
+                return Err(StorageError::Gap {
+                    partition,
+                    snapshot,
+                    log_first,
+                });
+            }
+        }
+        for (lsn, group_id, entry) in entries {
+            let bad = |reason: String| StorageError::BadEntry { lsn, reason };
+            if covered.get(&group_id).is_some_and(|&l| lsn <= l) {
                 continue; // already in the snapshot
             }
+            if dropped.get(&group_id).is_some_and(|&l| lsn < l) {
+                continue; // the replica was dropped later
+            }
             let group = |groups: &mut BTreeMap<PartitionId, Rebuild>| {
-                groups.remove(&record.group).ok_or_else(|| {
+                groups.remove(&group_id).ok_or_else(|| {
                     bad(format!(
-                        "record for partition {} that was never hosted",
-                        record.group
+                        "record for partition {group_id} that was never hosted"
                     ))
                 })
             };
             match entry {
-                LogEntry::Host(range) if !range.is_valid_range() || range.id != record.group => {
+                LogEntry::Host(range) if !range.is_valid_range() || range.id != group_id => {
                     return Err(bad(format!(
                         "partition {} has an empty range or no replicas, or is not the record's group",
                         range.id
                     )));
                 }
                 LogEntry::Host(range) => {
-                    groups
-                        .entry(range.id)
-                        .or_insert_with(|| Rebuild::new(range));
+                    // A new, empty replica (after an earlier one was dropped).
+                    groups.insert(range.id, Rebuild::new(range));
+                }
+                LogEntry::Unhost => {
+                    groups.remove(&group_id);
+                    recovery.records_replayed += 1;
                 }
                 LogEntry::Raft {
                     hard_state,
@@ -337,20 +363,19 @@ impl<D: Disk> Storage<D> {
                         g.hard_state = hs;
                     }
                     g.append(entries).map_err(bad)?;
-                    groups.insert(record.group, g);
+                    groups.insert(group_id, g);
                     recovery.records_replayed += 1;
                 }
                 LogEntry::Snapshot { meta, data } => {
                     let mut g = group(&mut groups)?;
                     g.install(meta, &data).map_err(bad)?;
-                    groups.insert(record.group, g);
+                    groups.insert(group_id, g);
                     recovery.records_replayed += 1;
                 }
                 LogEntry::SnapshotFile { meta, len, crc } => {
                     let mut g = group(&mut groups)?;
-                    let data =
-                        snapshot::read_received(&disk, &config.db_dir, record.group, meta.index)
-                            .await?;
+                    let data = snapshot::read_received(&disk, &config.db_dir, group_id, meta.index)
+                        .await?;
                     if data.len() as u64 != len || crc32fast::hash(&data) != crc {
                         return Err(bad(format!(
                             "the received snapshot at index {} is not the one logged",
@@ -358,7 +383,7 @@ impl<D: Disk> Storage<D> {
                         )));
                     }
                     g.install(meta, &data).map_err(bad)?;
-                    groups.insert(record.group, g);
+                    groups.insert(group_id, g);
                     recovery.records_replayed += 1;
                 }
             }
@@ -398,6 +423,11 @@ impl<D: Disk> Storage<D> {
     /// Logs that this server now hosts a replica of `range` (empty).
     pub fn log_host(&mut self, now: std::time::Instant, range: &Partition) -> Lsn {
         self.append(now, range.id, &LogEntry::Host(range.clone()))
+    }
+
+    /// Logs that this server dropped its replica of `partition`.
+    pub fn log_unhost(&mut self, now: std::time::Instant, partition: PartitionId) -> Lsn {
+        self.append(now, partition, &LogEntry::Unhost)
     }
 
     /// Logs one Raft `Ready` of `partition`'s replica.
@@ -526,6 +556,11 @@ impl<D: Disk> Storage<D> {
                     snapshot::write_snapshot(&disk, &dir, group.store.range().id, lsn, group)
                         .await?;
                 }
+                // Snapshots of partitions dropped since the last checkpoint
+                // go before the log that says they were dropped.
+                let kept: std::collections::BTreeSet<PartitionId> =
+                    groups.iter().map(|g| g.store.range().id).collect();
+                snapshot::remove_snapshots_except(&disk, &dir, &kept, lsn).await?;
                 let purged = wal.lock().await.purge_through(lsn).await?;
                 for group in &groups {
                     let partition = group.store.range().id;

@@ -341,6 +341,20 @@ pub async fn remove_older_snapshots<D: Disk>(
     .await
 }
 
+/// Removes the snapshots, taken at or before `lsn`, of every partition not
+/// in `kept` (replicas dropped since).
+pub async fn remove_snapshots_except<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    kept: &std::collections::BTreeSet<u64>,
+    lsn: Lsn,
+) -> Result<(), SnapshotError> {
+    remove_where(disk, dir, |name| {
+        parse_snapshot_name(name).is_some_and(|(p, l)| !kept.contains(&p) && l <= lsn)
+    })
+    .await
+}
+
 /// Removes every file of `dir` whose name `doomed` picks.
 async fn remove_where<D: Disk>(
     disk: &D,

@@ -9,7 +9,7 @@ use crate::kv::{ApplyError, SessionExpired, StaleRequest, TxnOp, TxnState};
 use crate::manager::status::{ClusterStatus, ReplicaStatus};
 use crate::map::{NodeId, PartitionId, PartitionMap};
 use crate::op::{Op, OpResult};
-use crate::raft::Message as RaftMessage;
+use crate::raft::{ConfChange, Message as RaftMessage};
 use bincode::Options;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -32,6 +32,9 @@ pub enum Msg {
     Register {
         node_id: NodeId,
         addr: SocketAddr,
+        /// The epoch of the server's map (0: none yet): a restarted manager
+        /// numbers its next map above every epoch servers hold.
+        epoch: u64,
         replicas: Vec<ReplicaStatus>,
     },
     /// Manager -> server: the current map, or why the server was refused.
@@ -89,7 +92,17 @@ pub enum Msg {
         partition: PartitionId,
         to: NodeId,
     },
-    /// Server -> admin: what it did, or why not.
+    /// Manager -> a partition's leader: propose `change` to the group's
+    /// membership if it still is `voters` + `learners` (committed, nothing
+    /// in flight), so a decision taken on a stale view is refused.
+    ChangeReplicas {
+        req: u64,
+        partition: PartitionId,
+        voters: Vec<NodeId>,
+        learners: Vec<NodeId>,
+        change: ConfChange,
+    },
+    /// Server -> admin or manager: what it did, or why not.
     AdminReply {
         req: u64,
         result: Result<String, String>,
@@ -184,6 +197,7 @@ mod tests {
             Msg::Register {
                 node_id: 0,
                 addr,
+                epoch: 4,
                 replicas: vec![crate::manager::status::ReplicaStatus {
                     partition: 3,
                     role: crate::manager::status::ReplicaRole::Leader,
@@ -192,7 +206,19 @@ mod tests {
                     commit: 12,
                     applied: 11,
                     keys: 5,
+                    config: Some(crate::manager::status::ReportedConfig {
+                        conf_index: 9,
+                        voters: vec![0, 1, 2],
+                        learners: vec![3],
+                    }),
                 }],
+            },
+            Msg::ChangeReplicas {
+                req: 11,
+                partition: 3,
+                voters: vec![0, 1, 2],
+                learners: vec![3],
+                change: ConfChange::AddVoter(3),
             },
             Msg::Status { req: 9 },
             Msg::TransferLeader {

@@ -1,0 +1,124 @@
+//! Re-replication on real processes: 4 durable servers, 3 replicas per
+//! partition, `--dead-after-ms 3000`. A server killed for good is declared
+//! dead and every partition it held gets a new replica on the spare server
+//! (learner, promoted once caught up, then the dead one removed), so a
+//! second loss loses nothing and leaves nothing unavailable. The first
+//! server, restarted on its old disk, drops the replicas its groups removed
+//! and takes its share again.
+mod common;
+
+use common::{run, Cluster, ADMIN, CLIENT};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+fn partitions(cluster: &Cluster) -> Vec<Value> {
+    let addr = cluster.manager_addr.to_string();
+    let out = run(
+        ADMIN,
+        &[
+            "--connect-addr",
+            &addr,
+            "--timeout-ms",
+            "10000",
+            "partitions",
+            "--json",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "admin partitions: {}", out.stderr);
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+}
+
+fn ids(v: &Value) -> Vec<u64> {
+    let mut ids: Vec<u64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Waits until every partition has 3 voters, none on `gone`, no learner,
+/// and a leader that all three report; returns how long it took.
+fn wait_replaced(cluster: &Cluster, gone: &[u64], limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let ps = partitions(cluster);
+        let done = ps.iter().all(|p| {
+            let voters = ids(&p["replicas"]);
+            voters.len() == 3
+                && !voters.iter().any(|v| gone.contains(v))
+                && ids(&p["learners"]).is_empty()
+                && p["leader"].is_u64()
+                && ids(&p["reporting"]) == voters
+        });
+        if done {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "partitions not back to 3 live replicas (without {gone:?}) within {limit:?}: {ps:#?}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn client(cluster: &Cluster, input: &str) -> String {
+    let out = run(
+        CLIENT,
+        &["--connect-addr", &cluster.manager_addr.to_string()],
+        input,
+    );
+    assert!(out.status.success(), "client: {}", out.stderr);
+    out.stdout
+}
+
+#[test]
+fn a_lost_server_is_replaced_and_a_second_loss_loses_nothing() {
+    let mut cluster = Cluster::start_full(
+        4,
+        "t=400",
+        true,
+        &[],
+        &["--replicas", "3", "--dead-after-ms", "3000"],
+    );
+    // A key in every partition (4 partitions of 100 numbers).
+    let keys: Vec<u64> = (0..40).map(|i| i * 10 + 3).collect();
+    let puts: String = keys.iter().map(|k| format!("PUT t{k} v{k}\n")).collect();
+    client(&cluster, &puts);
+    let gets: String = keys.iter().map(|k| format!("GET t{k}\n")).collect();
+    let expected: String = keys.iter().map(|k| format!("GET t{k} v{k}\n")).collect();
+
+    // Every partition starts on 3 of the 4 servers; server 0 holds three.
+    let before = partitions(&cluster);
+    assert_eq!(before.len(), 4);
+    cluster.kill_server(0);
+    let took = wait_replaced(&cluster, &[0], Duration::from_secs(60));
+    eprintln!("re-replicated server 0's replicas in {took:?} (dead after 3 s)");
+    assert_eq!(client(&cluster, &gets), expected, "nothing lost");
+
+    // A second loss: every partition still has 2 of its 3 replicas.
+    cluster.kill_server(1);
+    assert_eq!(
+        client(&cluster, &gets),
+        expected,
+        "nothing lost or unavailable"
+    );
+    client(&cluster, "PUT t3 after\n");
+
+    // Server 0 comes back on its old disk: the replicas its groups
+    // removed are dropped (never served), and as the only spare it
+    // replaces server 1's.
+    cluster.restart_server(0);
+    wait_replaced(&cluster, &[1], Duration::from_secs(60));
+    let expected = expected.replace("GET t3 v3\n", "GET t3 after\n");
+    assert_eq!(client(&cluster, &gets), expected);
+    let logs = cluster.server_stderr(0);
+    assert!(
+        logs.contains("dropping a replica its group removed"),
+        "server 0 dropped its removed replicas: {logs}"
+    );
+}
