@@ -48,10 +48,12 @@ pub enum Event {
     MembershipChange,
     /// A server dropped a replica its group had removed.
     ReplicaDropped,
+    /// A server was lost for good (simulated).
+    ServerLost,
 }
 
 impl Event {
-    pub const ALL: [Event; 18] = [
+    pub const ALL: [Event; 19] = [
         Event::Election,
         Event::Compaction,
         Event::SnapshotSent,
@@ -70,6 +72,7 @@ impl Event {
         Event::LeaderTransfer,
         Event::MembershipChange,
         Event::ReplicaDropped,
+        Event::ServerLost,
     ];
 
     pub fn name(self) -> &'static str {
@@ -92,13 +95,14 @@ impl Event {
             Event::LeaderTransfer => "leader transfers",
             Event::MembershipChange => "membership changes",
             Event::ReplicaDropped => "replicas dropped",
+            Event::ServerLost => "servers lost",
         }
     }
 }
 
 /// Counts per [`Event`], in [`Event::ALL`] order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Counts(pub [u64; 18]);
+pub struct Counts(pub [u64; 19]);
 
 impl Counts {
     pub fn get(&self, event: Event) -> u64 {
@@ -126,7 +130,7 @@ impl std::fmt::Display for Counts {
 
 #[cfg(feature = "sim")]
 thread_local! {
-    static COUNTS: std::cell::Cell<Counts> = const { std::cell::Cell::new(Counts([0; 18])) };
+    static COUNTS: std::cell::Cell<Counts> = const { std::cell::Cell::new(Counts([0; 19])) };
 }
 
 /// Counts one `event` (a no-op without feature `sim`).

@@ -76,8 +76,9 @@ const MOVE_TIMEOUT: Duration = Duration::from_secs(10);
 struct Move {
     req: u64,
     change: ConfChange,
-    /// The map's `conf_index` when asked: done once it grows.
-    conf_index: u64,
+    /// The membership it was decided on (voters, learners): done once the
+    /// map shows another.
+    from: (Vec<NodeId>, Vec<NodeId>),
     sent: Instant,
 }
 
@@ -266,11 +267,11 @@ impl ManagerCore {
         let mut out = Vec::new();
         let ids: Vec<PartitionId> = self.map.partitions.keys().copied().collect();
         for id in ids {
-            let conf_index = self.map.groups.get(&id).map_or(0, |g| g.conf_index);
+            let voters = self.map.partitions[&id].replicas.clone();
+            let learners = self.map.groups[&id].learners.clone();
             if let Some(m) = self.moves.get(&id) {
-                if m.conf_index < conf_index
-                    || now.saturating_duration_since(m.sent) >= MOVE_TIMEOUT
-                {
+                let done = m.from.0 != voters || m.from.1 != learners;
+                if done || now.saturating_duration_since(m.sent) >= MOVE_TIMEOUT {
                     self.moves.remove(&id);
                 } else {
                     continue;
@@ -282,8 +283,6 @@ impl ManagerCore {
             let Some(&leader_addr) = self.map.servers.get(&leader) else {
                 continue;
             };
-            let voters = self.map.partitions[&id].replicas.clone();
-            let learners = self.map.groups[&id].learners.clone();
             let holds = |n: &NodeId| voters.contains(n) || learners.contains(n);
             let change = if let Some(&l) = learners.iter().find(|l| dead(l)) {
                 Some(ConfChange::Remove(l))
@@ -324,7 +323,7 @@ impl ManagerCore {
                 Move {
                     req,
                     change: change.clone(),
-                    conf_index,
+                    from: (voters.clone(), learners.clone()),
                     sent: now,
                 },
             );

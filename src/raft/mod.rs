@@ -288,6 +288,8 @@ struct SnapshotAssembly {
     len: u64,
     crc: u32,
     data: Vec<u8>,
+    /// The leader's commit index, as its latest chunk said.
+    commit: Index,
 }
 
 struct PendingRead {
@@ -329,7 +331,7 @@ pub struct Raft {
     assembly: Option<SnapshotAssembly>,
     /// Follower: a whole snapshot the driver is checking
     /// ([`SnapshotCheck::Later`]), and the leader that sent it.
-    checking: Option<(NodeId, Snapshot, u32)>,
+    checking: Option<(NodeId, Snapshot, u32, Index)>,
     /// Index of the last snapshot installed from a leader (for an injected
     /// bug in the simulation).
     #[cfg_attr(not(feature = "sim"), allow(dead_code))]
@@ -1070,6 +1072,7 @@ impl Raft {
     /// window allows.
     fn send_snapshot_chunks(&mut self, to: NodeId) {
         let chunk_bytes = self.cfg.snapshot_chunk_bytes.max(1) as u64;
+        let commit = self.log.commit;
         let window = chunk_bytes * self.cfg.max_inflight_snapshot_chunks.max(1) as u64;
         loop {
             let Some(s) = self.progress.get_mut(&to).and_then(|p| p.snapshot.as_mut()) else {
@@ -1094,6 +1097,7 @@ impl Raft {
                 offset,
                 data: s.snapshot.data[offset as usize..end as usize].to_vec(),
                 done: end == len,
+                commit,
             };
             s.sent = end;
             s.done_sent = chunk.done;
@@ -1505,7 +1509,7 @@ impl Raft {
         if self
             .checking
             .as_ref()
-            .is_some_and(|(_, s, crc)| s.meta == chunk.meta && *crc == chunk.crc)
+            .is_some_and(|(_, s, crc, _)| s.meta == chunk.meta && *crc == chunk.crc)
         {
             // The driver is checking this one: it is all here.
             self.send(from, ack(chunk.len, false), false);
@@ -1527,6 +1531,7 @@ impl Raft {
                 len: chunk.len,
                 crc: chunk.crc,
                 data: Vec::new(),
+                commit: 0,
             });
         }
         let a = self.assembly.as_mut().unwrap();
@@ -1545,6 +1550,7 @@ impl Raft {
             return;
         }
         a.data.extend_from_slice(&chunk.data);
+        a.commit = a.commit.max(chunk.commit);
         if !chunk.done {
             self.send(from, ack(end, false), false);
             return;
@@ -1570,8 +1576,8 @@ impl Raft {
         self.send(from, ack(end, false), false);
         let snapshot = Snapshot { meta: a.meta, data };
         match verdict {
-            SnapshotCheck::Later => self.checking = Some((from, snapshot, a.crc)),
-            _ => self.install_snapshot(from, snapshot),
+            SnapshotCheck::Later => self.checking = Some((from, snapshot, a.crc, a.commit)),
+            _ => self.install_snapshot(from, snapshot, a.commit),
         }
     }
 
@@ -1579,7 +1585,8 @@ impl Raft {
     /// ([`SnapshotCheck::Later`]): install it if it decodes and the log has
     /// not got there first meanwhile, else ask the leader again.
     pub fn snapshot_checked(&mut self, index: Index, decodes: bool) {
-        let Some((from, snapshot, _)) = self.checking.take_if(|(_, s, _)| s.meta.index == index)
+        let Some((from, snapshot, _, commit)) =
+            self.checking.take_if(|(_, s, _, _)| s.meta.index == index)
         else {
             return;
         };
@@ -1600,11 +1607,19 @@ impl Raft {
             self.send(from, body, false);
             return;
         }
-        self.install_snapshot(from, snapshot);
+        self.install_snapshot(from, snapshot, commit);
     }
 
-    fn install_snapshot(&mut self, from: NodeId, snapshot: Snapshot) {
+    /// Installs a snapshot from leader `from`, whose commit index was
+    /// `commit` when it sent it.
+    fn install_snapshot(&mut self, from: NodeId, snapshot: Snapshot, commit: Index) {
         let meta = snapshot.meta.clone();
+        if self.amnesiac && meta.index >= commit {
+            // Caught up with a leader, as by an append (see handle_append);
+            // an idle group may send no append after the snapshot.
+            self.amnesiac = false;
+            self.heard.clear();
+        }
         self.log.restore(meta.clone());
         self.unpersisted_from = None;
         self.apply_handed = self.apply_handed.max(meta.index);

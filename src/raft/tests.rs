@@ -1658,6 +1658,7 @@ fn a_follower_installs_only_a_snapshot_whose_checksum_verifies() {
             offset: 0,
             data: data.clone(),
             done: true,
+            commit: 5,
         }),
     };
     r.step(chunk(crc32fast::hash(&data) ^ 1));
@@ -1714,6 +1715,7 @@ fn a_snapshot_checked_later_is_installed_once_the_driver_says_it_decodes() {
             offset: 0,
             data: data.clone(),
             done: true,
+            commit: 5,
         }),
     };
     let acked = |rd: &Ready, received: u64, rejected: bool| {

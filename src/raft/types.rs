@@ -137,6 +137,10 @@ pub struct SnapshotChunk {
     pub data: Vec<u8>,
     /// The last chunk: `offset + data.len() == len`.
     pub done: bool,
+    /// The sender's commit index when it sent the chunk: a follower whose
+    /// log the snapshot brings to it has caught up with a leader (which
+    /// lifts the amnesia guard, as an append does).
+    pub commit: Index,
 }
 
 /// A message between two members of one Raft group.

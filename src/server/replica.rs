@@ -45,10 +45,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A learner this close to the leader's commit index may become a voter
-/// (it then catches up the rest as any follower does).
-const LEARNER_LAG_MAX: Index = 100;
-
 /// Raft timing and limits for every group of a server.
 #[derive(Clone, Debug)]
 pub struct RaftTuning {
@@ -654,7 +650,13 @@ impl ServerCore {
             ConfChange::AddVoter(n) => {
                 let matched = r.raft.match_index(n).unwrap_or(0);
                 let commit = r.raft.commit();
-                if matched == 0 || matched + LEARNER_LAG_MAX < commit {
+                // Only once it holds everything committed: a learner starts
+                // empty, so it is under the amnesia guard until it caught
+                // up with a leader, and may not vote before. Promoted
+                // earlier, it would be a voter whose vote the group cannot
+                // get: with another voter dead (the very reason for the
+                // move), no election could be won.
+                if matched == 0 || matched < commit {
                     return Err(format!(
                         "learner {n} of partition {partition} has not caught up (at {matched}, commit {commit})"
                     ));

@@ -234,7 +234,7 @@ impl Shape {
             .collect()
     }
 
-    fn manager_config(&self) -> ManagerConfig {
+    fn manager_config(&self, dead_after: Duration) -> ManagerConfig {
         let mut tables = self.tables.clone();
         tables.push((BANK_TABLE.to_string(), self.bank_accounts().len() as u64));
         ManagerConfig {
@@ -242,8 +242,13 @@ impl Shape {
             servers: (0..self.servers).map(server_addr).collect(),
             tables,
             replicas: REPLICAS,
-            dead_after: ManagerConfig::DEAD_AFTER_DEFAULT,
+            dead_after,
         }
+    }
+
+    /// Whether a server can be lost for good and its replicas replaced.
+    fn has_spare(&self) -> bool {
+        self.servers > REPLICAS
     }
 }
 
@@ -345,10 +350,21 @@ pub enum FaultKind {
     /// the manager last saw it) to hand its leadership to another of its
     /// replicas (`admin transfer-leader`, Raft's leadership transfer).
     Transfer,
+    /// Permanent loss (with four or five servers): one server is killed
+    /// and never comes back (its disk is gone too). The manager runs with a
+    /// short `--dead-after` (4–7 s, per seed) and must give every partition
+    /// that server held a new replica on a live one (learner, promoted once
+    /// caught up, then the lost replica removed), so that at the end every
+    /// partition again has [`REPLICAS`] live replicas. The short
+    /// `--dead-after` also declares dead, and replaces, servers that other
+    /// faults keep down for long; they drop the replicas their groups
+    /// removed when they come back. Like a memory-mode kill, the loss
+    /// happens only while every other server is up and caught up.
+    Lose,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 13] = [
+    pub const ALL: [FaultKind; 14] = [
         FaultKind::Kill,
         FaultKind::Clog,
         FaultKind::Manager,
@@ -362,6 +378,7 @@ impl FaultKind {
         FaultKind::Wipe,
         FaultKind::Coordinator,
         FaultKind::Transfer,
+        FaultKind::Lose,
     ];
 
     pub fn name(self) -> &'static str {
@@ -379,6 +396,7 @@ impl FaultKind {
             FaultKind::Wipe => "wipe",
             FaultKind::Coordinator => "coordinator",
             FaultKind::Transfer => "transfer",
+            FaultKind::Lose => "lose",
         }
     }
 
@@ -669,6 +687,8 @@ struct Shared {
     tables: Vec<(String, u64)>,
     /// The bank's accounts ([`BANK_TABLE`]).
     bank: Vec<Key>,
+    /// Servers lost for good ([`FaultKind::Lose`]).
+    lost: Mutex<BTreeSet<u64>>,
 }
 
 impl Shared {
@@ -730,6 +750,8 @@ enum Fault {
     DiskHeal(usize),
     /// The server is stopped and its disk wiped (restarted by `Restart`).
     Wipe(usize),
+    /// The server is killed for good ([`FaultKind::Lose`]).
+    Lose(usize),
 }
 
 /// One fault with a beginning and an end, as drawn.
@@ -814,7 +836,10 @@ fn kill_is_safe_after(kill: &Episode, others: &[&Episode], servers: usize, catch
 }
 
 fn is_kill(e: &Episode) -> bool {
-    matches!(e.kind, FaultKind::Kill | FaultKind::Rolling)
+    matches!(
+        e.kind,
+        FaultKind::Kill | FaultKind::Rolling | FaultKind::Lose
+    )
 }
 
 /// Whether `kill` can join `kept`: safe itself, and every later kill of
@@ -1153,6 +1178,36 @@ fn draw_schedule(
             }
         }
     }
+    // Permanent loss of one server (with a spare to take its replicas),
+    // drawn from a hash of the seed like the wipes: only while every other
+    // server is up and caught up, so that every group keeps a majority
+    // with the data. In memory mode the minority rule then drops every
+    // later kill (the lost server never comes back).
+    if enabled.contains(FaultKind::Lose) && n > REPLICAS {
+        let s = ((seed_draw(seed, 22) * n as f64) as usize).min(n - 1);
+        // The first of a few drawn times at which it is safe, if any.
+        for k in 0..6 {
+            let at = 5.0 + seed_draw(seed, 23 + k) * (chaos - 17.0);
+            let lose = Episode {
+                kind: FaultKind::Lose,
+                start: at,
+                // Never over (finite: episode times become durations).
+                end: 1e9,
+                impaired: vec![s],
+                begin: vec![Fault::Lose(s)],
+                finish: Vec::new(),
+            };
+            let others: Vec<&Episode> = episodes.iter().collect();
+            if kill_is_safe(&lose, &others, n) {
+                // A disk wiped later would leave some group with one
+                // replica holding the data and one that must not vote
+                // until a leader caught it up: no leader ever again.
+                episodes.retain(|e| e.kind != FaultKind::Wipe || e.start < at);
+                episodes.push(lose);
+                break;
+            }
+        }
+    }
     match mode {
         Mode::Memory => minority_kills_only(episodes, n),
         Mode::Durable => (episodes, 0),
@@ -1221,7 +1276,15 @@ pub async fn scenario_with(config: Config) -> Summary {
         })
         .collect();
 
-    let manager_config = shape.manager_config();
+    // A short --dead-after when servers may be lost for good (4–7 s);
+    // else the production default, which no run reaches.
+    let lose = enabled.contains(FaultKind::Lose) && shape.has_spare();
+    let dead_after = if lose {
+        Duration::from_secs_f64(4.0 + 3.0 * seed_draw(seed, 20))
+    } else {
+        ManagerConfig::DEAD_AFTER_DEFAULT
+    };
+    let manager_config = shape.manager_config(dead_after);
     let map = manager_config.build_map().expect("valid cluster config");
     let tables = shape.universe();
     let universe: Vec<Key> = tables
@@ -1245,6 +1308,7 @@ pub async fn scenario_with(config: Config) -> Summary {
         trace: std::env::var_os("DISTKV_SIM_TRACE").is_some(),
         tables,
         bank: shape.bank_accounts(),
+        lost: Mutex::new(BTreeSet::new()),
     });
 
     let manager = handle
@@ -1483,6 +1547,20 @@ pub async fn scenario_with(config: Config) -> Summary {
                 disks[s].wipe();
                 stats::count(Event::DiskWiped);
             }
+            Fault::Lose(s) => {
+                // Down for good: its count never returns to zero.
+                let n = down.entry(s).or_default();
+                *n += 1;
+                if *n == 1 {
+                    if paused.remove(&s).is_some() {
+                        handle.resume(servers[s]);
+                    }
+                    handle.kill(servers[s]);
+                    kills += 1;
+                }
+                shared.lost.lock().unwrap().insert(s as u64);
+                stats::count(Event::ServerLost);
+            }
             Fault::Restart(s) => {
                 // Always after a kill: restart alone cannot re-bind the address.
                 if let Some(n) = down.get_mut(&s) {
@@ -1592,8 +1670,11 @@ pub async fn scenario_with(config: Config) -> Summary {
     for s in paused.keys() {
         handle.resume(servers[*s]);
     }
+    let lost = shared.lost.lock().unwrap().clone();
     for s in down.keys() {
-        restart(*s);
+        if !lost.contains(&(*s as u64)) {
+            restart(*s);
+        }
     }
     assert!(
         disk_faulty.is_empty(),
@@ -2269,6 +2350,10 @@ async fn read_everything(shared: Arc<Shared>) -> BTreeMap<Key, Vec<u8>> {
 /// cluster: servers heartbeat every second and count as unreachable after
 /// 3 s of silence ([`crate::manager::status::UNREACHABLE_AFTER`]).
 const CONTROL_PLANE_BOUND: Duration = Duration::from_secs(5);
+/// With a server lost for good: by the end of the quiet phase its replicas
+/// were usually replaced long ago, but faults may have delayed the last
+/// moves (a move takes a few heartbeats: learner, promotion, removal).
+const CONTROL_PLANE_BOUND_AFTER_LOSS: Duration = Duration::from_secs(30);
 
 /// Polls the manager's status (as `admin` does) until every server is up
 /// and every partition has a leader that all its replicas report; panics
@@ -2276,11 +2361,17 @@ const CONTROL_PLANE_BOUND: Duration = Duration::from_secs(5);
 async fn check_control_plane(shared: Arc<Shared>) {
     use crate::manager::status::ServerState;
     let seed = shared.seed;
+    let lost = shared.lost.lock().unwrap().clone();
     let client = match Client::connect(SimRuntime, shared.client_config.clone()).await {
         Ok(client) => client,
         Err(e) => panic!("seed {seed}: control-plane: cannot connect: {e}"),
     };
-    let deadline = Instant::now() + CONTROL_PLANE_BOUND;
+    let bound = if lost.is_empty() {
+        CONTROL_PLANE_BOUND
+    } else {
+        CONTROL_PLANE_BOUND_AFTER_LOSS
+    };
+    let deadline = Instant::now() + bound;
     loop {
         let problem = match client.cluster_status().await {
             Err(e) => format!("the manager did not answer: {e}"),
@@ -2288,7 +2379,7 @@ async fn check_control_plane(shared: Arc<Shared>) {
                 let down: Vec<String> = status
                     .servers
                     .iter()
-                    .filter(|s| s.state != ServerState::Up)
+                    .filter(|s| s.state != ServerState::Up && !lost.contains(&s.id))
                     .map(|s| format!("server {} is {}", s.id, s.state.name()))
                     .collect();
                 let unled: Vec<String> = status
@@ -2302,16 +2393,33 @@ async fn check_control_plane(shared: Arc<Shared>) {
                         )
                     })
                     .collect();
-                if down.is_empty() && unled.is_empty() {
+                // Every partition back to REPLICAS voters, none on a lost
+                // server, no move under way.
+                let short: Vec<String> = status
+                    .partitions
+                    .iter()
+                    .filter(|p| {
+                        p.replicas.len() != REPLICAS
+                            || !p.learners.is_empty()
+                            || p.replicas.iter().any(|r| lost.contains(r))
+                    })
+                    .map(|p| {
+                        format!(
+                            "partition {} has replicas {:?} and learners {:?} (lost: {lost:?})",
+                            p.id, p.replicas, p.learners
+                        )
+                    })
+                    .collect();
+                if down.is_empty() && unled.is_empty() && short.is_empty() {
                     return;
                 }
-                [down, unled].concat().join("; ")
+                [down, unled, short].concat().join("; ")
             }
         };
         if Instant::now() >= deadline {
             panic!(
                 "seed {seed}: control-plane: the manager's status did not show the healed \
-                 cluster within {CONTROL_PLANE_BOUND:?}: {problem}"
+                 cluster within {bound:?}: {problem}"
             );
         }
         sleep(Duration::from_millis(200)).await;

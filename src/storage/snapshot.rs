@@ -257,6 +257,7 @@ pub async fn remove_received_through<D: Disk>(
         parse_received_name(name).is_some_and(|(p, i)| p == partition && i <= index)
     })
     .await
+    .map(|_| ())
 }
 
 /// Writes `bytes` as `dir/name` so that a crash leaves no file or all of it:
@@ -339,6 +340,7 @@ pub async fn remove_older_snapshots<D: Disk>(
         parse_snapshot_name(name).is_some_and(|(p, lsn)| p == partition && lsn < keep_lsn)
     })
     .await
+    .map(|_| ())
 }
 
 /// Removes the snapshots, taken at or before `lsn`, of every partition not
@@ -349,27 +351,42 @@ pub async fn remove_snapshots_except<D: Disk>(
     kept: &std::collections::BTreeSet<u64>,
     lsn: Lsn,
 ) -> Result<(), SnapshotError> {
-    remove_where(disk, dir, |name| {
+    let removed = remove_where(disk, dir, |name| {
         parse_snapshot_name(name).is_some_and(|(p, l)| !kept.contains(&p) && l <= lsn)
     })
-    .await
+    .await?;
+    // Durably gone before the caller purges the log that says the
+    // partitions were dropped: else a crash could bring a snapshot back
+    // with the log after it missing.
+    if removed > 0 {
+        disk.sync_dir(dir)
+            .await
+            .map_err(|source| SnapshotError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+    }
+    Ok(())
 }
 
-/// Removes every file of `dir` whose name `doomed` picks.
+/// Removes every file of `dir` whose name `doomed` picks; returns how many
+/// (the removals are durable only after the directory is synced).
 async fn remove_where<D: Disk>(
     disk: &D,
     dir: &Path,
     doomed: impl Fn(&str) -> bool,
-) -> Result<(), SnapshotError> {
+) -> Result<usize, SnapshotError> {
     let names = disk.list(dir).await.map_err(|source| SnapshotError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
+    let mut removed = 0;
     for name in names.iter().filter(|n| doomed(n)) {
         let path = dir.join(name);
         disk.remove(&path)
             .await
             .map_err(|source| SnapshotError::Io { path, source })?;
+        removed += 1;
     }
-    Ok(())
+    Ok(removed)
 }
