@@ -833,6 +833,7 @@ impl Driver {
                 }
             }
             v.commit = self.raft.commit();
+            v.membership_committed = self.raft.committed_membership().is_some();
             if v.membership != *self.raft.membership() {
                 v.membership = self.raft.membership().clone();
             }

@@ -47,6 +47,9 @@ pub struct NodeView {
     /// committed or not), after its last step.
     pub commit: Index,
     pub membership: Membership,
+    /// Whether the newest change of `membership` is committed (as far as
+    /// the node knows).
+    pub membership_committed: bool,
     pub mailbox: Option<mpsc::UnboundedSender<Request>>,
     /// Highest index applied by the current incarnation.
     pub applied_index: Index,
