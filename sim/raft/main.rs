@@ -260,7 +260,8 @@ fn catches_snapshot_off_by_one() {
 /// uncommitted: with two changes in flight (the operator's back-to-back
 /// pairs: promote X then remove Y, or remove two of five voters) the old
 /// and the new membership have disjoint majorities, and each side can
-/// commit its own entries.
+/// commit its own entries. Caught in 22 of seeds 1..=500 (first: 7), by
+/// committed-entry-changed (21) and election-safety (1).
 #[test]
 fn catches_conf_change_unsafe() {
     assert_caught(Bug::ConfChangeUnsafe, 500);
@@ -268,7 +269,9 @@ fn catches_conf_change_unsafe() {
 
 /// A candidate that counts votes (and a leader that counts
 /// acknowledgements) from learners and other non-voters: a "majority" that
-/// does not intersect the voters' real majority.
+/// does not intersect the voters' real majority. Caught in 158 of seeds
+/// 1..=500 (first: 7), by committed-entry-changed (148) and election-safety
+/// (10).
 #[test]
 fn catches_removed_member_votes() {
     assert_caught(Bug::RemovedMemberVotes, 500);
