@@ -48,10 +48,21 @@ pub enum Bug {
     /// Reads (ReadIndex path) ignore the write locks of prepared
     /// transactions: a read after a transaction's reply can miss its write.
     TxnReadIgnoresLocks,
+    /// A Raft leader accepts a membership change while an earlier one is
+    /// uncommitted, and before it committed an entry of its term (skips
+    /// the `ChangeInProgress` and `NotReady` checks): two one-server
+    /// changes in flight can leave the old and the new membership with
+    /// disjoint majorities.
+    ConfChangeUnsafe,
+    /// A Raft candidate counts votes, and a leader counts acknowledgements
+    /// (for the commit index and ReadIndex), from every node it knows of,
+    /// not only the voters of its membership: a learner (or a node that is
+    /// no longer a voter) makes up a "majority".
+    RemovedMemberVotes,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 13] = [
+    pub const ALL: [Bug; 15] = [
         Bug::AckBeforeFsync,
         Bug::DuplicateApply,
         Bug::CommitWithoutQuorum,
@@ -65,6 +76,8 @@ impl Bug {
         Bug::TxnNoLocks,
         Bug::TxnRecoverWithMissingPrepare,
         Bug::TxnReadIgnoresLocks,
+        Bug::ConfChangeUnsafe,
+        Bug::RemovedMemberVotes,
     ];
 
     pub fn name(self) -> &'static str {
@@ -82,6 +95,8 @@ impl Bug {
             Bug::TxnNoLocks => "txn-no-locks",
             Bug::TxnRecoverWithMissingPrepare => "txn-recover-with-missing-prepare",
             Bug::TxnReadIgnoresLocks => "txn-read-ignores-locks",
+            Bug::ConfChangeUnsafe => "conf-change-unsafe",
+            Bug::RemovedMemberVotes => "removed-member-votes",
         }
     }
 

@@ -74,8 +74,8 @@ use crate::checker::{chain, fingerprint, Check, LogImage, ReadResult, CHAIN_STAR
 use crate::shared::{Request, Shared};
 use distkv::bugs::{self, Bug};
 use distkv::raft::{
-    Config, Entry, EntryData, HardState, Index, Membership, Message, NodeId, Raft, RaftState,
-    Snapshot, SnapshotCheck, SnapshotMeta, Term,
+    ConfChange, Config, Entry, EntryData, HardState, Index, Membership, Message, NodeId, Raft,
+    RaftState, Snapshot, SnapshotCheck, SnapshotMeta, Term,
 };
 use distkv::rt::sim_rt::{SimNet, SimRuntime};
 use distkv::rt::{Net, Runtime, SimDisk};
@@ -114,7 +114,11 @@ pub fn node_addr(id: NodeId) -> SocketAddr {
 #[derive(Clone, Debug)]
 pub struct NodeParams {
     pub id: NodeId,
-    pub n: u64,
+    /// The initial voters are nodes `1..=voters` (every node starts with
+    /// that membership; the others are not members until added).
+    pub voters: u64,
+    /// Nodes `1..=pool` exist.
+    pub pool: u64,
     pub election_ticks: u32,
     pub heartbeat_ticks: u32,
     pub max_entries_per_append: usize,
@@ -352,7 +356,7 @@ pub async fn run_node(p: NodeParams, shared: Arc<Shared>, disk: SimDisk) {
         hard_state: hard,
         snapshot,
         entries,
-        initial_membership: Membership::new(1..=p.n),
+        initial_membership: Membership::new(1..=p.voters),
     };
     let raft = Raft::new(p.raft_config(), state, rt.rand_u64());
 
@@ -472,6 +476,25 @@ impl Driver {
             },
             Request::Transfer { to } => {
                 let _ = self.raft.transfer_leader(to);
+            }
+            Request::ConfChanges { changes, reply } => {
+                // Proposed back to back; each answer is the entry's index
+                // (appended, not yet committed) or why it was refused.
+                let results = changes
+                    .into_iter()
+                    .map(|change| match change {
+                        // The operator never removes the leader (it may
+                        // have become one since the operator looked).
+                        ConfChange::Remove(id) if id == self.p.id => {
+                            Err("the leader does not remove itself".to_string())
+                        }
+                        change => self
+                            .raft
+                            .propose_conf_change(change)
+                            .map_err(|e| e.to_string()),
+                    })
+                    .collect();
+                let _ = reply.send(results);
             }
             Request::Read { reply } => {
                 if bugs::enabled(Bug::StaleRead) && self.raft.role() == distkv::raft::Role::Leader {
@@ -803,11 +826,16 @@ impl Driver {
             v.term = term;
             v.matches.clear();
             if role == distkv::raft::Role::Leader {
-                for peer in (1..=self.p.n).filter(|&p| p != self.p.id) {
+                for peer in (1..=self.p.pool).filter(|&p| p != self.p.id) {
                     if let Some(m) = self.raft.match_index(peer) {
                         v.matches.insert(peer, m);
                     }
                 }
+            }
+            v.commit = self.raft.commit();
+            v.membership_committed = self.raft.committed_membership().is_some();
+            if v.membership != *self.raft.membership() {
+                v.membership = self.raft.membership().clone();
             }
         }
         if role == distkv::raft::Role::Leader {

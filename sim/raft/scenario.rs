@@ -1,9 +1,10 @@
-//! The scenario: one Raft group, one member per simulated node, a client
-//! node, a nemesis, and the checkers.
+//! The scenario: one Raft group on a pool of [`POOL`] simulated nodes, a
+//! client node, a nemesis, a membership operator, and the checkers.
 //!
 //! ```text
-//!   nodes   10.0.1.1..=n:7000   n = 3 or 5 (by seed), SimRuntime + harness SimDisk each
-//!   client  10.0.2.1            2 client tasks + the log-matching spot checker
+//!   nodes   10.0.1.1..=5:7000   initial voters 1..=n, n = 3 or 5 (by seed); the others
+//!                               start as non-members; SimRuntime + harness SimDisk each
+//!   client  10.0.2.1            2 client tasks, the operator, the log-matching spot checker
 //! ```
 //!
 //! Every choice below is drawn from the simulation's seeded rng:
@@ -27,18 +28,30 @@
 //!    it later (30 % of restarts within 60 ms, to race in-flight votes),
 //!    clogs a node, clogs single links (one direction, sometimes both),
 //!    isolates the leader, pauses a node (each undone after 0.1–3 s), or
-//!    asks the leader to transfer leadership to another member. And when a
+//!    asks the leader to transfer leadership to another node. Faults hit
+//!    every node of the pool (voters, learners, removed nodes and
+//!    non-members alike). And when a
 //!    node installs a snapshot from its leader, the nemesis crashes it at
 //!    once with a per-seed probability (10, 30 or 60 %; the snapshot record
 //!    may not be durable yet) and restarts it soon (half of the time within
-//!    60 ms).
+//!    60 ms). Meanwhile the **operator** ([`operator`], its choices drawn
+//!    from a hash of the seed, not from the simulation's rng) changes the
+//!    membership every 0.1–0.7 s through whichever node looks like the
+//!    leader, the way distkv's manager re-replicates: a non-member is added
+//!    as a learner, promoted once caught up, and a voter removed (never the
+//!    leader; never below 3 voters); also plain additions, removals (two of
+//!    five voters back to back), and learners added, promoted or removed.
+//!    Removed nodes keep running with their state; a removed node may be
+//!    added again later, with whatever its log still holds.
 //! 3. **Heal**: every link unclogged, paused nodes resumed, dead nodes
 //!    restarted, loss set to 0 (latency and duplication stay).
 //! 4. **Liveness** (bound [`LIVENESS_BOUND`]): a leader exists, a new
-//!    proposal is acknowledged, a ReadIndex read sees it, and all nodes reach
-//!    the same applied index.
+//!    proposal is acknowledged, a ReadIndex read sees it, and every member
+//!    of the final membership (voters and learners) reaches the leader's
+//!    applied index.
 //! 5. **Final checks**: every acknowledged value is applied at its index on
-//!    every node; log matching over all final logs.
+//!    every member of the final membership; log matching over all final
+//!    logs (of every node: removed nodes' logs obey Log Matching too).
 //!
 //! The checkers themselves are in [`crate::checker`].
 
@@ -47,7 +60,7 @@ use crate::node::{node_ip, run_node, NodeParams};
 use crate::shared::{Request, Shared};
 use distkv::bugs::Bug;
 use distkv::hash::splitmix64;
-use distkv::raft::{Index, NodeId};
+use distkv::raft::{ConfChange, Index, Membership, NodeId};
 use distkv::rt::SimDisk;
 use distkv::stats::Event;
 use distkv::storage::group_commit::GroupCommitConfig;
@@ -55,7 +68,7 @@ use madsim::net::NetSim;
 use madsim::rand::Rng;
 use madsim::runtime::Handle;
 use madsim::time::{sleep, sleep_until, timeout};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,6 +83,16 @@ const OP_TIMEOUT: Duration = Duration::from_secs(1);
 const CLIENTS: usize = 2;
 /// How often the log-matching spot check runs.
 const LOG_CHECK_EVERY: Duration = Duration::from_millis(200);
+/// Nodes in every seed: the initial voters (3 or 5) and the rest, which
+/// start as non-members and may be added by the operator.
+pub const POOL: u64 = 5;
+/// The operator never takes the group below this many voters.
+const MIN_VOTERS: usize = 3;
+/// The operator promotes a learner once its match index is at most this
+/// far behind the leader's commit index.
+const PROMOTE_LAG: Index = 8;
+/// A plan step that could not be proposed this many times is abandoned.
+const PLAN_PATIENCE: u32 = 12;
 
 fn ms(m: u64) -> Duration {
     Duration::from_millis(m)
@@ -79,6 +102,7 @@ fn ms(m: u64) -> Duration {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Summary {
     pub seed: u64,
+    /// Initial voters (of [`POOL`] nodes).
     pub nodes: u64,
     pub loss_permille: u64,
     pub max_latency_ms: u64,
@@ -88,6 +112,10 @@ pub struct Summary {
     pub clogs: u64,
     pub pauses: u64,
     pub transfers: u64,
+    /// Membership changes the operator proposed and a leader accepted
+    /// (appended), and the voters of the final membership.
+    pub conf_changes: u64,
+    pub final_voters: Vec<NodeId>,
     pub counts: Counts,
     pub compact_every: u64,
     /// Compactions, snapshots sent and installed, elections (`distkv::stats`).
@@ -103,7 +131,7 @@ impl fmt::Display for Summary {
         write!(
             f,
             "seed {}: {} nodes, loss {:.1}%, latency 1..{} ms, dup {:.1}%: {} kills ({} right after an install), {} clogs, \
-             {} pauses, {} transfers; {} proposals ({} acked), {} reads ({} ok), {} leaders, final index {}; \
+             {} pauses, {} transfers, {} membership changes (final voters {:?}); {} proposals ({} acked), {} reads ({} ok), {} leaders, final index {}; \
              compact every {}: {} compactions, {} snapshots sent, {} installed; ended at {:.1?}, \
              trace {:016x}",
             self.seed,
@@ -116,6 +144,8 @@ impl fmt::Display for Summary {
             self.clogs,
             self.pauses,
             self.transfers,
+            self.conf_changes,
+            self.final_voters,
             c.proposals,
             c.acked,
             c.reads,
@@ -180,6 +210,8 @@ struct World {
     disks: BTreeMap<NodeId, SimDisk>,
     down: BTreeSet<NodeId>,
     paused: BTreeSet<NodeId>,
+    /// Nodes stopped for good after the heal ([`World::retire_removed`]).
+    retired: BTreeSet<NodeId>,
     /// Clog reference counts (faults overlap).
     clogged_nodes: BTreeMap<NodeId, u32>,
     clogged_links: BTreeMap<(NodeId, NodeId), u32>,
@@ -372,6 +404,47 @@ impl World {
         }
     }
 
+    /// After the heal, in seeds without check-quorum: stops every node
+    /// outside the leader's membership once that membership is committed,
+    /// the way distkv's manager drops removed replicas. Without the
+    /// check-quorum lease nothing stops a removed node that never learned
+    /// of its removal from campaigning in its old membership with ever
+    /// higher terms (pre-vote alone does not, when other stale removed
+    /// nodes grant it): it cannot win, but each Vote makes the members
+    /// step up a term and the leader step down (the disruption of the
+    /// dissertation's §4.2.3), and the group does not converge (seed 1964
+    /// of the 3,300 first: no pre-vote, no check-quorum, a removed node 3
+    /// forced ~160 elections in 20 s while a learner waited for a snapshot
+    /// that no leader lived long enough to send). With check-quorum,
+    /// removed nodes run to the end.
+    fn retire_removed(&mut self) {
+        let Some(leader) = self.shared.leader() else {
+            return;
+        };
+        let outside: Vec<NodeId> = {
+            let views = self.shared.views.lock().unwrap();
+            let v = &views[&leader];
+            if !v.membership_committed {
+                return;
+            }
+            (1..=self.n)
+                .filter(|id| !v.membership.contains(*id) && !self.retired.contains(id))
+                .collect()
+        };
+        for id in outside {
+            self.handle.kill(self.nodes[&id]);
+            {
+                let mut views = self.shared.views.lock().unwrap();
+                let v = views.get_mut(&id).unwrap();
+                v.up = false;
+                v.role = None;
+                v.mailbox = None;
+            }
+            self.retired.insert(id);
+            self.shared.trace(&format!("retire {id}: not a member"));
+        }
+    }
+
     /// Undoes every fault: the final heal.
     fn heal(&mut self) {
         for id in std::mem::take(&mut self.clogged_nodes).into_keys() {
@@ -418,9 +491,11 @@ pub async fn scenario(bug: Option<Bug>) -> Summary {
     } else {
         rng.gen_range(2000..=20_000)
     });
+    let pool = POOL;
     let base = NodeParams {
         id: 0,
-        n,
+        voters: n,
+        pool,
         election_ticks: rng.gen_range(10..=20),
         heartbeat_ticks: rng.gen_range(1..=3),
         max_entries_per_append: *[1, 4, 64, 256].get(rng.gen_range(0..4)).unwrap(),
@@ -439,12 +514,12 @@ pub async fn scenario(bug: Option<Bug>) -> Summary {
     };
     let chaos = ms(rng.gen_range(8000..=14000));
     let crash_after_install = seed_pick(seed, "crash_after_install", &[0.1, 0.3, 0.6]);
-    let shared = Arc::new(Shared::new(seed, reproduce, n));
+    let shared = Arc::new(Shared::new(seed, reproduce, pool));
     shared.trace(&format!("{base:?} loss {loss_permille} latency {max_latency_ms} sync {sync_delay:?} chaos {chaos:?}"));
 
     let mut nodes = BTreeMap::new();
     let mut disks = BTreeMap::new();
-    for id in 1..=n {
+    for id in 1..=pool {
         let disk = SimDisk::new();
         // Syncs take time, so kills land in the middle of some.
         disk.set_sync_delay(sync_delay);
@@ -468,19 +543,21 @@ pub async fn scenario(bug: Option<Bug>) -> Summary {
         .build();
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|me| client_node.spawn(client(me, n, shared.clone(), stop.clone())))
+        .map(|me| client_node.spawn(client(me, pool, shared.clone(), stop.clone())))
         .collect();
     client_node.spawn(log_checker(shared.clone()));
+    let operator = client_node.spawn(operator(shared.clone(), pool, stop.clone()));
 
     let mut world = World {
         handle: handle.clone(),
         net: net.clone(),
         shared: shared.clone(),
-        n,
+        n: pool,
         nodes,
         disks,
         down: BTreeSet::new(),
         paused: BTreeSet::new(),
+        retired: BTreeSet::new(),
         clogged_nodes: BTreeMap::new(),
         clogged_links: BTreeMap::new(),
         kills: 0,
@@ -528,18 +605,21 @@ pub async fn scenario(bug: Option<Bug>) -> Summary {
     for c in clients {
         c.await.expect("client task");
     }
+    let conf_changes = operator.await.expect("operator task");
 
     world.heal();
     let healed_at = shared.elapsed();
     let deadline = healed_at + LIVENESS_BOUND;
-    let final_index = liveness(&shared, deadline, n).await;
+    let retire = (!base.check_quorum).then_some(&mut world);
+    let (final_index, members) = liveness(&shared, deadline, retire).await;
 
-    // (4) Every acknowledged value is applied at its index on every node.
+    // (4) Every acknowledged value is applied at its index on every member
+    // of the final membership (nodes removed, or never added, may lack it).
     {
         let checker = shared.checker.lock().unwrap();
         let views = shared.views.lock().unwrap();
         for ack in checker.acks() {
-            for (id, v) in views.iter() {
+            for (id, v) in views.iter().filter(|(id, _)| members.contains(**id)) {
                 // At or below the node's snapshot, the entry is in its state
                 // machine (the checker compared that snapshot with every
                 // other node's state at its index).
@@ -576,6 +656,8 @@ pub async fn scenario(bug: Option<Bug>) -> Summary {
         clogs: world.clogs,
         pauses: world.pauses,
         transfers: world.transfers,
+        conf_changes,
+        final_voters: members.voters.iter().copied().collect(),
         counts: checker.counts.clone(),
         compact_every: base.compact_every,
         events: distkv::stats::snapshot(),
@@ -588,8 +670,15 @@ pub async fn scenario(bug: Option<Bug>) -> Summary {
 }
 
 /// After the heal: a leader, a committed proposal, a read that sees it, and
-/// all nodes at the same applied index, before `deadline`. Returns that index.
-async fn liveness(shared: &Shared, deadline: Duration, n: u64) -> Index {
+/// every member of the leader's membership (voters and learners; every
+/// change before the final proposal is committed) at the same applied index
+/// as the leader, before `deadline`. Returns that index and the membership.
+/// `world`: retire removed nodes ([`World::retire_removed`]) as it goes.
+async fn liveness(
+    shared: &Shared,
+    deadline: Duration,
+    mut world: Option<&mut World>,
+) -> (Index, Membership) {
     let late = |what: &str| -> ! {
         shared.fail_with(
             Check::Liveness,
@@ -612,6 +701,9 @@ async fn liveness(shared: &Shared, deadline: Duration, n: u64) -> Index {
                 break index;
             }
         }
+        if let Some(w) = world.as_deref_mut() {
+            w.retire_removed();
+        }
         sleep(ms(20)).await;
     };
     loop {
@@ -625,22 +717,36 @@ async fn liveness(shared: &Shared, deadline: Duration, n: u64) -> Index {
                 }
             }
         }
+        if let Some(w) = world.as_deref_mut() {
+            w.retire_removed();
+        }
         sleep(ms(20)).await;
     }
     loop {
         if shared.elapsed() > deadline {
             late("the nodes did not converge to one applied index");
         }
-        let converged = {
+        let converged = shared.leader().and_then(|leader| {
             let views = shared.views.lock().unwrap();
-            let first = views[&1].applied_index;
-            first >= final_index
-                && (1..=n).all(|id| views[&id].up && views[&id].applied_index == first)
-        };
-        if converged {
-            let index = shared.views.lock().unwrap()[&1].applied_index;
-            shared.trace(&format!("converged at {index}"));
-            return index;
+            let (index, members) = (
+                views[&leader].applied_index,
+                views[&leader].membership.clone(),
+            );
+            (index >= final_index
+                && members
+                    .members()
+                    .all(|id| views[&id].up && views[&id].applied_index == index))
+            .then_some((index, members))
+        });
+        if let Some((index, members)) = converged {
+            shared.trace(&format!(
+                "converged at {index}: voters {:?} learners {:?}",
+                members.voters, members.learners
+            ));
+            return (index, members);
+        }
+        if let Some(w) = world.as_deref_mut() {
+            w.retire_removed();
         }
         sleep(ms(10)).await;
     }
@@ -652,10 +758,12 @@ fn describe_views(shared: &Shared) -> String {
         .iter()
         .map(|(id, v)| {
             format!(
-                "{id}: up {} {:?} term {} applied {} snapshot {} log {} commit {}{}",
+                "{id}: up {} {:?} term {} voters {:?} learners {:?} applied {} snapshot {} log {} commit {}{}",
                 v.up,
                 v.role,
                 v.term,
+                v.membership.voters,
+                v.membership.learners,
                 v.applied_index,
                 v.log.snapshot_index,
                 v.log.last_index(),
@@ -762,5 +870,186 @@ async fn client(me: usize, n: u64, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
             read(&shared, node).await;
         }
         sleep(ms(rng.gen_range(1..20))).await;
+    }
+}
+
+/// The operator's own random numbers (SplitMix64 from a hash of the seed),
+/// so that its choices take no draws from the simulation's rng.
+struct OpRng(u64);
+
+impl OpRng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(distkv::hash::GAMMA);
+        splitmix64(self.0)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len() as u64) as usize]
+    }
+}
+
+/// Whether `change` is already in effect in `m`.
+fn in_effect(change: &ConfChange, m: &Membership) -> bool {
+    match *change {
+        ConfChange::AddLearner(id) => m.contains(id),
+        ConfChange::AddVoter(id) => m.voters.contains(&id),
+        ConfChange::Remove(id) => !m.contains(id),
+    }
+}
+
+/// A new plan of membership changes for the group whose leader is `leader`
+/// with membership `m`, mirroring distkv's manager: a new member is added
+/// as a learner and promoted once caught up. One of:
+/// - **move**: add learner X, promote X, remove voter Y (re-replication);
+/// - **grow**: add learner X, promote X;
+/// - **shrink**: remove a voter (two, back to back, from five voters);
+/// - **learner**: promote or remove an existing learner, or add one and
+///   leave it a learner.
+///
+/// X is any node of the pool that is not a member (never added, or removed
+/// earlier: it rejoins with whatever its log still holds). Y is never the
+/// leader, and the group never goes below [`MIN_VOTERS`] voters (so a
+/// majority survives one more fault).
+fn new_plan(rng: &mut OpRng, m: &Membership, leader: NodeId, pool: u64) -> Vec<ConfChange> {
+    use ConfChange::*;
+    let outsiders: Vec<NodeId> = (1..=pool).filter(|&id| !m.contains(id)).collect();
+    let removable: Vec<NodeId> = m.voters.iter().copied().filter(|&v| v != leader).collect();
+    let learners: Vec<NodeId> = m.learners.iter().copied().collect();
+    let spare = m.voters.len().saturating_sub(MIN_VOTERS);
+    let first = rng.below(100);
+    let kind = match first {
+        0..=34 => 0,
+        35..=54 => 1,
+        55..=74 => 2,
+        _ => 3,
+    };
+    // The drawn kind, or the next one that is possible.
+    for k in (kind..4).chain(0..kind) {
+        match k {
+            0 if !outsiders.is_empty() && !removable.is_empty() => {
+                let (x, y) = (rng.pick(&outsiders), rng.pick(&removable));
+                return vec![AddLearner(x), AddVoter(x), Remove(y)];
+            }
+            1 if !outsiders.is_empty() => {
+                let x = rng.pick(&outsiders);
+                return vec![AddLearner(x), AddVoter(x)];
+            }
+            2 if spare > 0 && !removable.is_empty() => {
+                let y = rng.pick(&removable);
+                let others: Vec<NodeId> = removable.iter().copied().filter(|&v| v != y).collect();
+                if spare >= 2 && !others.is_empty() && rng.below(2) == 0 {
+                    return vec![Remove(y), Remove(rng.pick(&others))];
+                }
+                return vec![Remove(y)];
+            }
+            3 if !learners.is_empty() => {
+                let l = rng.pick(&learners);
+                return vec![if rng.below(2) == 0 {
+                    AddVoter(l)
+                } else {
+                    Remove(l)
+                }];
+            }
+            3 if !outsiders.is_empty() => return vec![AddLearner(rng.pick(&outsiders))],
+            _ => {}
+        }
+    }
+    Vec::new()
+}
+
+/// The operator: every 0.1–0.7 s of the chaos phase, asks the node that
+/// looks like the leader for the next membership change of its plan
+/// ([`new_plan`]), once the change's precondition holds in that leader's
+/// view (a learner is promoted only when its match index is within
+/// [`PROMOTE_LAG`] of the commit index; a voter removal keeps
+/// [`MIN_VOTERS`]; the leader is never removed). A step is done when the
+/// leader's membership shows it (appended there; committed or not); refusals
+/// (a change in progress, no entry of the leader's term committed yet, not
+/// the leader) are retried. The pairs whose back-to-back proposal would let
+/// two changes be in flight at once (promote X then remove Y; remove two
+/// voters) are always sent together: a correct leader refuses the second
+/// (`ChangeInProgress`) and it is proposed again later, while one with
+/// the injected bug `conf-change-unsafe` accepts it. Returns how many
+/// changes were accepted.
+async fn operator(shared: Arc<Shared>, pool: u64, stop: Arc<AtomicBool>) -> u64 {
+    let mut rng = OpRng(splitmix64(
+        (seed_draw(shared.seed, "operator") * (1u64 << 53) as f64) as u64,
+    ));
+    let mut plan: VecDeque<ConfChange> = VecDeque::new();
+    let mut tries = 0;
+    let mut accepted = 0;
+    loop {
+        sleep(ms(100 + rng.below(600))).await;
+        if stop.load(Ordering::SeqCst) {
+            return accepted;
+        }
+        let Some(leader) = shared.leader() else {
+            continue;
+        };
+        let (m, commit, matches) = {
+            let views = shared.views.lock().unwrap();
+            let v = &views[&leader];
+            (v.membership.clone(), v.commit, v.matches.clone())
+        };
+        while plan.front().is_some_and(|c| in_effect(c, &m)) {
+            plan.pop_front();
+            tries = 0;
+        }
+        if tries >= PLAN_PATIENCE {
+            shared.trace(&format!("operator abandons {plan:?}"));
+            plan.clear();
+        }
+        if plan.is_empty() {
+            plan = new_plan(&mut rng, &m, leader, pool).into();
+            tries = 0;
+            if plan.is_empty() {
+                continue;
+            }
+            shared.trace(&format!("operator plans {plan:?}"));
+        }
+        tries += 1;
+        let step = plan[0].clone();
+        let ready = match step {
+            ConfChange::AddLearner(_) => true,
+            ConfChange::AddVoter(x) => {
+                m.learners.contains(&x)
+                    && matches.get(&x).is_some_and(|&i| i + PROMOTE_LAG >= commit)
+            }
+            ConfChange::Remove(y) => {
+                y != leader && (!m.voters.contains(&y) || m.voters.len() > MIN_VOTERS)
+            }
+        };
+        if !ready {
+            continue;
+        }
+        let mut changes = vec![step.clone()];
+        match (&step, plan.get(1)) {
+            (ConfChange::AddVoter(_), Some(next @ ConfChange::Remove(_)))
+            | (ConfChange::Remove(_), Some(next @ ConfChange::Remove(_))) => {
+                changes.push(next.clone())
+            }
+            _ => {}
+        }
+        let Some(mailbox) = shared.mailbox(leader) else {
+            continue;
+        };
+        let (tx, rx) = oneshot::channel();
+        let request = Request::ConfChanges {
+            changes: changes.clone(),
+            reply: tx,
+        };
+        if mailbox.send(request).is_err() {
+            continue;
+        }
+        let results = match timeout(OP_TIMEOUT, rx).await {
+            Ok(Ok(results)) => results,
+            _ => continue,
+        };
+        accepted += results.iter().filter(|r| r.is_ok()).count() as u64;
+        shared.trace(&format!("conf {changes:?} at {leader}: {results:?}"));
     }
 }

@@ -4,7 +4,7 @@
 //! whole world, and nothing here is awaited while locked).
 
 use crate::checker::{Check, Checker, LogImage, ReadResult, Violation};
-use distkv::raft::{Index, NodeId, Role, Term};
+use distkv::raft::{ConfChange, Index, Membership, NodeId, Role, Term};
 use madsim::time::Instant;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -24,6 +24,12 @@ pub enum Request {
     },
     /// Hand leadership to `to` (nemesis; no answer).
     Transfer { to: NodeId },
+    /// Membership changes (the operator), proposed back to back; answered
+    /// at once with each one's index or why it was refused.
+    ConfChanges {
+        changes: Vec<ConfChange>,
+        reply: oneshot::Sender<Vec<Result<Index, String>>>,
+    },
 }
 
 /// What the harness knows about one node.
@@ -34,8 +40,16 @@ pub struct NodeView {
     pub incarnation: u64,
     pub role: Option<Role>,
     pub term: Term,
-    /// As leader: each follower's match index (for failure reports).
+    /// As leader: each follower's match index (for failure reports and
+    /// the operator).
     pub matches: BTreeMap<NodeId, Index>,
+    /// The node's commit index and membership (the newest in its log,
+    /// committed or not), after its last step.
+    pub commit: Index,
+    pub membership: Membership,
+    /// Whether the newest change of `membership` is committed (as far as
+    /// the node knows).
+    pub membership_committed: bool,
     pub mailbox: Option<mpsc::UnboundedSender<Request>>,
     /// Highest index applied by the current incarnation.
     pub applied_index: Index,

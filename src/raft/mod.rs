@@ -487,6 +487,14 @@ impl Raft {
         self.membership.voters.contains(&self.cfg.id)
     }
 
+    /// Whether `id`'s votes and acknowledgements count toward a majority:
+    /// only the voters' (with the injected bug `removed-member-votes`, a
+    /// learner's too).
+    fn counts_toward_quorum(&self, id: NodeId) -> bool {
+        self.membership.voters.contains(&id)
+            || (crate::bug!(RemovedMemberVotes) && self.membership.learners.contains(&id))
+    }
+
     /// Advances time by one tick.
     pub fn tick(&mut self) {
         self.ticks += 1;
@@ -653,7 +661,12 @@ impl Raft {
             return; // a single-voter group wins at once
         }
         let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
-        let voters: Vec<NodeId> = self.membership.voters.iter().copied().collect();
+        let voters: Vec<NodeId> = if crate::bug!(RemovedMemberVotes) {
+            // Injected bug: learners are asked too (and counted).
+            self.membership.members().collect()
+        } else {
+            self.membership.voters.iter().copied().collect()
+        };
         for to in voters.into_iter().filter(|&v| v != self.cfg.id) {
             let body = if pre {
                 MessageBody::PreVote {
@@ -686,12 +699,16 @@ impl Raft {
     /// Counts votes; moves on if the election is decided. Returns whether it won.
     fn tally(&mut self) -> bool {
         let quorum = self.membership.quorum();
-        let granted = self
-            .membership
-            .voters
-            .iter()
-            .filter(|v| self.votes.get(v) == Some(&true))
-            .count();
+        let granted = if crate::bug!(RemovedMemberVotes) {
+            // Injected bug: every grant counts, whoever sent it.
+            self.votes.values().filter(|g| **g).count()
+        } else {
+            self.membership
+                .voters
+                .iter()
+                .filter(|v| self.votes.get(v) == Some(&true))
+                .count()
+        };
         let rejected = self
             .membership
             .voters
@@ -786,10 +803,12 @@ impl Raft {
     /// for the single-server-change bug, Ongaro 2015).
     pub fn propose_conf_change(&mut self, change: ConfChange) -> Result<Index, ProposeError> {
         self.check_can_propose()?;
-        if self.membership_index > self.log.commit {
+        // Injected bug `conf-change-unsafe`: neither check.
+        let unchecked = crate::bug!(ConfChangeUnsafe);
+        if self.membership_index > self.log.commit && !unchecked {
             return Err(ProposeError::ChangeInProgress);
         }
-        if self.log.term(self.log.commit) != Some(self.term) {
+        if self.log.term(self.log.commit) != Some(self.term) && !unchecked {
             return Err(ProposeError::NotReady);
         }
         let index = self.append_as_leader(EntryData::ConfChange(change));
@@ -1771,7 +1790,7 @@ impl Raft {
                 self.send_append(from);
             }
         }
-        if read_seq == 0 || !self.membership.voters.contains(&from) {
+        if read_seq == 0 || !self.counts_toward_quorum(from) {
             return;
         }
         for read in self.pending_reads.iter_mut() {
@@ -1784,7 +1803,7 @@ impl Raft {
         let confirmed = self.pending_reads.iter().rposition(|r| {
             r.acks
                 .iter()
-                .filter(|a| self.membership.voters.contains(a))
+                .filter(|a| self.counts_toward_quorum(**a))
                 .count()
                 >= quorum
         });
@@ -1804,13 +1823,13 @@ impl Raft {
         let me = self.cfg.id;
         let mut matched: Vec<Index> = self
             .membership
-            .voters
-            .iter()
+            .members()
+            .filter(|id| self.counts_toward_quorum(*id))
             .map(|id| {
-                if *id == me {
+                if id == me {
                     self.log.persisted
                 } else {
-                    self.progress.get(id).map_or(0, |p| p.match_index)
+                    self.progress.get(&id).map_or(0, |p| p.match_index)
                 }
             })
             .collect();
