@@ -246,11 +246,12 @@ fn catches_injected_duplicate_apply() {
 /// (the followers' slow disks had not synced it); the durable scenario must
 /// notice. Rare (10 of 1000 runs once; first seed 15 then, 217 once the
 /// bank workload and the coordinator faults joined, 171 since transaction
-/// decisions are batched: each change moved the draws), so pinned to its
+/// decisions are batched, 19 since the manager re-replicates and servers
+/// may be lost for good: each change moved the draws), so pinned to its
 /// first catching seed.
 #[test]
 fn catches_injected_ack_before_fsync() {
-    assert_caught_by_seed(&["--mode", "durable"], Bug::AckBeforeFsync, 171, SAFETY);
+    assert_caught_by_seed(&["--mode", "durable"], Bug::AckBeforeFsync, 19, SAFETY);
 }
 
 /// A leader cut off from its peers that commits alone acknowledges writes
@@ -263,10 +264,13 @@ fn catches_injected_commit_without_quorum() {
 
 /// A server that forgets its term and vote in a restart can vote twice in
 /// one term, or follow a deposed leader: two histories get committed.
-/// About 11 % of durable seeds catch it (first: seed 1).
+/// About 9 % of durable seeds catch it (13 of the first 150), 11 of them by
+/// a safety check; the first, seed 13, fails liveness first (a transaction
+/// stuck on a lock of the diverged history), so the test pins seed 14
+/// (linearizability) since re-replication moved the draws (seed 1 before).
 #[test]
 fn catches_injected_forget_vote() {
-    assert_caught(Mode::Durable, Bug::ForgetVote, 150, SAFETY);
+    assert_caught_by_seed(&["--mode", "durable"], Bug::ForgetVote, 14, SAFETY);
 }
 
 /// A leader that serves reads from its own state without confirming its
@@ -296,7 +300,8 @@ fn catches_injected_slow_heartbeat() {
 /// swarm schedule (it needs compaction, an install, a leader change and a
 /// restart in one group), so pinned with the faults that make it likely:
 /// kills, rolling restarts and latency in every run (first seed 30 before
-/// transactions joined the workload and moved the draws, then 36).
+/// transactions joined the workload and moved the draws, then 36, and 2
+/// since the manager plans membership changes).
 #[test]
 fn catches_injected_forget_installed_snapshot() {
     assert_caught_by_seed(
@@ -308,7 +313,7 @@ fn catches_injected_forget_installed_snapshot() {
             "kill,latency,rolling",
         ],
         Bug::ForgetInstalledSnapshot,
-        36,
+        2,
         &["model", "liveness", "stability", "bank"],
     );
 }
@@ -318,13 +323,30 @@ fn catches_injected_forget_installed_snapshot() {
 /// helps a peer that lags by the last entries win an election while the
 /// server holding them is down, and acknowledged writes are lost. Rare, and
 /// the first catching seed moves whenever the scenario's draws change:
-/// memory seed 83 since transaction decisions are batched (a DELETE found
+/// memory seed 420 since the manager re-replicates (a read of every bank
+/// account added up to 1009 of 1000); 83 when transaction decisions were
+/// batched (a DELETE found
 /// a key whose write was lost); 505 when the bank workload joined (its
 /// read of every account added up to 809 of 800: a lost debit), 762
 /// before, 380 before transactions.
 #[test]
 fn catches_injected_no_amnesia_guard() {
-    assert_caught_by_seed(&["--mode", "memory"], Bug::NoAmnesiaGuard, 83, SAFETY);
+    assert_caught_by_seed(&["--mode", "memory"], Bug::NoAmnesiaGuard, 420, SAFETY);
+}
+
+/// A replacement replica that votes before it caught up (added straight as
+/// a voter, empty, instead of as a learner promoted once it holds every
+/// committed entry): with the replica it replaces dead, the group needs
+/// the new one's vote, which the amnesia guard withholds until a leader
+/// caught it up, so a group that loses its leader then never elects
+/// another (safe, but unavailable for good: the liveness check). First
+/// caught by memory seed 20 and durable seed 14 (runs that lose a server
+/// for good).
+#[test]
+fn catches_injected_add_voter_before_catch_up() {
+    let expected = &["liveness", "control-plane", "stability"];
+    assert_caught(Mode::Memory, Bug::AddVoterBeforeCatchUp, 60, expected);
+    assert_caught(Mode::Durable, Bug::AddVoterBeforeCatchUp, 60, expected);
 }
 
 /// Runs the sim runner on `seed` alone with `args`, without and with `bug`:

@@ -59,10 +59,15 @@ pub enum Bug {
     /// not only the voters of its membership: a learner (or a node that is
     /// no longer a voter) makes up a "majority".
     RemovedMemberVotes,
+    /// A replacement replica votes before it has caught up: the leader
+    /// adds it straight as a voter (an `AddLearner` taken as `AddVoter`),
+    /// so the dead replica it replaces is removed with the new one still
+    /// empty and under the amnesia guard.
+    AddVoterBeforeCatchUp,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 15] = [
+    pub const ALL: [Bug; 16] = [
         Bug::AckBeforeFsync,
         Bug::DuplicateApply,
         Bug::CommitWithoutQuorum,
@@ -78,6 +83,7 @@ impl Bug {
         Bug::TxnReadIgnoresLocks,
         Bug::ConfChangeUnsafe,
         Bug::RemovedMemberVotes,
+        Bug::AddVoterBeforeCatchUp,
     ];
 
     pub fn name(self) -> &'static str {
@@ -97,6 +103,7 @@ impl Bug {
             Bug::TxnReadIgnoresLocks => "txn-read-ignores-locks",
             Bug::ConfChangeUnsafe => "conf-change-unsafe",
             Bug::RemovedMemberVotes => "removed-member-votes",
+            Bug::AddVoterBeforeCatchUp => "add-voter-before-catch-up",
         }
     }
 

@@ -22,8 +22,9 @@ struct Args {
     /// Replicas per partition [default: 3, or the number of servers if fewer].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=7))]
     replicas: Option<u64>,
-    /// A server not heard from for this long (ms) is declared dead (`admin servers` shows it; the
-    /// manager does not re-replicate its partitions yet).
+    /// A server not heard from for this long (ms) is declared dead, and its replicas are replaced
+    /// on live servers (re-replication: learner, promoted once caught up, then the dead one
+    /// removed).
     #[arg(long, default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1000..=86_400_000))]
     dead_after_ms: u64,
 }

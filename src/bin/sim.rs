@@ -164,7 +164,8 @@ fn bug_modes(bug: Bug) -> &'static [Mode] {
         // In the Raft core; they matter only where membership changes (the
         // manager's re-replication), and were hunted in sim/raft.
         | Bug::ConfChangeUnsafe
-        | Bug::RemovedMemberVotes => &[Mode::Memory, Mode::Durable],
+        | Bug::RemovedMemberVotes
+        | Bug::AddVoterBeforeCatchUp => &[Mode::Memory, Mode::Durable],
         // Injected in the Raft-group simulation's driver (sim/raft) only.
         Bug::SnapshotOffByOne => &[],
     }

@@ -2,15 +2,20 @@
 //! path: clients fetch the map once and then talk to servers directly.
 //!
 //! ```text
-//!   server --Register(node_id, addr, replicas)--> manager --RegisterReply(map)--> server
+//!   server --Register(node_id, addr, epoch, replicas)--> manager --RegisterReply(map)--> server
 //!   client --GetMap--> manager --MapReply(map)--> client
 //!   admin  --Status--> manager --StatusReply(servers, partitions)--> admin
+//!   manager --ChangeReplicas(partition, membership, change)--> leader --AdminReply--> manager
 //! ```
 //! Registrations double as heartbeats that carry the state of each replica
-//! ([`status`]), which the manager keeps for `admin`.
-//! The map is a pure function of the configuration ([`PartitionMap::build`]),
-//! so a restarted manager recovers it exactly; servers re-register within a
-//! heartbeat and refresh the advertised addresses.
+//! ([`status`]), which the manager keeps for `admin`, and each leader's
+//! committed membership, which the map follows ([`ManagerCore::learn`]).
+//! The initial map is a function of the configuration
+//! ([`PartitionMap::build`]); a restarted manager relearns every membership
+//! change from the leaders within a heartbeat, and numbers its maps above the
+//! epochs servers hold. Every [`PLAN_INTERVAL`] it asks leaders for the
+//! membership changes that replace replicas on dead servers
+//! ([`ManagerCore::plan`]; ARCHITECTURE.md, "Re-replication").
 
 pub mod status;
 
@@ -35,8 +40,8 @@ pub struct ManagerConfig {
     pub tables: Vec<(String, u64)>,
     /// Replicas per partition (capped at the number of servers).
     pub replicas: usize,
-    /// A server not heard from for this long is declared dead (`admin`
-    /// shows it; nothing acts on it yet).
+    /// A server not heard from for this long is declared dead, and its
+    /// replicas are replaced.
     pub dead_after: Duration,
 }
 
@@ -489,5 +494,76 @@ mod tests {
         );
         let reply = c.handle(register(0, "0.0.0.0:1".parse().unwrap()), Instant::now());
         assert!(matches!(reply, Some(Msg::RegisterReply { result: Err(_) })));
+    }
+
+    fn leader_report(partition: u64, conf_index: u64, voters: Vec<NodeId>) -> ReplicaStatus {
+        ReplicaStatus {
+            partition,
+            role: ReplicaRole::Leader,
+            term: 2,
+            leader: Some(voters[0]),
+            commit: conf_index,
+            applied: conf_index,
+            keys: 0,
+            config: Some(status::ReportedConfig {
+                conf_index,
+                voters,
+                learners: vec![],
+            }),
+        }
+    }
+
+    #[test]
+    fn a_restarted_manager_numbers_its_maps_above_the_servers_and_relearns_memberships() {
+        let mut c = core();
+        let addr: SocketAddr = "127.0.0.1:23000".parse().unwrap();
+        // A server holding epoch 7 (from the manager before the restart),
+        // whose leader of partition 0 reports a membership changed at 12.
+        let register = Msg::Register {
+            node_id: 0,
+            addr,
+            epoch: 7,
+            replicas: vec![leader_report(0, 12, vec![0, 1])],
+        };
+        let Some(Msg::RegisterReply { result: Ok(map) }) = c.handle(register, Instant::now())
+        else {
+            panic!("expected a map");
+        };
+        assert_eq!(map.epoch, 8, "above the server's epoch");
+        assert_eq!(map.groups[&0].conf_index, 12);
+        // An older report (a deposed leader) does not undo it, nor does a
+        // membership naming a server the map does not know.
+        for stale in [
+            leader_report(0, 11, vec![1]),
+            leader_report(0, 13, vec![0, 9]),
+        ] {
+            let register = Msg::Register {
+                node_id: 1,
+                addr: "10.1.1.1:23000".parse().unwrap(),
+                epoch: 8,
+                replicas: vec![stale],
+            };
+            c.handle(register, Instant::now());
+            assert_eq!(c.map().groups[&0].conf_index, 12);
+            assert_eq!(c.map().epoch, 8, "nothing changed");
+        }
+    }
+
+    #[test]
+    fn nothing_is_planned_without_a_dead_server_or_a_leader() {
+        let mut c = core();
+        let now = Instant::now();
+        assert!(c.plan(now).is_empty(), "no leader known yet");
+        let register = Msg::Register {
+            node_id: 0,
+            addr: "127.0.0.1:23000".parse().unwrap(),
+            epoch: 1,
+            replicas: vec![leader_report(0, 0, vec![0, 1])],
+        };
+        c.handle(register, now);
+        assert!(
+            c.plan(now + Duration::from_secs(1)).is_empty(),
+            "every server alive: nothing to move (2 servers, 3 replicas wanted: capped at 2)"
+        );
     }
 }

@@ -9,8 +9,8 @@
 //! A server's report is as of its last Raft tick before the heartbeat, so a
 //! partition's leader and applied index may lag by up to one heartbeat
 //! interval. A server not heard from for [`UNREACHABLE_AFTER`] is shown as
-//! unreachable, and after the manager's `--dead-after` as dead; nothing is
-//! decided from either yet (re-replication will act on dead servers).
+//! unreachable, and after the manager's `--dead-after` as dead, which
+//! re-replication acts on ([`super::ManagerCore::plan`]).
 
 use crate::map::{NodeId, PartitionId, PartitionMap};
 use serde::{Deserialize, Serialize};

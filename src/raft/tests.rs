@@ -1174,6 +1174,76 @@ fn a_member_without_durable_state_votes_only_after_catching_up() {
 }
 
 #[test]
+fn a_snapshot_that_reaches_the_leaders_commit_lifts_the_amnesia_guard() {
+    // A replica that starts empty may be caught up by a snapshot alone (an
+    // idle group sends no append after it). The snapshot's chunks carry
+    // the leader's commit index: one that reaches it lifts the guard, as
+    // an append does; one that does not, does not. (Found by the whole-
+    // system simulation: a replacement replica promoted after catching up
+    // by a snapshot could never vote, and with another voter dead its
+    // group never elected a leader again.)
+    let mut cfg = Config::new(3);
+    cfg.amnesia_guard = true;
+    cfg.check_quorum = false;
+    let state = RaftState {
+        initial_membership: Membership::new([1, 2, 3]),
+        ..Default::default()
+    };
+    let data = encode_state(&[(1, b"x".to_vec())]);
+    let meta = SnapshotMeta {
+        index: 5,
+        term: 1,
+        membership: Membership::new([1, 2, 3]),
+    };
+    let snapshot = |commit: Index| Message {
+        from: 2,
+        to: 3,
+        term: 2,
+        body: MessageBody::InstallSnapshot(SnapshotChunk {
+            meta: meta.clone(),
+            len: data.len() as u64,
+            crc: crc32fast::hash(&data),
+            offset: 0,
+            data: data.clone(),
+            done: true,
+            commit,
+        }),
+    };
+    let vote = Message {
+        from: 1,
+        to: 3,
+        term: 3,
+        body: MessageBody::Vote {
+            last_log_index: 5,
+            last_log_term: 1,
+            transfer: false,
+        },
+    };
+    let granted = |r: &mut Raft| {
+        let ready = r.ready();
+        ready
+            .persisted_messages
+            .iter()
+            .chain(&ready.messages)
+            .find_map(|m| match m.body {
+                MessageBody::VoteResponse { granted } => Some(granted),
+                _ => None,
+            })
+    };
+    for (commit, votes) in [(7, false), (5, true)] {
+        let mut r = Raft::new(cfg.clone(), state.clone(), 1);
+        r.step(snapshot(commit));
+        assert_eq!(r.ready().snapshot.map(|s| s.meta.index), Some(5));
+        r.step(vote.clone());
+        assert_eq!(
+            granted(&mut r),
+            Some(votes),
+            "snapshot at 5, leader's commit {commit}"
+        );
+    }
+}
+
+#[test]
 fn a_follower_that_restarts_empty_is_repaired_by_the_same_leader() {
     // Without durable state (servers without --persistence) a follower can
     // come back with an empty log while the leader's matchIndex for it is

@@ -676,6 +676,13 @@ impl ServerCore {
             }
             _ => {}
         }
+        let change = match change {
+            // Injected bug: the new replica votes at once, empty.
+            ConfChange::AddLearner(n) if crate::bug!(AddVoterBeforeCatchUp) => {
+                ConfChange::AddVoter(n)
+            }
+            change => change,
+        };
         r.raft
             .propose_conf_change(change.clone())
             .map_err(|e| format!("partition {partition} refused {change:?}: {e}"))?;
