@@ -50,10 +50,13 @@ pub enum Event {
     ReplicaDropped,
     /// A server was lost for good (simulated).
     ServerLost,
+    /// A replica became leader by a leadership transfer (not counted in
+    /// `Election`).
+    HandedOver,
 }
 
 impl Event {
-    pub const ALL: [Event; 19] = [
+    pub const ALL: [Event; 20] = [
         Event::Election,
         Event::Compaction,
         Event::SnapshotSent,
@@ -73,6 +76,7 @@ impl Event {
         Event::MembershipChange,
         Event::ReplicaDropped,
         Event::ServerLost,
+        Event::HandedOver,
     ];
 
     pub fn name(self) -> &'static str {
@@ -96,13 +100,14 @@ impl Event {
             Event::MembershipChange => "membership changes",
             Event::ReplicaDropped => "replicas dropped",
             Event::ServerLost => "servers lost",
+            Event::HandedOver => "leaderships handed over",
         }
     }
 }
 
 /// Counts per [`Event`], in [`Event::ALL`] order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Counts(pub [u64; 19]);
+pub struct Counts(pub [u64; 20]);
 
 impl Counts {
     pub fn get(&self, event: Event) -> u64 {
@@ -130,7 +135,7 @@ impl std::fmt::Display for Counts {
 
 #[cfg(feature = "sim")]
 thread_local! {
-    static COUNTS: std::cell::Cell<Counts> = const { std::cell::Cell::new(Counts([0; 19])) };
+    static COUNTS: std::cell::Cell<Counts> = const { std::cell::Cell::new(Counts([0; 20])) };
 }
 
 /// Counts one `event` (a no-op without feature `sim`).

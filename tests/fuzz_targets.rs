@@ -34,6 +34,7 @@ fn sample_payloads() -> Vec<Vec<u8>> {
             node_id: 1,
             addr,
             epoch: 2,
+            join: false,
             replicas: vec![distkv::manager::status::ReplicaStatus {
                 partition: 2,
                 role: distkv::manager::status::ReplicaRole::Leader,

@@ -4,7 +4,9 @@
 //! (learner, promoted once caught up, then the dead one removed), so a
 //! second loss loses nothing and leaves nothing unavailable. The first
 //! server, restarted on its old disk, drops the replicas its groups removed
-//! and takes its share again.
+//! and takes its share again. A server that joins a running cluster gets
+//! its share of replicas and leaderships; a drained one gives all of them
+//! away and is removed.
 mod common;
 
 use common::{run, Cluster, ADMIN, CLIENT};
@@ -121,4 +123,104 @@ fn a_lost_server_is_replaced_and_a_second_loss_loses_nothing() {
         logs.contains("dropping a replica its group removed"),
         "server 0 dropped its removed replicas: {logs}"
     );
+}
+
+fn servers(cluster: &Cluster) -> Vec<Value> {
+    let addr = cluster.manager_addr.to_string();
+    let out = run(
+        ADMIN,
+        &["--connect-addr", &addr, "--timeout-ms", "10000", "servers", "--json"],
+        "",
+    );
+    assert!(out.status.success(), "admin servers: {}", out.stderr);
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+}
+
+fn admin(cluster: &Cluster, args: &[&str]) -> common::Output {
+    let addr = cluster.manager_addr.to_string();
+    let mut all = vec!["--connect-addr", &addr, "--timeout-ms", "10000"];
+    all.extend_from_slice(args);
+    run(ADMIN, &all, "")
+}
+
+/// Polls `admin servers` until `done` holds (or panics after `limit`).
+fn wait_servers(cluster: &Cluster, what: &str, limit: Duration, done: impl Fn(&[Value]) -> bool) {
+    let start = Instant::now();
+    loop {
+        let s = servers(cluster);
+        if done(&s) {
+            eprintln!("{what}: {:?}", start.elapsed());
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{what}: not within {limit:?}: {s:#?}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn count(s: &Value, field: &str) -> f64 {
+    s[field].as_u64().unwrap() as f64
+}
+
+#[test]
+fn a_joining_server_takes_its_share_and_a_drained_one_is_removed() {
+    let mut cluster = Cluster::start_full(
+        3,
+        "t=300,u=300,v=300",
+        false,
+        &[],
+        &["--replicas", "3"],
+    );
+    let keys: Vec<String> = ["t", "u", "v"]
+        .iter()
+        .flat_map(|t| (0..30).map(move |i| format!("{t}{}", i * 10 + 1)))
+        .collect();
+    let puts: String = keys.iter().map(|k| format!("PUT {k} x{k}\n")).collect();
+    client(&cluster, &puts);
+    let gets: String = keys.iter().map(|k| format!("GET {k}\n")).collect();
+    let expected: String = keys.iter().map(|k| format!("GET {k} x{k}\n")).collect();
+
+    // A fourth server joins: 9 partitions x 3 replicas over 4 servers, so
+    // every server ends with 6 or 7 replicas and 2 or 3 leaderships.
+    let joined = cluster.join_server();
+    assert_eq!(joined, 3);
+    wait_servers(&cluster, "the new server took its share", Duration::from_secs(60), |ss| {
+        ss.len() == 4
+            && ss.iter().all(|s| {
+                s["state"] == "up"
+                    && (6.0..=7.0).contains(&count(s, "replicas"))
+                    && (1.25..=3.25).contains(&count(s, "leaders"))
+            })
+    });
+    wait_replaced(&cluster, &[], Duration::from_secs(30));
+    assert_eq!(client(&cluster, &gets), expected, "nothing lost by the moves");
+
+    // Removing a server that still holds replicas is refused.
+    let out = admin(&cluster, &["remove-server", "--node", "0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
+    assert!(out.stderr.contains("still holds"), "{}", out.stderr);
+
+    // Drain server 0: everything moves off it, nothing becomes unavailable.
+    let out = admin(&cluster, &["drain", "--node", "0"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    wait_servers(&cluster, "server 0 drained", Duration::from_secs(60), |ss| {
+        let s0 = ss.iter().find(|s| s["id"] == 0).unwrap();
+        s0["state"] == "up" && s0["draining"] == true && count(s0, "replicas") == 0.0
+            && count(s0, "leaders") == 0.0
+    });
+    wait_replaced(&cluster, &[0], Duration::from_secs(30));
+    assert_eq!(client(&cluster, &gets), expected, "nothing lost by the drain");
+
+    let out = admin(&cluster, &["remove-server", "--node", "0"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    cluster.kill_server(0);
+    let ss = servers(&cluster);
+    assert_eq!(
+        ss.iter().map(|s| s["id"].as_u64().unwrap()).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(client(&cluster, &gets), expected);
 }

@@ -237,6 +237,7 @@ fn unexpected_messages_to_the_manager_are_ignored() {
             node_id: 99,
             addr: "127.0.0.1:1".parse().unwrap(),
             epoch: 0,
+            join: false,
             replicas: vec![],
         },
         // Admin requests sent to the wrong process are ignored.

@@ -2,9 +2,10 @@
 //! a cluster").
 use clap::{Parser, Subcommand};
 use distkv::client::{Client, ClientError};
-use distkv::manager::status::{ClusterStatus, PartitionInfo, ServerInfo};
+use distkv::manager::status::{ClusterStatus, PartitionInfo, ServerInfo, ServerState};
 use distkv::map::{NodeId, PartitionId};
 use distkv::rt::tokio_rt::TokioRuntime;
+use distkv::wire::ServerAction;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -52,6 +53,25 @@ enum Command {
         #[arg(long)]
         to: NodeId,
     },
+    /// Move every replica and leadership off a server (to retire it or to
+    /// take it down for long): new replicas are made on the other servers
+    /// first, so nothing becomes unavailable. `admin servers` shows its
+    /// replica count going to 0. A restarted manager forgets a drain.
+    Drain {
+        #[arg(long)]
+        node: NodeId,
+    },
+    /// Stop draining a server: it takes replicas again.
+    Undrain {
+        #[arg(long)]
+        node: NodeId,
+    },
+    /// Remove a server that holds no replica (drained, or never used) from
+    /// the cluster; stop its process afterwards.
+    RemoveServer {
+        #[arg(long)]
+        node: NodeId,
+    },
 }
 
 fn main() -> ExitCode {
@@ -75,6 +95,13 @@ fn main() -> ExitCode {
                     partitions_table(&s.partitions)
                 }
             }),
+            Command::Drain { node } => server_admin(&client, node, ServerAction::Drain, args.json).await,
+            Command::Undrain { node } => {
+                server_admin(&client, node, ServerAction::Undrain, args.json).await
+            }
+            Command::RemoveServer { node } => {
+                server_admin(&client, node, ServerAction::Remove, args.json).await
+            }
             Command::TransferLeader { partition, to } => {
                 let deadline = Instant::now() + Duration::from_millis(args.timeout_ms);
                 transfer_leader(&client, partition, to, deadline)
@@ -101,6 +128,24 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+async fn server_admin(
+    client: &Client<TokioRuntime>,
+    node: NodeId,
+    action: ServerAction,
+    as_json: bool,
+) -> Result<String, String> {
+    let said = match client.server_admin(node, action).await {
+        Ok(said) => said,
+        Err(ClientError::Rejected(why)) => return Err(why),
+        Err(e) => return Err(e.to_string()),
+    };
+    Ok(if as_json {
+        json(&serde_json::json!({ "node": node, "message": said }))
+    } else {
+        format!("{said}\n")
+    })
 }
 
 async fn status(client: &Client<TokioRuntime>) -> Result<ClusterStatus, String> {
@@ -200,7 +245,11 @@ fn servers_table(servers: &[ServerInfo]) -> String {
             vec![
                 s.id.to_string(),
                 s.addr.to_string(),
-                s.state.name().to_string(),
+                if s.draining && s.state == ServerState::Up {
+                    "draining".to_string()
+                } else {
+                    s.state.name().to_string()
+                },
                 s.last_heartbeat_ms.map_or("never".to_string(), |ms| {
                     format!("{:.1}s ago", ms as f64 / 1e3)
                 }),

@@ -35,6 +35,11 @@ struct Args {
     /// The manager to register with.
     #[arg(long, default_value = "0.0.0.0:24000")]
     manager_addr: SocketAddr,
+    /// Join a running cluster: the manager adds this server (a --node-id its --servers does not
+    /// list) and moves a share of the replicas and leaderships to it. Without it, a node id the
+    /// manager does not know is refused (a typo must not grow the cluster).
+    #[arg(long)]
+    join: bool,
     /// Keep data on disk (write-ahead log + snapshots): a write is acknowledged only after
     /// it is fsynced on a majority of its partition's replicas. Without it, data lives in
     /// memory only (still replicated).
@@ -126,6 +131,7 @@ fn main() {
         listen_addr: args.listen_addr,
         advertise_addr,
         manager_addr: args.manager_addr,
+        join: args.join,
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
         storage: args.persistence.then(|| StorageConfig {
             db_dir: args

@@ -396,6 +396,23 @@ impl<R: Runtime> Client<R> {
         }
     }
 
+    /// Asks the manager to drain, stop draining or remove server `node`
+    /// (`admin drain / undrain / remove-server`). `Ok`: what the manager
+    /// does; `Err(Rejected)`: why it would not.
+    pub async fn server_admin(
+        &self,
+        node: NodeId,
+        action: crate::wire::ServerAction,
+    ) -> Result<String, ClientError> {
+        let addr = self.inner.config.manager_addr;
+        let wait = self.inner.config.command_timeout;
+        let build = |req| Msg::ServerAdmin { req, node, action };
+        match self.ask(addr, "the manager", build, wait).await? {
+            Msg::AdminReply { result, .. } => result.map_err(ClientError::Rejected),
+            other => Err(unexpected(&format!("the manager at {addr}"), &other)),
+        }
+    }
+
     /// One request and its reply, for the admin calls (no retries: the
     /// operator sees what happened). `who` names the peer in errors.
     async fn ask(

@@ -22,9 +22,9 @@ pub mod status;
 use crate::map::{MapError, NodeId, PartitionId, PartitionMap};
 use crate::raft::ConfChange;
 use crate::rt::{Net, Runtime};
-use crate::wire::{decode_msg, encode_msg, Msg};
+use crate::wire::{decode_msg, encode_msg, Msg, ServerAction};
 use status::{Heartbeats, ReplicaRole, ReplicaStatus, ServerState};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -76,14 +76,30 @@ pub const PLAN_INTERVAL: Duration = Duration::from_secs(1);
 /// is asked again after this long.
 const MOVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A membership change the manager asked a partition's leader for.
+/// Partitions at most being moved at once to even out replica counts
+/// (repairs are not limited): each move copies a partition.
+const BALANCE_MOVES_MAX: usize = 4;
+
+/// Leadership transfers at most asked per plan to even out leader counts.
+const BALANCE_TRANSFERS_MAX: usize = 4;
+
+/// What the manager asked a partition's leader for.
+#[derive(Clone, Debug)]
+enum Step {
+    Change(ConfChange),
+    Transfer(NodeId),
+}
+
+/// A step the manager asked a partition's leader for.
 #[derive(Clone, Debug)]
 struct Move {
     req: u64,
-    change: ConfChange,
-    /// The membership it was decided on (voters, learners): done once the
-    /// map shows another.
+    step: Step,
+    /// The membership it was decided on (voters, learners) and the leader
+    /// asked: done once the map shows another membership, or (a transfer)
+    /// another leader.
     from: (Vec<NodeId>, Vec<NodeId>),
+    leader: NodeId,
     sent: Instant,
 }
 
@@ -97,6 +113,15 @@ pub struct ManagerCore {
     /// manager numbers its maps above it.
     seen_epoch: u64,
     moves: BTreeMap<PartitionId, Move>,
+    /// Partitions being moved to even out replica counts, and the server
+    /// each is leaving.
+    leaving: BTreeMap<PartitionId, NodeId>,
+    /// Servers an operator is draining (`admin drain`). Soft state: a
+    /// restarted manager forgets it (drain again).
+    draining: BTreeSet<NodeId>,
+    /// Servers an operator removed (`admin remove-server`): their `--join`
+    /// is refused, so a forgotten process does not come back. Soft state.
+    removed: BTreeSet<NodeId>,
     next_req: u64,
 }
 
@@ -115,6 +140,9 @@ impl ManagerCore {
             replicas,
             seen_epoch: 0,
             moves: BTreeMap::new(),
+            leaving: BTreeMap::new(),
+            draining: BTreeSet::new(),
+            removed: BTreeSet::new(),
             next_req: 1,
         }
     }
@@ -140,9 +168,10 @@ impl ManagerCore {
                 node_id,
                 addr,
                 epoch,
+                join,
                 replicas,
             } => {
-                let mut result = self.register(node_id, addr);
+                let mut result = self.register(node_id, addr, join);
                 if result.is_ok() {
                     self.seen_epoch = self.seen_epoch.max(epoch);
                     let learned = self.learn(node_id, &replicas);
@@ -154,9 +183,16 @@ impl ManagerCore {
                 }
                 Some(Msg::RegisterReply { result })
             }
-            Msg::Status { req } => Some(Msg::StatusReply {
+            Msg::Status { req } => {
+                let mut status = self.heartbeats.status(&self.map, now);
+                for s in &mut status.servers {
+                    s.draining = self.draining.contains(&s.id);
+                }
+                Some(Msg::StatusReply { req, status })
+            }
+            Msg::ServerAdmin { req, node, action } => Some(Msg::AdminReply {
                 req,
-                status: self.heartbeats.status(&self.map, now),
+                result: self.server_admin(node, action),
             }),
             Msg::AdminReply { req, result } => {
                 // A leader's answer to a membership change we asked for.
@@ -167,7 +203,7 @@ impl ManagerCore {
                         .find(|(_, m)| m.req == req)
                         .map(|(&p, _)| p);
                     if let Some(m) = partition.and_then(|p| self.moves.remove(&p)) {
-                        tracing::debug!(?partition, change = ?m.change, "membership change refused: {why}");
+                        tracing::debug!(?partition, step = ?m.step, "refused: {why}");
                     }
                 }
                 None
@@ -234,11 +270,15 @@ impl ManagerCore {
         changed
     }
 
-    /// The membership changes to ask for at `now`, one per partition at a
-    /// time, each to the partition's leader: replace the replicas on dead
-    /// servers (a learner on the live server with the fewest replicas, then
-    /// promoted once caught up, then the dead replica removed), and bring
-    /// every partition to the configured replica count.
+    /// The steps to ask for at `now`, one per partition at a time, each of
+    /// the partition's leader. First repairs: replace the replicas on dead
+    /// or draining servers (a learner on the live server with the fewest
+    /// replicas, promoted once caught up, then the old replica removed),
+    /// bring every partition to the configured replica count, and move
+    /// leaderships off draining servers. Then balance: while the live
+    /// servers' replica counts differ by more than one, move a replica from
+    /// the fullest to the emptiest (at most [`BALANCE_MOVES_MAX`] at once);
+    /// while their leader counts do, hand a leadership over.
     pub fn plan(&mut self, now: Instant) -> Vec<(SocketAddr, Msg)> {
         let mut leaders: BTreeMap<PartitionId, (u64, NodeId)> = BTreeMap::new();
         for (node, r) in self.heartbeats.reports(now) {
@@ -256,9 +296,12 @@ impl ManagerCore {
             .collect();
         let up = |n: &NodeId| states.get(n) == Some(&ServerState::Up);
         let dead = |n: &NodeId| states.get(n) == Some(&ServerState::Dead);
+        let draining = self.draining.clone();
+        // Replicas (and leaderships) per server that may take more: up and
+        // not draining.
         let mut load: BTreeMap<NodeId, usize> = states
             .iter()
-            .filter(|(_, &s)| s == ServerState::Up)
+            .filter(|(n, &s)| s == ServerState::Up && !draining.contains(n))
             .map(|(&n, _)| (n, 0))
             .collect();
         for &p in self.map.partitions.keys() {
@@ -268,100 +311,301 @@ impl ManagerCore {
                 }
             }
         }
+        let mut leads: BTreeMap<NodeId, usize> = load.keys().map(|&n| (n, 0)).collect();
+        for &(_, n) in leaders.values() {
+            if let Some(l) = leads.get_mut(&n) {
+                *l += 1;
+            }
+        }
         let target = self.replicas.min(self.map.servers.len()).max(1);
         let mut out = Vec::new();
         let ids: Vec<PartitionId> = self.map.partitions.keys().copied().collect();
-        for id in ids {
+        // Partitions with nothing to repair and a known leader: candidates
+        // for balancing.
+        let mut settled: Vec<(PartitionId, NodeId)> = Vec::new();
+        for &id in &ids {
             let voters = self.map.partitions[&id].replicas.clone();
             let learners = self.map.groups[&id].learners.clone();
+            let leader = leaders.get(&id).map(|&(_, l)| l);
             if let Some(m) = self.moves.get(&id) {
-                let done = m.from.0 != voters || m.from.1 != learners;
+                let done = m.from.0 != voters
+                    || m.from.1 != learners
+                    || (matches!(m.step, Step::Transfer(_)) && leader != Some(m.leader));
                 if done || now.saturating_duration_since(m.sent) >= MOVE_TIMEOUT {
                     self.moves.remove(&id);
                 } else {
                     continue;
                 }
             }
-            let Some(&(_, leader)) = leaders.get(&id) else {
+            let Some(leader) = leader else {
                 continue;
             };
-            let Some(&leader_addr) = self.map.servers.get(&leader) else {
-                continue;
-            };
+            let leaving = self.leaving.get(&id).copied();
+            if leaving.is_some_and(|n| !voters.contains(&n) && !learners.contains(&n)) {
+                self.leaving.remove(&id); // that move is done
+            }
+            let goes = |n: &NodeId| dead(n) || draining.contains(n);
             let holds = |n: &NodeId| voters.contains(n) || learners.contains(n);
-            let change = if let Some(&l) = learners.iter().find(|l| dead(l)) {
-                Some(ConfChange::Remove(l))
+            let step = if let Some(&l) = learners.iter().find(|l| goes(l)) {
+                Some(Step::Change(ConfChange::Remove(l)))
             } else if let Some(&l) = learners.first() {
-                Some(ConfChange::AddVoter(l))
+                Some(Step::Change(ConfChange::AddVoter(l)))
+            } else if voters.len() > target && draining.contains(&leader) {
+                // The draining leader is the one to go: hand its
+                // leadership over first (a leader is never removed).
+                voters
+                    .iter()
+                    .filter(|v| **v != leader && up(v) && !draining.contains(v))
+                    .min_by_key(|v| (leads.get(v).copied().unwrap_or(usize::MAX), **v))
+                    .map(|&v| Step::Transfer(v))
             } else if voters.len() > target {
-                // One too many (a replacement was promoted): the dead one
-                // goes, else the one least needed.
+                // One too many (a replacement was promoted): the dead or
+                // draining one goes, else the one being moved away, else
+                // the one least needed. Never the leader.
                 voters
                     .iter()
                     .filter(|&&v| v != leader)
-                    .max_by_key(|&&v| (dead(&v), !up(&v), load.get(&v).copied().unwrap_or(0), v))
-                    .map(|&v| ConfChange::Remove(v))
-            } else if voters.len() < target || voters.iter().any(dead) {
+                    .max_by_key(|&&v| {
+                        (
+                            dead(&v),
+                            draining.contains(&v),
+                            self.leaving.get(&id) == Some(&v),
+                            !up(&v),
+                            load.get(&v).copied().unwrap_or(usize::MAX),
+                            v,
+                        )
+                    })
+                    .map(|&v| Step::Change(ConfChange::Remove(v)))
+            } else if voters.len() < target || voters.iter().any(goes) {
                 load.iter()
                     .filter(|(n, _)| !holds(n))
                     .min_by_key(|(&n, &l)| (l, n))
-                    .map(|(&n, _)| ConfChange::AddLearner(n))
+                    .map(|(&n, _)| Step::Change(ConfChange::AddLearner(n)))
+            } else if draining.contains(&leader) {
+                // Its replica stays until the leadership is elsewhere.
+                voters
+                    .iter()
+                    .filter(|v| **v != leader && up(v) && !draining.contains(v))
+                    .min_by_key(|v| (leads.get(v).copied().unwrap_or(usize::MAX), **v))
+                    .map(|&v| Step::Transfer(v))
             } else {
+                settled.push((id, leader));
                 None
             };
-            let Some(change) = change else {
+            if let Some(step) = step {
+                self.ask(&mut out, now, id, leader, step, &mut load, &mut leads);
+            }
+        }
+
+        // Balance replica counts: from the fullest server to the emptiest.
+        // A settled partition is moving no more (done, or refused).
+        for (id, _) in &settled {
+            self.leaving.remove(id);
+        }
+        let mut moving = self.leaving.len();
+        for &(id, leader) in &settled {
+            if moving >= BALANCE_MOVES_MAX {
+                break;
+            }
+            let (Some((&min_n, &min_l)), Some((&max_n, &max_l))) = (
+                load.iter().min_by_key(|(&n, &l)| (l, n)),
+                load.iter().max_by_key(|(&n, &l)| (l, std::cmp::Reverse(n))),
+            ) else {
+                break;
+            };
+            if max_l <= min_l + 1 {
+                break;
+            }
+            let voters = &self.map.partitions[&id].replicas;
+            if !voters.contains(&max_n) || voters.contains(&min_n) || max_n == leader {
+                continue;
+            }
+            self.leaving.insert(id, max_n);
+            moving += 1;
+            *load.get_mut(&max_n).unwrap() -= 1; // it will leave
+            let step = Step::Change(ConfChange::AddLearner(min_n));
+            self.ask(&mut out, now, id, leader, step, &mut load, &mut leads);
+        }
+
+        // Balance leader counts: every live server within one of the mean.
+        let mean = leaders.len() as f64 / leads.len().max(1) as f64;
+        let mut transfers = 0;
+        for &(id, leader) in &settled {
+            if transfers >= BALANCE_TRANSFERS_MAX || self.moves.contains_key(&id) {
+                continue;
+            }
+            let Some(&have) = leads.get(&leader) else {
                 continue;
             };
-            if let ConfChange::AddLearner(n) = change {
-                *load.get_mut(&n).unwrap() += 1;
+            let voters = &self.map.partitions[&id].replicas;
+            let Some((&to, &to_leads)) = leads
+                .iter()
+                .filter(|(n, _)| voters.contains(n) && **n != leader)
+                .min_by_key(|(&n, &l)| (l, n))
+            else {
+                continue;
+            };
+            let off = have as f64 > mean + 1.0 || (to_leads as f64) < mean - 1.0;
+            if !off || have <= to_leads + 1 {
+                continue;
             }
-            tracing::info!(
-                partition = id,
-                leader,
-                ?change,
-                "asking for a membership change"
-            );
-            let req = self.next_req;
-            self.next_req += 1;
-            self.moves.insert(
-                id,
-                Move {
-                    req,
-                    change: change.clone(),
-                    from: (voters.clone(), learners.clone()),
-                    sent: now,
-                },
-            );
-            out.push((
-                leader_addr,
-                Msg::ChangeReplicas {
-                    req,
-                    partition: id,
-                    voters,
-                    learners,
-                    change,
-                },
-            ));
+            transfers += 1;
+            self.ask(&mut out, now, id, leader, Step::Transfer(to), &mut load, &mut leads);
         }
         out
     }
 
-    fn register(&mut self, node_id: NodeId, addr: SocketAddr) -> Result<PartitionMap, String> {
-        let Some(known) = self.map.servers.get_mut(&node_id) else {
-            return Err(format!(
-                "unknown node id {node_id}: the manager's --servers lists {} servers (ids 0..{})",
-                self.map.servers.len(),
-                self.map.servers.len()
-            ));
+    /// Asks `leader` of partition `id` for `step` (and counts it in
+    /// `load` / `leads` as if done).
+    #[allow(clippy::too_many_arguments)]
+    fn ask(
+        &mut self,
+        out: &mut Vec<(SocketAddr, Msg)>,
+        now: Instant,
+        id: PartitionId,
+        leader: NodeId,
+        step: Step,
+        load: &mut BTreeMap<NodeId, usize>,
+        leads: &mut BTreeMap<NodeId, usize>,
+    ) {
+        let Some(&addr) = self.map.servers.get(&leader) else {
+            return;
         };
+        let voters = self.map.partitions[&id].replicas.clone();
+        let learners = self.map.groups[&id].learners.clone();
+        let req = self.next_req;
+        self.next_req += 1;
+        let msg = match &step {
+            Step::Change(change) => {
+                if let ConfChange::AddLearner(n) = change {
+                    if let Some(l) = load.get_mut(n) {
+                        *l += 1;
+                    }
+                }
+                tracing::info!(partition = id, leader, ?change, "asking for a membership change");
+                Msg::ChangeReplicas {
+                    req,
+                    partition: id,
+                    voters: voters.clone(),
+                    learners: learners.clone(),
+                    change: change.clone(),
+                }
+            }
+            Step::Transfer(to) => {
+                for (n, d) in [(leader, -1isize), (*to, 1)] {
+                    if let Some(l) = leads.get_mut(&n) {
+                        *l = l.saturating_add_signed(d);
+                    }
+                }
+                tracing::info!(partition = id, leader, to, "asking for a leadership transfer");
+                Msg::TransferLeader {
+                    req,
+                    partition: id,
+                    to: *to,
+                }
+            }
+        };
+        self.moves.insert(
+            id,
+            Move {
+                req,
+                step,
+                from: (voters, learners),
+                leader,
+                sent: now,
+            },
+        );
+        out.push((addr, msg));
+    }
+
+    /// `admin drain / undrain / remove-server`.
+    fn server_admin(&mut self, node: NodeId, action: ServerAction) -> Result<String, String> {
+        if !self.map.servers.contains_key(&node) {
+            return Err(format!("there is no server {node} (see `admin servers`)"));
+        }
+        let holds = self
+            .map
+            .partitions
+            .keys()
+            .filter(|&&p| self.map.hosts(p).any(|n| n == node))
+            .count();
+        match action {
+            ServerAction::Drain => {
+                let others = self
+                    .map
+                    .servers
+                    .keys()
+                    .filter(|&&n| n != node && !self.draining.contains(&n))
+                    .count();
+                if others < self.replicas.min(self.map.servers.len()) {
+                    return Err(format!(
+                        "draining server {node} would leave {others} servers for {} replicas \
+                         per partition; add a server first (server --join)",
+                        self.replicas
+                    ));
+                }
+                self.draining.insert(node);
+                tracing::info!(node, holds, "draining a server");
+                Ok(format!(
+                    "server {node} is draining: its {holds} replicas and its leaderships move to \
+                     other servers (watch `admin servers`); then `admin remove-server --node {node}`"
+                ))
+            }
+            ServerAction::Undrain => {
+                self.draining.remove(&node);
+                Ok(format!("server {node} is no longer draining"))
+            }
+            ServerAction::Remove if holds > 0 => Err(format!(
+                "server {node} still holds {holds} replicas: drain it first \
+                 (admin drain --node {node}) and wait until it holds none"
+            )),
+            ServerAction::Remove => {
+                self.map.servers.remove(&node);
+                self.draining.remove(&node);
+                self.removed.insert(node);
+                self.heartbeats.forget(node);
+                self.bump_epoch();
+                tracing::info!(node, "removed a server from the cluster");
+                Ok(format!(
+                    "server {node} is removed from the cluster; stop its process (its --join, \
+                     if any, is refused from now on) and take it off the manager's --servers"
+                ))
+            }
+        }
+    }
+
+    fn register(
+        &mut self,
+        node_id: NodeId,
+        addr: SocketAddr,
+        join: bool,
+    ) -> Result<PartitionMap, String> {
         if addr.ip().is_unspecified() {
             return Err(format!(
                 "server {node_id} advertised {addr}, which others cannot dial; set --advertise-addr"
             ));
         }
-        if *known != addr {
-            tracing::info!(node_id, old = %known, new = %addr, "server address changed");
-            *known = addr;
+        if !self.map.servers.contains_key(&node_id) {
+            if self.removed.contains(&node_id) {
+                return Err(format!(
+                    "server {node_id} was removed from the cluster (admin remove-server); \
+                     to add a machine again, start it with a new --node-id and --join"
+                ));
+            }
+            if !join {
+                let ids: Vec<String> = self.map.servers.keys().map(|i| i.to_string()).collect();
+                return Err(format!(
+                    "unknown node id {node_id}: the cluster's servers are {}; \
+                     start the server with --join to add it to the cluster",
+                    ids.join(", ")
+                ));
+            }
+            tracing::info!(node_id, %addr, "server joined the cluster");
+            self.map.servers.insert(node_id, addr);
+            self.bump_epoch();
+        }
+        if self.map.servers.insert(node_id, addr).is_some_and(|old| old != addr) {
+            tracing::info!(node_id, new = %addr, "server address changed");
             self.bump_epoch();
         }
         Ok(self.map.clone())
@@ -440,6 +684,7 @@ mod tests {
             node_id,
             addr,
             epoch: 0,
+            join: false,
             replicas: Vec::new(),
         }
     }
@@ -523,6 +768,7 @@ mod tests {
             node_id: 0,
             addr,
             epoch: 7,
+            join: false,
             replicas: vec![leader_report(0, 12, vec![0, 1])],
         };
         let Some(Msg::RegisterReply { result: Ok(map) }) = c.handle(register, Instant::now())
@@ -541,6 +787,7 @@ mod tests {
                 node_id: 1,
                 addr: "10.1.1.1:23000".parse().unwrap(),
                 epoch: 8,
+                join: false,
                 replicas: vec![stale],
             };
             c.handle(register, Instant::now());
@@ -558,6 +805,7 @@ mod tests {
             node_id: 0,
             addr: "127.0.0.1:23000".parse().unwrap(),
             epoch: 1,
+            join: false,
             replicas: vec![leader_report(0, 0, vec![0, 1])],
         };
         c.handle(register, now);

@@ -97,6 +97,9 @@ pub struct ServerInfo {
     /// leading in its last heartbeat.
     pub replicas: usize,
     pub leaders: usize,
+    /// An operator is draining it (`admin drain`): its replicas and
+    /// leaderships are moving to other servers.
+    pub draining: bool,
 }
 
 /// A partition, as `admin partitions` shows it.
@@ -155,6 +158,11 @@ impl Heartbeats {
     /// Server `node` reported `replicas` at `now`.
     pub fn record(&mut self, node: NodeId, replicas: Vec<ReplicaStatus>, now: Instant) {
         self.last.insert(node, (now, replicas));
+    }
+
+    /// Forgets server `node` (removed from the cluster).
+    pub fn forget(&mut self, node: NodeId) {
+        self.last.remove(&node);
     }
 
     /// Whether `node` was heard within [`UNREACHABLE_AFTER`] of `now`.
@@ -253,6 +261,7 @@ impl Heartbeats {
                         .filter(|&&p| map.hosts(p).any(|n| n == id))
                         .count(),
                     leaders: partitions.iter().filter(|p| p.leader == Some(id)).count(),
+                    draining: false,
                 }
             })
             .collect();

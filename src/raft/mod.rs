@@ -342,6 +342,9 @@ pub struct Raft {
     apply_handed: Index,
     /// See [`Config::amnesia_guard`]: started empty and not caught up yet.
     amnesiac: bool,
+    /// The running campaign was started by the leader's `TimeoutNow` (a
+    /// leadership transfer).
+    handed_over: bool,
     /// Ticks since this member started (for `amnesia_listen_ticks`).
     ticks: u64,
     /// While amnesiac: the last PreVote/Vote heard from each peer.
@@ -373,6 +376,7 @@ impl Raft {
         let amnesiac = cfg.amnesia_guard && log.last_index() == 0;
         let mut raft = Raft {
             amnesiac,
+            handed_over: false,
             ticks: 0,
             heard: BTreeMap::new(),
             term: state.hard_state.term,
@@ -638,6 +642,9 @@ impl Raft {
     }
 
     fn start_election(&mut self, transfer: bool) {
+        if !transfer {
+            self.handed_over = false; // a campaign of our own
+        }
         if self.cfg.pre_vote && !transfer {
             self.role = Role::PreCandidate;
             self.leader = None;
@@ -732,7 +739,14 @@ impl Raft {
     }
 
     fn become_leader(&mut self) {
-        crate::stats::count(crate::stats::Event::Election);
+        // A leadership handed over on request (an operator, the manager's
+        // balancing) is not an election the stability checks count.
+        crate::stats::count(if self.handed_over {
+            crate::stats::Event::HandedOver
+        } else {
+            crate::stats::Event::Election
+        });
+        self.handed_over = false;
         tracing::info!(
             group = self.cfg.group,
             id = self.cfg.id,
@@ -1320,6 +1334,7 @@ impl Raft {
             }
             MessageBody::TimeoutNow => {
                 if self.is_voter() && self.role != Role::Leader {
+                    self.handed_over = true;
                     self.start_election(true);
                 }
             }

@@ -42,6 +42,9 @@ pub struct ServerConfig {
     /// The dialable address it tells the manager (never `0.0.0.0`).
     pub advertise_addr: SocketAddr,
     pub manager_addr: SocketAddr,
+    /// May join a running cluster whose manager does not list this node id
+    /// (`--join`).
+    pub join: bool,
     /// How often the server re-registers with the manager.
     pub heartbeat_interval: Duration,
     /// Durable storage (`--persistence`); `None` keeps everything in memory.
@@ -151,7 +154,7 @@ pub async fn run_server<R: Runtime, D: Disk>(
     {
         let (net, rt2, status) = (net.clone(), rt.clone(), status.clone());
         let (manager, interval) = (config.manager_addr, config.heartbeat_interval);
-        let (node_id, addr) = (config.node_id, config.advertise_addr);
+        let (node_id, addr, join) = (config.node_id, config.advertise_addr, config.join);
         rt.spawn(async move {
             loop {
                 let (epoch, replicas) = status.lock().unwrap().clone();
@@ -159,6 +162,7 @@ pub async fn run_server<R: Runtime, D: Disk>(
                     node_id,
                     addr,
                     epoch,
+                    join,
                     replicas,
                 };
                 match encode_msg(&register) {
@@ -1056,6 +1060,7 @@ mod tests {
                     node_id: i,
                     addr: addrs(4)[i as usize],
                     epoch: c.cores[i as usize].epoch(),
+                    join: false,
                     replicas: c.cores[i as usize].status(),
                 };
                 let Some(Msg::RegisterReply { result: Ok(map) }) = manager.handle(register, now)

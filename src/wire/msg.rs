@@ -35,6 +35,9 @@ pub enum Msg {
         /// The epoch of the server's map (0: none yet): a restarted manager
         /// numbers its next map above every epoch servers hold.
         epoch: u64,
+        /// Started with `--join`: a manager that does not know `node_id`
+        /// adds the server to the cluster instead of refusing it.
+        join: bool,
         replicas: Vec<ReplicaStatus>,
     },
     /// Manager -> server: the current map, or why the server was refused.
@@ -102,11 +105,28 @@ pub enum Msg {
         learners: Vec<NodeId>,
         change: ConfChange,
     },
-    /// Server -> admin or manager: what it did, or why not.
+    /// Admin -> manager: drain a server (move its replicas and leaderships
+    /// away), stop draining it, or remove it from the cluster (once it
+    /// holds nothing).
+    ServerAdmin {
+        req: u64,
+        node: NodeId,
+        action: ServerAction,
+    },
+    /// Server -> admin or manager (and manager -> admin): what it did, or
+    /// why not.
     AdminReply {
         req: u64,
         result: Result<String, String>,
     },
+}
+
+/// What `admin` asks the manager to do with a server ([`Msg::ServerAdmin`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerAction {
+    Drain,
+    Undrain,
+    Remove,
 }
 
 /// Why a server did not execute a command. Unless a variant says otherwise
@@ -198,6 +218,7 @@ mod tests {
                 node_id: 0,
                 addr,
                 epoch: 4,
+                join: true,
                 replicas: vec![crate::manager::status::ReplicaStatus {
                     partition: 3,
                     role: crate::manager::status::ReplicaRole::Leader,
@@ -212,6 +233,11 @@ mod tests {
                         learners: vec![3],
                     }),
                 }],
+            },
+            Msg::ServerAdmin {
+                req: 12,
+                node: 4,
+                action: ServerAction::Drain,
             },
             Msg::ChangeReplicas {
                 req: 11,

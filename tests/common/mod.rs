@@ -183,6 +183,8 @@ pub struct Cluster {
     server_args: Vec<String>,
     /// Extra flags for the manager (e.g. `--replicas 3`).
     manager_args: Vec<String>,
+    /// Servers added with [`Cluster::join_server`] (started with `--join`).
+    joined: Vec<usize>,
 }
 
 impl Cluster {
@@ -255,6 +257,7 @@ impl Cluster {
             persistence,
             server_args: server_args.iter().map(|a| a.to_string()).collect(),
             manager_args: manager_args.iter().map(|a| a.to_string()).collect(),
+            joined: Vec::new(),
         };
         cluster.start_manager();
         for i in 0..n {
@@ -324,6 +327,9 @@ impl Cluster {
             args.push(self.db_dir(i).display().to_string());
             args.push("--log-path".to_string());
             args.push(self.log_dir(i).display().to_string());
+        }
+        if self.joined.contains(&i) {
+            args.push("--join".to_string());
         }
         args.extend(self.server_args.iter().cloned());
         let guard = self.spawn_logged(&format!("server{i}"), SERVER, &args);
@@ -426,6 +432,17 @@ impl Cluster {
         if let Err(e) = self.wait_ready() {
             panic!("server {i} did not come back: {e}");
         }
+    }
+
+    /// Starts one more server, with the next node id and `--join` (the
+    /// manager does not list it); returns its index. Does not wait.
+    pub fn join_server(&mut self) -> usize {
+        let i = self.server_addrs.len();
+        self.server_addrs.push(free_ports(1)[0]);
+        self.servers.push(None);
+        self.joined.push(i);
+        self.start_server(i);
+        i
     }
 
     /// kill -9 the manager.
