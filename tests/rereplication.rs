@@ -129,7 +129,14 @@ fn servers(cluster: &Cluster) -> Vec<Value> {
     let addr = cluster.manager_addr.to_string();
     let out = run(
         ADMIN,
-        &["--connect-addr", &addr, "--timeout-ms", "10000", "servers", "--json"],
+        &[
+            "--connect-addr",
+            &addr,
+            "--timeout-ms",
+            "10000",
+            "servers",
+            "--json",
+        ],
         "",
     );
     assert!(out.status.success(), "admin servers: {}", out.stderr);
@@ -167,13 +174,7 @@ fn count(s: &Value, field: &str) -> f64 {
 
 #[test]
 fn a_joining_server_takes_its_share_and_a_drained_one_is_removed() {
-    let mut cluster = Cluster::start_full(
-        3,
-        "t=300,u=300,v=300",
-        false,
-        &[],
-        &["--replicas", "3"],
-    );
+    let mut cluster = Cluster::start_full(3, "t=300,u=300,v=300", false, &[], &["--replicas", "3"]);
     let keys: Vec<String> = ["t", "u", "v"]
         .iter()
         .flat_map(|t| (0..30).map(move |i| format!("{t}{}", i * 10 + 1)))
@@ -187,16 +188,25 @@ fn a_joining_server_takes_its_share_and_a_drained_one_is_removed() {
     // every server ends with 6 or 7 replicas and 2 or 3 leaderships.
     let joined = cluster.join_server();
     assert_eq!(joined, 3);
-    wait_servers(&cluster, "the new server took its share", Duration::from_secs(60), |ss| {
-        ss.len() == 4
-            && ss.iter().all(|s| {
-                s["state"] == "up"
-                    && (6.0..=7.0).contains(&count(s, "replicas"))
-                    && (1.25..=3.25).contains(&count(s, "leaders"))
-            })
-    });
+    wait_servers(
+        &cluster,
+        "the new server took its share",
+        Duration::from_secs(60),
+        |ss| {
+            ss.len() == 4
+                && ss.iter().all(|s| {
+                    s["state"] == "up"
+                        && (6.0..=7.0).contains(&count(s, "replicas"))
+                        && (1.25..=3.25).contains(&count(s, "leaders"))
+                })
+        },
+    );
     wait_replaced(&cluster, &[], Duration::from_secs(30));
-    assert_eq!(client(&cluster, &gets), expected, "nothing lost by the moves");
+    assert_eq!(
+        client(&cluster, &gets),
+        expected,
+        "nothing lost by the moves"
+    );
 
     // Removing a server that still holds replicas is refused.
     let out = admin(&cluster, &["remove-server", "--node", "0"]);
@@ -206,20 +216,33 @@ fn a_joining_server_takes_its_share_and_a_drained_one_is_removed() {
     // Drain server 0: everything moves off it, nothing becomes unavailable.
     let out = admin(&cluster, &["drain", "--node", "0"]);
     assert!(out.status.success(), "{}", out.stderr);
-    wait_servers(&cluster, "server 0 drained", Duration::from_secs(60), |ss| {
-        let s0 = ss.iter().find(|s| s["id"] == 0).unwrap();
-        s0["state"] == "up" && s0["draining"] == true && count(s0, "replicas") == 0.0
-            && count(s0, "leaders") == 0.0
-    });
+    wait_servers(
+        &cluster,
+        "server 0 drained",
+        Duration::from_secs(60),
+        |ss| {
+            let s0 = ss.iter().find(|s| s["id"] == 0).unwrap();
+            s0["state"] == "up"
+                && s0["draining"] == true
+                && count(s0, "replicas") == 0.0
+                && count(s0, "leaders") == 0.0
+        },
+    );
     wait_replaced(&cluster, &[0], Duration::from_secs(30));
-    assert_eq!(client(&cluster, &gets), expected, "nothing lost by the drain");
+    assert_eq!(
+        client(&cluster, &gets),
+        expected,
+        "nothing lost by the drain"
+    );
 
     let out = admin(&cluster, &["remove-server", "--node", "0"]);
     assert!(out.status.success(), "{}", out.stderr);
     cluster.kill_server(0);
     let ss = servers(&cluster);
     assert_eq!(
-        ss.iter().map(|s| s["id"].as_u64().unwrap()).collect::<Vec<_>>(),
+        ss.iter()
+            .map(|s| s["id"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
         vec![1, 2, 3]
     );
     assert_eq!(client(&cluster, &gets), expected);

@@ -95,7 +95,9 @@ fn main() -> ExitCode {
                     partitions_table(&s.partitions)
                 }
             }),
-            Command::Drain { node } => server_admin(&client, node, ServerAction::Drain, args.json).await,
+            Command::Drain { node } => {
+                server_admin(&client, node, ServerAction::Drain, args.json).await
+            }
             Command::Undrain { node } => {
                 server_admin(&client, node, ServerAction::Undrain, args.json).await
             }

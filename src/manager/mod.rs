@@ -80,6 +80,11 @@ const MOVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// (repairs are not limited): each move copies a partition.
 const BALANCE_MOVES_MAX: usize = 4;
 
+/// A partition moved to even out replica counts is not moved again for
+/// balance within this long: moves decided on loads that other moves are
+/// still changing must not chase each other back and forth.
+const BALANCE_COOLDOWN: Duration = Duration::from_secs(60);
+
 /// Leadership transfers at most asked per plan to even out leader counts.
 const BALANCE_TRANSFERS_MAX: usize = 4;
 
@@ -116,6 +121,8 @@ pub struct ManagerCore {
     /// Partitions being moved to even out replica counts, and the server
     /// each is leaving.
     leaving: BTreeMap<PartitionId, NodeId>,
+    /// When each partition last started a balancing move.
+    balanced_at: BTreeMap<PartitionId, Instant>,
     /// Servers an operator is draining (`admin drain`). Soft state: a
     /// restarted manager forgets it (drain again).
     draining: BTreeSet<NodeId>,
@@ -141,6 +148,7 @@ impl ManagerCore {
             seen_epoch: 0,
             moves: BTreeMap::new(),
             leaving: BTreeMap::new(),
+            balanced_at: BTreeMap::new(),
             draining: BTreeSet::new(),
             removed: BTreeSet::new(),
             next_req: 1,
@@ -402,6 +410,14 @@ impl ManagerCore {
         for (id, _) in &settled {
             self.leaving.remove(id);
         }
+        // A replica on its way out no longer counts where it is leaving.
+        for (id, n) in &self.leaving {
+            if self.map.hosts(*id).any(|h| h == *n) {
+                if let Some(l) = load.get_mut(n) {
+                    *l = l.saturating_sub(1);
+                }
+            }
+        }
         let mut moving = self.leaving.len();
         for &(id, leader) in &settled {
             if moving >= BALANCE_MOVES_MAX {
@@ -417,9 +433,14 @@ impl ManagerCore {
                 break;
             }
             let voters = &self.map.partitions[&id].replicas;
-            if !voters.contains(&max_n) || voters.contains(&min_n) || max_n == leader {
+            let cooling = self
+                .balanced_at
+                .get(&id)
+                .is_some_and(|&at| now.saturating_duration_since(at) < BALANCE_COOLDOWN);
+            if cooling || !voters.contains(&max_n) || voters.contains(&min_n) || max_n == leader {
                 continue;
             }
+            self.balanced_at.insert(id, now);
             self.leaving.insert(id, max_n);
             moving += 1;
             *load.get_mut(&max_n).unwrap() -= 1; // it will leave
@@ -450,7 +471,15 @@ impl ManagerCore {
                 continue;
             }
             transfers += 1;
-            self.ask(&mut out, now, id, leader, Step::Transfer(to), &mut load, &mut leads);
+            self.ask(
+                &mut out,
+                now,
+                id,
+                leader,
+                Step::Transfer(to),
+                &mut load,
+                &mut leads,
+            );
         }
         out
     }
@@ -482,7 +511,12 @@ impl ManagerCore {
                         *l += 1;
                     }
                 }
-                tracing::info!(partition = id, leader, ?change, "asking for a membership change");
+                tracing::info!(
+                    partition = id,
+                    leader,
+                    ?change,
+                    "asking for a membership change"
+                );
                 Msg::ChangeReplicas {
                     req,
                     partition: id,
@@ -497,7 +531,12 @@ impl ManagerCore {
                         *l = l.saturating_add_signed(d);
                     }
                 }
-                tracing::info!(partition = id, leader, to, "asking for a leadership transfer");
+                tracing::info!(
+                    partition = id,
+                    leader,
+                    to,
+                    "asking for a leadership transfer"
+                );
                 Msg::TransferLeader {
                     req,
                     partition: id,
@@ -604,7 +643,12 @@ impl ManagerCore {
             self.map.servers.insert(node_id, addr);
             self.bump_epoch();
         }
-        if self.map.servers.insert(node_id, addr).is_some_and(|old| old != addr) {
+        if self
+            .map
+            .servers
+            .insert(node_id, addr)
+            .is_some_and(|old| old != addr)
+        {
             tracing::info!(node_id, new = %addr, "server address changed");
             self.bump_epoch();
         }
