@@ -13,22 +13,26 @@ use common::{run, Cluster, ADMIN, CLIENT};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-fn partitions(cluster: &Cluster) -> Vec<Value> {
-    let addr = cluster.manager_addr.to_string();
-    let out = run(
-        ADMIN,
-        &[
-            "--connect-addr",
-            &addr,
-            "--timeout-ms",
-            "10000",
-            "partitions",
-            "--json",
-        ],
-        "",
-    );
-    assert!(out.status.success(), "admin partitions: {}", out.stderr);
+/// `admin <what> --json` (`servers` or `partitions`).
+fn admin_json(cluster: &Cluster, what: &str) -> Vec<Value> {
+    let out = admin(cluster, &[what, "--json"]);
+    assert!(out.status.success(), "admin {what}: {}", out.stderr);
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+}
+
+fn admin(cluster: &Cluster, args: &[&str]) -> common::Output {
+    let addr = cluster.manager_addr.to_string();
+    let mut all = vec!["--connect-addr", &addr, "--timeout-ms", "10000"];
+    all.extend_from_slice(args);
+    run(ADMIN, &all, "")
+}
+
+fn partitions(cluster: &Cluster) -> Vec<Value> {
+    admin_json(cluster, "partitions")
+}
+
+fn servers(cluster: &Cluster) -> Vec<Value> {
+    admin_json(cluster, "servers")
 }
 
 fn ids(v: &Value) -> Vec<u64> {
@@ -123,31 +127,6 @@ fn a_lost_server_is_replaced_and_a_second_loss_loses_nothing() {
         logs.contains("dropping a replica its group removed"),
         "server 0 dropped its removed replicas: {logs}"
     );
-}
-
-fn servers(cluster: &Cluster) -> Vec<Value> {
-    let addr = cluster.manager_addr.to_string();
-    let out = run(
-        ADMIN,
-        &[
-            "--connect-addr",
-            &addr,
-            "--timeout-ms",
-            "10000",
-            "servers",
-            "--json",
-        ],
-        "",
-    );
-    assert!(out.status.success(), "admin servers: {}", out.stderr);
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
-}
-
-fn admin(cluster: &Cluster, args: &[&str]) -> common::Output {
-    let addr = cluster.manager_addr.to_string();
-    let mut all = vec!["--connect-addr", &addr, "--timeout-ms", "10000"];
-    all.extend_from_slice(args);
-    run(ADMIN, &all, "")
 }
 
 /// Polls `admin servers` until `done` holds (or panics after `limit`).

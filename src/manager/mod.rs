@@ -670,20 +670,7 @@ pub async fn run_manager<R: Runtime>(rt: R, config: ManagerConfig) -> io::Result
     );
     let mut core = ManagerCore::new(map, rt.now(), config.dead_after, config.replicas);
     let net = std::sync::Arc::new(net);
-    // `Net::recv` is not cancel-safe: receive in a task of its own.
-    let (inbox, mut received) = tokio::sync::mpsc::channel(1024);
-    {
-        let net = net.clone();
-        rt.spawn(async move {
-            loop {
-                let item = net.recv().await;
-                let stop = item.is_err();
-                if inbox.send(item).await.is_err() || stop {
-                    return;
-                }
-            }
-        });
-    }
+    let mut received = crate::rt::spawn_receiver(&rt, net.clone(), 1024);
     let send = |to: SocketAddr, msg: &Msg| match encode_msg(msg) {
         Ok(bytes) => net.send(to, bytes),
         Err(e) => tracing::error!("cannot encode a message: {e}"),

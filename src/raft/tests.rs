@@ -1114,17 +1114,6 @@ fn a_member_without_durable_state_votes_only_after_catching_up() {
             transfer: false,
         },
     };
-    let granted = |r: &mut Raft| {
-        let ready = r.ready();
-        ready
-            .persisted_messages
-            .iter()
-            .chain(&ready.messages)
-            .find_map(|m| match m.body {
-                MessageBody::VoteResponse { granted } => Some(granted),
-                _ => None,
-            })
-    };
     // A new cluster: the candidate's log is empty too (granted once the
     // member listened for a while and heard nobody with a log).
     let mut fresh = Raft::new(cfg.clone(), state.clone(), 1);
@@ -1133,12 +1122,12 @@ fn a_member_without_durable_state_votes_only_after_catching_up() {
     }
     let _ = fresh.ready();
     fresh.step(vote(1, 1, 0));
-    assert_eq!(granted(&mut fresh), Some(true));
+    assert_eq!(vote_granted(&mut fresh), Some(true));
 
     // Restarted empty: a candidate with a non-empty log is refused.
     let mut amnesiac = Raft::new(cfg.clone(), state.clone(), 2);
     amnesiac.step(vote(1, 3, 4));
-    assert_eq!(granted(&mut amnesiac), Some(false));
+    assert_eq!(vote_granted(&mut amnesiac), Some(false));
     // Leader 2 sends its log up to its commit index: caught up.
     let entries: Vec<Entry> = (1..=4)
         .map(|i| Entry {
@@ -1161,7 +1150,7 @@ fn a_member_without_durable_state_votes_only_after_catching_up() {
     let _ = amnesiac.ready();
     amnesiac.step(vote(1, 4, 4));
     assert_eq!(
-        granted(&mut amnesiac),
+        vote_granted(&mut amnesiac),
         Some(true),
         "after catching up it votes normally"
     );
@@ -1170,7 +1159,20 @@ fn a_member_without_durable_state_votes_only_after_catching_up() {
     cfg.amnesia_guard = false;
     let mut durable = Raft::new(cfg, state, 3);
     durable.step(vote(1, 3, 4));
-    assert_eq!(granted(&mut durable), Some(true));
+    assert_eq!(vote_granted(&mut durable), Some(true));
+}
+
+/// The answer to a Vote request in `r`'s next `Ready`, if any.
+fn vote_granted(r: &mut Raft) -> Option<bool> {
+    let ready = r.ready();
+    ready
+        .persisted_messages
+        .iter()
+        .chain(&ready.messages)
+        .find_map(|m| match m.body {
+            MessageBody::VoteResponse { granted } => Some(granted),
+            _ => None,
+        })
 }
 
 #[test]
@@ -1219,24 +1221,13 @@ fn a_snapshot_that_reaches_the_leaders_commit_lifts_the_amnesia_guard() {
             transfer: false,
         },
     };
-    let granted = |r: &mut Raft| {
-        let ready = r.ready();
-        ready
-            .persisted_messages
-            .iter()
-            .chain(&ready.messages)
-            .find_map(|m| match m.body {
-                MessageBody::VoteResponse { granted } => Some(granted),
-                _ => None,
-            })
-    };
     for (commit, votes) in [(7, false), (5, true)] {
         let mut r = Raft::new(cfg.clone(), state.clone(), 1);
         r.step(snapshot(commit));
         assert_eq!(r.ready().snapshot.map(|s| s.meta.index), Some(5));
         r.step(vote.clone());
         assert_eq!(
-            granted(&mut r),
+            vote_granted(&mut r),
             Some(votes),
             "snapshot at 5, leader's commit {commit}"
         );
@@ -1449,50 +1440,62 @@ fn an_amnesiac_member_votes_for_a_log_only_if_it_is_up_to_date_with_every_other_
     // peer with a log is heard.
     let mut r = Raft::new(cfg.clone(), state.clone(), 1);
     r.step(pre_vote(2, 1, 0));
-    assert_eq!(granted(&mut r), Some(false), "still listening");
+    assert_eq!(vote_granted(&mut r), Some(false), "still listening");
     ticks(&mut r, listen);
     r.step(pre_vote(1, 5, 7)); // node 1 has a log
     let _ = r.ready();
     r.step(pre_vote(2, 5, 0));
-    assert_eq!(granted(&mut r), Some(false), "node 1 with a log is up");
+    assert_eq!(vote_granted(&mut r), Some(false), "node 1 with a log is up");
     ticks(&mut r, listen); // node 1 fell silent
     r.step(pre_vote(2, 5, 0));
-    assert_eq!(granted(&mut r), Some(true), "nobody with a log is heard");
+    assert_eq!(
+        vote_granted(&mut r),
+        Some(true),
+        "nobody with a log is heard"
+    );
 
     // Rule 2: a candidate with a log only if the third voter is heard, in a
     // lower term, with a log the candidate's is up to date with (it votes
     // on node 2's behalf, in place of its own lost log).
     let mut r = Raft::new(cfg.clone(), state.clone(), 2);
     r.step(vote(1, 5, 7));
-    assert_eq!(granted(&mut r), Some(false), "node 2 unheard");
+    assert_eq!(vote_granted(&mut r), Some(false), "node 2 unheard");
     let mut r = Raft::new(cfg.clone(), state.clone(), 3);
     r.step(pre_vote(2, 5, 9)); // node 2 has a longer log
     let _ = r.ready();
     r.step(vote(1, 6, 7));
-    assert_eq!(granted(&mut r), Some(false), "node 2's log is longer");
+    assert_eq!(vote_granted(&mut r), Some(false), "node 2's log is longer");
     let mut r = Raft::new(cfg.clone(), state.clone(), 7);
     r.step(pre_vote(2, 5, 4)); // node 2 has a shorter log
     let _ = r.ready();
     r.step(vote(1, 6, 7));
-    assert_eq!(granted(&mut r), Some(true), "node 1 is up to date with 2");
+    assert_eq!(
+        vote_granted(&mut r),
+        Some(true),
+        "node 1 is up to date with 2"
+    );
     let mut r = Raft::new(cfg.clone(), state.clone(), 4);
     r.step(pre_vote(2, 7, 0)); // node 2 is empty, but in term 6
     let _ = r.ready();
     r.step(vote(1, 6, 7));
-    assert_eq!(granted(&mut r), Some(false), "node 2 may lead term 6");
+    assert_eq!(vote_granted(&mut r), Some(false), "node 2 may lead term 6");
     let mut r = Raft::new(cfg.clone(), state.clone(), 5);
     r.step(pre_vote(2, 5, 0)); // node 2 is empty, in term 4
     let _ = r.ready();
     ticks(&mut r, listen);
     r.step(vote(1, 6, 7));
-    assert_eq!(granted(&mut r), Some(false), "heard too long ago");
+    assert_eq!(vote_granted(&mut r), Some(false), "heard too long ago");
     let mut r = Raft::new(cfg, state, 6);
     r.step(pre_vote(2, 5, 0));
     let _ = r.ready();
     r.step(pre_vote(1, 6, 7));
-    assert_eq!(granted(&mut r), Some(true), "pre-vote for the survivor");
+    assert_eq!(
+        vote_granted(&mut r),
+        Some(true),
+        "pre-vote for the survivor"
+    );
     r.step(vote(1, 6, 7));
-    assert_eq!(granted(&mut r), Some(true), "vote for the survivor");
+    assert_eq!(vote_granted(&mut r), Some(true), "vote for the survivor");
 }
 
 // ----- snapshots in chunks (§7) -------------------------------------------

@@ -110,3 +110,30 @@ pub async fn timeout<R: Runtime, F: Future>(
         _ = rt.sleep(duration) => Err(Elapsed),
     }
 }
+
+/// What [`spawn_receiver`] hands on: a datagram and its sender, or the
+/// endpoint's error (after which nothing more comes).
+pub type Received = io::Result<(SocketAddr, Vec<u8>)>;
+
+/// Receives from `net` in a task of its own and hands each item on through
+/// the returned channel (at most `capacity` waiting; the task waits when it
+/// is full). `Net::recv` is not cancel-safe, so a driver that also waits
+/// for timers cannot `select!` on it directly. The task stops after an
+/// error or once the receiver is dropped.
+pub fn spawn_receiver<R: Runtime>(
+    rt: &R,
+    net: std::sync::Arc<R::Net>,
+    capacity: usize,
+) -> tokio::sync::mpsc::Receiver<Received> {
+    let (inbox, received) = tokio::sync::mpsc::channel(capacity);
+    rt.spawn(async move {
+        loop {
+            let item = net.recv().await;
+            let stop = item.is_err();
+            if inbox.send(item).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    received
+}

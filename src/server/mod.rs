@@ -173,20 +173,7 @@ pub async fn run_server<R: Runtime, D: Disk>(
             }
         });
     }
-    // `Net::recv` is not cancel-safe: receive in a task of its own.
-    let (inbox, mut received) = tokio::sync::mpsc::channel(INBOX_MAX);
-    {
-        let net = net.clone();
-        rt.spawn(async move {
-            loop {
-                let item = net.recv().await;
-                let stop = item.is_err();
-                if inbox.send(item).await.is_err() || stop {
-                    return;
-                }
-            }
-        });
-    }
+    let mut received = crate::rt::spawn_receiver(&rt, net.clone(), INBOX_MAX);
     let core = ServerCore::new(
         config.node_id,
         recovered,
