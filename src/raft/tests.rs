@@ -1440,16 +1440,16 @@ fn an_amnesiac_member_votes_for_a_log_only_if_it_is_up_to_date_with_every_other_
     // peer with a log is heard.
     let mut r = Raft::new(cfg.clone(), state.clone(), 1);
     r.step(pre_vote(2, 1, 0));
-    assert_eq!(vote_granted(&mut r), Some(false), "still listening");
+    assert_eq!(granted(&mut r), Some(false), "still listening");
     ticks(&mut r, listen);
     r.step(pre_vote(1, 5, 7)); // node 1 has a log
     let _ = r.ready();
     r.step(pre_vote(2, 5, 0));
-    assert_eq!(vote_granted(&mut r), Some(false), "node 1 with a log is up");
+    assert_eq!(granted(&mut r), Some(false), "node 1 with a log is up");
     ticks(&mut r, listen); // node 1 fell silent
     r.step(pre_vote(2, 5, 0));
     assert_eq!(
-        vote_granted(&mut r),
+        granted(&mut r),
         Some(true),
         "nobody with a log is heard"
     );
@@ -1459,18 +1459,18 @@ fn an_amnesiac_member_votes_for_a_log_only_if_it_is_up_to_date_with_every_other_
     // on node 2's behalf, in place of its own lost log).
     let mut r = Raft::new(cfg.clone(), state.clone(), 2);
     r.step(vote(1, 5, 7));
-    assert_eq!(vote_granted(&mut r), Some(false), "node 2 unheard");
+    assert_eq!(granted(&mut r), Some(false), "node 2 unheard");
     let mut r = Raft::new(cfg.clone(), state.clone(), 3);
     r.step(pre_vote(2, 5, 9)); // node 2 has a longer log
     let _ = r.ready();
     r.step(vote(1, 6, 7));
-    assert_eq!(vote_granted(&mut r), Some(false), "node 2's log is longer");
+    assert_eq!(granted(&mut r), Some(false), "node 2's log is longer");
     let mut r = Raft::new(cfg.clone(), state.clone(), 7);
     r.step(pre_vote(2, 5, 4)); // node 2 has a shorter log
     let _ = r.ready();
     r.step(vote(1, 6, 7));
     assert_eq!(
-        vote_granted(&mut r),
+        granted(&mut r),
         Some(true),
         "node 1 is up to date with 2"
     );
@@ -1478,24 +1478,24 @@ fn an_amnesiac_member_votes_for_a_log_only_if_it_is_up_to_date_with_every_other_
     r.step(pre_vote(2, 7, 0)); // node 2 is empty, but in term 6
     let _ = r.ready();
     r.step(vote(1, 6, 7));
-    assert_eq!(vote_granted(&mut r), Some(false), "node 2 may lead term 6");
+    assert_eq!(granted(&mut r), Some(false), "node 2 may lead term 6");
     let mut r = Raft::new(cfg.clone(), state.clone(), 5);
     r.step(pre_vote(2, 5, 0)); // node 2 is empty, in term 4
     let _ = r.ready();
     ticks(&mut r, listen);
     r.step(vote(1, 6, 7));
-    assert_eq!(vote_granted(&mut r), Some(false), "heard too long ago");
+    assert_eq!(granted(&mut r), Some(false), "heard too long ago");
     let mut r = Raft::new(cfg, state, 6);
     r.step(pre_vote(2, 5, 0));
     let _ = r.ready();
     r.step(pre_vote(1, 6, 7));
     assert_eq!(
-        vote_granted(&mut r),
+        granted(&mut r),
         Some(true),
         "pre-vote for the survivor"
     );
     r.step(vote(1, 6, 7));
-    assert_eq!(vote_granted(&mut r), Some(true), "vote for the survivor");
+    assert_eq!(granted(&mut r), Some(true), "vote for the survivor");
 }
 
 // ----- snapshots in chunks (§7) -------------------------------------------
