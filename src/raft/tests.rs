@@ -1448,11 +1448,7 @@ fn an_amnesiac_member_votes_for_a_log_only_if_it_is_up_to_date_with_every_other_
     assert_eq!(granted(&mut r), Some(false), "node 1 with a log is up");
     ticks(&mut r, listen); // node 1 fell silent
     r.step(pre_vote(2, 5, 0));
-    assert_eq!(
-        granted(&mut r),
-        Some(true),
-        "nobody with a log is heard"
-    );
+    assert_eq!(granted(&mut r), Some(true), "nobody with a log is heard");
 
     // Rule 2: a candidate with a log only if the third voter is heard, in a
     // lower term, with a log the candidate's is up to date with (it votes
@@ -1469,11 +1465,7 @@ fn an_amnesiac_member_votes_for_a_log_only_if_it_is_up_to_date_with_every_other_
     r.step(pre_vote(2, 5, 4)); // node 2 has a shorter log
     let _ = r.ready();
     r.step(vote(1, 6, 7));
-    assert_eq!(
-        granted(&mut r),
-        Some(true),
-        "node 1 is up to date with 2"
-    );
+    assert_eq!(granted(&mut r), Some(true), "node 1 is up to date with 2");
     let mut r = Raft::new(cfg.clone(), state.clone(), 4);
     r.step(pre_vote(2, 7, 0)); // node 2 is empty, but in term 6
     let _ = r.ready();
@@ -1489,11 +1481,7 @@ fn an_amnesiac_member_votes_for_a_log_only_if_it_is_up_to_date_with_every_other_
     r.step(pre_vote(2, 5, 0));
     let _ = r.ready();
     r.step(pre_vote(1, 6, 7));
-    assert_eq!(
-        granted(&mut r),
-        Some(true),
-        "pre-vote for the survivor"
-    );
+    assert_eq!(granted(&mut r), Some(true), "pre-vote for the survivor");
     r.step(vote(1, 6, 7));
     assert_eq!(granted(&mut r), Some(true), "vote for the survivor");
 }
