@@ -332,8 +332,9 @@ impl ManagerCore {
         // for balancing.
         let mut settled: Vec<(PartitionId, NodeId)> = Vec::new();
         for &id in &ids {
-            let voters = self.map.partitions[&id].replicas.clone();
-            let learners = self.map.groups[&id].learners.clone();
+            let Some((voters, learners)) = self.membership(id) else {
+                continue;
+            };
             let leader = leaders.get(&id).map(|&(_, l)| l);
             if let Some(m) = self.moves.get(&id) {
                 let done = m.from.0 != voters
@@ -484,6 +485,13 @@ impl ManagerCore {
         out
     }
 
+    /// Partition `id`'s voters and learners, as the map has them.
+    fn membership(&self, id: PartitionId) -> Option<(Vec<NodeId>, Vec<NodeId>)> {
+        let voters = self.map.partitions.get(&id)?.replicas.clone();
+        let learners = self.map.groups.get(&id)?.learners.clone();
+        Some((voters, learners))
+    }
+
     /// Asks `leader` of partition `id` for `step` (and counts it in
     /// `load` / `leads` as if done).
     #[allow(clippy::too_many_arguments)]
@@ -500,8 +508,9 @@ impl ManagerCore {
         let Some(&addr) = self.map.servers.get(&leader) else {
             return;
         };
-        let voters = self.map.partitions[&id].replicas.clone();
-        let learners = self.map.groups[&id].learners.clone();
+        let Some((voters, learners)) = self.membership(id) else {
+            return;
+        };
         let req = self.next_req;
         self.next_req += 1;
         let msg = match &step {

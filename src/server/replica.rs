@@ -609,11 +609,7 @@ impl ServerCore {
         change: ConfChange,
     ) -> Result<String, String> {
         let me = self.node_id;
-        let Some(r) = self.replicas.get_mut(&partition) else {
-            return Err(format!(
-                "server {me} holds no replica of partition {partition}"
-            ));
-        };
+        let r = self.replica_mut(partition)?;
         if r.raft.role() != Role::Leader {
             return Err(format!(
                 "server {me} does not lead partition {partition} (leader: {:?})",
@@ -697,6 +693,14 @@ impl ServerCore {
         Ok(format!("partition {partition}: proposed {change:?}"))
     }
 
+    /// Our replica of `partition`, or why there is none (for the operator).
+    fn replica_mut(&mut self, partition: PartitionId) -> Result<&mut Replica, String> {
+        let me = self.node_id;
+        self.replicas
+            .get_mut(&partition)
+            .ok_or_else(|| format!("server {me} holds no replica of partition {partition}"))
+    }
+
     /// Asks this server's replica of `partition`, which must lead it, to
     /// hand the leadership to server `to` (Raft's leadership transfer: `to`
     /// is caught up, then told to campaign at once). Returns what happens,
@@ -707,11 +711,7 @@ impl ServerCore {
         to: NodeId,
     ) -> Result<String, String> {
         let me = self.node_id;
-        let Some(r) = self.replicas.get_mut(&partition) else {
-            return Err(format!(
-                "server {me} holds no replica of partition {partition}"
-            ));
-        };
+        let r = self.replica_mut(partition)?;
         if to == me && r.raft.role() == Role::Leader {
             return Ok(format!("server {me} already leads partition {partition}"));
         }
