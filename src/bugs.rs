@@ -64,10 +64,15 @@ pub enum Bug {
     /// so the dead replica it replaces is removed with the new one still
     /// empty and under the amnesia guard.
     AddVoterBeforeCatchUp,
+    /// A range split gives the new partition the data as of the entry that
+    /// began the split, not as of the entry where it happens (after the
+    /// locks on its keys were released): the right half misses the left's
+    /// last writes.
+    SplitMissesLastWrites,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 16] = [
+    pub const ALL: [Bug; 17] = [
         Bug::AckBeforeFsync,
         Bug::DuplicateApply,
         Bug::CommitWithoutQuorum,
@@ -84,6 +89,7 @@ impl Bug {
         Bug::ConfChangeUnsafe,
         Bug::RemovedMemberVotes,
         Bug::AddVoterBeforeCatchUp,
+        Bug::SplitMissesLastWrites,
     ];
 
     pub fn name(self) -> &'static str {
@@ -104,6 +110,7 @@ impl Bug {
             Bug::ConfChangeUnsafe => "conf-change-unsafe",
             Bug::RemovedMemberVotes => "removed-member-votes",
             Bug::AddVoterBeforeCatchUp => "add-voter-before-catch-up",
+            Bug::SplitMissesLastWrites => "split-misses-last-writes",
         }
     }
 

@@ -36,9 +36,11 @@ pub struct Partition {
 
 impl Partition {
     /// Whether the range holds at least one key number. Maps from the
-    /// network and partitions read from disk are checked with this.
+    /// network and partitions read from disk are checked with this. (A
+    /// replica's own copy may list no voters: a partition split off another
+    /// starts from its parent's state, never from an initial membership.)
     pub fn is_valid_range(&self) -> bool {
-        self.end.is_none_or(|end| end > self.start) && !self.replicas.is_empty()
+        self.end.is_none_or(|end| end > self.start)
     }
 
     pub fn contains(&self, num: u64) -> bool {
@@ -74,6 +76,54 @@ pub struct GroupConfig {
     /// A log index at which this membership holds, committed (0: the
     /// initial one). Only grows; a newer report replaces an older one.
     pub conf_index: u64,
+    /// How many ranges the map knows were split off this partition (its
+    /// range's version: only grows, with every split its group applies).
+    pub splits: u64,
+    /// Where the partition's range ended when its group was created. A new
+    /// replica starts from it (with the initial voters), not from today's
+    /// range: its log replays the splits since, and an entry from before a
+    /// split must apply as it did everywhere else.
+    pub initial_end: Option<u64>,
+}
+
+/// A range split off a partition: a new partition, with its own Raft group
+/// on the same replicas, holding the keys from `start` on (ARCHITECTURE.md,
+/// "Range splits"). Decided in the parent's log, so every replica splits at
+/// the same point; the parent keeps the keys before `start`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitOff {
+    /// The new partition: [`split_child_id`] of the parent and `index`.
+    pub child: PartitionId,
+    /// The index of the split entry in the parent's log.
+    pub index: u64,
+    /// The child's range when it was split off (it may have split since).
+    pub start: u64,
+    pub end: Option<u64>,
+    /// The parent's membership at the split: the child's first.
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+}
+
+/// The log index and term a partition split off another starts its Raft
+/// log at: its replicas all begin with the same state machine (the parent's
+/// keys from the split point on) as if installed from a snapshot at this
+/// position, so a replica created empty (it learned of the partition from
+/// the map before its own parent replica applied the split) is behind the
+/// log and gets that state by snapshot, never by entries from index 1.
+pub const SPLIT_BASE_INDEX: u64 = 5;
+pub const SPLIT_BASE_TERM: u64 = 5;
+
+/// The id of the partition split off `parent` by the entry at `index` of
+/// the parent's log. Derived, not allocated: every replica computes the
+/// same id when it applies the split, and no control-plane state is needed
+/// (a restarted manager cannot hand out an id twice). The high bit tells
+/// split-born ids from the initial ones (`0..`); two different `(parent,
+/// index)` pairs give the same id with probability 2^-63 (SplitMix64 is a
+/// bijection; the high bit halves the space), i.e. about 5e-8 for a
+/// cluster that ever made a million splits.
+pub fn split_child_id(parent: PartitionId, index: u64) -> PartitionId {
+    use crate::hash::splitmix64;
+    splitmix64(parent ^ splitmix64(index)) | (1 << 63)
 }
 
 /// Everything a client needs to route a command.
@@ -169,6 +219,7 @@ impl PartitionMap {
                     next_id,
                     GroupConfig {
                         initial: partition.replicas.clone(),
+                        initial_end: partition.end,
                         ..GroupConfig::default()
                     },
                 );
@@ -213,14 +264,13 @@ impl PartitionMap {
                 let Some(group) = self.groups.get(id) else {
                     return Err(format!("partition {id} has no group configuration"));
                 };
-                if group.initial.is_empty()
-                    || group
-                        .learners
-                        .iter()
-                        .any(|l| !self.servers.contains_key(l) || p.replicas.contains(l))
+                if group
+                    .learners
+                    .iter()
+                    .any(|l| !self.servers.contains_key(l) || p.replicas.contains(l))
                 {
                     return Err(format!(
-                        "partition {id} has no initial voters, or a learner that is unknown or also a voter"
+                        "partition {id} has a learner that is unknown or also a voter"
                     ));
                 }
                 if let Some(end) = p.end {
@@ -243,6 +293,109 @@ impl PartitionMap {
             .flatten()
             .chain(learners.into_iter().flatten())
             .copied()
+    }
+
+    /// `op` as partition `p` gets it: a SCAN is narrowed to `p`'s range,
+    /// so a partition that has split since can tell that the request
+    /// covers keys it no longer holds (it refuses, and the client asks for
+    /// a newer map) instead of answering for its part only.
+    pub fn clip(op: &Op, p: &Partition) -> Op {
+        match op {
+            Op::Scan { start, end } if start.num <= end.num => Op::Scan {
+                start: Key::new(start.table.clone(), start.num.max(p.start)),
+                end: Key::new(end.table.clone(), end.num.min(p.last())),
+            },
+            other => other.clone(),
+        }
+    }
+
+    /// Adopts the splits a partition's leader reports: every range split
+    /// off `parent` that the map does not know yet becomes a partition of
+    /// its own (placed on the parent's replicas at the split), and the
+    /// parent's range ends at `end`, where it ends now. The map stays a tiling of every
+    /// table: each split carves its child from the parent's range as it
+    /// was, and a child's own later splits come with the child's report.
+    /// Returns whether anything changed (the caller bumps the epoch).
+    pub fn adopt_splits(
+        &mut self,
+        parent: PartitionId,
+        end: Option<u64>,
+        splits: &[SplitOff],
+    ) -> bool {
+        let Some(known) = self.groups.get(&parent).map(|g| g.splits) else {
+            return false;
+        };
+        if splits.len() as u64 <= known {
+            return false;
+        }
+        let Some(p) = self.partitions.get(&parent).cloned() else {
+            return false;
+        };
+        // Sanity: the children and the parent's new range must tile the
+        // parent's range as the map has it; otherwise ignore the report
+        // (a newer one will come).
+        let new: Vec<&SplitOff> = splits[known as usize..].iter().collect();
+        let mut pieces: Vec<(u64, Option<u64>)> = new.iter().map(|s| (s.start, s.end)).collect();
+        pieces.push((p.start, end));
+        pieces.sort();
+        let mut next = p.start;
+        for (i, (start, piece_end)) in pieces.iter().enumerate() {
+            let last = i + 1 == pieces.len();
+            if *start != next || (last && *piece_end != p.end) || (!last && piece_end.is_none()) {
+                return false;
+            }
+            if let Some(e) = piece_end {
+                if *e <= *start {
+                    return false;
+                }
+                next = *e;
+            }
+        }
+        for s in new {
+            if self.partitions.contains_key(&s.child) {
+                continue;
+            }
+            self.partitions.insert(
+                s.child,
+                Partition {
+                    id: s.child,
+                    table: p.table.clone(),
+                    start: s.start,
+                    end: s.end,
+                    replicas: s.voters.clone(),
+                },
+            );
+            self.groups.insert(
+                s.child,
+                GroupConfig {
+                    // Born from the parent's state, never from an initial
+                    // membership: a replica created from the map waits for
+                    // a snapshot (see SPLIT_BASE_INDEX).
+                    initial: Vec::new(),
+                    learners: s.learners.clone(),
+                    conf_index: SPLIT_BASE_INDEX,
+                    splits: 0,
+                    initial_end: s.end,
+                },
+            );
+        }
+        if let Some(q) = self.partitions.get_mut(&parent) {
+            q.end = end;
+        }
+        if let Some(g) = self.groups.get_mut(&parent) {
+            g.splits = splits.len() as u64;
+        }
+        if let Some(table) = self.tables.get_mut(&p.table) {
+            let mut ids: Vec<PartitionId> = self
+                .partitions
+                .values()
+                .filter(|q| q.table == p.table)
+                .map(|q| q.id)
+                .collect();
+            ids.sort_by_key(|id| self.partitions[id].start);
+            table.partitions = ids;
+        }
+        true
     }
 
     /// The partition holding `key`, or an error if its table is unknown.

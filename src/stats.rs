@@ -53,10 +53,15 @@ pub enum Event {
     /// A replica became leader by a leadership transfer (not counted in
     /// `Election`).
     HandedOver,
+    /// A partition split in two (counted by the leader that applied it).
+    RangeSplit,
+    /// A partition split off another elected its first leader (not counted
+    /// in `Election`: the split asked for it).
+    SplitLeader,
 }
 
 impl Event {
-    pub const ALL: [Event; 20] = [
+    pub const ALL: [Event; 22] = [
         Event::Election,
         Event::Compaction,
         Event::SnapshotSent,
@@ -77,6 +82,8 @@ impl Event {
         Event::ReplicaDropped,
         Event::ServerLost,
         Event::HandedOver,
+        Event::RangeSplit,
+        Event::SplitLeader,
     ];
 
     pub fn name(self) -> &'static str {
@@ -101,13 +108,15 @@ impl Event {
             Event::ReplicaDropped => "replicas dropped",
             Event::ServerLost => "servers lost",
             Event::HandedOver => "leaderships handed over",
+            Event::RangeSplit => "ranges split",
+            Event::SplitLeader => "first leaders of split ranges",
         }
     }
 }
 
 /// Counts per [`Event`], in [`Event::ALL`] order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Counts(pub [u64; 20]);
+pub struct Counts(pub [u64; 22]);
 
 impl Counts {
     pub fn get(&self, event: Event) -> u64 {
@@ -135,7 +144,7 @@ impl std::fmt::Display for Counts {
 
 #[cfg(feature = "sim")]
 thread_local! {
-    static COUNTS: std::cell::Cell<Counts> = const { std::cell::Cell::new(Counts([0; 20])) };
+    static COUNTS: std::cell::Cell<Counts> = const { std::cell::Cell::new(Counts([0; 22])) };
 }
 
 /// Counts one `event` (a no-op without feature `sim`).

@@ -43,10 +43,22 @@ fn sample_payloads() -> Vec<Vec<u8>> {
                 commit: 9,
                 applied: 9,
                 keys: 4,
+                bytes: 60,
                 config: Some(distkv::manager::status::ReportedConfig {
                     conf_index: 7,
                     voters: vec![0, 1],
                     learners: vec![],
+                }),
+                range: Some(distkv::manager::status::ReportedRange {
+                    end: Some(20),
+                    splits: vec![distkv::map::SplitOff {
+                        child: distkv::map::split_child_id(2, 8),
+                        index: 8,
+                        start: 20,
+                        end: None,
+                        voters: vec![0, 1],
+                        learners: vec![],
+                    }],
                 }),
             }],
         },
@@ -58,6 +70,11 @@ fn sample_payloads() -> Vec<Vec<u8>> {
             change: distkv::raft::ConfChange::AddLearner(2),
         },
         Msg::Status { req: 8 },
+        Msg::SplitPartition {
+            req: 11,
+            partition: 2,
+            at: None,
+        },
         Msg::TransferLeader {
             req: 9,
             partition: 1,

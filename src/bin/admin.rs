@@ -53,6 +53,21 @@ enum Command {
         #[arg(long)]
         to: NodeId,
     },
+    /// Split a partition in two at a key (by default its middle key): the
+    /// keys from there on become a new partition on the same servers, with
+    /// a Raft group of its own, which then moves like any other. Decided
+    /// through the partition's log; waits until the manager's map shows the
+    /// new partition. (The manager also splits partitions past
+    /// `--split-size-mb` / `--split-keys` by itself.)
+    Split {
+        /// The partition (its id, as `admin partitions` shows it).
+        #[arg(long)]
+        partition: PartitionId,
+        /// The first key of the new partition, e.g. `customers500` (it must
+        /// lie inside the partition, after its first key).
+        #[arg(long, value_parser = parse_key)]
+        at: Option<distkv::key::Key>,
+    },
     /// Move every replica and leadership off a server (to retire it or to
     /// take it down for long): new replicas are made on the other servers
     /// first, so nothing becomes unavailable. `admin servers` shows its
@@ -103,6 +118,21 @@ fn main() -> ExitCode {
             }
             Command::RemoveServer { node } => {
                 server_admin(&client, node, ServerAction::Remove, args.json).await
+            }
+            Command::Split { partition, at } => {
+                let deadline = Instant::now() + Duration::from_millis(args.timeout_ms);
+                split(&client, partition, at, deadline)
+                    .await
+                    .map(|(said, child, start)| {
+                        if args.json {
+                            json(&serde_json::json!({
+                                "partition": partition, "new_partition": child,
+                                "new_partition_start": start, "message": said
+                            }))
+                        } else {
+                            format!("{said}\n")
+                        }
+                    })
             }
             Command::TransferLeader { partition, to } => {
                 let deadline = Instant::now() + Duration::from_millis(args.timeout_ms);
@@ -217,6 +247,81 @@ async fn transfer_leader(
     }
 }
 
+fn parse_key(s: &str) -> Result<distkv::key::Key, String> {
+    distkv::key::Key::parse(s).map_err(|e| e.to_string())
+}
+
+/// Asks the partition's leader (as the manager last saw it) to split it,
+/// then polls the manager until its map shows the new partition. Returns
+/// the message, the new partition's id and its first key number.
+async fn split(
+    client: &Client<TokioRuntime>,
+    partition: PartitionId,
+    at: Option<distkv::key::Key>,
+    deadline: Instant,
+) -> Result<(String, PartitionId, u64), String> {
+    let s = status(client).await?;
+    let Some(p) = s.partitions.iter().find(|p| p.id == partition) else {
+        return Err(format!(
+            "there is no partition {partition} (see `admin partitions`)"
+        ));
+    };
+    if let Some(key) = &at {
+        let inside = key.num > p.start && p.end.is_none_or(|e| key.num < e);
+        if key.table != p.table || !inside {
+            return Err(format!(
+                "{key} is not inside partition {partition} ({}[{}, {})): both halves must hold keys",
+                p.table,
+                p.start,
+                p.end.map_or("inf".to_string(), |e| e.to_string())
+            ));
+        }
+    }
+    let Some(leader) = p.leader else {
+        return Err(format!(
+            "partition {partition} has no known leader right now; try again in a moment"
+        ));
+    };
+    let addr = s
+        .servers
+        .iter()
+        .find(|x| x.id == leader)
+        .map(|x| x.addr)
+        .ok_or_else(|| format!("server {leader} is not in the map"))?;
+    let said = match client
+        .split_partition(addr, partition, at.map(|k| k.num))
+        .await
+    {
+        Ok(said) => said,
+        Err(ClientError::Rejected(why)) => return Err(why),
+        Err(e) => return Err(e.to_string()),
+    };
+    let end_before = p.end;
+    loop {
+        let s = status(client).await?;
+        let now = s.partitions.iter().find(|p| p.id == partition);
+        if let Some(end) = now.and_then(|p| p.end).filter(|&e| Some(e) != end_before) {
+            if let Some(child) = s
+                .partitions
+                .iter()
+                .find(|c| c.table == p.table && c.start == end)
+            {
+                return Ok((
+                    format!("{said}; the manager's map has it (epoch {})", s.epoch),
+                    child.id,
+                    end,
+                ));
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{said}, but the manager's map does not show it yet; see `admin partitions`"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Left-aligned columns, two spaces apart.
 fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -266,6 +371,22 @@ fn servers_table(servers: &[ServerInfo]) -> String {
     )
 }
 
+/// `512B`, `1.5KiB`, `96.0MiB`.
+fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n}B")
+    } else {
+        format!("{value:.1}{}", units[unit])
+    }
+}
+
 fn partitions_table(partitions: &[PartitionInfo]) -> String {
     let list = |ids: &[NodeId]| {
         ids.iter()
@@ -294,6 +415,7 @@ fn partitions_table(partitions: &[PartitionInfo]) -> String {
                 p.term.to_string(),
                 p.applied.to_string(),
                 p.keys.to_string(),
+                human_bytes(p.bytes),
                 list(&p.reporting),
             ]
         })
@@ -309,6 +431,7 @@ fn partitions_table(partitions: &[PartitionInfo]) -> String {
             "TERM",
             "APPLIED",
             "KEYS",
+            "SIZE",
             "REPORTING",
         ],
         rows,

@@ -1,6 +1,6 @@
 //! `manager`: keeps the partition map and placement.
 use clap::Parser;
-use distkv::manager::{run_manager, ManagerConfig};
+use distkv::manager::{run_manager, ManagerConfig, SplitThresholds};
 use distkv::rt::tokio_rt::TokioRuntime;
 use std::net::SocketAddr;
 
@@ -27,6 +27,14 @@ struct Args {
     /// removed).
     #[arg(long, default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1000..=86_400_000))]
     dead_after_ms: u64,
+    /// A partition holding more than this many MiB of data (values plus 8 bytes per key) is split
+    /// in two at its middle key; 0: never by size. TiKV's default.
+    #[arg(long, default_value_t = 96)]
+    split_size_mb: u64,
+    /// A partition holding more than this many keys is split in two at its middle key; 0: never
+    /// by key count. TiKV's default.
+    #[arg(long, default_value_t = 960_000)]
+    split_keys: u64,
 }
 
 fn parse_table(s: &str) -> Result<(String, u64), String> {
@@ -59,6 +67,10 @@ fn main() {
         tables: args.tables,
         replicas,
         dead_after: std::time::Duration::from_millis(args.dead_after_ms),
+        split: SplitThresholds {
+            bytes: args.split_size_mb.saturating_mul(1024 * 1024),
+            keys: args.split_keys,
+        },
     };
     if let Err(e) = config.build_map() {
         eprintln!("error: {e}");

@@ -79,7 +79,13 @@ struct Args {
     /// (random latency, which reorders; without it every datagram takes
     /// 1 ms), disk (durable only: a server's disk fails writes or fsyncs for
     /// a while; the server must stop, and is restarted as after a power
-    /// cut), rolling (every server restarted in turn); or all, or none.
+    /// cut), rolling (every server restarted in turn), wipe (durable only:
+    /// a server restarted with an empty disk), coordinator (transaction
+    /// coordinators crash mid-protocol; late duplicate prepares), transfer
+    /// (an operator moving leaderships), lose (a server lost for good, with
+    /// a short --dead-after: re-replication), split (range splits by an
+    /// operator and, in half the seeds, by the manager past a small key
+    /// count); or all, or none.
     /// Swarm testing: each seed enables a random subset of these (see
     /// --no-swarm); the runner's lines name the subset of each run.
     #[arg(long, value_name = "LIST", default_value = "all", value_parser = Faults::parse)]
@@ -165,7 +171,8 @@ fn bug_modes(bug: Bug) -> &'static [Mode] {
         // manager's re-replication), and were hunted in sim/raft.
         | Bug::ConfChangeUnsafe
         | Bug::RemovedMemberVotes
-        | Bug::AddVoterBeforeCatchUp => &[Mode::Memory, Mode::Durable],
+        | Bug::AddVoterBeforeCatchUp
+        | Bug::SplitMissesLastWrites => &[Mode::Memory, Mode::Durable],
         // Injected in the Raft-group simulation's driver (sim/raft) only.
         Bug::SnapshotOffByOne => &[],
     }

@@ -200,6 +200,52 @@ enum Answer {
     Undelivered,
 }
 
+/// A command routed by one map: each operation's partitions, and each
+/// partition's operations (indexes into the command, and the operations as
+/// that partition gets them: SCANs narrowed to its range).
+struct Route {
+    touched: Vec<Vec<PartitionId>>,
+    parts: BTreeMap<PartitionId, Vec<usize>>,
+    ops: BTreeMap<PartitionId, Vec<Op>>,
+}
+
+impl Route {
+    fn new(map: &PartitionMap, ops: &[Op]) -> Result<Route, ClientError> {
+        let mut route = Route {
+            touched: Vec::with_capacity(ops.len()),
+            parts: BTreeMap::new(),
+            ops: BTreeMap::new(),
+        };
+        for (i, op) in ops.iter().enumerate() {
+            let partitions = map
+                .partitions_of(op)
+                .map_err(|error| ClientError::Invalid {
+                    index: Some(i),
+                    error,
+                })?;
+            let mut ids = Vec::with_capacity(partitions.len());
+            for p in partitions {
+                route.parts.entry(p.id).or_default().push(i);
+                route
+                    .ops
+                    .entry(p.id)
+                    .or_default()
+                    .push(PartitionMap::clip(op, p));
+                ids.push(p.id);
+            }
+            route.touched.push(ids);
+        }
+        Ok(route)
+    }
+}
+
+/// How a command routed by one map ended: done, or refused by a partition
+/// that split since (route it again).
+enum Routed<T> {
+    Done(Result<T, ClientError>),
+    Moved(String),
+}
+
 /// What a client asks of one partition.
 #[derive(Clone)]
 enum PartRequest {
@@ -229,6 +275,10 @@ enum PartOutcome {
     },
     /// Certainly not applied (never reached, or refused as "not now").
     NotApplied(String),
+    /// Refused because the partition no longer holds all of it (it split
+    /// since the map was fetched): not applied, and never will be there.
+    /// Route it again by a newer map.
+    Moved(String),
     /// May have been applied.
     Unknown(String),
 }
@@ -390,6 +440,25 @@ impl<R: Runtime> Client<R> {
     ) -> Result<String, ClientError> {
         let wait = self.inner.config.attempt_timeout;
         let build = |req| Msg::TransferLeader { req, partition, to };
+        match self.ask(addr, "server", build, wait).await? {
+            Msg::AdminReply { result, .. } => result.map_err(ClientError::Rejected),
+            other => Err(unexpected(&format!("server {addr}"), &other)),
+        }
+    }
+
+    /// Asks the server at `addr`, which should lead `partition`, to split it
+    /// at key number `at` (`None`: its middle key) through its log (`admin
+    /// split`). `Ok`: the split applied (the text names the new
+    /// partition); `Err(Rejected)`: why not; `Err(Unavailable)`: no answer
+    /// in time (it may still apply).
+    pub async fn split_partition(
+        &self,
+        addr: SocketAddr,
+        partition: PartitionId,
+        at: Option<u64>,
+    ) -> Result<String, ClientError> {
+        let wait = self.inner.config.command_timeout;
+        let build = |req| Msg::SplitPartition { req, partition, at };
         match self.ask(addr, "server", build, wait).await? {
             Msg::AdminReply { result, .. } => result.map_err(ClientError::Rejected),
             other => Err(unexpected(&format!("server {addr}"), &other)),
@@ -698,6 +767,8 @@ impl<R: Runtime> Client<R> {
             PartRequest::Txn(_) => (true, 0),
         };
         let mut maybe_applied = false;
+        // The last map that had this partition.
+        let mut known: Option<Arc<PartitionMap>> = None;
         let mut last_error = String::from("deadline passed before the first attempt");
         // Counts replicas tried without finding a leader (rotation).
         let mut attempt = 0usize;
@@ -706,9 +777,22 @@ impl<R: Runtime> Client<R> {
             if now >= deadline {
                 break;
             }
-            let map = self.map();
+            let mut map = self.map();
+            if map.partitions.contains_key(&partition) {
+                known = Some(map.clone());
+            } else if let Some(earlier) = &known {
+                // A restarted manager that has not relearned a split yet
+                // serves a map without this partition: keep to the one we
+                // routed by (the partition's replicas answer, or refuse).
+                map = earlier.clone();
+            }
             let Some(node) = self.target(&map, partition, attempt) else {
-                return PartOutcome::NotApplied(format!("partition {partition} is not in the map"));
+                let why = format!("partition {partition} is not in the map");
+                return if maybe_applied {
+                    PartOutcome::Unknown(why)
+                } else {
+                    PartOutcome::NotApplied(why)
+                };
             };
             let Some(addr) = map.servers.get(&node).copied() else {
                 return PartOutcome::NotApplied(format!(
@@ -743,6 +827,20 @@ impl<R: Runtime> Client<R> {
                 Err(e) if maybe_applied => return PartOutcome::Unknown(e),
                 Err(e) => return PartOutcome::Rejected(e),
             };
+            tracing::debug!(
+                session = id.session,
+                seq = id.seq,
+                partition,
+                node,
+                answer = match &reply {
+                    Answer::Reply(Msg::ExecuteReply { result: Err(e), .. })
+                    | Answer::Reply(Msg::TxnReply { result: Err(e), .. }) => e.to_string(),
+                    Answer::Reply(_) => "ok".to_string(),
+                    Answer::NoReply => format!("no reply within {wait:?}"),
+                    Answer::Undelivered => "undelivered".to_string(),
+                },
+                "attempt"
+            );
             // Try another replica next, pausing after a full round.
             let rotate = |attempt: &mut usize| {
                 *attempt += 1;
@@ -794,6 +892,10 @@ impl<R: Runtime> Client<R> {
                     result: Err(ExecError::Rejected(ApplyError::CheckFailed { op, key, actual })),
                     ..
                 }) if op < op_count => return PartOutcome::CheckFailed { op, key, actual },
+                Some(Msg::ExecuteReply {
+                    result: Err(ExecError::Rejected(e @ ApplyError::WrongPartition { .. })),
+                    ..
+                }) => return PartOutcome::Moved(e.to_string()),
                 Some(Msg::ExecuteReply {
                     result: Err(ExecError::Rejected(e)),
                     ..
@@ -890,34 +992,18 @@ impl<R: Runtime> Session<R> {
 
     /// Runs `ops` as one command and returns one result per operation, in
     /// operation order.
+    ///
+    /// A partition that split since the map was fetched refuses the parts
+    /// that reach past its range (not applied, and never applied there
+    /// later: its session table records the refusal); the command is then
+    /// routed again by a newer map, with the same number, so it still runs
+    /// at most once (ARCHITECTURE.md, "Range splits").
     pub async fn execute(&mut self, ops: Vec<Op>) -> Result<Vec<OpResult>, ClientError> {
-        let client = &self.client;
+        let client = self.client.clone();
         client.check(&ops)?;
         self.seq += 1;
         let seq = self.seq;
         let deadline = client.inner.rt.now() + client.inner.config.command_timeout;
-        let map = client.map();
-
-        // Which partitions each operation touches (in key order), and which
-        // operations each partition gets.
-        let mut touched: Vec<Vec<PartitionId>> = Vec::with_capacity(ops.len());
-        let mut parts: BTreeMap<PartitionId, Vec<usize>> = BTreeMap::new();
-        for (i, op) in ops.iter().enumerate() {
-            let ids: Vec<PartitionId> = map
-                .partitions_of(op)
-                .map_err(|error| ClientError::Invalid {
-                    index: Some(i),
-                    error,
-                })?
-                .iter()
-                .map(|p| p.id)
-                .collect();
-            for id in &ids {
-                parts.entry(*id).or_default().push(i);
-            }
-            touched.push(ids);
-        }
-
         // Every attempt of every part carries the time of the first: a
         // partition that forgot the session refuses the command if that is
         // long past (it may have run it before the session expired).
@@ -926,10 +1012,60 @@ impl<R: Runtime> Session<R> {
             seq,
             sent_ms: client.inner.rt.unix_time_ms(),
         };
-        if parts.len() == 1 {
-            let (&partition, indices) = parts.iter().next().unwrap();
-            let request = PartRequest::Execute(ops.clone());
-            return match client.run_part(id, partition, request, deadline).await {
+        // Transaction attempts go on counting across re-routings.
+        let mut attempt = 0u32;
+        loop {
+            let map = client.map();
+            let route = Route::new(&map, &ops)?;
+            let routed = if route.parts.len() == 1 {
+                self.run_single(&route, id, deadline).await
+            } else {
+                let previous = self.last_commit.take();
+                let routed = self
+                    .run_txn(&ops, &route, id, deadline, previous.as_ref(), &mut attempt)
+                    .await;
+                match &routed {
+                    Routed::Done(Ok((_, txn))) => {
+                        self.last_commit = Some((*txn, route.parts.keys().copied().collect()));
+                    }
+                    // Carry the earlier decision on: it was not delivered by this.
+                    _ => self.last_commit = previous,
+                }
+                match routed {
+                    Routed::Done(result) => Routed::Done(result.map(|(results, _)| results)),
+                    Routed::Moved(why) => Routed::Moved(why),
+                }
+            };
+            match routed {
+                Routed::Done(result) => return result,
+                Routed::Moved(why) => {
+                    let rt = &client.inner.rt;
+                    let pause = client.inner.config.retry_backoff;
+                    if rt.now() + pause >= deadline {
+                        return Err(ClientError::Unavailable(format!(
+                            "{why}; no newer partition map came before the deadline"
+                        )));
+                    }
+                    rt.sleep(pause).await;
+                    let _ = client.refresh_map(deadline).await;
+                }
+            }
+        }
+    }
+
+    /// Runs a command whose operations all fall in one partition.
+    async fn run_single(
+        &self,
+        route: &Route,
+        id: CommandId,
+        deadline: Instant,
+    ) -> Routed<Vec<OpResult>> {
+        let client = &self.client;
+        let (&partition, ops) = route.ops.iter().next().expect("one part");
+        let indices = &route.parts[&partition];
+        let request = PartRequest::Execute(ops.clone());
+        Routed::Done(
+            match client.run_part(id, partition, request, deadline).await {
                 PartOutcome::Done(PartReply::Results(results)) => Ok(results),
                 PartOutcome::Done(PartReply::Txn(_)) => Err(ClientError::UnknownOutcome(
                     "a transaction reply to a command".into(),
@@ -939,26 +1075,12 @@ impl<R: Runtime> Session<R> {
                     key,
                     actual,
                 }),
+                PartOutcome::Moved(why) => return Routed::Moved(why),
                 PartOutcome::Rejected(e) => Err(ClientError::Rejected(e)),
                 PartOutcome::NotApplied(e) => Err(ClientError::Unavailable(e)),
                 PartOutcome::Unknown(e) => Err(ClientError::UnknownOutcome(e)),
-            };
-        }
-        let previous = self.last_commit.take();
-        match self
-            .run_txn(&ops, &touched, &parts, id, deadline, previous.as_ref())
-            .await
-        {
-            Ok((results, txn)) => {
-                self.last_commit = Some((txn, parts.keys().copied().collect()));
-                Ok(results)
-            }
-            Err(e) => {
-                // Carry the earlier decision on: it was not delivered by this.
-                self.last_commit = previous;
-                Err(e)
-            }
-        }
+            },
+        )
     }
 
     /// Runs a command that spans partitions as one transaction
@@ -974,17 +1096,18 @@ impl<R: Runtime> Session<R> {
     async fn run_txn(
         &self,
         ops: &[Op],
-        touched: &[Vec<PartitionId>],
-        parts: &BTreeMap<PartitionId, Vec<usize>>,
+        route: &Route,
         id: CommandId,
         deadline: Instant,
         previous: Option<&(TxnId, Vec<PartitionId>)>,
-    ) -> Result<(Vec<OpResult>, TxnId), ClientError> {
+        attempt_ref: &mut u32,
+    ) -> Routed<(Vec<OpResult>, TxnId)> {
         let client = &self.client;
         let rt = &client.inner.rt;
+        let (touched, parts) = (&route.touched, &route.parts);
         let participants: Vec<PartitionId> = parts.keys().copied().collect();
-        let mut attempt = 0u32;
         loop {
+            let attempt = *attempt_ref;
             let txn = TxnId {
                 session: id.session,
                 seq: id.seq,
@@ -995,15 +1118,16 @@ impl<R: Runtime> Session<R> {
             } else {
                 rt.unix_time_ms()
             };
-            let prepares: BTreeMap<PartitionId, Prepare> = parts
+            let prepares: BTreeMap<PartitionId, Prepare> = route
+                .ops
                 .iter()
-                .map(|(&p, idx)| {
+                .map(|(&p, part_ops)| {
                     let prepare = Prepare {
                         id: txn,
                         priority_ms: id.sent_ms,
                         sent_ms,
                         participants: participants.clone(),
-                        ops: idx.iter().map(|&i| ops[i].clone()).collect(),
+                        ops: part_ops.clone(),
                         committed_before: previous
                             .filter(|(_, ps)| ps.contains(&p))
                             .map(|(t, _)| *t),
@@ -1019,7 +1143,7 @@ impl<R: Runtime> Session<R> {
                         self.client.send_once(p, TxnOp::Prepare(prepare.clone()));
                     }
                 }
-                return Err(crash_error(txn, "while sending its prepares"));
+                return Routed::Done(Err(crash_error(txn, "while sending its prepares")));
             }
             let mut carried: Vec<(PartitionId, Vec<Resolution>)> = Vec::new();
             let requests = prepares
@@ -1060,9 +1184,21 @@ impl<R: Runtime> Session<R> {
             let mut aborted: Option<AbortReason> = None;
             // The failed CHECK with the lowest operation index, if any.
             let mut check_failed: Option<ClientError> = None;
+            // A participant that split since our map: not prepared there.
+            let mut moved: Option<String> = None;
             let (mut not_applied, mut unknown) = (vec![], vec![]);
             for (p, vote) in votes {
                 match vote {
+                    PartOutcome::Done(PartReply::Txn(TxnState::Aborted(
+                        AbortReason::Rejected(e @ ApplyError::WrongPartition { .. }),
+                    ))) => {
+                        moved = Some(e.to_string());
+                        aborted.get_or_insert(AbortReason::Aborted);
+                    }
+                    PartOutcome::Moved(e) => {
+                        moved = Some(e);
+                        aborted.get_or_insert(AbortReason::Aborted);
+                    }
                     PartOutcome::Done(PartReply::Txn(
                         TxnState::Prepared { results } | TxnState::Committed { results },
                     )) if results.len() == parts[&p].len() => {
@@ -1126,7 +1262,10 @@ impl<R: Runtime> Session<R> {
                 let commit = aborted.is_none();
                 self.resolve_in_background(txn, &reached, commit);
                 if !(commit && crash == Some(Crash::WhileResolving)) {
-                    return Err(crash_error(txn, "before sending its decision to everyone"));
+                    return Routed::Done(Err(crash_error(
+                        txn,
+                        "before sending its decision to everyone",
+                    )));
                 }
             }
             if aborted.is_none() && not_applied.is_empty() && unknown.is_empty() {
@@ -1136,21 +1275,29 @@ impl<R: Runtime> Session<R> {
                 if crash.is_none() {
                     self.resolve_in_background(txn, &participants, true);
                 }
-                return Ok((merge(ops, touched, parts, done), txn));
+                return Routed::Done(Ok((merge(ops, touched, parts, done), txn)));
             }
             if let Some(reason) = aborted {
                 // Certainly aborted: release the locks of the parts that
                 // prepared, now rather than after recovery's timeout.
                 self.resolve_in_background(txn, &participants, false);
+                if let Some(why) = moved {
+                    // Routed by a map from before a split: run it again as
+                    // a new attempt, routed by a newer map.
+                    *attempt_ref += 1;
+                    return Routed::Moved(why);
+                }
                 match reason {
                     AbortReason::Rejected(e) => {
                         client.inner.txn_aborted.fetch_add(1, Ordering::Relaxed);
-                        return Err(check_failed.unwrap_or(ClientError::Rejected(e.to_string())));
+                        return Routed::Done(Err(
+                            check_failed.unwrap_or(ClientError::Rejected(e.to_string()))
+                        ));
                     }
                     AbortReason::Stale => {
-                        return Err(ClientError::UnknownOutcome(format!(
+                        return Routed::Done(Err(ClientError::UnknownOutcome(format!(
                             "transaction {txn} was refused as older than a later command of its session"
-                        )))
+                        ))))
                     }
                     AbortReason::Conflict
                     | AbortReason::Fenced
@@ -1164,14 +1311,14 @@ impl<R: Runtime> Session<R> {
                         );
                         let now = rt.now();
                         if now + pause >= deadline {
-                            return Err(ClientError::Unavailable(format!(
+                            return Routed::Done(Err(ClientError::Unavailable(format!(
                                 "transaction {txn} kept conflicting with others until the deadline"
-                            )));
+                            ))));
                         }
                         rt.sleep(pause).await;
                         crate::stats::count(crate::stats::Event::TxnRetried);
                         client.inner.txn_retries.fetch_add(1, Ordering::Relaxed);
-                        attempt += 1;
+                        *attempt_ref += 1;
                         continue;
                     }
                 }
@@ -1181,16 +1328,16 @@ impl<R: Runtime> Session<R> {
             // requests can have been proposed it never prepares, so the
             // transaction cannot commit (recovery aborts what did prepare).
             if unknown.is_empty() {
-                return Err(ClientError::Unavailable(not_applied.join("; ")));
+                return Routed::Done(Err(ClientError::Unavailable(not_applied.join("; "))));
             }
-            return Err(ClientError::UnknownOutcome(
+            return Routed::Done(Err(ClientError::UnknownOutcome(
                 unknown
                     .iter()
                     .chain(&not_applied)
                     .cloned()
                     .collect::<Vec<_>>()
                     .join("; "),
-            ));
+            )));
         }
     }
 

@@ -13,7 +13,7 @@
 //! why an expired session never gets a command applied twice.
 
 use crate::key::Key;
-use crate::map::Partition;
+use crate::map::{split_child_id, NodeId, Partition, PartitionId, SplitOff};
 use crate::op::{Op, OpResult, RESULT_BYTES_MAX, RESULT_OVERHEAD_BYTES, SCAN_RESULT_ROWS_MAX};
 use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
@@ -98,10 +98,48 @@ pub struct PartitionStore {
     /// Requests waiting for locks, oldest first (see `txn`): run by the
     /// state machine itself as soon as they can, so nothing overtakes them.
     queue: BTreeMap<QueueKey, Waiting>,
+    /// Ranges split off this partition, oldest first (see
+    /// [`PartitionStore::begin_split`]).
+    splits: Vec<SplitOff>,
+    /// A split decided and waiting for locks on the keys it moves.
+    split_pending: Option<PendingSplit>,
+    /// Bytes of data held: every value's length plus 8 per key.
+    bytes: u64,
     /// Queued requests that finished while applying the last entry, for
     /// the leader to answer (not replicated state: derived from the log).
     #[serde(skip)]
     finished: Vec<Finished>,
+}
+
+/// A split begun and not done yet (see [`PartitionStore::begin_split`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct PendingSplit {
+    /// The new partition's first key number.
+    at: u64,
+    /// The index of the entry that began it.
+    index: u64,
+    /// Injected bug `SplitMissesLastWrites`: the data when the split began,
+    /// which the new partition gets instead of the data when it is done.
+    #[cfg(feature = "sim")]
+    #[serde(skip)]
+    data_at_start: Option<OrdMap<u64, Vec<u8>>>,
+}
+
+/// Whether `op` touches a key from `at` on (in its table).
+fn op_reaches(op: &Op, at: u64) -> bool {
+    match op {
+        Op::Scan { end, .. } => end.num >= at,
+        Op::Put { key, .. }
+        | Op::Get { key }
+        | Op::Swap { key, .. }
+        | Op::Delete { key }
+        | Op::Check { key, .. } => key.num >= at,
+    }
+}
+
+/// Bytes a key and its value count for in [`PartitionStore::bytes`].
+fn entry_bytes(value: &[u8]) -> u64 {
+    8 + value.len() as u64
 }
 
 /// A session's entry in the session table.
@@ -163,6 +201,9 @@ pub enum LogCommand {
         session_ttl_ms: u64,
         op: TxnOp,
     },
+    /// Split the keys from `at` on off into a new partition
+    /// ([`PartitionStore::begin_split`]), if the range still ends at `end`.
+    Split { at: u64, end: Option<u64> },
 }
 
 /// What a command came to: one result per operation, or why none applied.
@@ -216,8 +257,165 @@ impl PartitionStore {
             txn_idle: BTreeSet::new(),
             txn_markers: BTreeSet::new(),
             queue: BTreeMap::new(),
+            splits: Vec::new(),
+            split_pending: None,
+            bytes: 0,
             finished: Vec::new(),
         }
+    }
+
+    /// Bytes of data held (values plus 8 per key).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The ranges split off this partition so far, oldest first.
+    pub fn splits(&self) -> &[SplitOff] {
+        &self.splits
+    }
+
+    /// The key a split would best happen at: the middle key, so each half
+    /// gets about half the keys. `None` if there are fewer than two keys.
+    pub fn middle_key(&self) -> Option<u64> {
+        if self.data.len() < 2 {
+            return None;
+        }
+        self.data.keys().nth(self.data.len() / 2).copied()
+    }
+
+    /// Starts a range split, the state machine side of it (ARCHITECTURE.md,
+    /// "Range splits"), applied from the entry at `index` of this
+    /// partition's log: the keys from `at` on are to become a new partition
+    /// (id [`split_child_id`]`(self, index)`). The split itself happens at
+    /// the first entry after which no prepared transaction and no queued
+    /// request touches a key from `at` on (at once if none does; see
+    /// [`PartitionStore::split_ready`]); meanwhile new prepares that touch
+    /// those keys are refused as conflicts (their coordinators retry them,
+    /// and after the split route them to the new partition), so it never
+    /// waits for long. Deterministic, like everything the log applies.
+    ///
+    /// Refused (nothing changes) when the range does not end at `end` any
+    /// more (an earlier split won), when `at` is not inside the range, or
+    /// while another split is pending.
+    pub fn begin_split(&mut self, index: u64, at: u64, end: Option<u64>) -> Result<(), String> {
+        if let Some(p) = &self.split_pending {
+            return Err(format!(
+                "partition {} is already splitting at {}",
+                self.range.id,
+                Key::new(self.range.table.clone(), p.at)
+            ));
+        }
+        if self.range.end != end {
+            return Err(format!(
+                "partition {} changed since the split was proposed (it ends at {}, not {})",
+                self.range.id,
+                self.range.end.map_or("inf".into(), |e| e.to_string()),
+                end.map_or("inf".into(), |e| e.to_string()),
+            ));
+        }
+        if at <= self.range.start || !self.range.contains(at) {
+            return Err(format!(
+                "{} is not inside partition {} ({}[{}, {})): a split needs keys on both sides",
+                Key::new(self.range.table.clone(), at),
+                self.range.id,
+                self.range.table,
+                self.range.start,
+                self.range.end.map_or("inf".into(), |e| e.to_string()),
+            ));
+        }
+        self.split_pending = Some(PendingSplit {
+            at,
+            index,
+            #[cfg(feature = "sim")]
+            data_at_start: crate::bug!(SplitMissesLastWrites).then(|| self.data.clone()),
+        });
+        Ok(())
+    }
+
+    /// The pending split's point and the id of the partition it makes, if
+    /// a split is pending.
+    pub fn pending_split(&self) -> Option<(u64, PartitionId)> {
+        self.split_pending
+            .as_ref()
+            .map(|p| (p.at, split_child_id(self.range.id, p.index)))
+    }
+
+    /// Whether `ops` touch keys a pending split is moving (from its point
+    /// on): a prepare that does is refused until the split is done.
+    fn split_blocks(&self, ops: &[Op]) -> bool {
+        self.split_pending
+            .as_ref()
+            .is_some_and(|p| ops.iter().any(|op| op_reaches(op, p.at)))
+    }
+
+    /// Whether the pending split can happen now: no prepared transaction
+    /// and no queued request touches a key from its point on (those stay
+    /// where their coordinators send their decisions).
+    pub fn split_ready(&self) -> bool {
+        self.split_pending.as_ref().is_some_and(|p| {
+            let reaches = |ops: &[Op]| ops.iter().any(|op| op_reaches(op, p.at));
+            !self.prepared.values().any(|t| reaches(&t.ops))
+                && !self.queue.values().any(|w| reaches(w.ops()))
+        })
+    }
+
+    /// Does the pending split (call when [`PartitionStore::split_ready`]):
+    /// this store keeps the keys before the split point and returns the new
+    /// partition's store, which gets the keys from it on, and copies of the
+    /// session table and of the resolved transactions, so a retry of a
+    /// command or a late transaction message that a newer map sends there
+    /// gets the same answer as here. `voters` and `learners`: this group's
+    /// membership at this point of its log, the new group's first.
+    pub fn finish_split(&mut self, voters: Vec<NodeId>, learners: Vec<NodeId>) -> PartitionStore {
+        let pending = self.split_pending.take().expect("a split is pending");
+        let at = pending.at;
+        let child = split_child_id(self.range.id, pending.index);
+        #[cfg(feature = "sim")]
+        let source = pending.data_at_start.unwrap_or_else(|| self.data.clone());
+        #[cfg(not(feature = "sim"))]
+        let source = self.data.clone();
+        let right: OrdMap<u64, Vec<u8>> =
+            source.range(at..).map(|(k, v)| (*k, v.clone())).collect();
+        let moved: Vec<u64> = self.data.range(at..).map(|(k, _)| *k).collect();
+        for k in moved {
+            if let Some(v) = self.data.remove(&k) {
+                self.bytes -= entry_bytes(&v);
+            }
+        }
+        let right_bytes: u64 = right.values().map(|v| entry_bytes(v)).sum();
+        let split = SplitOff {
+            child,
+            index: pending.index,
+            start: at,
+            end: self.range.end,
+            voters: voters.clone(),
+            learners,
+        };
+        let store = PartitionStore {
+            range: Partition {
+                id: child,
+                table: self.range.table.clone(),
+                start: at,
+                end: self.range.end,
+                replicas: voters,
+            },
+            data: right,
+            sessions: self.sessions.clone(),
+            idle: self.idle.clone(),
+            log_time_ms: self.log_time_ms,
+            txns: self.txns.clone(),
+            prepared: BTreeMap::new(),
+            txn_idle: self.txn_idle.clone(),
+            txn_markers: self.txn_markers.clone(),
+            queue: BTreeMap::new(),
+            splits: Vec::new(),
+            split_pending: None,
+            bytes: right_bytes,
+            finished: Vec::new(),
+        };
+        self.range.end = Some(at);
+        self.splits.push(split);
+        store
     }
 
     /// How many client sessions the table holds.
@@ -294,10 +492,12 @@ impl PartitionStore {
                 .map_err(|e| ApplyError::Invalid(e.to_string()))?;
             let value_bytes = match op {
                 Op::Scan { start, end } => {
-                    // A SCAN may be wider than the partition (the client
-                    // splits it); it only has to be in this table.
-                    if start.table != self.range.table {
+                    // The client narrows a SCAN to each partition's range
+                    // as its map has it: one that reaches past ours was
+                    // routed by a map from before a split.
+                    if start.table != self.range.table || start.num <= end.num {
                         self.check_key(start)?;
+                        self.check_key(end)?;
                     }
                     let Some((lo, hi)) = self.clip(start, end) else {
                         result_bytes += RESULT_OVERHEAD_BYTES;
@@ -594,17 +794,33 @@ impl PartitionStore {
     /// Applies one already-validated operation.
     fn apply(&mut self, op: &Op) -> OpResult {
         match op {
-            Op::Put { key, value } => OpResult::Put {
-                found: self.data.insert(key.num, value.clone()).is_some(),
-            },
+            Op::Put { key, value } => {
+                self.bytes += entry_bytes(value);
+                let old = self.data.insert(key.num, value.clone());
+                if let Some(old) = &old {
+                    self.bytes -= entry_bytes(old);
+                }
+                OpResult::Put {
+                    found: old.is_some(),
+                }
+            }
             Op::Get { key } => OpResult::Get(self.data.get(&key.num).cloned()),
             Op::Swap { key, value } => match self.data.get_mut(&key.num) {
-                Some(slot) => OpResult::Swap(Some(std::mem::replace(slot, value.clone()))),
+                Some(slot) => {
+                    self.bytes = self.bytes + value.len() as u64 - slot.len() as u64;
+                    OpResult::Swap(Some(std::mem::replace(slot, value.clone())))
+                }
                 None => OpResult::Swap(None),
             },
-            Op::Delete { key } => OpResult::Delete {
-                found: self.data.remove(&key.num).is_some(),
-            },
+            Op::Delete { key } => {
+                let old = self.data.remove(&key.num);
+                if let Some(old) = &old {
+                    self.bytes -= entry_bytes(old);
+                }
+                OpResult::Delete {
+                    found: old.is_some(),
+                }
+            }
             Op::Scan { start, end } => OpResult::Scan(match self.clip(start, end) {
                 Some((lo, hi)) => self
                     .data
@@ -654,7 +870,7 @@ mod tests {
                 "SCAN t10 t19",
                 "PUT t14 p",
                 "DELETE t12",
-                "SCAN t0 t30",
+                "SCAN t10 t19",
                 "GET t14",
             ],
             &[
@@ -822,10 +1038,10 @@ mod tests {
     }
 
     #[test]
-    fn scan_is_inclusive_ordered_and_clipped_to_the_partition() {
+    fn scan_is_inclusive_ordered_and_must_lie_in_the_partition() {
         let mut s = store();
         run(&mut s, &["PUT t12 a", "PUT t19 b", "PUT t10 c"]).unwrap();
-        let r = run(&mut s, &["SCAN t0 t12", "SCAN t12 t100", "SCAN t15 t11"]).unwrap();
+        let r = run(&mut s, &["SCAN t10 t12", "SCAN t12 t19", "SCAN t15 t11"]).unwrap();
         let rows = |v: &[(u64, &str)]| {
             OpResult::Scan(
                 v.iter()
@@ -836,6 +1052,170 @@ mod tests {
         assert_eq!(r[0], rows(&[(10, "c"), (12, "a")]));
         assert_eq!(r[1], rows(&[(12, "a"), (19, "b")]));
         assert_eq!(r[2], rows(&[]));
+        // The client narrows a SCAN to the partition as its map has it: one
+        // reaching past the range was routed by a map from before a split,
+        // and answering for our part alone would drop the rest's rows.
+        for scan in ["SCAN t0 t12", "SCAN t12 t100", "SCAN u10 u12"] {
+            let err = run(&mut s, &[scan]).unwrap_err();
+            assert!(
+                matches!(err, ApplyError::WrongPartition { .. }),
+                "{scan}: {err}"
+            );
+        }
+    }
+
+    fn split_store() -> PartitionStore {
+        let mut s = PartitionStore::new(Partition {
+            id: 7,
+            table: "t".into(),
+            start: 10,
+            end: None,
+            replicas: vec![0, 1, 2],
+        });
+        for n in 10..30 {
+            let c = Command::untimed(1, n, vec![parse_op(&format!("PUT t{n} v{n}")).unwrap()]);
+            s.execute_once(&c).unwrap().unwrap();
+        }
+        s
+    }
+
+    #[test]
+    fn a_split_moves_the_keys_from_its_point_on_and_shares_the_session_table() {
+        let mut left = split_store();
+        let bytes = left.bytes();
+        assert_eq!(
+            bytes,
+            (10..30)
+                .map(|n| 8 + format!("v{n}").len() as u64)
+                .sum::<u64>()
+        );
+        assert_eq!(left.middle_key(), Some(20));
+        left.begin_split(40, 20, None).unwrap();
+        assert!(left.split_ready(), "nothing holds locks");
+        let mut right = left.finish_split(vec![0, 1, 2], vec![3]);
+        let child = crate::map::split_child_id(7, 40);
+        assert_eq!(right.range().id, child);
+        assert_eq!((right.range().start, right.range().end), (20, None));
+        assert_eq!((left.range().start, left.range().end), (10, Some(20)));
+        assert_eq!((left.len(), right.len()), (10, 10));
+        assert_eq!(left.bytes() + right.bytes(), bytes);
+        assert_eq!(
+            left.splits(),
+            &[SplitOff {
+                child,
+                index: 40,
+                start: 20,
+                end: None,
+                voters: vec![0, 1, 2],
+                learners: vec![3],
+            }]
+        );
+        // Each half holds exactly its keys, and refuses the other's.
+        assert_eq!(
+            run(&mut left, &["GET t19"]).unwrap(),
+            vec![OpResult::Get(Some(b"v19".to_vec()))]
+        );
+        assert_eq!(
+            run(&mut right, &["GET t20"]).unwrap(),
+            vec![OpResult::Get(Some(b"v20".to_vec()))]
+        );
+        assert!(matches!(
+            run(&mut left, &["PUT t20 x"]),
+            Err(ApplyError::WrongPartition { .. })
+        ));
+        assert!(matches!(
+            run(&mut right, &["GET t19"]),
+            Err(ApplyError::WrongPartition { .. })
+        ));
+        // A retry of a command that ran before the split gets its first
+        // outcome on both sides (whichever the newer map sends it to).
+        let retry = Command::untimed(1, 29, vec![parse_op("PUT t29 v29").unwrap()]);
+        let first = Ok(vec![OpResult::Put { found: false }]);
+        assert_eq!(right.execute_once(&retry), Ok(first.clone()));
+        assert_eq!(left.execute_once(&retry), Ok(first));
+        // A new command with a right-hand key is refused on the left, and
+        // the refusal is its recorded outcome there: it never runs there.
+        let late = Command::untimed(1, 30, vec![parse_op("PUT t21 y").unwrap()]);
+        assert!(matches!(
+            left.execute_once(&late),
+            Ok(Err(ApplyError::WrongPartition { .. }))
+        ));
+        assert!(matches!(
+            left.execute_once(&late),
+            Ok(Err(ApplyError::WrongPartition { .. }))
+        ));
+        assert_eq!(
+            right.execute_once(&late),
+            Ok(Ok(vec![OpResult::Put { found: true }]))
+        );
+        // Bytes follow writes.
+        let before = right.bytes();
+        run(
+            &mut right,
+            &["PUT t21 longer-value", "DELETE t22", "SWAP t23 s"],
+        )
+        .unwrap();
+        assert_eq!(right.bytes(), before + 12 - 1 - 11 - 2);
+    }
+
+    #[test]
+    fn a_split_is_refused_when_stale_or_outside_and_waits_for_locks_on_its_keys() {
+        let mut s = split_store();
+        let before = s.clone();
+        // The range changed since it was proposed.
+        assert!(s.begin_split(5, 20, Some(50)).is_err());
+        // Not strictly inside.
+        assert!(s.begin_split(5, 10, None).is_err());
+        assert!(s.begin_split(5, 5, None).is_err());
+        assert_eq!(s, before);
+        // A prepared transaction holding a key from the split point on.
+        let txn = |seq: u64, op: &str| Prepare {
+            id: TxnId {
+                session: 9,
+                seq,
+                attempt: 0,
+            },
+            priority_ms: 1,
+            sent_ms: 0,
+            participants: vec![7, 8],
+            ops: vec![parse_op(op).unwrap()],
+            committed_before: None,
+        };
+        let state = |o: TxnOutcome| match o {
+            TxnOutcome::State(state) => state,
+            other => panic!("{other:?}"),
+        };
+        let held = txn(1, "PUT t25 z");
+        s.apply_txn_entry(0, u64::MAX, &TxnOp::Prepare(held.clone()));
+        s.begin_split(6, 20, None).unwrap();
+        assert!(!s.split_ready(), "waits for the lock on t25");
+        assert!(s.begin_split(7, 15, None).is_err(), "one split at a time");
+        // New prepares on the keys that move are refused (retried, they
+        // go to the new partition); others go on.
+        let refused = s.apply_txn_entry(0, u64::MAX, &TxnOp::Prepare(txn(2, "PUT t21 r")));
+        assert_eq!(state(refused), TxnState::Aborted(AbortReason::Conflict));
+        let left = s.apply_txn_entry(0, u64::MAX, &TxnOp::Prepare(txn(3, "PUT t12 l")));
+        assert!(matches!(state(left), TxnState::Prepared { .. }));
+        assert!(!s.split_ready());
+        // The holder resolved: the split happens; the left half keeps the
+        // transaction prepared on its keys.
+        let resolve = TxnOp::Resolve {
+            id: held.id,
+            commit: true,
+        };
+        s.apply_txn_entry(0, u64::MAX, &resolve);
+        assert!(s.split_ready());
+        let right = s.finish_split(vec![0], vec![]);
+        assert_eq!((s.prepared_count(), right.prepared_count()), (1, 0));
+        let mut right = right;
+        assert_eq!(
+            run(&mut right, &["GET t25"]).unwrap(),
+            vec![OpResult::Get(Some(b"z".to_vec()))],
+            "the committed write moved with its key"
+        );
+        // A split proposed on the old range is refused.
+        assert!(s.begin_split(8, 15, None).is_err());
+        assert!(s.begin_split(8, 15, Some(20)).is_ok());
     }
 
     fn once(

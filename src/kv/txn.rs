@@ -161,7 +161,7 @@ impl Waiting {
         }
     }
 
-    fn ops(&self) -> &[Op] {
+    pub(super) fn ops(&self) -> &[Op] {
         match self {
             Waiting::Command(c) => &c.ops,
             Waiting::Prepare(p) => &p.ops,
@@ -463,6 +463,11 @@ impl PartitionStore {
         }
         if let Err(e) = self.validate(&p.ops) {
             return self.refuse(p.id, AbortReason::Rejected(e));
+        }
+        if self.split_blocks(&p.ops) {
+            // Its keys are about to move to a new partition: retried, it
+            // goes there (or here again, if it stays on this side).
+            return self.refuse(p.id, AbortReason::Conflict);
         }
         match self.decide(p, None) {
             Decision::Die => self.refuse(p.id, AbortReason::Conflict),

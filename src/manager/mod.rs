@@ -43,6 +43,29 @@ pub struct ManagerConfig {
     /// A server not heard from for this long is declared dead, and its
     /// replicas are replaced.
     pub dead_after: Duration,
+    /// When a partition is split in two.
+    pub split: SplitThresholds,
+}
+
+/// A partition whose leader reports more data or more keys than this is
+/// split at its middle key (0: never, for that measure).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplitThresholds {
+    /// Bytes of data (values plus 8 per key).
+    pub bytes: u64,
+    pub keys: u64,
+}
+
+impl Default for SplitThresholds {
+    /// TiKV's defaults (`region-split-size` 96 MiB, `region-split-keys`
+    /// 960,000): large enough that a split is rare, small enough that a
+    /// partition moves (a snapshot) in seconds.
+    fn default() -> SplitThresholds {
+        SplitThresholds {
+            bytes: 96 * 1024 * 1024,
+            keys: 960_000,
+        }
+    }
 }
 
 impl ManagerConfig {
@@ -88,6 +111,10 @@ const BALANCE_COOLDOWN: Duration = Duration::from_secs(60);
 /// Leadership transfers at most asked per plan to even out leader counts.
 const BALANCE_TRANSFERS_MAX: usize = 4;
 
+/// A split asked of a partition's leader is not asked again for this long
+/// (the leader answers, and its reports show the split, well before).
+const SPLIT_RETRY: Duration = Duration::from_secs(5);
+
 /// What the manager asked a partition's leader for.
 #[derive(Clone, Debug)]
 enum Step {
@@ -129,6 +156,9 @@ pub struct ManagerCore {
     /// Servers an operator removed (`admin remove-server`): their `--join`
     /// is refused, so a forgotten process does not come back. Soft state.
     removed: BTreeSet<NodeId>,
+    split: SplitThresholds,
+    /// When each partition was last asked to split.
+    split_asked: BTreeMap<PartitionId, Instant>,
     next_req: u64,
 }
 
@@ -151,8 +181,16 @@ impl ManagerCore {
             balanced_at: BTreeMap::new(),
             draining: BTreeSet::new(),
             removed: BTreeSet::new(),
+            split: SplitThresholds::default(),
+            split_asked: BTreeMap::new(),
             next_req: 1,
         }
+    }
+
+    /// Splits partitions past these thresholds (default: [`SplitThresholds::default`]).
+    pub fn with_split_thresholds(mut self, split: SplitThresholds) -> ManagerCore {
+        self.split = split;
+        self
     }
 
     pub fn map(&self) -> &PartitionMap {
@@ -223,10 +261,24 @@ impl ManagerCore {
         }
     }
 
-    /// Adopts the memberships that `node`'s leaders report, when newer than
-    /// the map's. Returns whether the map changed.
+    /// Adopts the memberships and the splits that `node`'s leaders report,
+    /// when newer than the map's. Returns whether the map changed.
     fn learn(&mut self, node: NodeId, replicas: &[ReplicaStatus]) -> bool {
         let mut changed = false;
+        for r in replicas {
+            let Some(range) = &r.range else {
+                continue;
+            };
+            if self.map.adopt_splits(r.partition, range.end, &range.splits) {
+                tracing::info!(
+                    partition = r.partition,
+                    end = ?range.end,
+                    splits = range.splits.len(),
+                    "partition split"
+                );
+                changed = true;
+            }
+        }
         for r in replicas {
             let Some(config) = &r.config else {
                 continue;
@@ -289,13 +341,17 @@ impl ManagerCore {
     /// while their leader counts do, hand a leadership over.
     pub fn plan(&mut self, now: Instant) -> Vec<(SocketAddr, Msg)> {
         let mut leaders: BTreeMap<PartitionId, (u64, NodeId)> = BTreeMap::new();
+        // What each leader reports holding: (keys, bytes).
+        let mut sizes: BTreeMap<PartitionId, (u64, u64)> = BTreeMap::new();
         for (node, r) in self.heartbeats.reports(now) {
             if r.role == ReplicaRole::Leader
                 && leaders.get(&r.partition).is_none_or(|&(t, _)| t < r.term)
             {
                 leaders.insert(r.partition, (r.term, node));
+                sizes.insert(r.partition, (r.keys, r.bytes));
             }
         }
+        let mut out = self.plan_splits(now, &leaders, &sizes);
         let states: BTreeMap<NodeId, ServerState> = self
             .map
             .servers
@@ -326,7 +382,6 @@ impl ManagerCore {
             }
         }
         let target = self.replicas.min(self.map.servers.len()).max(1);
-        let mut out = Vec::new();
         let ids: Vec<PartitionId> = self.map.partitions.keys().copied().collect();
         // Partitions with nothing to repair and a known leader: candidates
         // for balancing.
@@ -481,6 +536,55 @@ impl ManagerCore {
                 &mut load,
                 &mut leads,
             );
+        }
+        out
+    }
+
+    /// Asks the leader of every partition past a split threshold to split
+    /// it at its middle key (once per [`SPLIT_RETRY`]).
+    fn plan_splits(
+        &mut self,
+        now: Instant,
+        leaders: &BTreeMap<PartitionId, (u64, NodeId)>,
+        sizes: &BTreeMap<PartitionId, (u64, u64)>,
+    ) -> Vec<(SocketAddr, Msg)> {
+        let mut out = Vec::new();
+        let over = |limit: u64, have: u64| limit > 0 && have > limit;
+        for (&id, &(keys, bytes)) in sizes {
+            if !(over(self.split.keys, keys) || over(self.split.bytes, bytes)) {
+                continue;
+            }
+            let recently = self
+                .split_asked
+                .get(&id)
+                .is_some_and(|&at| now.saturating_duration_since(at) < SPLIT_RETRY);
+            let (Some(&(_, leader)), false) = (leaders.get(&id), recently) else {
+                continue;
+            };
+            let (Some(&addr), true) = (
+                self.map.servers.get(&leader),
+                self.map.partitions.contains_key(&id),
+            ) else {
+                continue;
+            };
+            let req = self.next_req;
+            self.next_req += 1;
+            tracing::info!(
+                partition = id,
+                leader,
+                keys,
+                bytes,
+                "asking for a split (past the threshold)"
+            );
+            self.split_asked.insert(id, now);
+            out.push((
+                addr,
+                Msg::SplitPartition {
+                    req,
+                    partition: id,
+                    at: None,
+                },
+            ));
         }
         out
     }
@@ -677,7 +781,8 @@ pub async fn run_manager<R: Runtime>(rt: R, config: ManagerConfig) -> io::Result
         servers = map.servers.len(),
         "manager listening"
     );
-    let mut core = ManagerCore::new(map, rt.now(), config.dead_after, config.replicas);
+    let mut core = ManagerCore::new(map, rt.now(), config.dead_after, config.replicas)
+        .with_split_thresholds(config.split);
     let net = std::sync::Arc::new(net);
     let mut received = crate::rt::spawn_receiver(&rt, net.clone(), 1024);
     let send = |to: SocketAddr, msg: &Msg| match encode_msg(msg) {
@@ -739,6 +844,7 @@ mod tests {
             tables: vec![("t".into(), 100)],
             replicas: 3,
             dead_after: ManagerConfig::DEAD_AFTER_DEFAULT,
+            split: SplitThresholds::default(),
         };
         ManagerCore::new(
             config.build_map().unwrap(),
@@ -790,11 +896,13 @@ mod tests {
             commit: conf_index,
             applied: conf_index,
             keys: 0,
+            bytes: 0,
             config: Some(status::ReportedConfig {
                 conf_index,
                 voters,
                 learners: vec![],
             }),
+            range: None,
         }
     }
 

@@ -44,10 +44,23 @@ pub struct ReplicaStatus {
     pub applied: u64,
     /// Keys in the replica's store.
     pub keys: u64,
+    /// Bytes of data in the replica's store (values plus 8 per key).
+    pub bytes: u64,
     /// The group's committed membership, reported by its leader (followers
     /// and leaders with a change in flight send `None`). The manager's map
     /// follows it.
     pub config: Option<ReportedConfig>,
+    /// The partition's range as its leader has applied it, with every range
+    /// split off it (leaders only). The manager's map follows it too.
+    pub range: Option<ReportedRange>,
+}
+
+/// A partition's range as its leader reports it: where it ends now, and the
+/// ranges split off it, oldest first ([`crate::map::PartitionMap::adopt_splits`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedRange {
+    pub end: Option<u64>,
+    pub splits: Vec<crate::map::SplitOff>,
 }
 
 /// A group's committed membership, as its leader reports it.
@@ -119,10 +132,11 @@ pub struct PartitionInfo {
     /// servers that are up.
     pub leader: Option<NodeId>,
     pub term: u64,
-    /// The leader's applied index and key count (without a leader: the
-    /// highest any replica reported).
+    /// The leader's applied index, key count and bytes of data (without a
+    /// leader: the highest any replica reported).
     pub applied: u64,
     pub keys: u64,
+    pub bytes: u64,
     /// Replicas whose server is up and reported them.
     pub reporting: Vec<NodeId>,
 }
@@ -204,9 +218,11 @@ impl Heartbeats {
                 }
             }
         }
+        // In key order, table by table.
         let partitions: Vec<PartitionInfo> = map
-            .partitions
+            .tables
             .values()
+            .flat_map(|t| t.partitions.iter().filter_map(|id| map.partitions.get(id)))
             .map(|p| {
                 let hosts: Vec<NodeId> = map.hosts(p.id).collect();
                 let seen: Vec<&(NodeId, &ReplicaStatus)> = reports
@@ -217,13 +233,13 @@ impl Heartbeats {
                     .iter()
                     .filter(|(_, r)| r.role == ReplicaRole::Leader)
                     .max_by_key(|(_, r)| r.term);
-                let (applied, keys) = match leader {
-                    Some((_, r)) => (r.applied, r.keys),
+                let (applied, keys, bytes) = match leader {
+                    Some((_, r)) => (r.applied, r.keys, r.bytes),
                     None => seen
                         .iter()
-                        .map(|(_, r)| (r.applied, r.keys))
+                        .map(|(_, r)| (r.applied, r.keys, r.bytes))
                         .max()
-                        .unwrap_or((0, 0)),
+                        .unwrap_or((0, 0, 0)),
                 };
                 PartitionInfo {
                     id: p.id,
@@ -240,6 +256,7 @@ impl Heartbeats {
                     term: seen.iter().map(|(_, r)| r.term).max().unwrap_or(0),
                     applied,
                     keys,
+                    bytes,
                     reporting: seen.iter().map(|(n, _)| *n).collect(),
                 }
             })
@@ -293,7 +310,9 @@ mod tests {
             commit: applied,
             applied,
             keys: applied / 2,
+            bytes: applied * 10,
             config: None,
+            range: None,
         }
     }
 

@@ -87,6 +87,11 @@ pub struct Config {
     /// peer that campaigns has been heard once. Also how recent what it
     /// heard of a peer must be to count.
     pub amnesia_listen_ticks: u32,
+    /// For a group split off another (its log starts at a snapshot in this
+    /// term): its first leader, elected in the next term, is one the split
+    /// asked for, and is counted as such (`Event::SplitLeader`), not as an
+    /// election. 0: not split-born.
+    pub born_at_term: Term,
     /// Most bytes of snapshot data in one InstallSnapshot message.
     pub snapshot_chunk_bytes: usize,
     /// Most snapshot chunks in flight to one follower (flow control: the
@@ -108,6 +113,7 @@ impl Config {
             check_quorum: true,
             amnesia_guard: false,
             amnesia_listen_ticks: 20,
+            born_at_term: 0,
             snapshot_chunk_bytes: 1024 * 1024,
             max_inflight_snapshot_chunks: 4,
         }
@@ -482,6 +488,15 @@ impl Raft {
         z
     }
 
+    /// Makes this member's election timeout fire within `ticks` ticks (a
+    /// new group's designated first candidate; see `born_at_term`). Only
+    /// shortens a wait, so it changes nothing a timeout could not.
+    pub fn hasten_election(&mut self, ticks: u32) {
+        self.randomized_timeout = self
+            .randomized_timeout
+            .min(self.election_elapsed.saturating_add(ticks.max(1)));
+    }
+
     fn reset_randomized_timeout(&mut self) {
         let e = self.cfg.election_ticks as u64;
         self.randomized_timeout = (e + self.next_random() % e) as u32;
@@ -743,6 +758,8 @@ impl Raft {
         // balancing) is not an election the stability checks count.
         crate::stats::count(if self.handed_over {
             crate::stats::Event::HandedOver
+        } else if self.cfg.born_at_term > 0 && self.term == self.cfg.born_at_term + 1 {
+            crate::stats::Event::SplitLeader
         } else {
             crate::stats::Event::Election
         });

@@ -99,6 +99,10 @@ struct Driver<R: Runtime, D: Disk> {
     peers: BTreeMap<NodeId, SocketAddr>,
     /// Whether the manager answers our registrations, for the log.
     manager: ManagerContact,
+    /// A heartbeat is due at the next tick, before its interval: the
+    /// manager should hear of a split at once (clients refused by the old
+    /// partition wait for a map that shows it).
+    report_due: bool,
     /// Where finished snapshot jobs come back. At most one job per replica
     /// is running (`ServerCore` asks for no other meanwhile), so this
     /// holds at most that many.
@@ -151,8 +155,10 @@ pub async fn run_server<R: Runtime, D: Disk>(
     // Heartbeats: a registration with the replicas' state as of the last
     // tick (the driver refreshes `status` on every tick).
     let status: Arc<Mutex<(u64, Vec<ReplicaStatus>)>> = Arc::default();
+    let report_now = Arc::new(tokio::sync::Notify::new());
     {
         let (net, rt2, status) = (net.clone(), rt.clone(), status.clone());
+        let report_now = report_now.clone();
         let (manager, interval) = (config.manager_addr, config.heartbeat_interval);
         let (node_id, addr, join) = (config.node_id, config.advertise_addr, config.join);
         rt.spawn(async move {
@@ -169,7 +175,10 @@ pub async fn run_server<R: Runtime, D: Disk>(
                     Ok(bytes) => net.send(manager, bytes),
                     Err(e) => tracing::error!("cannot encode a heartbeat: {e}"),
                 }
-                rt2.sleep(interval).await;
+                tokio::select! {
+                    _ = rt2.sleep(interval) => {}
+                    _ = report_now.notified() => {}
+                }
             }
         });
     }
@@ -192,6 +201,7 @@ pub async fn run_server<R: Runtime, D: Disk>(
         pending: VecDeque::new(),
         peers: BTreeMap::new(),
         manager,
+        report_due: false,
     };
     d.flush().await?;
     let tick = d.config.raft_tick;
@@ -239,6 +249,9 @@ pub async fn run_server<R: Runtime, D: Disk>(
                 };
                 d.core.tick();
                 *status.lock().unwrap() = (d.core.epoch(), d.core.status());
+                if std::mem::take(&mut d.report_due) {
+                    report_now.notify_one();
+                }
                 if let Some(notice) = d.manager.tick(now) {
                     d.log_contact(notice);
                 }
@@ -321,6 +334,14 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
             Msg::TransferLeader { req, partition, to } => {
                 let result = self.core.transfer_leader(partition, to);
                 self.admin_reply(from, req, result);
+            }
+            Msg::SplitPartition { req, partition, at } => {
+                let to = ReplyTo { addr: from, req };
+                let now_ms = self.rt.unix_time_ms();
+                if let Err(why) = self.core.split(to, partition, at, now_ms) {
+                    tracing::debug!(partition, "split refused: {why}");
+                    self.admin_reply(from, req, Err(why));
+                }
             }
             Msg::ChangeReplicas {
                 req,
@@ -408,6 +429,7 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
 
     async fn perform(&mut self, out: Output) -> io::Result<()> {
         let now = self.rt.now();
+        self.report_due |= out.report_now;
         for &partition in &out.unhosted {
             if let Some(s) = self.storage.as_mut() {
                 s.log_unhost(now, partition);
@@ -566,6 +588,7 @@ mod tests {
         cores: Vec<ServerCore>,
         down: BTreeSet<NodeId>,
         replies: BTreeMap<u64, Result<Vec<OpResult>, ExecError>>,
+        admin_replies: BTreeMap<u64, Result<String, String>>,
         next_req: u64,
         /// Every server's wall clock (and the clients'), ms since the epoch.
         now_ms: u64,
@@ -607,6 +630,7 @@ mod tests {
                     .collect(),
                 down: BTreeSet::new(),
                 replies: BTreeMap::new(),
+                admin_replies: BTreeMap::new(),
                 next_req: 1,
                 now_ms: T0,
                 held_jobs: None,
@@ -644,8 +668,14 @@ mod tests {
                         }
                     }
                     for (_, reply) in out.replies {
-                        if let Msg::ExecuteReply { req, result } = reply {
-                            self.replies.insert(req, result);
+                        match reply {
+                            Msg::ExecuteReply { req, result } => {
+                                self.replies.insert(req, result);
+                            }
+                            Msg::AdminReply { req, result } => {
+                                self.admin_replies.insert(req, result);
+                            }
+                            _ => {}
                         }
                     }
                     for job in out.snapshot_jobs {
@@ -1125,5 +1155,129 @@ mod tests {
             Some(leader),
             "the removed replica never disturbed the group"
         );
+    }
+
+    /// Reads `key` straight from `node`'s replica of `partition`.
+    fn peek(c: &Cores, node: usize, partition: PartitionId, key: &str) -> OpResult {
+        let mut store = c.cores[node].replicas()[&partition].store.clone();
+        let get = [parse_op(&format!("GET {key}")).unwrap()];
+        store.execute(&get).unwrap().remove(0)
+    }
+
+    #[test]
+    fn a_split_through_the_log_makes_a_new_group_on_the_same_replicas() {
+        use crate::manager::ManagerCore;
+        use crate::map::split_child_id;
+        use std::time::{Duration, Instant};
+        let map = PartitionMap::build(&[("t".into(), 90)], &addrs(3), 3).unwrap();
+        let mut c = Cores::with_map(3, RaftTuning::default(), map.clone());
+        c.ticks(40);
+        let leader = c.leader(0).expect("a leader");
+        for n in 0..30u64 {
+            let put = format!("PUT t{n} v{n}");
+            assert!(matches!(c.exec(leader, 1, n + 1, 0, &[&put]), Some(Ok(_))));
+        }
+        // One follower misses the split: it comes back later.
+        let lagging = (leader + 1) % 3;
+        c.down.insert(lagging);
+        let req = c.next_req;
+        c.next_req += 1;
+        let to = ReplyTo {
+            addr: CLIENT.parse().unwrap(),
+            req,
+        };
+        let split_at = c.cores[leader as usize].replicas()[&0]
+            .raft
+            .log()
+            .last_index()
+            + 1;
+        c.cores[leader as usize]
+            .split(to, 0, None, c.now_ms)
+            .unwrap();
+        c.pump();
+        let child = split_child_id(0, split_at);
+        let answer = c.admin_replies.remove(&req).expect("answered once applied");
+        assert_eq!(
+            answer,
+            Ok(format!("partition 0 split: t15 on is partition {child}"))
+        );
+        for node in (0..3).filter(|&n| n != lagging as usize) {
+            let replicas = c.cores[node].replicas();
+            assert_eq!(replicas[&0].store.range().end, Some(15));
+            assert_eq!(replicas[&0].store.len(), 15);
+            assert_eq!(replicas[&child].store.len(), 15, "server {node}");
+            assert_eq!(replicas[&child].store.range().start, 15);
+        }
+        c.ticks(60);
+        let child_leader = c.leader(child).expect("the new group elects a leader");
+        assert_eq!(
+            c.exec(child_leader, 1, 31, child, &["SWAP t20 new"]),
+            Some(Ok(vec![OpResult::Swap(Some(b"v20".to_vec()))]))
+        );
+        // The old partition refuses the keys it no longer holds: the client
+        // routes again by a newer map.
+        let leader = c.leader(0).expect("still led");
+        assert!(matches!(
+            c.exec(leader, 1, 32, 0, &["GET t20"]),
+            Some(Err(ExecError::Rejected(
+                crate::kv::ApplyError::WrongPartition { .. }
+            )))
+        ));
+        // The manager learns the split from the leader's heartbeat.
+        let now = Instant::now();
+        let mut manager = ManagerCore::new(map, now, Duration::from_secs(60), 3);
+        let register = Msg::Register {
+            node_id: leader,
+            addr: addrs(3)[leader as usize],
+            epoch: 1,
+            join: false,
+            replicas: c.cores[leader as usize].status(),
+        };
+        let Some(Msg::RegisterReply {
+            result: Ok(learned),
+        }) = manager.handle(register, now)
+        else {
+            panic!("registration refused");
+        };
+        learned.validate().unwrap();
+        assert_eq!(learned.tables["t"].partitions, vec![0, child, 1, 2]);
+        assert_eq!(
+            (learned.partitions[&0].start, learned.partitions[&0].end),
+            (0, Some(15))
+        );
+        assert_eq!(
+            (
+                learned.partitions[&child].start,
+                learned.partitions[&child].end
+            ),
+            (15, Some(30))
+        );
+        assert!(learned.groups[&child].initial.is_empty());
+        // The lagging server gets the new map first: it creates an empty
+        // replica of the new partition, which must not campaign or count as
+        // holding anything; then it catches up and ends with the data.
+        c.cores[lagging as usize].install_map(learned);
+        c.down.remove(&lagging);
+        assert_eq!(
+            c.cores[lagging as usize].replicas()[&child]
+                .raft
+                .log()
+                .last_index(),
+            0
+        );
+        c.ticks(60);
+        assert_eq!(c.leader(child), Some(child_leader), "not disturbed");
+        let l = lagging as usize;
+        assert_eq!(
+            peek(&c, l, child, "t20"),
+            OpResult::Get(Some(b"new".to_vec()))
+        );
+        assert_eq!(
+            peek(&c, l, child, "t29"),
+            OpResult::Get(Some(b"v29".to_vec()))
+        );
+        assert_eq!(c.cores[l].replicas()[&child].store.len(), 15);
+        assert_eq!(c.cores[l].replicas()[&0].store.len(), 15);
+        assert_eq!(c.cores[l].replicas()[&0].store.range().end, Some(15));
     }
 }

@@ -29,8 +29,8 @@
 use crate::kv::{
     Finished, LogCommand, PartitionStore, SessionError, TxnId, TxnOp, TxnOutcome, TxnState, WaitKey,
 };
-use crate::manager::status::{ReplicaRole, ReplicaStatus, ReportedConfig};
-use crate::map::{NodeId, Partition, PartitionId, PartitionMap};
+use crate::manager::status::{ReplicaRole, ReplicaStatus, ReportedConfig, ReportedRange};
+use crate::map::{NodeId, Partition, PartitionId, PartitionMap, SPLIT_BASE_INDEX, SPLIT_BASE_TERM};
 use crate::op::{Op, OpResult};
 use crate::raft::{
     ConfChange, Config, Entry, EntryData, HardState, Index, Membership, Message, ProposeError,
@@ -114,6 +114,12 @@ struct Proposal {
 enum Pending {
     Execute(Request),
     Txn(TxnOp),
+    /// A range split (from `admin` or the manager), answered with an
+    /// `AdminReply`.
+    Split {
+        at: u64,
+        end: Option<u64>,
+    },
 }
 
 /// A transaction this leader is recovering (its coordinator went silent):
@@ -175,6 +181,9 @@ pub struct Output {
     /// O(data) work to run off the event loop; hand each result to
     /// [`ServerCore::snapshot_done`].
     pub snapshot_jobs: Vec<SnapshotJob>,
+    /// Tell the manager now rather than at the next heartbeat (a leader
+    /// split its partition: the map must show it for clients to route).
+    pub report_now: bool,
 }
 
 /// Work on a whole partition's state, which takes time in proportion to its
@@ -269,6 +278,7 @@ impl Output {
             && self.messages.is_empty()
             && self.replies.is_empty()
             && self.snapshot_jobs.is_empty()
+            && !self.report_now
     }
 }
 
@@ -300,6 +310,10 @@ pub struct Replica {
     /// The index of the snapshot being encoded for followers, if any (at
     /// most one per replica; compaction keeps the entries after it).
     encoding: Option<Index>,
+    /// Partitions split off by entries just applied, with the group's
+    /// membership at the split, for the server to create (see
+    /// [`ServerCore::split_off`]).
+    births: Vec<(PartitionStore, Membership)>,
 }
 
 impl Replica {
@@ -323,6 +337,7 @@ impl Replica {
             txn_age: BTreeMap::new(),
             recoveries: BTreeMap::new(),
             encoding: None,
+            births: Vec::new(),
         }
     }
 
@@ -390,7 +405,11 @@ impl ServerCore {
         for (id, group) in recovered {
             let replica = core.replica(group.raft, group.store);
             core.replicas.insert(id, replica);
-            // Re-apply what is known committed.
+        }
+        // Re-apply what is known committed, once every replica is back (a
+        // split re-applied must find the partition it made, if recovered).
+        let ids: Vec<PartitionId> = core.replicas.keys().copied().collect();
+        for id in ids {
             core.process(id);
         }
         core
@@ -405,8 +424,11 @@ impl ServerCore {
     }
 
     fn replica(&mut self, state: RaftState, store: PartitionStore) -> Replica {
+        // Split-born ids have the high bit set (`split_child_id`).
+        let split_born = store.range().id >= 1 << 63;
         let config = Config {
             group: store.range().id,
+            born_at_term: if split_born { SPLIT_BASE_TERM } else { 0 },
             election_ticks: self.tuning.election_ticks,
             heartbeat_ticks: self.tuning.heartbeat_ticks,
             // Without --persistence every restart empties a replica; with
@@ -497,8 +519,10 @@ impl ServerCore {
             );
             // The group's initial voters, whatever it has now: the log
             // (or a snapshot) brings the membership changes since.
+            // And its initial range: the log replays the splits since.
             let range = Partition {
                 replicas: group.initial.clone(),
+                end: group.initial_end,
                 ..partition.clone()
             };
             let state = RaftState {
@@ -583,6 +607,7 @@ impl ServerCore {
                 commit: r.raft.commit(),
                 applied: r.applied,
                 keys: r.store.len() as u64,
+                bytes: r.store.bytes(),
                 config: (r.raft.role() == Role::Leader)
                     .then(|| r.raft.committed_membership())
                     .flatten()
@@ -591,6 +616,10 @@ impl ServerCore {
                         voters: m.voters.iter().copied().collect(),
                         learners: m.learners.iter().copied().collect(),
                     }),
+                range: (r.raft.role() == Role::Leader).then(|| ReportedRange {
+                    end: r.store.range().end,
+                    splits: r.store.splits().to_vec(),
+                }),
             })
             .collect()
     }
@@ -691,6 +720,136 @@ impl ServerCore {
         crate::stats::count(crate::stats::Event::MembershipChange);
         self.process(partition);
         Ok(format!("partition {partition}: proposed {change:?}"))
+    }
+
+    /// Asks this server's replica of `partition`, which must lead it, to
+    /// split the partition at key number `at` (`None`: at its middle key)
+    /// through its log. The answer (an `AdminReply` to `to`) comes once the
+    /// split applied, or was refused there (see [`PartitionStore::split`]);
+    /// an error now says why it was not proposed.
+    pub fn split(
+        &mut self,
+        to: ReplyTo,
+        partition: PartitionId,
+        at: Option<u64>,
+        now_ms: u64,
+    ) -> Result<(), String> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let me = self.node_id;
+        let r = self.replica_mut(partition)?;
+        if r.raft.role() != Role::Leader {
+            return Err(format!(
+                "server {me} does not lead partition {partition} (leader: {})",
+                r.raft
+                    .leader()
+                    .map_or("unknown".to_string(), |l| format!("server {l}"))
+            ));
+        }
+        if let Some((at, id)) = r.store.pending_split() {
+            return Err(format!(
+                "partition {partition} is already splitting at key number {at} (into partition {id})"
+            ));
+        }
+        let range = r.store.range();
+        let at = match at {
+            Some(at) => at,
+            None => r.store.middle_key().ok_or_else(|| {
+                format!("partition {partition} holds fewer than two keys: nothing to split")
+            })?,
+        };
+        if at <= range.start || !range.contains(at) {
+            return Err(format!(
+                "key number {at} is not inside partition {partition} ({}[{}, {})): both halves must hold keys",
+                range.table,
+                range.start,
+                range.end.map_or("inf".into(), |e| e.to_string())
+            ));
+        }
+        let end = range.end;
+        self.propose(partition, to, Pending::Split { at, end });
+        Ok(())
+    }
+
+    /// Creates the replicas of partitions just split off `parent` (their
+    /// stores hold the parent's keys from the split point on): each starts
+    /// as if installed from a snapshot at [`SPLIT_BASE_INDEX`], with the
+    /// parent's membership at the split, and is logged (a `Host` record,
+    /// then the snapshot) so it survives a restart. A replica of the child
+    /// created empty from the map meanwhile (its log is empty) takes this
+    /// state, keeping its term and vote; one that already has a log (a
+    /// snapshot from the child's leader got here first) is newer and stays.
+    fn split_off(&mut self, parent: PartitionId) {
+        let Some(r) = self.replicas.get_mut(&parent) else {
+            return;
+        };
+        let births = std::mem::take(&mut r.births);
+        let parent_leads = r.raft.role() == Role::Leader;
+        for (store, membership) in births {
+            let child = store.range().id;
+            let mut hard_state = HardState {
+                term: SPLIT_BASE_TERM,
+                vote: None,
+                commit: SPLIT_BASE_INDEX,
+            };
+            if let Some(existing) = self.replicas.get(&child) {
+                if existing.raft.log().last_index() > 0 {
+                    continue;
+                }
+                if existing.raft.term() >= SPLIT_BASE_TERM {
+                    hard_state.term = existing.raft.term();
+                    hard_state.vote = existing.raft.vote();
+                }
+            }
+            if self.removed.contains_key(&child) {
+                // Dropped here since (we replay an old split after a
+                // restart, or were removed before we applied it).
+                continue;
+            }
+            tracing::info!(
+                node_id = self.node_id,
+                parent,
+                partition = child,
+                table = %store.range().table,
+                start = store.range().start,
+                end = ?store.range().end,
+                keys = store.len(),
+                "a range split off: hosting its replica"
+            );
+            let meta = SnapshotMeta {
+                index: SPLIT_BASE_INDEX,
+                term: SPLIT_BASE_TERM,
+                membership,
+            };
+            let state = RaftState {
+                hard_state,
+                snapshot: meta.clone(),
+                entries: Vec::new(),
+                initial_membership: Membership::default(),
+            };
+            let range = store.range().clone();
+            let data = Arc::new(encode_store(&store));
+            let mut replica = self.replica(state, store);
+            if parent_leads {
+                self.out.report_now = true;
+                // The new group needs a leader: ours campaigns after a
+                // heartbeat or two, by when the other replicas applied the
+                // split too, instead of after a whole election timeout.
+                replica
+                    .raft
+                    .hasten_election(2 * self.tuning.heartbeat_ticks);
+            }
+            self.replicas.insert(child, replica);
+            self.out.hosted.push(range);
+            self.out.persist.push(Persist {
+                partition: child,
+                snapshot: Some((meta, data)),
+                hard_state: Some(hard_state),
+                entries: Vec::new(),
+                messages: Vec::new(),
+                last: Some((SPLIT_BASE_INDEX, SPLIT_BASE_TERM)),
+            });
+            self.process(child);
+        }
     }
 
     /// Our replica of `partition`, or why there is none (for the operator).
@@ -1071,6 +1230,7 @@ impl ServerCore {
                 session_ttl_ms,
                 op: op.clone(),
             },
+            Pending::Split { at, end } => LogCommand::Split { at: *at, end: *end },
         };
         let data = command_options()
             .serialize(&entry)
@@ -1328,6 +1488,9 @@ impl ServerCore {
             r.raft
                 .compact(r.encoding.map_or(keep_after, |i| keep_after.min(i)));
         }
+        if !r.births.is_empty() {
+            self.split_off(partition);
+        }
     }
 }
 
@@ -1360,6 +1523,10 @@ fn answer(out: &mut Output, to: ReplyTo, pending: &Pending, error: ExecError) {
             req: to.req,
             result: Err(error),
         },
+        Pending::Split { .. } => Msg::AdminReply {
+            req: to.req,
+            result: Err(error.to_string()),
+        },
     };
     out.replies.push((to.addr, msg));
 }
@@ -1380,6 +1547,8 @@ fn exec_result(
 enum Applied {
     Execute(Result<Vec<OpResult>, ExecError>),
     Txn(Result<TxnState, ExecError>),
+    /// A split's outcome, for the admin or manager that asked.
+    Admin(Result<String, String>),
     /// Blocked by locks, or a prepare that waits: hold it and propose it
     /// again once locks are released.
     Hold,
@@ -1420,6 +1589,23 @@ fn apply(r: &mut Replica, node_id: NodeId, partition: PartitionId, entry: Entry,
                         })),
                     }
                 }
+                Ok(LogCommand::Split { at, end }) => {
+                    match r.store.begin_split(entry.index, at, end) {
+                        Ok(()) => {
+                            let (_, id) = r.store.pending_split().expect("just begun");
+                            let key = crate::key::Key::new(r.store.range().table.clone(), at);
+                            Applied::Admin(Ok(if r.store.split_ready() {
+                                format!("partition {partition} split: {key} on is partition {id}")
+                            } else {
+                                format!(
+                                    "partition {partition} is splitting: {key} on becomes partition {id} \
+                                     once the transactions holding locks there are resolved"
+                                )
+                            }))
+                        }
+                        Err(why) => Applied::Admin(Err(why)),
+                    }
+                }
                 Err(e) => {
                     // Only our own code proposes, so this is a bug; every
                     // replica skips the entry the same way.
@@ -1434,6 +1620,19 @@ fn apply(r: &mut Replica, node_id: NodeId, partition: PartitionId, entry: Entry,
         }
         EntryData::Noop | EntryData::ConfChange(_) => Applied::Nothing,
     };
+    if r.store.split_ready() {
+        // The membership at this entry: every replica splits here, with
+        // the same one (not the newest in the log, which may differ).
+        let m = r.raft.membership_at(entry.index);
+        let child = r.store.finish_split(
+            m.voters.iter().copied().collect(),
+            m.learners.iter().copied().collect(),
+        );
+        if r.raft.role() == Role::Leader {
+            crate::stats::count(crate::stats::Event::RangeSplit);
+        }
+        r.births.push((child, m));
+    }
     // Queued requests this entry let run: answer those held here.
     for finished in r.store.take_finished() {
         let (key, result) = match finished {
@@ -1450,7 +1649,7 @@ fn apply(r: &mut Replica, node_id: NodeId, partition: PartitionId, entry: Entry,
                     req: to.req,
                     result,
                 },
-                Applied::Hold | Applied::Nothing => continue,
+                Applied::Admin(_) | Applied::Hold | Applied::Nothing => continue,
             };
             out.replies.push((to.addr, msg));
         }
@@ -1477,6 +1676,10 @@ fn apply(r: &mut Replica, node_id: NodeId, partition: PartitionId, entry: Entry,
             req: p.to.req,
             result,
         },
+        Applied::Admin(result) => Msg::AdminReply {
+            req: p.to.req,
+            result,
+        },
         Applied::Hold | Applied::Nothing => {
             let key = match &p.pending {
                 Pending::Execute(request) => WaitKey::Command {
@@ -1484,6 +1687,7 @@ fn apply(r: &mut Replica, node_id: NodeId, partition: PartitionId, entry: Entry,
                     seq: request.seq,
                 },
                 Pending::Txn(op) => WaitKey::Txn(op.id()),
+                Pending::Split { .. } => return,
             };
             crate::stats::count(crate::stats::Event::TxnWaited);
             r.held.insert(key, (p.to, p.pending));

@@ -180,6 +180,13 @@ fn admin_ip() -> IpAddr {
     IpAddr::from([10, 0, 9, 1])
 }
 
+fn splitter_ip() -> IpAddr {
+    IpAddr::from([10, 0, 9, 2])
+}
+
+/// Splits the [`FaultKind::Split`] operator asks for at most, per run.
+const SPLITS_MAX: usize = 8;
+
 fn server_addr(i: usize) -> SocketAddr {
     SocketAddr::new(IpAddr::from([10, 0, 0, i as u8 + 1]), 23000)
 }
@@ -234,7 +241,11 @@ impl Shape {
             .collect()
     }
 
-    fn manager_config(&self, dead_after: Duration) -> ManagerConfig {
+    fn manager_config(
+        &self,
+        dead_after: Duration,
+        split: crate::manager::SplitThresholds,
+    ) -> ManagerConfig {
         let mut tables = self.tables.clone();
         tables.push((BANK_TABLE.to_string(), self.bank_accounts().len() as u64));
         ManagerConfig {
@@ -243,6 +254,7 @@ impl Shape {
             tables,
             replicas: REPLICAS,
             dead_after,
+            split,
         }
     }
 
@@ -361,10 +373,20 @@ pub enum FaultKind {
     /// removed when they come back. Like a memory-mode kill, the loss
     /// happens only while every other server is up and caught up.
     Lose,
+    /// Range splits under load: every 1–4 s an operator asks a random
+    /// partition's leader to split it at a random key inside its range or
+    /// at its middle key (`admin split`), up to [`SPLITS_MAX`] splits; in
+    /// half of these seeds the manager also splits every partition past a
+    /// small key count (8–20, per seed) by itself. Clients with maps from
+    /// before a split must be refused and route again; no acknowledged
+    /// write may be lost, no read may miss the keys that moved, and at the
+    /// end the map must tile every table with each key counted in exactly
+    /// one partition (check `control-plane`).
+    Split,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 14] = [
+    pub const ALL: [FaultKind; 15] = [
         FaultKind::Kill,
         FaultKind::Clog,
         FaultKind::Manager,
@@ -379,6 +401,7 @@ impl FaultKind {
         FaultKind::Coordinator,
         FaultKind::Transfer,
         FaultKind::Lose,
+        FaultKind::Split,
     ];
 
     pub fn name(self) -> &'static str {
@@ -397,6 +420,7 @@ impl FaultKind {
             FaultKind::Coordinator => "coordinator",
             FaultKind::Transfer => "transfer",
             FaultKind::Lose => "lose",
+            FaultKind::Split => "split",
         }
     }
 
@@ -691,6 +715,8 @@ struct Shared {
     lost: Mutex<BTreeSet<u64>>,
     /// The manager runs with a short `--dead-after` ([`FaultKind::Lose`]).
     short_dead_after: bool,
+    /// Partitions split ([`FaultKind::Split`]).
+    splits: bool,
 }
 
 impl Shared {
@@ -1286,7 +1312,18 @@ pub async fn scenario_with(config: Config) -> Summary {
     } else {
         ManagerConfig::DEAD_AFTER_DEFAULT
     };
-    let manager_config = shape.manager_config(dead_after);
+    // Range splits: by an operator, and in half of those seeds by the
+    // manager too, past a small key count.
+    let splits = enabled.contains(FaultKind::Split);
+    let split = if splits && seed_draw(seed, 30) < 0.5 {
+        crate::manager::SplitThresholds {
+            bytes: 0,
+            keys: 8 + (12.0 * seed_draw(seed, 31)) as u64,
+        }
+    } else {
+        crate::manager::SplitThresholds::default()
+    };
+    let manager_config = shape.manager_config(dead_after, split);
     let map = manager_config.build_map().expect("valid cluster config");
     let tables = shape.universe();
     let universe: Vec<Key> = tables
@@ -1294,8 +1331,16 @@ pub async fn scenario_with(config: Config) -> Summary {
         .flat_map(|(t, n)| (0..*n).map(move |num| Key::new(t.as_str(), num)))
         .collect();
     let values: Vec<Vec<u8>> = VALUES.iter().map(|v| v.as_bytes().to_vec()).collect();
+    let key_index: BTreeMap<Key, u64> = universe.iter().cloned().zip(0..).collect();
     let mut model = Model::new(seed, CLIENTS, universe, &values);
-    model.set_groups(|k| map.partition_of(k).expect("universe keys are mapped").id);
+    if splits {
+        // A key's partition changes with splits, and a later write acked
+        // by the new partition does not fence a command still in flight to
+        // the old one (another session table): fence by key alone.
+        model.set_groups(|k| key_index[k]);
+    } else {
+        model.set_groups(|k| map.partition_of(k).expect("universe keys are mapped").id);
+    }
     let shared = Arc::new(Shared {
         seed,
         start: Instant::now(),
@@ -1312,6 +1357,7 @@ pub async fn scenario_with(config: Config) -> Summary {
         bank: shape.bank_accounts(),
         lost: Mutex::new(BTreeSet::new()),
         short_dead_after: lose,
+        splits,
     });
 
     let manager = handle
@@ -1427,6 +1473,14 @@ pub async fn scenario_with(config: Config) -> Summary {
     if enabled.contains(FaultKind::Transfer) {
         let node = handle.create_node().name("admin").ip(admin_ip()).build();
         node.spawn(admin_main(shared.clone()));
+    }
+    if splits {
+        let node = handle
+            .create_node()
+            .name("splitter")
+            .ip(splitter_ip())
+            .build();
+        node.spawn(splitter_main(shared.clone()));
     }
     let mut clients = Vec::new();
     let mut client_ids = Vec::new();
@@ -1751,8 +1805,12 @@ pub async fn scenario_with(config: Config) -> Summary {
     // The manager's view (what `admin` shows) catches up with the healed
     // cluster: every server up, every partition led and reported by all
     // its replicas.
+    let mut keys_per_table: BTreeMap<String, u64> = BTreeMap::new();
+    for key in final_state.keys() {
+        *keys_per_table.entry(key.table.clone()).or_default() += 1;
+    }
     if let Err(e) = client_nodes[0]
-        .spawn(check_control_plane(shared.clone()))
+        .spawn(check_control_plane(shared.clone(), keys_per_table))
         .await
     {
         panic!("seed {seed}: client 0 task failed: {e:?}");
@@ -1922,6 +1980,53 @@ async fn admin_main(shared: Arc<Shared>) {
         }
         if outcome.is_ok() {
             stats::count(Event::LeaderTransfer);
+        }
+    }
+}
+
+/// The operator of [`FaultKind::Split`]: until healed, splits a random
+/// partition now and then, at a random key inside it or at its middle key.
+async fn splitter_main(shared: Arc<Shared>) {
+    let Ok(client) = Client::connect(SimRuntime, shared.client_config.clone()).await else {
+        return; // The manager is down for long: no operator today.
+    };
+    let mut rng = madsim::rand::thread_rng();
+    let mut done = 0;
+    while !shared.healed.load(Ordering::SeqCst) && done < SPLITS_MAX {
+        sleep(Duration::from_millis(rng.gen_range(1000..=4000))).await;
+        if shared.healed.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(status) = client.cluster_status().await else {
+            continue;
+        };
+        let p = &status.partitions[rng.gen_range(0..status.partitions.len())];
+        let Some(leader) = p.leader else {
+            continue;
+        };
+        // A key inside (after the first), within the table's universe.
+        let size = shared
+            .tables
+            .iter()
+            .find(|(t, _)| *t == p.table)
+            .map_or(BANK_ACCOUNTS_PER_PARTITION * 8, |(_, n)| *n);
+        let last = p.end.map_or(size.max(p.start + 2), |e| e) - 1;
+        let at = if rng.gen_bool(0.5) || last <= p.start {
+            None
+        } else {
+            Some(rng.gen_range(p.start + 1..=last))
+        };
+        let addr = shared.map.servers[&leader];
+        let outcome = client.split_partition(addr, p.id, at).await;
+        if shared.trace {
+            eprintln!(
+                "[sim] {:.3?} splitter: split partition {} at {at:?}: {outcome:?}",
+                shared.elapsed(),
+                p.id
+            );
+        }
+        if outcome.is_ok() {
+            done += 1;
         }
     }
 }
@@ -2362,7 +2467,7 @@ const CONTROL_PLANE_BOUND_AFTER_LOSS: Duration = Duration::from_secs(30);
 /// Polls the manager's status (as `admin` does) until every server is up
 /// and every partition has a leader that all its replicas report; panics
 /// (check `control-plane`) if that takes longer than [`CONTROL_PLANE_BOUND`].
-async fn check_control_plane(shared: Arc<Shared>) {
+async fn check_control_plane(shared: Arc<Shared>, keys_per_table: BTreeMap<String, u64>) {
     use crate::manager::status::ServerState;
     let seed = shared.seed;
     let lost = shared.lost.lock().unwrap().clone();
@@ -2372,7 +2477,9 @@ async fn check_control_plane(shared: Arc<Shared>) {
     };
     // With a short --dead-after, servers that faults kept down long were
     // replaced, and their replicas may still be moving back at the end.
-    let bound = if lost.is_empty() && !shared.short_dead_after {
+    // Splits make new partitions on the same servers, which the manager
+    // then spreads: moves may still be under way at the end too.
+    let bound = if lost.is_empty() && !shared.short_dead_after && !shared.splits {
         CONTROL_PLANE_BOUND
     } else {
         CONTROL_PLANE_BOUND_AFTER_LOSS
@@ -2416,10 +2523,41 @@ async fn check_control_plane(shared: Arc<Shared>) {
                         )
                     })
                     .collect();
-                if down.is_empty() && unled.is_empty() && short.is_empty() {
+                // The map tiles every table (partitions in key order,
+                // contiguous from 0, the last open-ended), and the leaders'
+                // key counts add up to what the final read found: every key
+                // in exactly one partition, through any splits.
+                let mut tiling = Vec::new();
+                let mut next: BTreeMap<&str, Option<u64>> = BTreeMap::new();
+                let mut counted: BTreeMap<&str, u64> = BTreeMap::new();
+                for p in &status.partitions {
+                    let expected = next.entry(p.table.as_str()).or_insert(Some(0));
+                    if *expected != Some(p.start) {
+                        tiling.push(format!(
+                            "partition {} of table {} starts at {} (expected {expected:?})",
+                            p.id, p.table, p.start
+                        ));
+                    }
+                    *expected = p.end;
+                    *counted.entry(p.table.as_str()).or_default() += p.keys;
+                }
+                for (table, end) in &next {
+                    if end.is_some() {
+                        tiling.push(format!("table {table} does not end open-ended ({end:?})"));
+                    }
+                }
+                for (table, &n) in &keys_per_table {
+                    let c = counted.get(table.as_str()).copied().unwrap_or(0);
+                    if c != n {
+                        tiling.push(format!(
+                            "table {table}: the partitions' leaders hold {c} keys, the final read found {n}"
+                        ));
+                    }
+                }
+                if down.is_empty() && unled.is_empty() && short.is_empty() && tiling.is_empty() {
                     return;
                 }
-                [down, unled, short].concat().join("; ")
+                [down, unled, short, tiling].concat().join("; ")
             }
         };
         if Instant::now() >= deadline {

@@ -652,6 +652,7 @@ mod tests {
                             } => {
                                 store.apply_txn_entry(time_ms, session_ttl_ms, &op);
                             }
+                            LogCommand::Split { .. } => unreachable!("no splits here"),
                         }
                     }
                 }

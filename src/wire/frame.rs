@@ -16,7 +16,7 @@
 //! there is no resynchronisation inside a stream.
 
 /// Bumped on any incompatible change to frames or messages.
-pub const PROTOCOL_VERSION: u8 = 4;
+pub const PROTOCOL_VERSION: u8 = 5;
 /// Header bytes before the payload.
 pub const FRAME_HEADER_LEN: usize = 9;
 /// Largest payload a frame may carry (16 MiB).

@@ -119,6 +119,15 @@ pub enum Msg {
         req: u64,
         result: Result<String, String>,
     },
+    /// Admin or manager -> a partition's leader: split the partition at key
+    /// number `at` (`None`: at its middle key), through its log
+    /// (ARCHITECTURE.md, "Range splits"). Answered with an `AdminReply`
+    /// once the split applied (or was refused).
+    SplitPartition {
+        req: u64,
+        partition: PartitionId,
+        at: Option<u64>,
+    },
 }
 
 /// What `admin` asks the manager to do with a server ([`Msg::ServerAdmin`]).
@@ -227,10 +236,22 @@ mod tests {
                     commit: 12,
                     applied: 11,
                     keys: 5,
+                    bytes: 140,
                     config: Some(crate::manager::status::ReportedConfig {
                         conf_index: 9,
                         voters: vec![0, 1, 2],
                         learners: vec![3],
+                    }),
+                    range: Some(crate::manager::status::ReportedRange {
+                        end: Some(40),
+                        splits: vec![crate::map::SplitOff {
+                            child: crate::map::split_child_id(3, 20),
+                            index: 20,
+                            start: 40,
+                            end: None,
+                            voters: vec![0, 1, 2],
+                            learners: vec![],
+                        }],
                     }),
                 }],
             },
@@ -255,6 +276,11 @@ mod tests {
             Msg::AdminReply {
                 req: 10,
                 result: Err("not the leader".into()),
+            },
+            Msg::SplitPartition {
+                req: 13,
+                partition: 3,
+                at: Some(500),
             },
             Msg::RegisterReply {
                 result: Err("no".into()),
