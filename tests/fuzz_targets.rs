@@ -28,7 +28,7 @@ fn sample_payloads() -> Vec<Vec<u8>> {
         Msg::Hello {
             advertise: Some(addr),
         },
-        Msg::GetMap { req: 7 },
+        Msg::GetMap { req: 7, epoch: 0 },
         Msg::MapReply { req: 7, map },
         Msg::Register {
             node_id: 1,

@@ -31,14 +31,14 @@ fn attacks() -> Vec<(&'static str, Vec<u8>, bool)> {
     let mut huge = header(u32::MAX);
     huge.extend_from_slice(b"xxxx");
     let mut bad_crc = hello();
-    let mut frame = encode_frame(&encode_msg(&Msg::GetMap { req: 1 }).unwrap());
+    let mut frame = encode_frame(&encode_msg(&Msg::GetMap { req: 1, epoch: 0 }).unwrap());
     let last = frame.len() - 1;
     frame[last] ^= 0x40;
     bad_crc.extend_from_slice(&frame);
     let mut hello_then_garbage_payload = hello();
     hello_then_garbage_payload.extend_from_slice(&encode_frame(&random[..300]));
     hello_then_garbage_payload.extend_from_slice(&random);
-    let mut not_hello_first = encode_frame(&encode_msg(&Msg::GetMap { req: 1 }).unwrap());
+    let mut not_hello_first = encode_frame(&encode_msg(&Msg::GetMap { req: 1, epoch: 0 }).unwrap());
     not_hello_first.extend_from_slice(b"trailing");
     vec![
         ("random bytes", random.clone(), true),
@@ -186,7 +186,7 @@ fn unexpected_messages_from_a_client_do_not_stop_a_server() {
     }
     let forged = [
         vec![
-            Msg::GetMap { req: 1 },
+            Msg::GetMap { req: 1, epoch: 0 },
             Msg::Hello { advertise: None },
             Msg::MapReply {
                 req: 1,
@@ -246,7 +246,7 @@ fn unexpected_messages_to_the_manager_are_ignored() {
             partition: 0,
             to: 1,
         },
-        Msg::GetMap { req: 5 },
+        Msg::GetMap { req: 5, epoch: 0 },
     ];
     let mut s = TcpStream::connect(cluster.manager_addr).unwrap();
     s.write_all(&hello()).unwrap();

@@ -572,8 +572,16 @@ impl<R: Runtime> Client<R> {
                 )));
             }
             let wait = config.attempt_timeout.min(deadline - now);
+            let held = self
+                .inner
+                .map
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map_or(0, |m| m.epoch);
+            let get = |req| Msg::GetMap { req, epoch: held };
             if let Ok(Answer::Reply(Msg::MapReply { map, .. })) =
-                self.call(manager, |req| Msg::GetMap { req }, wait).await
+                self.call(manager, get, wait).await
             {
                 match map.validate() {
                     Err(e) => {
@@ -581,6 +589,12 @@ impl<R: Runtime> Client<R> {
                     }
                     Ok(()) => {
                         let mut slot = self.inner.map.lock().unwrap();
+                        tracing::debug!(
+                            epoch = map.epoch,
+                            held = slot.as_ref().map_or(0, |m| m.epoch),
+                            partitions = map.partitions.len(),
+                            "partition map from the manager"
+                        );
                         if slot.as_ref().is_none_or(|m| m.epoch <= map.epoch) {
                             *slot = Some(Arc::new(map));
                         }

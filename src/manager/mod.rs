@@ -206,10 +206,18 @@ impl ManagerCore {
     /// Handles one request received at `now`; returns the reply, if any.
     pub fn handle(&mut self, msg: Msg, now: Instant) -> Option<Msg> {
         match msg {
-            Msg::GetMap { req } => Some(Msg::MapReply {
-                req,
-                map: self.map.clone(),
-            }),
+            Msg::GetMap { req, epoch } => {
+                // A client holding a map of a manager before a restart
+                // takes ours only if its epoch is higher.
+                if epoch > self.map.epoch {
+                    self.seen_epoch = self.seen_epoch.max(epoch);
+                    self.bump_epoch();
+                }
+                Some(Msg::MapReply {
+                    req,
+                    map: self.map.clone(),
+                })
+            }
             Msg::Register {
                 node_id,
                 addr,
@@ -941,6 +949,25 @@ mod tests {
             c.handle(register, Instant::now());
             assert_eq!(c.map().groups[&0].conf_index, 12);
             assert_eq!(c.map().epoch, 8, "nothing changed");
+        }
+    }
+
+    #[test]
+    fn a_restarted_manager_numbers_its_map_above_a_clients_and_only_then() {
+        let mut c = core();
+        let now = Instant::now();
+        let get = |epoch| Msg::GetMap { req: 1, epoch };
+        // A client holding epoch 9 from the manager before a restart.
+        let Some(Msg::MapReply { map, .. }) = c.handle(get(9), now) else {
+            panic!("no map");
+        };
+        assert!(map.epoch > 9, "the client must take it: {}", map.epoch);
+        // Holding ours (or older), nothing changes.
+        for epoch in [map.epoch, 0, 3] {
+            let Some(Msg::MapReply { map: again, .. }) = c.handle(get(epoch), now) else {
+                panic!("no map");
+            };
+            assert_eq!(again.epoch, map.epoch);
         }
     }
 

@@ -18,7 +18,9 @@ pub mod manager_contact;
 pub mod replica;
 
 pub use manager_contact::{ContactNotice, ManagerContact};
-pub use replica::{Output, RaftTuning, ReplyTo, Request, ServerCore, SnapshotDone, SnapshotJob};
+pub use replica::{
+    Output, Persist, RaftTuning, ReplyTo, Request, ServerCore, SnapshotDone, SnapshotJob,
+};
 
 use crate::manager::status::ReplicaStatus;
 use crate::map::{NodeId, PartitionId};
@@ -83,6 +85,8 @@ enum Event {
     Durable(Result<Lsn, String>),
     Tick,
     SnapshotDone(SnapshotDone),
+    /// A received snapshot's file is durable (or could not be written).
+    SnapshotWritten(PartitionId, u64, Result<(), String>),
     Received(Option<(SocketAddr, Vec<u8>)>),
 }
 
@@ -107,6 +111,14 @@ struct Driver<R: Runtime, D: Disk> {
     /// is running (`ServerCore` asks for no other meanwhile), so this
     /// holds at most that many.
     jobs_done: tokio::sync::mpsc::UnboundedSender<SnapshotDone>,
+    /// Partitions whose received snapshot (or new partition's first state)
+    /// is being written to its file off the event loop: the `Persist` that
+    /// carries it first, then the partition's later ones, which wait so
+    /// that the log keeps the group's records in order (the snapshot's
+    /// record before anything after it). Other partitions go on.
+    gates: BTreeMap<PartitionId, VecDeque<Persist>>,
+    /// Where the file writes report.
+    written: tokio::sync::mpsc::UnboundedSender<(PartitionId, u64, Result<(), String>)>,
 }
 
 /// Runs a server until its network endpoint or its storage fails, or the
@@ -191,8 +203,11 @@ pub async fn run_server<R: Runtime, D: Disk>(
     );
     let manager = ManagerContact::new(rt.now(), config.heartbeat_interval);
     let (jobs_done, mut finished_jobs) = tokio::sync::mpsc::unbounded_channel();
+    let (written, mut writes_done) = tokio::sync::mpsc::unbounded_channel();
     let mut d = Driver {
         jobs_done,
+        gates: BTreeMap::new(),
+        written,
         rt: rt.clone(),
         config,
         net,
@@ -225,6 +240,9 @@ pub async fn run_server<R: Runtime, D: Disk>(
                 durable = durable => Event::Durable(durable),
                 _ = rt.sleep(wait) => Event::Tick,
                 Some(done) = finished_jobs.recv() => Event::SnapshotDone(done),
+                Some((p, index, result)) = writes_done.recv() => {
+                    Event::SnapshotWritten(p, index, result)
+                }
                 item = received.recv(), if accept => Event::Received(match item {
                     Some(Ok(x)) => Some(x),
                     Some(Err(e)) => return Err(e),
@@ -257,6 +275,9 @@ pub async fn run_server<R: Runtime, D: Disk>(
                 }
             }
             Event::SnapshotDone(done) => d.core.snapshot_done(done),
+            Event::SnapshotWritten(partition, index, result) => {
+                d.snapshot_written(partition, index, result)?
+            }
             Event::Received(None) => {
                 return Err(io::Error::other("the network endpoint closed"));
             }
@@ -264,7 +285,9 @@ pub async fn run_server<R: Runtime, D: Disk>(
         }
         d.flush().await?;
         if let Some(s) = d.storage.as_mut() {
-            if s.checkpoint_due() {
+            // Not while a snapshot's file is being written: the replicas'
+            // state is ahead of the log for those partitions until then.
+            if s.checkpoint_due() && d.gates.is_empty() {
                 s.checkpoint(&d.rt, d.core.group_snapshots());
             }
         }
@@ -440,37 +463,19 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
                 s.log_host(now, range);
             }
         }
+        for &partition in &out.unhosted {
+            // Dropped: what waited for its snapshot's file is moot.
+            self.gates.remove(&partition);
+        }
         for p in out.persist {
-            match self.storage.as_mut() {
-                Some(s) => {
-                    if let Some((meta, data)) = p.snapshot {
-                        // Its file is durable before its record is logged,
-                        // and before any later record of the group.
-                        s.log_received_snapshot(&self.rt, p.partition, meta, &data)
-                            .await
-                            .map_err(|e| {
-                                io::Error::other(format!(
-                                    "cannot store a received snapshot, stopping: {e}"
-                                ))
-                            })?;
-                    }
-                    if p.hard_state.is_some() || !p.entries.is_empty() {
-                        s.log_raft(now, p.partition, p.hard_state, p.entries);
-                    }
-                    if !p.messages.is_empty() || p.last.is_some() {
-                        self.pending.push_back(Pending {
-                            lsn: s.last_appended(),
-                            partition: p.partition,
-                            messages: p.messages,
-                            last: p.last,
-                        });
-                    }
-                }
-                None => {
-                    // In memory, "durable" is now.
-                    self.send_raft(group_by_destination(p.partition, p.messages));
-                    self.core.persisted(p.partition, p.last);
-                }
+            if self.storage.is_none() {
+                // In memory, "durable" is now.
+                self.send_raft(group_by_destination(p.partition, p.messages));
+                self.core.persisted(p.partition, p.last);
+            } else if let Some(gate) = self.gates.get_mut(&p.partition) {
+                gate.push_back(p);
+            } else {
+                self.log_persist(p);
             }
         }
         self.send_raft(out.messages);
@@ -486,6 +491,83 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
             match encode_msg(&reply) {
                 Ok(bytes) => self.net.send(to, bytes),
                 Err(e) => tracing::error!("cannot encode reply: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs one `Persist` (with storage): a snapshot's file is written off
+    /// the event loop first, and the partition's records wait for it (see
+    /// `gates`); anything else is appended now, and its messages wait for
+    /// the log to be durable through it.
+    fn log_persist(&mut self, mut p: Persist) {
+        let Some(s) = self.storage.as_mut() else {
+            return;
+        };
+        if let Some((meta, data)) = &p.snapshot {
+            let (writer, done) = (s.snapshot_writer(), self.written.clone());
+            let (partition, index, data) = (p.partition, meta.index, data.clone());
+            self.rt.spawn(async move {
+                let result = writer.write(partition, index, &data).await;
+                let _ = done.send((partition, index, result.map_err(|e| e.to_string())));
+            });
+            self.gates.insert(p.partition, VecDeque::from([p]));
+            return;
+        }
+        let now = self.rt.now();
+        if p.hard_state.is_some() || !p.entries.is_empty() {
+            s.log_raft(
+                now,
+                p.partition,
+                p.hard_state.take(),
+                std::mem::take(&mut p.entries),
+            );
+        }
+        if !p.messages.is_empty() || p.last.is_some() {
+            self.pending.push_back(Pending {
+                lsn: s.last_appended(),
+                partition: p.partition,
+                messages: p.messages,
+                last: p.last,
+            });
+        }
+    }
+
+    /// A snapshot's file is durable: log the record that refers to it, then
+    /// the partition's records that waited (up to the next snapshot).
+    fn snapshot_written(
+        &mut self,
+        partition: PartitionId,
+        index: u64,
+        result: Result<(), String>,
+    ) -> io::Result<()> {
+        if let Err(e) = result {
+            return Err(io::Error::other(format!(
+                "cannot store a received snapshot of partition {partition}, stopping: {e}"
+            )));
+        }
+        let Some(mut gate) = self.gates.remove(&partition) else {
+            return Ok(()); // dropped meanwhile
+        };
+        let Some(mut head) = gate.pop_front() else {
+            return Ok(());
+        };
+        let Some((meta, data)) = head.snapshot.take() else {
+            return Ok(());
+        };
+        if meta.index != index {
+            return Ok(());
+        }
+        if let Some(s) = self.storage.as_mut() {
+            s.log_snapshot_file(self.rt.now(), partition, meta, &data);
+        }
+        self.log_persist(head);
+        while let Some(next) = gate.pop_front() {
+            if let Some(waiting) = self.gates.get_mut(&partition) {
+                // Another snapshot is being written: the rest waits for it.
+                waiting.push_back(next);
+            } else {
+                self.log_persist(next);
             }
         }
         Ok(())

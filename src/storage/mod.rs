@@ -243,6 +243,27 @@ impl Rebuild {
     }
 }
 
+/// Writes received snapshots' files (see [`Storage::snapshot_writer`]).
+#[derive(Clone)]
+pub struct SnapshotWriter<D: Disk> {
+    disk: D,
+    dir: PathBuf,
+}
+
+impl<D: Disk> SnapshotWriter<D> {
+    /// Writes `recv-<partition>-<index>.snap` durably (synced, renamed into
+    /// place, directory synced).
+    pub async fn write(
+        &self,
+        partition: PartitionId,
+        index: u64,
+        data: &[u8],
+    ) -> Result<(), StorageError> {
+        snapshot::write_received(&self.disk, &self.dir, partition, index, data).await?;
+        Ok(())
+    }
+}
+
 /// A server's durable storage. See the module docs.
 pub struct Storage<D: Disk> {
     disk: D,
@@ -452,7 +473,10 @@ impl<D: Disk> Storage<D> {
     /// file of their own, durably; then a small record that refers to it
     /// is appended (durable with the log's next fsync, like any record).
     /// A crash before the record is durable leaves an unreferenced file,
-    /// which recovery ignores and a later checkpoint removes.
+    /// which recovery ignores and a later checkpoint removes. (The server
+    /// does the two steps apart, [`Storage::snapshot_writer`] off its event
+    /// loop and then [`Storage::log_snapshot_file`], holding the
+    /// partition's later records meanwhile.)
     pub async fn log_received_snapshot<R: Runtime>(
         &mut self,
         rt: &R,
@@ -460,14 +484,34 @@ impl<D: Disk> Storage<D> {
         meta: SnapshotMeta,
         data: &[u8],
     ) -> Result<Lsn, StorageError> {
-        snapshot::write_received(&self.disk, &self.config.db_dir, partition, meta.index, data)
-            .await?;
+        let writer = self.snapshot_writer();
+        writer.write(partition, meta.index, data).await?;
+        Ok(self.log_snapshot_file(rt.now(), partition, meta, data))
+    }
+
+    /// What writes a received snapshot's file, durably, from any task.
+    pub fn snapshot_writer(&self) -> SnapshotWriter<D> {
+        SnapshotWriter {
+            disk: self.disk.clone(),
+            dir: self.config.db_dir.clone(),
+        }
+    }
+
+    /// Logs the record that refers to a received snapshot whose file
+    /// [`SnapshotWriter::write`] made durable.
+    pub fn log_snapshot_file(
+        &mut self,
+        now: std::time::Instant,
+        partition: PartitionId,
+        meta: SnapshotMeta,
+        data: &[u8],
+    ) -> Lsn {
         let entry = LogEntry::SnapshotFile {
             meta,
             len: data.len() as u64,
             crc: crc32fast::hash(data),
         };
-        Ok(self.append(rt.now(), partition, &entry))
+        self.append(now, partition, &entry)
     }
 
     pub fn last_appended(&self) -> Lsn {

@@ -23,7 +23,12 @@ pub enum Msg {
     Hello { advertise: Option<SocketAddr> },
 
     /// Client -> manager: send me the partition map.
-    GetMap { req: u64 },
+    GetMap {
+        req: u64,
+        /// The newest map epoch the client holds (0: none): a restarted
+        /// manager numbers its maps above it, so the client takes them.
+        epoch: u64,
+    },
     /// Manager -> client.
     MapReply { req: u64, map: PartitionMap },
 
@@ -218,7 +223,7 @@ mod tests {
             Msg::Hello {
                 advertise: Some(addr),
             },
-            Msg::GetMap { req: 1 },
+            Msg::GetMap { req: 1, epoch: 0 },
             Msg::MapReply {
                 req: 1,
                 map: map.clone(),
@@ -360,7 +365,7 @@ mod tests {
 
     #[test]
     fn trailing_bytes_are_rejected() {
-        let mut bytes = encode_msg(&Msg::GetMap { req: 1 }).unwrap();
+        let mut bytes = encode_msg(&Msg::GetMap { req: 1, epoch: 0 }).unwrap();
         bytes.push(0);
         assert!(decode_msg(&bytes).is_err());
     }
