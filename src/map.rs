@@ -315,12 +315,16 @@ impl PartitionMap {
     /// parent's range ends at `end`, where it ends now. The map stays a tiling of every
     /// table: each split carves its child from the parent's range as it
     /// was, and a child's own later splits come with the child's report.
-    /// Returns whether anything changed (the caller bumps the epoch).
+    /// `leader` (the reporting parent leader, whose replica of a new
+    /// partition campaigns first) goes first in the new partitions'
+    /// replicas, where clients look for the leader first. Returns whether
+    /// anything changed (the caller bumps the epoch).
     pub fn adopt_splits(
         &mut self,
         parent: PartitionId,
         end: Option<u64>,
         splits: &[SplitOff],
+        leader: Option<NodeId>,
     ) -> bool {
         let Some(known) = self.groups.get(&parent).map(|g| g.splits) else {
             return false;
@@ -355,6 +359,10 @@ impl PartitionMap {
             if self.partitions.contains_key(&s.child) {
                 continue;
             }
+            let mut voters = s.voters.clone();
+            if let Some(i) = leader.and_then(|l| voters.iter().position(|&v| v == l)) {
+                voters[..=i].rotate_right(1);
+            }
             self.partitions.insert(
                 s.child,
                 Partition {
@@ -362,7 +370,7 @@ impl PartitionMap {
                     table: p.table.clone(),
                     start: s.start,
                     end: s.end,
-                    replicas: s.voters.clone(),
+                    replicas: voters,
                 },
             );
             self.groups.insert(

@@ -85,7 +85,8 @@ struct Args {
     /// (an operator moving leaderships), lose (a server lost for good, with
     /// a short --dead-after: re-replication), split (range splits by an
     /// operator and, in half the seeds, by the manager past a small key
-    /// count); or all, or none.
+    /// count), join (a new server joins mid-run with --join), drain (an
+    /// operator drains a server); or all, or none.
     /// Swarm testing: each seed enables a random subset of these (see
     /// --no-swarm); the runner's lines name the subset of each run.
     #[arg(long, value_name = "LIST", default_value = "all", value_parser = Faults::parse)]

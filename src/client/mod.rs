@@ -949,7 +949,21 @@ impl<R: Runtime> Client<R> {
                         maybe_applied = true;
                     }
                     match leader.filter(|&l| l != node) {
-                        Some(l) => self.set_leader(partition, Some(l)),
+                        Some(l) if map.servers.contains_key(&l) => {
+                            self.set_leader(partition, Some(l))
+                        }
+                        Some(l) => {
+                            // A server our map does not know (it joined
+                            // since): a newer map has its address.
+                            self.set_leader(partition, Some(l));
+                            let _ = timeout(
+                                &self.inner.rt,
+                                self.inner.config.attempt_timeout,
+                                self.refresh_map(deadline),
+                            )
+                            .await;
+                            rotate(&mut attempt);
+                        }
                         None => {
                             self.set_leader(partition, None);
                             if rotate(&mut attempt) {

@@ -246,7 +246,7 @@ impl ManagerCore {
             }
             Msg::ServerAdmin { req, node, action } => Some(Msg::AdminReply {
                 req,
-                result: self.server_admin(node, action),
+                result: self.server_admin(node, action, now),
             }),
             Msg::AdminReply { req, result } => {
                 // A leader's answer to a membership change we asked for.
@@ -277,7 +277,10 @@ impl ManagerCore {
             let Some(range) = &r.range else {
                 continue;
             };
-            if self.map.adopt_splits(r.partition, range.end, &range.splits) {
+            if self
+                .map
+                .adopt_splits(r.partition, range.end, &range.splits, Some(node))
+            {
                 tracing::info!(
                     partition = r.partition,
                     end = ?range.end,
@@ -679,7 +682,12 @@ impl ManagerCore {
     }
 
     /// `admin drain / undrain / remove-server`.
-    fn server_admin(&mut self, node: NodeId, action: ServerAction) -> Result<String, String> {
+    fn server_admin(
+        &mut self,
+        node: NodeId,
+        action: ServerAction,
+        now: Instant,
+    ) -> Result<String, String> {
         if !self.map.servers.contains_key(&node) {
             return Err(format!("there is no server {node} (see `admin servers`)"));
         }
@@ -691,15 +699,20 @@ impl ManagerCore {
             .count();
         match action {
             ServerAction::Drain => {
+                // Servers that can take its replicas: not draining, not dead.
                 let others = self
                     .map
                     .servers
                     .keys()
-                    .filter(|&&n| n != node && !self.draining.contains(&n))
+                    .filter(|&&n| {
+                        n != node
+                            && !self.draining.contains(&n)
+                            && self.heartbeats.state(n, now) != ServerState::Dead
+                    })
                     .count();
                 if others < self.replicas.min(self.map.servers.len()) {
                     return Err(format!(
-                        "draining server {node} would leave {others} servers for {} replicas \
+                        "draining server {node} would leave {others} live servers for {} replicas \
                          per partition; add a server first (server --join)",
                         self.replicas
                     ));

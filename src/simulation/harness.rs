@@ -184,6 +184,10 @@ fn splitter_ip() -> IpAddr {
     IpAddr::from([10, 0, 9, 2])
 }
 
+fn drainer_ip() -> IpAddr {
+    IpAddr::from([10, 0, 9, 3])
+}
+
 /// Splits the [`FaultKind::Split`] operator asks for at most, per run.
 const SPLITS_MAX: usize = 8;
 
@@ -383,10 +387,24 @@ pub enum FaultKind {
     /// end the map must tile every table with each key counted in exactly
     /// one partition (check `control-plane`).
     Split,
+    /// A server joins the running cluster: a new node (the next node id,
+    /// not in the manager's `--servers`) starts with `--join` at 3–15 s
+    /// (never killed). The manager adds it and moves replicas and
+    /// leaderships to it; at the end it must hold replicas (check
+    /// `control-plane`).
+    Join,
+    /// An operator drains a server (`admin drain`) at 5–20 s, again every
+    /// 3 s to the end (a restarted manager forgets a drain), where the
+    /// cluster can afford it with one more server lost for good: its
+    /// replicas move to the other servers, new copies first, and its
+    /// leaderships are handed over. At the end, if enough other servers
+    /// are left for 3 replicas, it must hold no replica (check
+    /// `control-plane`).
+    Drain,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 15] = [
+    pub const ALL: [FaultKind; 17] = [
         FaultKind::Kill,
         FaultKind::Clog,
         FaultKind::Manager,
@@ -402,6 +420,8 @@ impl FaultKind {
         FaultKind::Transfer,
         FaultKind::Lose,
         FaultKind::Split,
+        FaultKind::Join,
+        FaultKind::Drain,
     ];
 
     pub fn name(self) -> &'static str {
@@ -421,6 +441,8 @@ impl FaultKind {
             FaultKind::Transfer => "transfer",
             FaultKind::Lose => "lose",
             FaultKind::Split => "split",
+            FaultKind::Join => "join",
+            FaultKind::Drain => "drain",
         }
     }
 
@@ -441,14 +463,14 @@ impl FaultKind {
         }
     }
 
-    fn bit(self) -> u16 {
-        1 << (self as u16)
+    fn bit(self) -> u32 {
+        1 << (self as u32)
     }
 }
 
 /// A set of [`FaultKind`]s; the default is all of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Faults(u16);
+pub struct Faults(u32);
 
 impl Faults {
     pub fn all() -> Faults {
@@ -717,6 +739,12 @@ struct Shared {
     short_dead_after: bool,
     /// Partitions split ([`FaultKind::Split`]).
     splits: bool,
+    /// The server that joined the cluster ([`FaultKind::Join`]).
+    joined: Option<u64>,
+    /// When the operator drains a server, and which ([`FaultKind::Drain`]).
+    drain: Option<(Duration, u64)>,
+    /// Whether the manager took the drain at least once.
+    drained: AtomicBool,
 }
 
 impl Shared {
@@ -1315,6 +1343,20 @@ pub async fn scenario_with(config: Config) -> Summary {
     // Range splits: by an operator, and in half of those seeds by the
     // manager too, past a small key count.
     let splits = enabled.contains(FaultKind::Split);
+    let n = shape.servers;
+    let joins = enabled.contains(FaultKind::Join);
+    // Which server an operator drains, and when (a draw of the seed): only
+    // where the cluster can afford it, with one server more lost for good
+    // (else the lost server's replicas have nowhere to go, and stay).
+    let may_lose = enabled.contains(FaultKind::Lose) && n > REPLICAS;
+    let affordable = n + usize::from(joins) >= REPLICAS + 1 + usize::from(may_lose);
+    let drain = (enabled.contains(FaultKind::Drain) && affordable).then(|| {
+        let at = Duration::from_secs_f64(5.0 + 15.0 * seed_draw(seed, 40));
+        (
+            at,
+            ((seed_draw(seed, 41) * n as f64) as u64).min(n as u64 - 1),
+        )
+    });
     let split = if splits && seed_draw(seed, 30) < 0.5 {
         crate::manager::SplitThresholds {
             bytes: 0,
@@ -1358,6 +1400,9 @@ pub async fn scenario_with(config: Config) -> Summary {
         lost: Mutex::new(BTreeSet::new()),
         short_dead_after: lose,
         splits,
+        joined: joins.then_some(n as u64),
+        drain,
+        drained: AtomicBool::new(false),
     });
 
     let manager = handle
@@ -1374,7 +1419,6 @@ pub async fn scenario_with(config: Config) -> Summary {
         })
         .build()
         .id();
-    let n = shape.servers;
     // Compact each Raft log after a handful to a few dozen applied
     // entries, so that compaction, snapshot sends and installs (also racing
     // with appends, leader changes and restarts) happen in most runs.
@@ -1481,6 +1525,53 @@ pub async fn scenario_with(config: Config) -> Summary {
             .ip(splitter_ip())
             .build();
         node.spawn(splitter_main(shared.clone()));
+    }
+    if joins {
+        // A new machine, with a fast disk, that joins at 3–15 s and is
+        // never killed.
+        let join_at = Duration::from_secs_f64(3.0 + 12.0 * seed_draw(seed, 42));
+        let storage = (mode == Mode::Durable).then(|| StorageConfig {
+            checkpoint_log_bytes,
+            ..storage_config(&mut rng, n)
+        });
+        let config = ServerConfig {
+            node_id: n as u64,
+            listen_addr: server_addr(n),
+            advertise_addr: server_addr(n),
+            manager_addr: manager_addr(),
+            join: true,
+            heartbeat_interval: ServerConfig::HEARTBEAT_INTERVAL_DEFAULT,
+            storage,
+            raft_tick: ServerConfig::RAFT_TICK_DEFAULT,
+            raft: RaftTuning {
+                compact_entries,
+                session_ttl,
+                ..RaftTuning::default()
+            },
+        };
+        let disk = SimDisk::new();
+        handle
+            .create_node()
+            .name(format!("server{n}"))
+            .ip(server_addr(n).ip())
+            .init(move || {
+                let (config, disk) = (config.clone(), disk.clone());
+                async move {
+                    sleep(join_at).await;
+                    if let Err(e) = run_server(SimRuntime, disk, config).await {
+                        panic!("seed {seed}: server {n} (joined) stopped: {e}");
+                    }
+                }
+            })
+            .build();
+    }
+    if drain.is_some() {
+        let node = handle
+            .create_node()
+            .name("drainer")
+            .ip(drainer_ip())
+            .build();
+        node.spawn(drainer_main(shared.clone()));
     }
     let mut clients = Vec::new();
     let mut client_ids = Vec::new();
@@ -1969,7 +2060,15 @@ async fn admin_main(shared: Arc<Shared>) {
             continue; // A partition with one replica has no one to hand over to.
         }
         let to = others[rng.gen_range(0..others.len())];
-        let addr = shared.map.servers[&leader];
+        // (A server that joined is not in the initial map.)
+        let Some(addr) = status
+            .servers
+            .iter()
+            .find(|s| s.id == leader)
+            .map(|s| s.addr)
+        else {
+            continue;
+        };
         let outcome = client.transfer_leader(addr, p.id, to).await;
         if shared.trace {
             eprintln!(
@@ -1981,6 +2080,34 @@ async fn admin_main(shared: Arc<Shared>) {
         if outcome.is_ok() {
             stats::count(Event::LeaderTransfer);
         }
+    }
+}
+
+/// The operator of [`FaultKind::Drain`]: drains its server at its time, and
+/// again every 3 s to the end of the run (a restarted manager forgets a
+/// drain, and one restarted just before the healing must hear it again).
+async fn drainer_main(shared: Arc<Shared>) {
+    let Some((at, node)) = shared.drain else {
+        return;
+    };
+    sleep(at).await;
+    let Ok(client) = Client::connect(SimRuntime, shared.client_config.clone()).await else {
+        return; // The manager is down for long: no operator today.
+    };
+    loop {
+        let outcome = client
+            .server_admin(node, crate::wire::ServerAction::Drain)
+            .await;
+        if shared.trace {
+            eprintln!(
+                "[sim] {:.3?} drainer: drain server {node}: {outcome:?}",
+                shared.elapsed()
+            );
+        }
+        if outcome.is_ok() {
+            shared.drained.store(true, Ordering::SeqCst);
+        }
+        sleep(Duration::from_secs(3)).await;
     }
 }
 
@@ -2016,7 +2143,15 @@ async fn splitter_main(shared: Arc<Shared>) {
         } else {
             Some(rng.gen_range(p.start + 1..=last))
         };
-        let addr = shared.map.servers[&leader];
+        // (A server that joined is not in the initial map.)
+        let Some(addr) = status
+            .servers
+            .iter()
+            .find(|s| s.id == leader)
+            .map(|s| s.addr)
+        else {
+            continue;
+        };
         let outcome = client.split_partition(addr, p.id, at).await;
         if shared.trace {
             eprintln!(
@@ -2479,7 +2614,12 @@ async fn check_control_plane(shared: Arc<Shared>, keys_per_table: BTreeMap<Strin
     // replaced, and their replicas may still be moving back at the end.
     // Splits make new partitions on the same servers, which the manager
     // then spreads: moves may still be under way at the end too.
-    let bound = if lost.is_empty() && !shared.short_dead_after && !shared.splits {
+    let bound = if lost.is_empty()
+        && !shared.short_dead_after
+        && !shared.splits
+        && shared.joined.is_none()
+        && shared.drain.is_none()
+    {
         CONTROL_PLANE_BOUND
     } else {
         CONTROL_PLANE_BOUND_AFTER_LOSS
@@ -2495,10 +2635,31 @@ async fn check_control_plane(shared: Arc<Shared>, keys_per_table: BTreeMap<Strin
                     .filter(|s| s.state != ServerState::Up && !lost.contains(&s.id))
                     .map(|s| format!("server {} is {}", s.id, s.state.name()))
                     .collect();
+                // Every partition back to REPLICAS voters, none on a lost
+                // server, no move under way: when enough servers are left
+                // to place them (a server lost after another was drained
+                // may leave too few; then the lost replicas stay).
+                let drained = shared
+                    .drain
+                    .filter(|_| shared.drained.load(Ordering::SeqCst))
+                    .map(|(_, d)| d);
+                let placeable = status
+                    .servers
+                    .iter()
+                    .filter(|s| !lost.contains(&s.id) && Some(s.id) != drained)
+                    .count();
+                // Replicas on lost servers stay (and never report) only
+                // when there was nowhere to move them.
+                let expected = |p: &&crate::manager::status::PartitionInfo| {
+                    p.replicas
+                        .iter()
+                        .filter(|r| placeable >= REPLICAS || !lost.contains(r))
+                        .count()
+                };
                 let unled: Vec<String> = status
                     .partitions
                     .iter()
-                    .filter(|p| p.leader.is_none() || p.reporting.len() != p.replicas.len())
+                    .filter(|p| p.leader.is_none() || p.reporting.len() != expected(p))
                     .map(|p| {
                         format!(
                             "partition {} has leader {:?}, reported by {:?} of {:?}",
@@ -2506,11 +2667,10 @@ async fn check_control_plane(shared: Arc<Shared>, keys_per_table: BTreeMap<Strin
                         )
                     })
                     .collect();
-                // Every partition back to REPLICAS voters, none on a lost
-                // server, no move under way.
                 let short: Vec<String> = status
                     .partitions
                     .iter()
+                    .filter(|_| placeable >= REPLICAS)
                     .filter(|p| {
                         p.replicas.len() != REPLICAS
                             || !p.learners.is_empty()
@@ -2554,10 +2714,49 @@ async fn check_control_plane(shared: Arc<Shared>, keys_per_table: BTreeMap<Strin
                         ));
                     }
                 }
-                if down.is_empty() && unled.is_empty() && short.is_empty() && tiling.is_empty() {
+                // A joined server got a share; a drained one gave all of
+                // it away (when enough other servers are left for it).
+                let mut moves = Vec::new();
+                let replicas_of = |id: u64| {
+                    status
+                        .servers
+                        .iter()
+                        .find(|s| s.id == id)
+                        .map(|s| (s.replicas, s.leaders))
+                };
+                if let Some(j) = shared.joined {
+                    match replicas_of(j) {
+                        Some((r, _)) if r > 0 => {}
+                        other => moves.push(format!(
+                            "server {j} joined but holds (replicas, leaders) {other:?}"
+                        )),
+                    }
+                }
+                if let (Some((_, d)), true) = (shared.drain, shared.drained.load(Ordering::SeqCst))
+                {
+                    let placeable = status
+                        .servers
+                        .iter()
+                        .filter(|s| s.id != d && !lost.contains(&s.id))
+                        .count();
+                    if placeable >= REPLICAS && !lost.contains(&d) {
+                        match replicas_of(d) {
+                            Some((0, 0)) | None => {}
+                            Some(held) => moves.push(format!(
+                                "server {d} was drained but holds (replicas, leaders) {held:?}"
+                            )),
+                        }
+                    }
+                }
+                if down.is_empty()
+                    && unled.is_empty()
+                    && short.is_empty()
+                    && tiling.is_empty()
+                    && moves.is_empty()
+                {
                     return;
                 }
-                [down, unled, short, tiling].concat().join("; ")
+                [down, unled, short, tiling, moves].concat().join("; ")
             }
         };
         if Instant::now() >= deadline {
