@@ -168,11 +168,7 @@ async fn server_admin(
     action: ServerAction,
     as_json: bool,
 ) -> Result<String, String> {
-    let said = match client.server_admin(node, action).await {
-        Ok(said) => said,
-        Err(ClientError::Rejected(why)) => return Err(why),
-        Err(e) => return Err(e.to_string()),
-    };
+    let said = client.server_admin(node, action).await.map_err(refusal)?;
     Ok(if as_json {
         json(&serde_json::json!({ "node": node, "message": said }))
     } else {
@@ -211,22 +207,11 @@ async fn transfer_leader(
     if p.leader == Some(to) {
         return Ok(format!("server {to} already leads partition {partition}"));
     }
-    let Some(leader) = p.leader else {
-        return Err(format!(
-            "partition {partition} has no known leader right now; try again in a moment"
-        ));
-    };
-    let addr = s
-        .servers
-        .iter()
-        .find(|x| x.id == leader)
-        .map(|x| x.addr)
-        .ok_or_else(|| format!("server {leader} is not in the map"))?;
-    let said = match client.transfer_leader(addr, partition, to).await {
-        Ok(said) => said,
-        Err(ClientError::Rejected(why)) => return Err(why),
-        Err(e) => return Err(e.to_string()),
-    };
+    let addr = leader_addr(&s, p)?;
+    let said = client
+        .transfer_leader(addr, partition, to)
+        .await
+        .map_err(refusal)?;
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let s = status(client).await?;
@@ -277,25 +262,11 @@ async fn split(
             ));
         }
     }
-    let Some(leader) = p.leader else {
-        return Err(format!(
-            "partition {partition} has no known leader right now; try again in a moment"
-        ));
-    };
-    let addr = s
-        .servers
-        .iter()
-        .find(|x| x.id == leader)
-        .map(|x| x.addr)
-        .ok_or_else(|| format!("server {leader} is not in the map"))?;
-    let said = match client
+    let addr = leader_addr(&s, p)?;
+    let said = client
         .split_partition(addr, partition, at.map(|k| k.num))
         .await
-    {
-        Ok(said) => said,
-        Err(ClientError::Rejected(why)) => return Err(why),
-        Err(e) => return Err(e.to_string()),
-    };
+        .map_err(refusal)?;
     let end_before = p.end;
     loop {
         let s = status(client).await?;
@@ -319,6 +290,29 @@ async fn split(
             ));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Where the leader of partition `p` is, as the manager last saw it.
+fn leader_addr(s: &ClusterStatus, p: &PartitionInfo) -> Result<SocketAddr, String> {
+    let Some(leader) = p.leader else {
+        return Err(format!(
+            "partition {} has no known leader right now; try again in a moment",
+            p.id
+        ));
+    };
+    s.servers
+        .iter()
+        .find(|x| x.id == leader)
+        .map(|x| x.addr)
+        .ok_or_else(|| format!("server {leader} is not in the map"))
+}
+
+/// A refusal says why; anything else says what happened.
+fn refusal(e: ClientError) -> String {
+    match e {
+        ClientError::Rejected(why) => why,
+        e => e.to_string(),
     }
 }
 

@@ -2031,6 +2031,24 @@ pub fn failed_check(message: &str) -> &'static str {
     }
 }
 
+/// A random partition, as the manager's status shows it, if it has a
+/// leader: with the leader and its address (a server that joined is not in
+/// the initial map).
+async fn random_led_partition(
+    client: &Client<SimRuntime>,
+    rng: &mut impl Rng,
+) -> Option<(
+    crate::manager::status::PartitionInfo,
+    crate::map::NodeId,
+    SocketAddr,
+)> {
+    let status = client.cluster_status().await.ok()?;
+    let p = status.partitions[rng.gen_range(0..status.partitions.len())].clone();
+    let leader = p.leader?;
+    let addr = status.servers.iter().find(|s| s.id == leader)?.addr;
+    Some((p, leader, addr))
+}
+
 /// The operator of [`FaultKind::Transfer`]: until healed, moves a random
 /// partition's leadership to another of its replicas now and then.
 async fn admin_main(shared: Arc<Shared>) {
@@ -2043,11 +2061,7 @@ async fn admin_main(shared: Arc<Shared>) {
         if shared.healed.load(Ordering::SeqCst) {
             break;
         }
-        let Ok(status) = client.cluster_status().await else {
-            continue;
-        };
-        let p = &status.partitions[rng.gen_range(0..status.partitions.len())];
-        let Some(leader) = p.leader else {
+        let Some((p, leader, addr)) = random_led_partition(&client, &mut rng).await else {
             continue;
         };
         let others: Vec<crate::map::NodeId> = p
@@ -2060,15 +2074,6 @@ async fn admin_main(shared: Arc<Shared>) {
             continue; // A partition with one replica has no one to hand over to.
         }
         let to = others[rng.gen_range(0..others.len())];
-        // (A server that joined is not in the initial map.)
-        let Some(addr) = status
-            .servers
-            .iter()
-            .find(|s| s.id == leader)
-            .map(|s| s.addr)
-        else {
-            continue;
-        };
         let outcome = client.transfer_leader(addr, p.id, to).await;
         if shared.trace {
             eprintln!(
@@ -2124,11 +2129,7 @@ async fn splitter_main(shared: Arc<Shared>) {
         if shared.healed.load(Ordering::SeqCst) {
             break;
         }
-        let Ok(status) = client.cluster_status().await else {
-            continue;
-        };
-        let p = &status.partitions[rng.gen_range(0..status.partitions.len())];
-        let Some(leader) = p.leader else {
+        let Some((p, _, addr)) = random_led_partition(&client, &mut rng).await else {
             continue;
         };
         // A key inside (after the first), within the table's universe.
@@ -2142,15 +2143,6 @@ async fn splitter_main(shared: Arc<Shared>) {
             None
         } else {
             Some(rng.gen_range(p.start + 1..=last))
-        };
-        // (A server that joined is not in the initial map.)
-        let Some(addr) = status
-            .servers
-            .iter()
-            .find(|s| s.id == leader)
-            .map(|s| s.addr)
-        else {
-            continue;
         };
         let outcome = client.split_partition(addr, p.id, at).await;
         if shared.trace {
