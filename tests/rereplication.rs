@@ -9,30 +9,16 @@
 //! away and is removed.
 mod common;
 
-use common::{run, Cluster, ADMIN, CLIENT};
+use common::{run, Cluster, CLIENT};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-/// `admin <what> --json` (`servers` or `partitions`).
-fn admin_json(cluster: &Cluster, what: &str) -> Vec<Value> {
-    let out = admin(cluster, &[what, "--json"]);
-    assert!(out.status.success(), "admin {what}: {}", out.stderr);
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
-}
-
-fn admin(cluster: &Cluster, args: &[&str]) -> common::Output {
-    let addr = cluster.manager_addr.to_string();
-    let mut all = vec!["--connect-addr", &addr, "--timeout-ms", "10000"];
-    all.extend_from_slice(args);
-    run(ADMIN, &all, "")
-}
-
 fn partitions(cluster: &Cluster) -> Vec<Value> {
-    admin_json(cluster, "partitions")
+    cluster.admin_json("partitions")
 }
 
 fn servers(cluster: &Cluster) -> Vec<Value> {
-    admin_json(cluster, "servers")
+    cluster.admin_json("servers")
 }
 
 fn ids(v: &Value) -> Vec<u64> {
@@ -188,12 +174,12 @@ fn a_joining_server_takes_its_share_and_a_drained_one_is_removed() {
     );
 
     // Removing a server that still holds replicas is refused.
-    let out = admin(&cluster, &["remove-server", "--node", "0"]);
+    let out = cluster.admin(&["remove-server", "--node", "0"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
     assert!(out.stderr.contains("still holds"), "{}", out.stderr);
 
     // Drain server 0: everything moves off it, nothing becomes unavailable.
-    let out = admin(&cluster, &["drain", "--node", "0"]);
+    let out = cluster.admin(&["drain", "--node", "0"]);
     assert!(out.status.success(), "{}", out.stderr);
     wait_servers(
         &cluster,
@@ -214,7 +200,7 @@ fn a_joining_server_takes_its_share_and_a_drained_one_is_removed() {
         "nothing lost by the drain"
     );
 
-    let out = admin(&cluster, &["remove-server", "--node", "0"]);
+    let out = cluster.admin(&["remove-server", "--node", "0"]);
     assert!(out.status.success(), "{}", out.stderr);
     cluster.kill_server(0);
     let ss = servers(&cluster);

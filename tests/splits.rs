@@ -6,21 +6,12 @@
 //! is lost, and the history checks as strictly serializable.
 mod common;
 
-use common::{run, Cluster, ADMIN, BENCHMARK};
+use common::{run, Cluster, BENCHMARK};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-fn admin(cluster: &Cluster, args: &[&str]) -> common::Output {
-    let addr = cluster.manager_addr.to_string();
-    let mut all = vec!["--connect-addr", &addr, "--timeout-ms", "10000"];
-    all.extend_from_slice(args);
-    run(ADMIN, &all, "")
-}
-
 fn partitions(cluster: &Cluster) -> Vec<Value> {
-    let out = admin(cluster, &["partitions", "--json"]);
-    assert!(out.status.success(), "admin partitions: {}", out.stderr);
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+    cluster.admin_json("partitions")
 }
 
 /// The partitions of `table` in key order, checked to tile it: the first
@@ -138,17 +129,14 @@ fn partitions_split_under_load_and_by_command_without_losing_a_key() {
     let end = target["end"].as_u64().unwrap();
     let at = start + (end - start) / 3;
     let before = cluster.run_benchmark(&[], &format!("GET t{at}\nGET t{start}\nSTOP\n"));
-    let out = admin(
-        &cluster,
-        &[
-            "split",
-            "--partition",
-            &id.to_string(),
-            "--at",
-            &format!("t{at}"),
-            "--json",
-        ],
-    );
+    let out = cluster.admin(&[
+        "split",
+        "--partition",
+        &id.to_string(),
+        "--at",
+        &format!("t{at}"),
+        "--json",
+    ]);
     assert!(
         out.status.success(),
         "admin split: {}{}",
@@ -165,10 +153,7 @@ fn partitions_split_under_load_and_by_command_without_losing_a_key() {
     let again = wait_counted(&cluster, "t", keys, Duration::from_secs(20));
     assert_eq!(again.len(), split.len() + 1);
     // A split outside the partition is refused with the reason.
-    let out = admin(
-        &cluster,
-        &["split", "--partition", &id.to_string(), "--at", "t0"],
-    );
+    let out = cluster.admin(&["split", "--partition", &id.to_string(), "--at", "t0"]);
     assert!(!out.status.success());
     assert!(
         out.stderr.contains("not inside partition"),

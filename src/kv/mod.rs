@@ -379,7 +379,7 @@ impl PartitionStore {
         let moved: Vec<u64> = self.data.range(at..).map(|(k, _)| *k).collect();
         for k in moved {
             if let Some(v) = self.data.remove(&k) {
-                self.bytes -= entry_bytes(&v);
+                self.bytes = self.bytes.saturating_sub(entry_bytes(&v));
             }
         }
         let right_bytes: u64 = right.values().map(|v| entry_bytes(v)).sum();
@@ -798,7 +798,7 @@ impl PartitionStore {
                 self.bytes += entry_bytes(value);
                 let old = self.data.insert(key.num, value.clone());
                 if let Some(old) = &old {
-                    self.bytes -= entry_bytes(old);
+                    self.bytes = self.bytes.saturating_sub(entry_bytes(old));
                 }
                 OpResult::Put {
                     found: old.is_some(),
@@ -807,7 +807,10 @@ impl PartitionStore {
             Op::Get { key } => OpResult::Get(self.data.get(&key.num).cloned()),
             Op::Swap { key, value } => match self.data.get_mut(&key.num) {
                 Some(slot) => {
-                    self.bytes = self.bytes + value.len() as u64 - slot.len() as u64;
+                    // (Saturating: `bytes` comes from a snapshot, which
+                    // must not be able to make a write panic.)
+                    self.bytes =
+                        (self.bytes + value.len() as u64).saturating_sub(slot.len() as u64);
                     OpResult::Swap(Some(std::mem::replace(slot, value.clone())))
                 }
                 None => OpResult::Swap(None),
@@ -815,7 +818,7 @@ impl PartitionStore {
             Op::Delete { key } => {
                 let old = self.data.remove(&key.num);
                 if let Some(old) = &old {
-                    self.bytes -= entry_bytes(old);
+                    self.bytes = self.bytes.saturating_sub(entry_bytes(old));
                 }
                 OpResult::Delete {
                     found: old.is_some(),

@@ -628,6 +628,22 @@ impl Cluster {
             .find(|&i| probe_leader(self.server_addrs[i], partition, &key, wait) == Some(true))
     }
 
+    /// Runs `admin` against this cluster's manager (10 s timeout) with
+    /// `args`; returns what it printed and its status, whatever they are.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        let addr = self.manager_addr.to_string();
+        let mut all = vec!["--connect-addr", &addr, "--timeout-ms", "10000"];
+        all.extend_from_slice(args);
+        run(ADMIN, &all, "")
+    }
+
+    /// `admin <what> --json` (`servers` or `partitions`), which must succeed.
+    pub fn admin_json(&self, what: &str) -> Vec<serde_json::Value> {
+        let out = self.admin(&[what, "--json"]);
+        assert!(out.status.success(), "admin {what}: {}", out.stderr);
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+    }
+
     /// The `--connect-addr` arguments for this cluster.
     pub fn connect_args(&self) -> Vec<String> {
         vec!["--connect-addr".to_string(), self.manager_addr.to_string()]
