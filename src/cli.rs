@@ -219,15 +219,16 @@ pub fn input_lines(input: impl std::io::BufRead) -> impl Iterator<Item = Result<
     })
 }
 
-/// Connects a front end to the cluster through the manager at `addr`, with
-/// a per-command deadline of `timeout_ms`; exits with a one-line reason if
-/// the manager cannot be reached.
+/// Connects a front end to the cluster through the managers at `addrs` (one,
+/// or every manager of a replicated control plane), with a per-command
+/// deadline of `timeout_ms`; exits with a one-line reason if no manager can
+/// be reached.
 pub fn connect_or_exit(
     rt: &tokio::runtime::Runtime,
-    addr: std::net::SocketAddr,
+    addrs: &[std::net::SocketAddr],
     timeout_ms: u64,
 ) -> crate::client::Client<crate::rt::tokio_rt::TokioRuntime> {
-    let mut config = crate::client::ClientConfig::new(addr);
+    let mut config = crate::client::ClientConfig::with_managers(addrs.to_vec());
     config.command_timeout = std::time::Duration::from_millis(timeout_ms);
     match rt.block_on(crate::client::Client::connect(
         crate::rt::tokio_rt::TokioRuntime,

@@ -58,10 +58,12 @@ pub enum Event {
     /// A partition split off another elected its first leader (not counted
     /// in `Election`: the split asked for it).
     SplitLeader,
+    /// A manager took the lead of a replicated control plane.
+    ManagerLeads,
 }
 
 impl Event {
-    pub const ALL: [Event; 22] = [
+    pub const ALL: [Event; 23] = [
         Event::Election,
         Event::Compaction,
         Event::SnapshotSent,
@@ -84,6 +86,7 @@ impl Event {
         Event::HandedOver,
         Event::RangeSplit,
         Event::SplitLeader,
+        Event::ManagerLeads,
     ];
 
     pub fn name(self) -> &'static str {
@@ -110,13 +113,14 @@ impl Event {
             Event::HandedOver => "leaderships handed over",
             Event::RangeSplit => "ranges split",
             Event::SplitLeader => "first leaders of split ranges",
+            Event::ManagerLeads => "control-plane leaderships taken",
         }
     }
 }
 
 /// Counts per [`Event`], in [`Event::ALL`] order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Counts(pub [u64; 22]);
+pub struct Counts(pub [u64; 23]);
 
 impl Counts {
     pub fn get(&self, event: Event) -> u64 {
@@ -144,7 +148,7 @@ impl std::fmt::Display for Counts {
 
 #[cfg(feature = "sim")]
 thread_local! {
-    static COUNTS: std::cell::Cell<Counts> = const { std::cell::Cell::new(Counts([0; 22])) };
+    static COUNTS: std::cell::Cell<Counts> = const { std::cell::Cell::new(Counts([0; 23])) };
 }
 
 /// Counts one `event` (a no-op without feature `sim`).

@@ -20,9 +20,14 @@ use std::time::{Duration, Instant};
                   or refused, 2 bad arguments."
 )]
 struct Args {
-    /// The manager.
-    #[arg(long, global = true, default_value = "0.0.0.0:24000")]
-    connect_addr: SocketAddr,
+    /// The manager; with several (`manager --peers`), any or all of them, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        default_value = "0.0.0.0:24000",
+        value_delimiter = ','
+    )]
+    connect_addr: Vec<SocketAddr>,
     /// How long to wait for the cluster, in milliseconds.
     #[arg(long, global = true, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     timeout_ms: u64,
@@ -43,6 +48,9 @@ enum Command {
     /// replicas catching up), leader, term, applied index and key count
     /// (the leader's), and which replicas reported.
     Partitions,
+    /// The managers (with `manager --peers`): each one's control-group
+    /// address and which one leads (plans moves and hands out maps).
+    Managers,
     /// Hand the leadership of a partition to another of its replicas, and
     /// wait until the manager sees the new leader.
     TransferLeader {
@@ -93,7 +101,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     distkv::cli::init_logging("warn");
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let client = distkv::cli::connect_or_exit(&rt, args.connect_addr, args.timeout_ms);
+    let client = distkv::cli::connect_or_exit(&rt, &args.connect_addr, args.timeout_ms);
     let result = rt.block_on(async {
         match args.command {
             Command::Servers => status(&client).await.map(|s| {
@@ -108,6 +116,13 @@ fn main() -> ExitCode {
                     json(&s.partitions)
                 } else {
                     partitions_table(&s.partitions)
+                }
+            }),
+            Command::Managers => status(&client).await.map(|s| {
+                if args.json {
+                    json(&s.managers)
+                } else {
+                    managers_table(&s.managers)
                 }
             }),
             Command::Drain { node } => {
@@ -178,6 +193,24 @@ async fn server_admin(
 
 async fn status(client: &Client<TokioRuntime>) -> Result<ClusterStatus, String> {
     client.cluster_status().await.map_err(|e| e.to_string())
+}
+
+fn managers_table(m: &distkv::manager::status::ManagersInfo) -> String {
+    if m.peers.is_empty() {
+        return "one manager (no --peers): it leads; its drains and removals are not \
+                replicated\n"
+            .to_string();
+    }
+    let mut out = format!("{:<4}{:<24}ROLE\n", "ID", "PEER ADDRESS");
+    for (i, addr) in m.peers.iter().enumerate() {
+        let role = if m.leader == Some(i as u64) {
+            "leader"
+        } else {
+            "-"
+        };
+        out += &format!("{:<4}{:<24}{role}\n", i, addr.to_string());
+    }
+    out
 }
 
 fn json(value: &impl serde::Serialize) -> String {

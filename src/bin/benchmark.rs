@@ -13,9 +13,10 @@ use std::net::SocketAddr;
     after_help = "Requests, replies, errors and the history format: docs/protocol.md."
 )]
 struct Args {
-    /// The manager to fetch the partition map from (stdin mode and `load`).
-    #[arg(long, default_value = "0.0.0.0:24000")]
-    connect_addr: SocketAddr,
+    /// The manager to fetch the partition map from (stdin mode and `load`); with several
+    /// (`manager --peers`), any or all of them, comma-separated.
+    #[arg(long, default_value = "0.0.0.0:24000", value_delimiter = ',')]
+    connect_addr: Vec<SocketAddr>,
     /// Zero-pad key numbers in replies to this many digits (0: canonical form).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=20))]
     key_len: u64,
@@ -41,8 +42,8 @@ enum Mode {
 #[derive(clap::Args, Debug)]
 struct LoadCmd {
     /// The manager to fetch the partition map from [default: the --connect-addr given before `load`, or 0.0.0.0:24000].
-    #[arg(long, value_name = "CONNECT_ADDR")]
-    connect_addr: Option<SocketAddr>,
+    #[arg(long, value_name = "CONNECT_ADDR", value_delimiter = ',')]
+    connect_addr: Option<Vec<SocketAddr>>,
     /// Deadline for each command, in milliseconds [default: the --timeout-ms given before `load`, or 5000].
     #[arg(long, value_name = "TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     timeout_ms: Option<u64>,
@@ -63,13 +64,15 @@ fn main() {
     }
     let (connect_addr, timeout_ms) = match &args.mode {
         Some(Mode::Load(cmd)) => (
-            cmd.connect_addr.unwrap_or(args.connect_addr),
+            cmd.connect_addr
+                .clone()
+                .unwrap_or(args.connect_addr.clone()),
             cmd.timeout_ms.unwrap_or(args.timeout_ms),
         ),
-        _ => (args.connect_addr, args.timeout_ms),
+        _ => (args.connect_addr.clone(), args.timeout_ms),
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let client = distkv::cli::connect_or_exit(&rt, connect_addr, timeout_ms);
+    let client = distkv::cli::connect_or_exit(&rt, &connect_addr, timeout_ms);
     match args.mode {
         Some(Mode::Load(cmd)) => {
             let code = rt.block_on(async {

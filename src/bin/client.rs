@@ -15,9 +15,10 @@ use std::time::Instant;
                   and what each error says about a command's effect: docs/protocol.md."
 )]
 struct Args {
-    /// The manager to fetch the partition map from.
-    #[arg(long, default_value = "0.0.0.0:24000")]
-    connect_addr: SocketAddr,
+    /// The manager to fetch the partition map from; with several (`manager --peers`), any or all
+    /// of them, comma-separated.
+    #[arg(long, default_value = "0.0.0.0:24000", value_delimiter = ',')]
+    connect_addr: Vec<SocketAddr>,
     /// Deadline for each command, in milliseconds.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     timeout_ms: u64,
@@ -77,7 +78,7 @@ fn main() {
     let args = Args::parse();
     distkv::cli::init_logging("warn");
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let client = distkv::cli::connect_or_exit(&rt, args.connect_addr, args.timeout_ms);
+    let client = distkv::cli::connect_or_exit(&rt, &args.connect_addr, args.timeout_ms);
     let mut term = Terminal {
         session: client.session(),
         rt,
@@ -106,7 +107,11 @@ fn main() {
     let map = client.map();
     println!(
         "distkv client: connected to {} ({} tables, {} partitions, {} servers). Type 'help'.",
-        args.connect_addr,
+        args.connect_addr
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
         map.tables.len(),
         map.partitions.len(),
         map.servers.len()

@@ -1,8 +1,14 @@
 //! `manager`: keeps the partition map and placement.
 use clap::Parser;
+use distkv::manager::control::ControlConfig;
 use distkv::manager::{run_manager, ManagerConfig, SplitThresholds};
 use distkv::rt::tokio_rt::TokioRuntime;
+use distkv::rt::FsDisk;
+use distkv::storage::group_commit::GroupCommitConfig;
+use distkv::storage::StorageConfig;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -35,6 +41,23 @@ struct Args {
     /// by key count. TiKV's default.
     #[arg(long, default_value_t = 960_000)]
     split_keys: u64,
+    /// Run several managers, so the control plane survives the loss of any one (of three): every
+    /// manager's control-group address (Raft traffic between managers), comma-separated, the same
+    /// list on each; manager i has --node-id i. One leads (plans moves, hands out maps); the
+    /// others take over within seconds. Servers and clients list every manager's --listen-addr.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<SocketAddr>,
+    /// This manager's position in --peers.
+    #[arg(long, default_value_t = 0)]
+    node_id: u64,
+    /// With --peers: keep the control group's log on disk, so drains and removals survive a
+    /// restart of every manager (without it they survive while a majority of managers runs).
+    #[arg(long)]
+    persistence: bool,
+    /// Directory for the control group's log and snapshots with --persistence
+    /// [default: ./manager<NODE_ID>].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 fn parse_table(s: &str) -> Result<(String, u64), String> {
@@ -55,29 +78,78 @@ fn parse_table(s: &str) -> Result<(String, u64), String> {
     Ok((name.to_string(), n))
 }
 
+/// The control group this manager shares with its --peers, if any.
+fn control_config(args: &Args) -> Option<ControlConfig> {
+    if args.peers.is_empty() {
+        if args.persistence || args.node_id != 0 {
+            eprintln!("error: --persistence and --node-id need --peers (several managers)");
+            std::process::exit(2);
+        }
+        return None;
+    }
+    if args.node_id as usize >= args.peers.len() {
+        eprintln!(
+            "error: --node-id {} is not a position in --peers ({} managers)",
+            args.node_id,
+            args.peers.len()
+        );
+        std::process::exit(2);
+    }
+    if let Some(bad) = args.peers.iter().find(|a| a.ip().is_unspecified()) {
+        eprintln!("error: --peers lists {bad}, which the other managers cannot dial");
+        std::process::exit(2);
+    }
+    let dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("manager{}", args.node_id)));
+    if dir.exists() && !dir.is_dir() {
+        eprintln!("error: --data-dir {} is not a directory", dir.display());
+        std::process::exit(2);
+    }
+    // The control group's log is tiny: a few records a second.
+    let segment = 4 * 1024 * 1024;
+    Some(ControlConfig {
+        node_id: args.node_id,
+        peers: args.peers.clone(),
+        storage: args.persistence.then(|| StorageConfig {
+            db_dir: dir.join("db"),
+            log_dir: dir.join("log"),
+            group_commit: GroupCommitConfig {
+                batch_size: 256,
+                batch_timeout: Duration::ZERO,
+            },
+            segment_bytes_max: segment,
+            checkpoint_log_bytes: segment,
+        }),
+    })
+}
+
 fn main() {
     let args = Args::parse();
     distkv::cli::init_logging("info");
     let replicas = args
         .replicas
         .map_or(3.min(args.servers.len()), |r| r as usize);
+    let control = control_config(&args);
     let config = ManagerConfig {
         listen_addr: args.listen_addr,
         servers: args.servers,
         tables: args.tables,
         replicas,
-        dead_after: std::time::Duration::from_millis(args.dead_after_ms),
+        dead_after: Duration::from_millis(args.dead_after_ms),
         split: SplitThresholds {
             bytes: args.split_size_mb.saturating_mul(1024 * 1024),
             keys: args.split_keys,
         },
+        control,
     };
     if let Err(e) = config.build_map() {
         eprintln!("error: {e}");
         std::process::exit(2);
     }
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    if let Err(e) = rt.block_on(run_manager(TokioRuntime, config)) {
+    if let Err(e) = rt.block_on(run_manager(TokioRuntime, FsDisk::new(), config)) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }

@@ -32,9 +32,10 @@ struct Args {
     /// Directory for the write-ahead log with --persistence [default: ./log<NODE_ID>].
     #[arg(long)]
     log_path: Option<PathBuf>,
-    /// The manager to register with.
-    #[arg(long, default_value = "0.0.0.0:24000")]
-    manager_addr: SocketAddr,
+    /// The manager to register with; with several managers (`manager --peers`), every one,
+    /// comma-separated (each gets the heartbeats; the leading one answers).
+    #[arg(long, default_value = "0.0.0.0:24000", value_delimiter = ',')]
+    manager_addr: Vec<SocketAddr>,
     /// Join a running cluster: the manager adds this server (a --node-id its --servers does not
     /// list) and moves a share of the replicas and leaderships to it. Without it, a node id the
     /// manager does not know is refused (a typo must not grow the cluster).
@@ -103,7 +104,7 @@ fn main() {
     distkv::cli::init_logging("info");
     let advertise_addr = args
         .advertise_addr
-        .unwrap_or_else(|| distkv::cli::dialable_addr(args.listen_addr, args.manager_addr));
+        .unwrap_or_else(|| distkv::cli::dialable_addr(args.listen_addr, args.manager_addr[0]));
     if advertise_addr.ip().is_unspecified() {
         eprintln!(
             "error: --advertise-addr {advertise_addr} is not dialable; give this host's address"
@@ -130,7 +131,8 @@ fn main() {
         node_id: args.node_id,
         listen_addr: args.listen_addr,
         advertise_addr,
-        manager_addr: args.manager_addr,
+        managers: args.manager_addr.clone(),
+        fixed_map: None,
         join: args.join,
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
         storage: args.persistence.then(|| StorageConfig {

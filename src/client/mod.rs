@@ -37,8 +37,13 @@ use tokio::sync::oneshot;
 /// Client configuration.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// The manager, where the partition map comes from.
-    pub manager_addr: SocketAddr,
+    /// The managers, where the partition map comes from: one, or every
+    /// manager of a replicated control plane (`manager --peers`; the
+    /// client asks one and follows its redirect to the leader).
+    pub managers: Vec<SocketAddr>,
+    /// A map that never changes, for a cluster without a manager (the
+    /// managers' own control group): no manager is asked.
+    pub fixed_map: Option<PartitionMap>,
     /// Deadline for a whole command, retries included.
     pub command_timeout: Duration,
     /// How long to wait for one reply before retrying.
@@ -53,8 +58,15 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     pub fn new(manager_addr: SocketAddr) -> ClientConfig {
+        ClientConfig::with_managers(vec![manager_addr])
+    }
+
+    /// Several managers (a replicated control plane); at least one.
+    pub fn with_managers(managers: Vec<SocketAddr>) -> ClientConfig {
+        assert!(!managers.is_empty(), "a client needs a manager");
         ClientConfig {
-            manager_addr,
+            managers,
+            fixed_map: None,
             command_timeout: Duration::from_secs(5),
             attempt_timeout: Duration::from_millis(1000),
             retry_backoff: Duration::from_millis(50),
@@ -98,8 +110,11 @@ struct Inner<R: Runtime> {
     net: R::Net,
     config: ClientConfig,
     map: Mutex<Option<Arc<PartitionMap>>>,
+    /// The manager asked first: the control plane's leader, as last seen.
+    manager: Mutex<SocketAddr>,
     /// The leader last seen for each partition.
-    leaders: Mutex<HashMap<PartitionId, NodeId>>,
+    /// With the epoch of the map held when it was learned.
+    leaders: Mutex<HashMap<PartitionId, (NodeId, u64)>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Msg>>>,
     next_req: AtomicU64,
     /// Transactions across partitions run through this client.
@@ -354,8 +369,9 @@ impl<R: Runtime> Client<R> {
         let inner = Arc::new(Inner {
             rt: rt.clone(),
             net,
+            manager: Mutex::new(config.managers[0]),
+            map: Mutex::new(config.fixed_map.clone().map(Arc::new)),
             config,
-            map: Mutex::new(None),
             leaders: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             next_req: AtomicU64::new(1),
@@ -418,13 +434,68 @@ impl<R: Runtime> Client<R> {
 
     /// What the manager knows of the servers and partitions (`admin`).
     pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
-        let addr = self.inner.config.manager_addr;
-        let wait = self.inner.config.command_timeout;
-        let reply = self.ask(addr, "the manager", |req| Msg::Status { req }, wait);
-        match reply.await? {
-            Msg::StatusReply { status, .. } => Ok(status),
-            other => Err(unexpected(&format!("the manager at {addr}"), &other)),
+        match self.ask_manager(|req| Msg::Status { req }).await? {
+            (_, Msg::StatusReply { status, .. }) => Ok(status),
+            (addr, other) => Err(unexpected(&format!("the manager at {addr}"), &other)),
         }
+    }
+
+    /// One request to the control plane's leader, for the admin calls: the
+    /// manager last seen leading first, then the one a refusing manager
+    /// names, else each in turn, until one answers or the command deadline.
+    /// Returns who answered, and what.
+    async fn ask_manager(
+        &self,
+        build: impl Fn(u64) -> Msg,
+    ) -> Result<(SocketAddr, Msg), ClientError> {
+        let config = &self.inner.config;
+        let rt = &self.inner.rt;
+        let deadline = rt.now() + config.command_timeout;
+        let mut last = String::from("no manager answered");
+        let mut redirects = 0;
+        loop {
+            let now = rt.now();
+            if now >= deadline {
+                return Err(ClientError::Unavailable(last));
+            }
+            let addr = *self.inner.manager.lock().unwrap();
+            // One manager: one request, waiting for it to the deadline.
+            let wait = if config.managers.len() == 1 {
+                deadline - now
+            } else {
+                config.attempt_timeout.min(deadline - now)
+            };
+            match self.ask(addr, "the manager", &build, wait).await {
+                Ok(Msg::NotManagerLeader { leader, .. }) => {
+                    last = format!("the manager at {addr} does not lead the control plane");
+                    self.next_manager(addr, leader);
+                    redirects += 1;
+                    if leader.is_none() || redirects > 1 {
+                        // No leader yet (an election), or managers naming
+                        // each other (a lease changing hands): a pause.
+                        let now = rt.now().min(deadline);
+                        rt.sleep(config.retry_backoff.min(deadline - now)).await;
+                    }
+                }
+                Ok(reply) => return Ok((addr, reply)),
+                Err(ClientError::Unavailable(why)) if config.managers.len() > 1 => {
+                    last = why;
+                    self.next_manager(addr, None);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// After `failed` did not serve a request: ask `hint` next (the leader it
+    /// named), else the next manager in the list.
+    fn next_manager(&self, failed: SocketAddr, hint: Option<SocketAddr>) {
+        let managers = &self.inner.config.managers;
+        let next = hint.filter(|&h| h != failed).unwrap_or_else(|| {
+            let i = managers.iter().position(|&m| m == failed);
+            managers[i.map_or(0, |i| (i + 1) % managers.len())]
+        });
+        *self.inner.manager.lock().unwrap() = next;
     }
 
     /// Asks the server at `addr`, which should lead `partition`, to hand
@@ -473,12 +544,10 @@ impl<R: Runtime> Client<R> {
         node: NodeId,
         action: crate::wire::ServerAction,
     ) -> Result<String, ClientError> {
-        let addr = self.inner.config.manager_addr;
-        let wait = self.inner.config.command_timeout;
         let build = |req| Msg::ServerAdmin { req, node, action };
-        match self.ask(addr, "the manager", build, wait).await? {
-            Msg::AdminReply { result, .. } => result.map_err(ClientError::Rejected),
-            other => Err(unexpected(&format!("the manager at {addr}"), &other)),
+        match self.ask_manager(build).await? {
+            (_, Msg::AdminReply { result, .. }) => result.map_err(ClientError::Rejected),
+            (addr, other) => Err(unexpected(&format!("the manager at {addr}"), &other)),
         }
     }
 
@@ -560,15 +629,21 @@ impl<R: Runtime> Client<R> {
     /// (exponential backoff with jitter), so a refused connection, which
     /// fails at once, is not retried in a busy loop.
     pub async fn refresh_map(&self, deadline: Instant) -> Result<Arc<PartitionMap>, ClientError> {
-        let manager = self.inner.config.manager_addr;
         let config = &self.inner.config;
+        if config.fixed_map.is_some() {
+            return Ok(self.map());
+        }
         let rt = &self.inner.rt;
         let mut failures = 0u32;
+        let mut redirected = false;
         loop {
             let now = rt.now();
+            let manager = *self.inner.manager.lock().unwrap();
             if now >= deadline {
+                let managers: Vec<String> = config.managers.iter().map(|a| a.to_string()).collect();
                 return Err(ClientError::Unavailable(format!(
-                    "no partition map from the manager at {manager}"
+                    "no partition map from the manager at {}",
+                    managers.join(",")
                 )));
             }
             let wait = config.attempt_timeout.min(deadline - now);
@@ -580,9 +655,16 @@ impl<R: Runtime> Client<R> {
                 .as_ref()
                 .map_or(0, |m| m.epoch);
             let get = |req| Msg::GetMap { req, epoch: held };
-            if let Ok(Answer::Reply(Msg::MapReply { map, .. })) =
-                self.call(manager, get, wait).await
-            {
+            let answer = self.call(manager, get, wait).await;
+            if let Ok(Answer::Reply(Msg::NotManagerLeader { leader, .. })) = answer {
+                self.next_manager(manager, leader);
+                if leader.is_some() && !std::mem::replace(&mut redirected, true) {
+                    continue; // at once (once: two managers may name each other)
+                }
+            } else if !matches!(answer, Ok(Answer::Reply(Msg::MapReply { .. }))) {
+                self.next_manager(manager, None);
+            }
+            if let Ok(Answer::Reply(Msg::MapReply { map, .. })) = answer {
                 match map.validate() {
                     Err(e) => {
                         tracing::warn!("ignoring an invalid partition map from {manager}: {e}")
@@ -620,14 +702,21 @@ impl<R: Runtime> Client<R> {
     }
 
     /// The replica to try for `partition`: the cached leader if the map
-    /// knows where it is (a leader the map does not list as a replica is
-    /// one added since the map was fetched), else the `attempt`-th replica
-    /// in map order.
+    /// knows where it is, and lists it as a replica or predates it (a
+    /// leader the map does not list is one added since the map was
+    /// fetched; one a newer map no longer lists was moved away, e.g. off a
+    /// server lost for good, which would not answer), else the
+    /// `attempt`-th replica in map order.
     fn target(&self, map: &PartitionMap, partition: PartitionId, attempt: usize) -> Option<NodeId> {
         let p = map.partitions.get(&partition)?;
         let cached = self.inner.leaders.lock().unwrap().get(&partition).copied();
         match cached {
-            Some(leader) if map.servers.contains_key(&leader) => Some(leader),
+            Some((leader, epoch))
+                if map.servers.contains_key(&leader)
+                    && (epoch >= map.epoch || map.hosts(partition).any(|n| n == leader)) =>
+            {
+                Some(leader)
+            }
             _ => Some(p.replicas[attempt % p.replicas.len()]),
         }
     }
@@ -695,9 +784,16 @@ impl<R: Runtime> Client<R> {
 
     /// Remembers (or forgets, with `None`) who leads `partition`.
     fn set_leader(&self, partition: PartitionId, leader: Option<NodeId>) {
+        let epoch = self
+            .inner
+            .map
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map_or(0, |m| m.epoch);
         let mut leaders = self.inner.leaders.lock().unwrap();
         match leader {
-            Some(l) => leaders.insert(partition, l),
+            Some(l) => leaders.insert(partition, (l, epoch)),
             None => leaders.remove(&partition),
         };
     }
@@ -1525,7 +1621,8 @@ async fn recv_loop<R: Runtime>(inner: Arc<Inner<R>>) {
             | Msg::ExecuteReply { req, .. }
             | Msg::TxnReply { req, .. }
             | Msg::StatusReply { req, .. }
-            | Msg::AdminReply { req, .. } => *req,
+            | Msg::AdminReply { req, .. }
+            | Msg::NotManagerLeader { req, .. } => *req,
             other => {
                 tracing::warn!(%from, "client ignores unexpected message {other:?}");
                 continue;

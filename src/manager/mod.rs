@@ -17,12 +17,14 @@
 //! membership changes that replace replicas on dead servers
 //! ([`ManagerCore::plan`]; ARCHITECTURE.md, "Re-replication").
 
+pub mod control;
 pub mod status;
 
 use crate::map::{MapError, NodeId, PartitionId, PartitionMap};
 use crate::raft::ConfChange;
 use crate::rt::{Net, Runtime};
 use crate::wire::{decode_msg, encode_msg, Msg, ServerAction};
+use control::{ControlConfig, ControlState};
 use status::{Heartbeats, ReplicaRole, ReplicaStatus, ServerState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -45,6 +47,10 @@ pub struct ManagerConfig {
     pub dead_after: Duration,
     /// When a partition is split in two.
     pub split: SplitThresholds,
+    /// One of several managers (`--peers`): the control group it runs and
+    /// shares with the others. `None`: the only manager, whose drains and
+    /// removals are soft state.
+    pub control: Option<ControlConfig>,
 }
 
 /// A partition whose leader reports more data or more keys than this is
@@ -160,6 +166,22 @@ pub struct ManagerCore {
     /// When each partition was last asked to split.
     split_asked: BTreeMap<PartitionId, Instant>,
     next_req: u64,
+    leadership: Leadership,
+}
+
+/// Whether this manager plans and hands maps out.
+#[derive(Clone, Debug)]
+enum Leadership {
+    /// The only manager: always.
+    Sole,
+    /// One of several (`--peers`): while it holds the control plane's lease.
+    Lease {
+        me: NodeId,
+        peers: Vec<SocketAddr>,
+        until: Option<Instant>,
+        /// The leader's client address, when another manager leads.
+        leader: Option<SocketAddr>,
+    },
 }
 
 impl ManagerCore {
@@ -184,6 +206,102 @@ impl ManagerCore {
             split: SplitThresholds::default(),
             split_asked: BTreeMap::new(),
             next_req: 1,
+            leadership: Leadership::Sole,
+        }
+    }
+
+    /// One of several managers: it leads only while [`ManagerCore::lease`]
+    /// says so.
+    pub fn replicated(mut self, me: NodeId, peers: Vec<SocketAddr>) -> ManagerCore {
+        self.leadership = Leadership::Lease {
+            me,
+            peers,
+            until: None,
+            leader: None,
+        };
+        self
+    }
+
+    /// Whether this manager plans and hands maps out at `now`.
+    pub fn leads(&self, now: Instant) -> bool {
+        match self.leadership {
+            Leadership::Sole => true,
+            Leadership::Lease { until, .. } => until.is_some_and(|u| now < u),
+        }
+    }
+
+    /// The control plane as `admin managers` shows it.
+    fn managers_info(&self, now: Instant) -> status::ManagersInfo {
+        match &self.leadership {
+            Leadership::Sole => status::ManagersInfo::default(),
+            Leadership::Lease { me, peers, .. } => status::ManagersInfo {
+                leader: self.leads(now).then_some(*me),
+                peers: peers.clone(),
+            },
+        }
+    }
+
+    /// What a control-plane round found: until when this manager leads (or
+    /// who does), the highest map epoch the lease recorded, and the state
+    /// the control group holds (`None`: unread; keep ours).
+    pub fn lease(
+        &mut self,
+        now: Instant,
+        until: Option<Instant>,
+        leader: Option<SocketAddr>,
+        epoch: u64,
+        state: Option<ControlState>,
+    ) {
+        let was = self.leads(now);
+        self.seen_epoch = self.seen_epoch.max(epoch);
+        if let Leadership::Lease {
+            until: u,
+            leader: l,
+            ..
+        } = &mut self.leadership
+        {
+            (*u, *l) = (until, leader);
+        }
+        if !was && self.leads(now) {
+            // Above every map the previous leader handed out.
+            self.bump_epoch();
+            self.moves.clear();
+            crate::stats::count(crate::stats::Event::ManagerLeads);
+            tracing::info!(epoch = self.map.epoch, "leading the control plane");
+        }
+        if let Some(state) = state {
+            self.apply_control(state);
+        }
+    }
+
+    /// Drains and removals as recorded (by us or by another manager).
+    pub fn control_state(&self) -> ControlState {
+        ControlState {
+            draining: self.draining.clone(),
+            removed: self.removed.clone(),
+        }
+    }
+
+    /// Adopts `state`: a removed server leaves the map.
+    pub fn apply_control(&mut self, state: ControlState) {
+        for &node in state.removed.difference(&self.removed.clone()) {
+            if self.map.servers.remove(&node).is_some() {
+                self.heartbeats.forget(node);
+                self.bump_epoch();
+                tracing::info!(node, "removed a server from the cluster");
+            }
+        }
+        self.draining = state.draining;
+        self.removed = state.removed;
+    }
+
+    /// The answer of a manager that does not lead, if this one does not.
+    fn redirect(&self, req: u64, now: Instant) -> Option<Msg> {
+        match self.leadership {
+            Leadership::Lease { leader, .. } if !self.leads(now) => {
+                Some(Msg::NotManagerLeader { req, leader })
+            }
+            _ => None,
         }
     }
 
@@ -206,6 +324,11 @@ impl ManagerCore {
     /// Handles one request received at `now`; returns the reply, if any.
     pub fn handle(&mut self, msg: Msg, now: Instant) -> Option<Msg> {
         match msg {
+            Msg::GetMap { req, .. } | Msg::Status { req } | Msg::ServerAdmin { req, .. }
+                if self.redirect(req, now).is_some() =>
+            {
+                self.redirect(req, now)
+            }
             Msg::GetMap { req, epoch } => {
                 // A client holding a map of a manager before a restart
                 // takes ours only if its epoch is higher.
@@ -215,7 +338,7 @@ impl ManagerCore {
                 }
                 Some(Msg::MapReply {
                     req,
-                    map: self.map.clone(),
+                    map: self.map_for_clients(now),
                 })
             }
             Msg::Register {
@@ -235,19 +358,27 @@ impl ManagerCore {
                     result = Ok(self.map.clone());
                     self.heartbeats.record(node_id, replicas, now);
                 }
-                Some(Msg::RegisterReply { result })
+                // Another manager leads: it answers (with the map, or why not).
+                self.leads(now).then_some(Msg::RegisterReply { result })
             }
             Msg::Status { req } => {
                 let mut status = self.heartbeats.status(&self.map, now);
                 for s in &mut status.servers {
                     s.draining = self.draining.contains(&s.id);
                 }
+                status.managers = self.managers_info(now);
                 Some(Msg::StatusReply { req, status })
             }
-            Msg::ServerAdmin { req, node, action } => Some(Msg::AdminReply {
-                req,
-                result: self.server_admin(node, action, now),
-            }),
+            Msg::ServerAdmin { req, node, action } => {
+                // The only manager: soft state, applied at once (one of
+                // several records it in the control group first, see
+                // `run_manager`).
+                let result = self.server_admin(node, action, now).map(|(text, state)| {
+                    self.apply_control(state);
+                    text
+                });
+                Some(Msg::AdminReply { req, result })
+            }
             Msg::AdminReply { req, result } => {
                 // A leader's answer to a membership change we asked for.
                 if let Err(why) = result {
@@ -267,6 +398,19 @@ impl ManagerCore {
                 None
             }
         }
+    }
+
+    /// The map as clients get it: each partition's dead servers (declared
+    /// dead, not yet replaced) listed last, so a client that knows no
+    /// leader tries a live replica first rather than wait out an attempt
+    /// on a server that will never answer. Only the order changes.
+    fn map_for_clients(&self, now: Instant) -> PartitionMap {
+        let mut map = self.map.clone();
+        for p in map.partitions.values_mut() {
+            p.replicas
+                .sort_by_key(|&n| self.heartbeats.state(n, now) == ServerState::Dead);
+        }
+        map
     }
 
     /// Adopts the memberships and the splits that `node`'s leaders report,
@@ -681,13 +825,16 @@ impl ManagerCore {
         out.push((addr, msg));
     }
 
-    /// `admin drain / undrain / remove-server`.
-    fn server_admin(
-        &mut self,
+    /// `admin drain / undrain / remove-server`: what to answer and the
+    /// control state to record (then [`ManagerCore::apply_control`]), or why
+    /// not.
+    pub fn server_admin(
+        &self,
         node: NodeId,
         action: ServerAction,
         now: Instant,
-    ) -> Result<String, String> {
+    ) -> Result<(String, ControlState), String> {
+        let mut state = self.control_state();
         if !self.map.servers.contains_key(&node) {
             return Err(format!("there is no server {node} (see `admin servers`)"));
         }
@@ -717,31 +864,35 @@ impl ManagerCore {
                         self.replicas
                     ));
                 }
-                self.draining.insert(node);
+                state.draining.insert(node);
                 tracing::info!(node, holds, "draining a server");
-                Ok(format!(
-                    "server {node} is draining: its {holds} replicas and its leaderships move to \
-                     other servers (watch `admin servers`); then `admin remove-server --node {node}`"
+                Ok((
+                    format!(
+                        "server {node} is draining: its {holds} replicas and its leaderships move \
+                         to other servers (watch `admin servers`); then \
+                         `admin remove-server --node {node}`"
+                    ),
+                    state,
                 ))
             }
             ServerAction::Undrain => {
-                self.draining.remove(&node);
-                Ok(format!("server {node} is no longer draining"))
+                state.draining.remove(&node);
+                Ok((format!("server {node} is no longer draining"), state))
             }
             ServerAction::Remove if holds > 0 => Err(format!(
                 "server {node} still holds {holds} replicas: drain it first \
                  (admin drain --node {node}) and wait until it holds none"
             )),
             ServerAction::Remove => {
-                self.map.servers.remove(&node);
-                self.draining.remove(&node);
-                self.removed.insert(node);
-                self.heartbeats.forget(node);
-                self.bump_epoch();
-                tracing::info!(node, "removed a server from the cluster");
-                Ok(format!(
-                    "server {node} is removed from the cluster; stop its process (its --join, \
-                     if any, is refused from now on) and take it off the manager's --servers"
+                state.draining.remove(&node);
+                state.removed.insert(node);
+                Ok((
+                    format!(
+                        "server {node} is removed from the cluster; stop its process (its \
+                         --join, if any, is refused from now on) and take it off the manager's \
+                         --servers"
+                    ),
+                    state,
                 ))
             }
         }
@@ -790,8 +941,38 @@ impl ManagerCore {
     }
 }
 
-/// Runs the manager until its network endpoint fails.
-pub async fn run_manager<R: Runtime>(rt: R, config: ManagerConfig) -> io::Result<()> {
+/// What a manager asks of its control-group worker (one at a time, in order).
+enum ControlJob {
+    Round {
+        epoch: u64,
+    },
+    Write {
+        state: ControlState,
+        to: SocketAddr,
+        req: u64,
+        text: String,
+    },
+}
+
+/// What the worker answers.
+enum ControlDone {
+    Round(control::Round),
+    Written {
+        state: ControlState,
+        to: SocketAddr,
+        req: u64,
+        result: Result<String, String>,
+    },
+}
+
+/// Runs the manager until its network endpoint fails (or, with
+/// `config.control`, its replica of the control group stops: it keeps its
+/// log on `disk`).
+pub async fn run_manager<R: Runtime, D: crate::rt::Disk>(
+    rt: R,
+    disk: D,
+    config: ManagerConfig,
+) -> io::Result<()> {
     let map = config
         .build_map()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -800,10 +981,66 @@ pub async fn run_manager<R: Runtime>(rt: R, config: ManagerConfig) -> io::Result
         addr = %config.listen_addr,
         partitions = map.partitions.len(),
         servers = map.servers.len(),
+        peers = config.control.as_ref().map_or(1, |c| c.peers.len()),
         "manager listening"
     );
     let mut core = ManagerCore::new(map, rt.now(), config.dead_after, config.replicas)
         .with_split_thresholds(config.split);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<ControlDone>();
+    let (stopped_tx, mut stopped_rx) = tokio::sync::mpsc::unbounded_channel::<io::Error>();
+    let mut jobs = None;
+    if let Some(control) = &config.control {
+        core = core.replicated(control.node_id, control.peers.clone());
+        let server = crate::server::run_server(rt.clone(), disk, control.server_config());
+        let stopped = stopped_tx.clone();
+        rt.spawn(async move {
+            let e = match server.await {
+                Ok(()) => io::Error::other("stopped"),
+                Err(e) => e,
+            };
+            let _ = stopped.send(io::Error::other(format!(
+                "this manager's replica of the control group stopped: {e}"
+            )));
+        });
+        // Where clients reach this manager: its listen port on its peer
+        // address's host (a listen address of 0.0.0.0 is not dialable).
+        let me = control.peers[control.node_id as usize];
+        let my_addr = if config.listen_addr.ip().is_unspecified() {
+            SocketAddr::new(me.ip(), config.listen_addr.port())
+        } else {
+            config.listen_addr
+        };
+        let mut worker = control::Worker::connect(rt.clone(), control, my_addr)
+            .await
+            .map_err(|e| io::Error::other(format!("cannot reach the control group: {e}")))?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ControlJob>();
+        jobs = Some(tx);
+        let done = done_tx.clone();
+        rt.spawn(async move {
+            while let Some(job) = rx.recv().await {
+                let out = match job {
+                    ControlJob::Round { epoch } => ControlDone::Round(worker.round(epoch).await),
+                    ControlJob::Write {
+                        state,
+                        to,
+                        req,
+                        text,
+                    } => {
+                        let result = worker.write(&state).await.map(|()| text);
+                        ControlDone::Written {
+                            state,
+                            to,
+                            req,
+                            result,
+                        }
+                    }
+                };
+                if done.send(out).is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let net = std::sync::Arc::new(net);
     let mut received = crate::rt::spawn_receiver(&rt, net.clone(), 1024);
     let send = |to: SocketAddr, msg: &Msg| match encode_msg(msg) {
@@ -811,32 +1048,101 @@ pub async fn run_manager<R: Runtime>(rt: R, config: ManagerConfig) -> io::Result
         Err(e) => tracing::error!("cannot encode a message: {e}"),
     };
     let mut next_plan = rt.now() + PLAN_INTERVAL;
+    // A round asked of the worker and not answered yet; drains and removals
+    // being written (a round read before them must not undo them).
+    let (mut round_pending, mut writes_pending) = (false, 0usize);
     loop {
         let wait = next_plan.saturating_duration_since(rt.now());
-        let item = tokio::select! {
+        enum Event {
+            Plan,
+            Received(SocketAddr, Vec<u8>),
+            Control(ControlDone),
+        }
+        let event = tokio::select! {
             biased;
-            _ = rt.sleep(wait) => None,
+            Some(e) = stopped_rx.recv() => return Err(e),
+            Some(done) = done_rx.recv() => Event::Control(done),
+            _ = rt.sleep(wait) => Event::Plan,
             item = received.recv() => match item {
-                Some(item) => Some(item?),
+                Some(item) => {
+                    let (from, payload) = item?;
+                    Event::Received(from, payload)
+                }
                 None => return Err(io::Error::other("the network endpoint closed")),
             },
         };
-        let Some((from, payload)) = item else {
-            next_plan = rt.now() + PLAN_INTERVAL;
-            for (to, msg) in core.plan(rt.now()) {
-                send(to, &msg);
+        let now = rt.now();
+        match event {
+            Event::Plan => {
+                next_plan = now + PLAN_INTERVAL;
+                if let Some(jobs) = &jobs {
+                    if !round_pending {
+                        round_pending = true;
+                        let epoch = core.map().epoch;
+                        let _ = jobs.send(ControlJob::Round { epoch });
+                    }
+                }
+                if core.leads(now) {
+                    for (to, msg) in core.plan(now) {
+                        send(to, &msg);
+                    }
+                }
             }
-            continue;
-        };
-        let msg = match decode_msg(&payload) {
-            Ok(msg) => msg,
-            Err(e) => {
-                tracing::warn!(%from, "dropping message: {e}");
-                continue;
+            Event::Control(ControlDone::Round(round)) => {
+                round_pending = false;
+                let state = round.state.filter(|_| writes_pending == 0);
+                core.lease(now, round.leads_until, round.leader, round.epoch, state);
             }
-        };
-        if let Some(reply) = core.handle(msg, rt.now()) {
-            send(from, &reply);
+            Event::Control(ControlDone::Written {
+                state,
+                to,
+                req,
+                result,
+            }) => {
+                writes_pending -= 1;
+                if result.is_ok() {
+                    core.apply_control(state);
+                }
+                send(to, &Msg::AdminReply { req, result });
+            }
+            Event::Received(from, payload) => {
+                let msg = match decode_msg(&payload) {
+                    Ok(msg) => msg,
+                    Err(e) => {
+                        tracing::warn!(%from, "dropping message: {e}");
+                        continue;
+                    }
+                };
+                match (msg, &jobs) {
+                    // One of several managers records a drain or removal in
+                    // the control group before it answers.
+                    (Msg::ServerAdmin { req, node, action }, Some(jobs)) if core.leads(now) => {
+                        match core.server_admin(node, action, now) {
+                            Err(e) => send(
+                                from,
+                                &Msg::AdminReply {
+                                    req,
+                                    result: Err(e),
+                                },
+                            ),
+                            Ok((text, state)) => {
+                                writes_pending += 1;
+                                let _ = jobs.send(ControlJob::Write {
+                                    state,
+                                    to: from,
+                                    req,
+                                    text,
+                                });
+                            }
+                        }
+                    }
+                    (msg, _) => {
+                        if let Some(reply) = core.handle(msg, now) {
+                            send(from, &reply);
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -866,6 +1172,7 @@ mod tests {
             replicas: 3,
             dead_after: ManagerConfig::DEAD_AFTER_DEFAULT,
             split: SplitThresholds::default(),
+            control: None,
         };
         ManagerCore::new(
             config.build_map().unwrap(),

@@ -147,6 +147,19 @@ pub struct ClusterStatus {
     pub epoch: u64,
     pub servers: Vec<ServerInfo>,
     pub partitions: Vec<PartitionInfo>,
+    /// The control plane, as the manager that answered sees it.
+    pub managers: ManagersInfo,
+}
+
+/// The managers (`admin managers`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagersInfo {
+    /// The answering manager (it leads): its position in `peers`, or `None`
+    /// when it is the only manager.
+    pub leader: Option<NodeId>,
+    /// Every manager's control-group address (`--peers`); empty for a lone
+    /// manager.
+    pub peers: Vec<std::net::SocketAddr>,
 }
 
 /// The servers' last heartbeats.
@@ -286,6 +299,7 @@ impl Heartbeats {
             epoch: map.epoch,
             servers,
             partitions,
+            managers: ManagersInfo::default(),
         }
     }
 }

@@ -43,7 +43,14 @@ pub struct ServerConfig {
     pub listen_addr: SocketAddr,
     /// The dialable address it tells the manager (never `0.0.0.0`).
     pub advertise_addr: SocketAddr,
-    pub manager_addr: SocketAddr,
+    /// The managers to register with (every one: each keeps the
+    /// servers' reports, so any can take over planning), or none with
+    /// `fixed_map`.
+    pub managers: Vec<SocketAddr>,
+    /// A map that never changes, for a cluster without a manager: the
+    /// managers' own control group (`manager --peers`), whose placement is
+    /// its flags.
+    pub fixed_map: Option<crate::map::PartitionMap>,
     /// May join a running cluster whose manager does not list this node id
     /// (`--join`).
     pub join: bool,
@@ -159,7 +166,7 @@ pub async fn run_server<R: Runtime, D: Disk>(
         node_id = config.node_id,
         listen = %config.listen_addr,
         advertise = %config.advertise_addr,
-        manager = %config.manager_addr,
+        managers = ?config.managers,
         persistence = storage.is_some(),
         recovered_replicas = recovered.len(),
         "server started"
@@ -171,9 +178,12 @@ pub async fn run_server<R: Runtime, D: Disk>(
     {
         let (net, rt2, status) = (net.clone(), rt.clone(), status.clone());
         let report_now = report_now.clone();
-        let (manager, interval) = (config.manager_addr, config.heartbeat_interval);
+        let (managers, interval) = (config.managers.clone(), config.heartbeat_interval);
         let (node_id, addr, join) = (config.node_id, config.advertise_addr, config.join);
         rt.spawn(async move {
+            if managers.is_empty() {
+                return; // a fixed map: nobody to report to
+            }
             loop {
                 let (epoch, replicas) = status.lock().unwrap().clone();
                 let register = Msg::Register {
@@ -184,7 +194,11 @@ pub async fn run_server<R: Runtime, D: Disk>(
                     replicas,
                 };
                 match encode_msg(&register) {
-                    Ok(bytes) => net.send(manager, bytes),
+                    Ok(bytes) => {
+                        for &manager in &managers {
+                            net.send(manager, bytes.clone());
+                        }
+                    }
                     Err(e) => tracing::error!("cannot encode a heartbeat: {e}"),
                 }
                 tokio::select! {
@@ -218,6 +232,12 @@ pub async fn run_server<R: Runtime, D: Disk>(
         manager,
         report_due: false,
     };
+    if let Some(map) = d.config.fixed_map.clone() {
+        for (&id, &addr) in &map.servers {
+            d.peers.insert(id, addr);
+        }
+        d.core.install_map(map);
+    }
     d.flush().await?;
     let tick = d.config.raft_tick;
     let mut next_tick = rt.now() + tick;
@@ -270,8 +290,10 @@ pub async fn run_server<R: Runtime, D: Disk>(
                 if std::mem::take(&mut d.report_due) {
                     report_now.notify_one();
                 }
-                if let Some(notice) = d.manager.tick(now) {
-                    d.log_contact(notice);
+                if d.config.fixed_map.is_none() {
+                    if let Some(notice) = d.manager.tick(now) {
+                        d.log_contact(notice);
+                    }
                 }
             }
             Event::SnapshotDone(done) => d.core.snapshot_done(done),
@@ -304,9 +326,10 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
             }
         };
         match msg {
-            Msg::RegisterReply { .. } if from != self.config.manager_addr => {
-                tracing::warn!(%from, "ignoring a registration reply that did not come from the manager");
+            Msg::RegisterReply { .. } if !self.config.managers.contains(&from) => {
+                tracing::warn!(%from, "ignoring a registration reply that did not come from a manager");
             }
+            Msg::NotManagerLeader { .. } => {} // another manager answers
             Msg::RegisterReply { result: Ok(map) } if map.validate().is_err() => {
                 tracing::error!(
                     "ignoring an invalid partition map from the manager: {:?}",
@@ -326,8 +349,7 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
                 result: Err(reason),
             } => {
                 return Err(io::Error::other(format!(
-                    "the manager at {} refused this server: {reason}",
-                    self.config.manager_addr
+                    "the manager at {from} refused this server: {reason}"
                 )));
             }
             Msg::Execute {
@@ -406,7 +428,8 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
 
     /// Says in the log that the manager went silent or came back.
     fn log_contact(&self, notice: ContactNotice) {
-        let manager = self.config.manager_addr;
+        let manager: Vec<String> = self.config.managers.iter().map(|a| a.to_string()).collect();
+        let manager = manager.join(",");
         match notice {
             ContactNotice::Unreachable { silent } => match self.core.map() {
                 Some(map) => tracing::warn!(

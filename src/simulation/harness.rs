@@ -173,7 +173,28 @@ const BANK_INITIAL: i64 = 100;
 const BANK_SHARE: f64 = 0.1;
 
 fn manager_addr() -> SocketAddr {
-    "10.0.0.100:24000".parse().unwrap()
+    manager_addr_i(0)
+}
+
+/// Manager `i`'s address (several in the seeds with a replicated control
+/// plane, see [`manager_count`]).
+fn manager_addr_i(i: usize) -> SocketAddr {
+    SocketAddr::new(IpAddr::from([10, 0, 0, 100 + i as u8]), 24000)
+}
+
+/// Manager `i`'s control-group address (`--peers`).
+fn manager_peer(i: usize) -> SocketAddr {
+    SocketAddr::new(IpAddr::from([10, 0, 0, 100 + i as u8]), 24001)
+}
+
+/// Half the seeds run three managers (`--peers`: a control plane that
+/// survives the loss of one), the others one.
+fn manager_count(seed: u64) -> usize {
+    if seed_draw(seed, 50) < 0.5 {
+        3
+    } else {
+        1
+    }
 }
 
 fn admin_ip() -> IpAddr {
@@ -259,6 +280,7 @@ impl Shape {
             replicas: REPLICAS,
             dead_after,
             split,
+            control: None,
         }
     }
 
@@ -787,8 +809,8 @@ impl Shared {
 
 #[derive(Clone, Debug)]
 enum Fault {
-    KillManager,
-    RestartManager,
+    KillManager(usize),
+    RestartManager(usize),
     Kill(usize),
     Restart(usize),
     Pause(usize),
@@ -995,6 +1017,7 @@ fn draw_schedule(
     enabled: Faults,
     servers: &[NodeId],
     clients: &[NodeId],
+    managers: &[NodeId],
 ) -> (Vec<Episode>, u64) {
     let chaos = CHAOS.as_secs_f64();
     let n = servers.len();
@@ -1053,16 +1076,20 @@ fn draw_schedule(
     }
 
     // The manager is off the data path: commands must go on meanwhile.
+    // With several, one of them (a seed draw, so the stream stays as with
+    // one); the leader in a third of the seeds.
+    let m = managers.len();
     if rng.gen_bool(0.5) {
         let at = rng.gen_range(5.0..chaos - 5.0);
         let len = rng.gen_range(0.5..4.0);
+        let victim = ((seed_draw(seed, 51) * m as f64) as usize).min(m - 1);
         episodes.push(Episode {
             kind: FaultKind::Manager,
             start: at,
             end: at + len,
             impaired: vec![],
-            begin: vec![Fault::KillManager],
-            finish: vec![Fault::RestartManager],
+            begin: vec![Fault::KillManager(victim)],
+            finish: vec![Fault::RestartManager(victim)],
         });
     }
 
@@ -1194,6 +1221,49 @@ fn draw_schedule(
         }
     }
 
+    // With several managers (drawn from a hash of the seed, so the stream
+    // above stays as with one): a second manager kill, a manager cut off
+    // from the other managers (its control-group replica isolated: a
+    // leader loses its lease, another takes over, and the isolated one
+    // must stop planning), and a manager cut off from the servers (it
+    // hears no heartbeat: a leader among them sees every server fall
+    // silent).
+    if m > 1 {
+        let draw = |k: u64| seed_draw(seed, k);
+        let pick = |k: u64| ((draw(k) * m as f64) as usize).min(m - 1);
+        let at = 5.0 + (chaos - 12.0) * draw(53);
+        let victim = pick(54);
+        episodes.push(Episode {
+            kind: FaultKind::Manager,
+            start: at,
+            end: at + 0.5 + 5.0 * draw(55),
+            impaired: vec![],
+            begin: vec![Fault::KillManager(victim)],
+            finish: vec![Fault::RestartManager(victim)],
+        });
+        for (k, peers) in [(56, true), (58, false)] {
+            let at = 2.0 + (chaos - 12.0) * draw(k);
+            let victim = managers[pick(k + 1)];
+            let others: Vec<NodeId> = if peers {
+                managers.iter().copied().filter(|&o| o != victim).collect()
+            } else {
+                servers.to_vec()
+            };
+            let links: Vec<(NodeId, NodeId)> = others
+                .iter()
+                .flat_map(|&o| [(victim, o), (o, victim)])
+                .collect();
+            episodes.push(Episode {
+                kind: FaultKind::Manager,
+                start: at,
+                end: at + 1.0 + 9.0 * draw(k + 100),
+                impaired: vec![],
+                begin: links.iter().map(|&(a, b)| Fault::Clog(a, b)).collect(),
+                finish: links.iter().map(|&(a, b)| Fault::Unclog(a, b)).collect(),
+            });
+        }
+    }
+
     episodes.retain(|e| enabled.contains(e.kind));
 
     // Disk wipes (durable only), drawn from a hash of the seed so that the
@@ -1317,7 +1387,8 @@ pub async fn scenario_with(config: Config) -> Summary {
     });
 
     // Short deadlines make more unknown outcomes and more retries.
-    let mut client_config = ClientConfig::new(manager_addr());
+    let manager_addrs: Vec<SocketAddr> = (0..manager_count(seed)).map(manager_addr_i).collect();
+    let mut client_config = ClientConfig::with_managers(manager_addrs.clone());
     client_config.command_timeout = Duration::from_millis(rng.gen_range(1500..=5000));
     client_config.attempt_timeout = Duration::from_millis(rng.gen_range(200..=1000));
     // One client in four is slow: its cached leaders go stale between
@@ -1405,20 +1476,51 @@ pub async fn scenario_with(config: Config) -> Summary {
         drained: AtomicBool::new(false),
     });
 
-    let manager = handle
-        .create_node()
-        .name("manager")
-        .ip(manager_addr().ip())
-        .init(move || {
-            let config = manager_config.clone();
-            async move {
-                if let Err(e) = run_manager(SimRuntime, config).await {
-                    panic!("manager stopped: {e}");
-                }
+    // With several managers, each keeps its replica of the control group
+    // on a disk of its own (durable mode), which a kill crashes.
+    let peers: Vec<SocketAddr> = (0..manager_addrs.len()).map(manager_peer).collect();
+    let manager_disks: Vec<SimDisk> = peers.iter().map(|_| SimDisk::new()).collect();
+    let managers: Vec<NodeId> = (0..manager_addrs.len())
+        .map(|i| {
+            let mut config = manager_config.clone();
+            config.listen_addr = manager_addrs[i];
+            if peers.len() > 1 {
+                config.control = Some(crate::manager::control::ControlConfig {
+                    node_id: i as u64,
+                    peers: peers.clone(),
+                    storage: (mode == Mode::Durable).then(|| StorageConfig {
+                        log_dir: "log".into(),
+                        db_dir: "db".into(),
+                        group_commit: GroupCommitConfig {
+                            batch_size: 64,
+                            batch_timeout: Duration::ZERO,
+                        },
+                        segment_bytes_max: 16 * 1024,
+                        checkpoint_log_bytes: 32 * 1024,
+                    }),
+                });
             }
+            let disk = manager_disks[i].clone();
+            handle
+                .create_node()
+                .name(if peers.len() > 1 {
+                    format!("manager{i}")
+                } else {
+                    "manager".to_string()
+                })
+                .ip(manager_addrs[i].ip())
+                .init(move || {
+                    let (config, disk) = (config.clone(), disk.clone());
+                    async move {
+                        if let Err(e) = run_manager(SimRuntime, disk, config).await {
+                            panic!("manager stopped: {e}");
+                        }
+                    }
+                })
+                .build()
+                .id()
         })
-        .build()
-        .id();
+        .collect();
     // Compact each Raft log after a handful to a few dozen applied
     // entries, so that compaction, snapshot sends and installs (also racing
     // with appends, leader changes and restarts) happen in most runs.
@@ -1474,7 +1576,8 @@ pub async fn scenario_with(config: Config) -> Summary {
                 node_id: i as u64,
                 listen_addr: server_addr(i),
                 advertise_addr: server_addr(i),
-                manager_addr: manager_addr(),
+                managers: manager_addrs.clone(),
+                fixed_map: None,
                 join: false,
                 heartbeat_interval: ServerConfig::HEARTBEAT_INTERVAL_DEFAULT,
                 storage,
@@ -1538,7 +1641,8 @@ pub async fn scenario_with(config: Config) -> Summary {
             node_id: n as u64,
             listen_addr: server_addr(n),
             advertise_addr: server_addr(n),
-            manager_addr: manager_addr(),
+            managers: manager_addrs.clone(),
+            fixed_map: None,
             join: true,
             heartbeat_interval: ServerConfig::HEARTBEAT_INTERVAL_DEFAULT,
             storage,
@@ -1610,8 +1714,15 @@ pub async fn scenario_with(config: Config) -> Summary {
         });
     }
 
-    let (episodes, kills_skipped) =
-        draw_schedule(&mut rng, seed, mode, enabled, &servers, &client_ids);
+    let (episodes, kills_skipped) = draw_schedule(
+        &mut rng,
+        seed,
+        mode,
+        enabled,
+        &servers,
+        &client_ids,
+        &managers,
+    );
     let mut faults: Vec<(Duration, Fault)> = Vec::new();
     let (mut partitions, mut pauses, mut rolling) = (0, 0, 0);
     for e in episodes {
@@ -1645,6 +1756,7 @@ pub async fn scenario_with(config: Config) -> Summary {
     // frozen) while any of its episodes lasts.
     let mut down: BTreeMap<usize, usize> = BTreeMap::new();
     let mut paused: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut managers_down: BTreeMap<usize, usize> = BTreeMap::new();
     let mut clogged: BTreeMap<(NodeId, NodeId), usize> = BTreeMap::new();
     // `DISTKV_SIM_TRACE=1`: print every fault as it is injected.
     let trace = shared.trace;
@@ -1660,11 +1772,26 @@ pub async fn scenario_with(config: Config) -> Summary {
             eprintln!("[sim] {at:.3?} {fault:?}");
         }
         match fault {
-            Fault::KillManager => {
-                handle.kill(manager);
-                kills += 1;
+            Fault::KillManager(i) => {
+                // Down while any of its episodes lasts.
+                let n = managers_down.entry(i).or_default();
+                *n += 1;
+                if *n == 1 {
+                    handle.kill(managers[i]);
+                    if mode == Mode::Durable && managers.len() > 1 {
+                        manager_disks[i].crash(|n| rng.gen_range(0..n));
+                    }
+                    kills += 1;
+                }
             }
-            Fault::RestartManager => handle.restart(manager),
+            Fault::RestartManager(i) => {
+                let n = managers_down.entry(i).or_default();
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    managers_down.remove(&i);
+                    handle.restart(managers[i]);
+                }
+            }
             Fault::Kill(s) => {
                 let n = down.entry(s).or_default();
                 *n += 1;

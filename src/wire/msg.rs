@@ -133,6 +133,14 @@ pub enum Msg {
         partition: PartitionId,
         at: Option<u64>,
     },
+    /// Manager -> client, admin or server: this manager does not lead the
+    /// control plane (`manager --peers`); ask `leader` (its client address,
+    /// if known), else another manager. Answers `GetMap`, `Status` and
+    /// `ServerAdmin` (with their `req`) and `Register` (`req` 0).
+    NotManagerLeader {
+        req: u64,
+        leader: Option<SocketAddr>,
+    },
 }
 
 /// What `admin` asks the manager to do with a server ([`Msg::ServerAdmin`]).
@@ -286,6 +294,10 @@ mod tests {
                 req: 13,
                 partition: 3,
                 at: Some(500),
+            },
+            Msg::NotManagerLeader {
+                req: 14,
+                leader: Some(addr),
             },
             Msg::RegisterReply {
                 result: Err("no".into()),

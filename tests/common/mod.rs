@@ -169,10 +169,16 @@ pub fn run_bytes(program: &str, args: &[&str], stdin: &[u8]) -> Output {
 /// A running cluster: one manager and N servers on free loopback ports.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
+    /// The first manager's address (the only one unless
+    /// [`Cluster::start_managers`]).
     pub manager_addr: SocketAddr,
+    /// Every manager's address (clients and servers get them all).
+    pub manager_addrs: Vec<SocketAddr>,
+    /// The managers' control-group addresses (`--peers`); empty for one.
+    pub peer_addrs: Vec<SocketAddr>,
     pub server_addrs: Vec<SocketAddr>,
     pub tables: String,
-    manager: Option<ChildGuard>,
+    managers: Vec<Option<ChildGuard>>,
     servers: Vec<Option<ChildGuard>>,
     /// Every process started so far and its stderr file, in start order.
     log_files: Vec<(String, PathBuf)>,
@@ -238,6 +244,20 @@ impl Cluster {
         panic!("the cluster did not come up: {last_error}");
     }
 
+    /// `n` servers and `m` managers (`--peers`, each with `--persistence`
+    /// in the cluster's directory), the managers with `manager_args`.
+    pub fn start_managers(n: usize, m: usize, persistence: bool, manager_args: &[&str]) -> Cluster {
+        let mut last_error = String::new();
+        for _attempt in 0..3 {
+            let mut cluster = Cluster::spawn_m(n, m, TABLES, persistence, &[], manager_args);
+            match cluster.wait_ready() {
+                Ok(()) => return cluster,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("the cluster did not come up: {last_error}");
+    }
+
     fn spawn(
         n: usize,
         tables: &str,
@@ -245,13 +265,27 @@ impl Cluster {
         server_args: &[&str],
         manager_args: &[&str],
     ) -> Cluster {
-        let ports = free_ports(n + 1);
+        Cluster::spawn_m(n, 1, tables, persistence, server_args, manager_args)
+    }
+
+    fn spawn_m(
+        n: usize,
+        m: usize,
+        tables: &str,
+        persistence: bool,
+        server_args: &[&str],
+        manager_args: &[&str],
+    ) -> Cluster {
+        let peers = if m > 1 { m } else { 0 };
+        let ports = free_ports(n + m + peers);
         let mut cluster = Cluster {
             dir: tempfile::tempdir().expect("tempdir"),
             manager_addr: ports[0],
-            server_addrs: ports[1..].to_vec(),
+            manager_addrs: ports[..m].to_vec(),
+            peer_addrs: ports[m..m + peers].to_vec(),
+            server_addrs: ports[m + peers..].to_vec(),
             tables: tables.to_string(),
-            manager: None,
+            managers: (0..m).map(|_| None).collect(),
             servers: (0..n).map(|_| None).collect(),
             log_files: Vec::new(),
             persistence,
@@ -289,6 +323,13 @@ impl Cluster {
     }
 
     fn start_manager(&mut self) {
+        for i in 0..self.managers.len() {
+            self.start_manager_i(i);
+        }
+    }
+
+    /// Starts manager `i` (not waiting for anything).
+    pub fn start_manager_i(&mut self, i: usize) {
         let servers = self
             .server_addrs
             .iter()
@@ -297,15 +338,48 @@ impl Cluster {
             .join(",");
         let mut args = vec![
             "--listen-addr".to_string(),
-            self.manager_addr.to_string(),
+            self.manager_addrs[i].to_string(),
             "--servers".to_string(),
             servers,
             "--tables".to_string(),
             self.tables.clone(),
         ];
+        if !self.peer_addrs.is_empty() {
+            let peers: Vec<String> = self.peer_addrs.iter().map(|a| a.to_string()).collect();
+            args.extend([
+                "--peers".to_string(),
+                peers.join(","),
+                "--node-id".to_string(),
+                i.to_string(),
+                "--data-dir".to_string(),
+                self.dir
+                    .path()
+                    .join(format!("manager{i}"))
+                    .display()
+                    .to_string(),
+            ]);
+        }
         args.extend(self.manager_args.iter().cloned());
-        let guard = self.spawn_logged("manager", MANAGER, &args);
-        self.manager = Some(guard);
+        let name = if self.managers.len() > 1 {
+            format!("manager{i}")
+        } else {
+            "manager".to_string()
+        };
+        let guard = self.spawn_logged(&name, MANAGER, &args);
+        self.managers[i] = Some(guard);
+    }
+
+    /// kill -9 manager `i`.
+    pub fn kill_manager_i(&mut self, i: usize) {
+        if let Some(mut m) = self.managers[i].take() {
+            m.kill();
+        }
+    }
+
+    /// The managers' addresses, comma-separated (for `--connect-addr`).
+    pub fn managers_arg(&self) -> String {
+        let all: Vec<String> = self.manager_addrs.iter().map(|a| a.to_string()).collect();
+        all.join(",")
     }
 
     fn start_server(&mut self, i: usize) {
@@ -315,7 +389,7 @@ impl Cluster {
             "--listen-addr".to_string(),
             self.server_addrs[i].to_string(),
             "--manager-addr".to_string(),
-            self.manager_addr.to_string(),
+            self.managers_arg(),
             // Re-register quickly so a restarted manager learns of us soon.
             "--heartbeat-ms".to_string(),
             "200".to_string(),
@@ -380,7 +454,7 @@ impl Cluster {
     }
 
     fn dead_process(&mut self) -> Option<String> {
-        let manager = self.manager.iter_mut();
+        let manager = self.managers.iter_mut().flatten();
         let servers = self.servers.iter_mut().flatten();
         for p in manager.chain(servers) {
             if !p.is_running() {
@@ -414,7 +488,9 @@ impl Cluster {
 
     /// Whether the manager is running.
     pub fn manager_running(&mut self) -> bool {
-        self.manager.as_mut().is_some_and(ChildGuard::is_running)
+        self.managers
+            .iter_mut()
+            .all(|m| m.as_mut().is_some_and(ChildGuard::is_running))
     }
 
     /// kill -9 server `i`.
@@ -445,10 +521,10 @@ impl Cluster {
         i
     }
 
-    /// kill -9 the manager.
+    /// kill -9 the manager (every manager).
     pub fn kill_manager(&mut self) {
-        if let Some(mut m) = self.manager.take() {
-            m.kill();
+        for i in 0..self.managers.len() {
+            self.kill_manager_i(i);
         }
     }
 
@@ -519,7 +595,7 @@ impl Cluster {
     /// kill -9 the manager and every server at once: every signal is sent
     /// before any process is reaped.
     pub fn kill_all(&mut self) {
-        let manager = self.manager.iter_mut();
+        let manager = self.managers.iter_mut().flatten();
         for p in manager.chain(self.servers.iter_mut().flatten()) {
             let _ = p.child.kill();
         }
@@ -532,9 +608,14 @@ impl Cluster {
     /// Starts the manager and every server that is not running, and waits
     /// until the cluster answers everywhere.
     pub fn start_all(&mut self) {
-        if !self.manager_running() {
-            self.kill_manager();
-            self.start_manager();
+        for i in 0..self.managers.len() {
+            if !self.managers[i]
+                .as_mut()
+                .is_some_and(ChildGuard::is_running)
+            {
+                self.kill_manager_i(i);
+                self.start_manager_i(i);
+            }
         }
         for i in 0..self.servers.len() {
             if !self.server_running(i) {
@@ -631,7 +712,7 @@ impl Cluster {
     /// Runs `admin` against this cluster's manager (10 s timeout) with
     /// `args`; returns what it printed and its status, whatever they are.
     pub fn admin(&self, args: &[&str]) -> Output {
-        let addr = self.manager_addr.to_string();
+        let addr = self.managers_arg();
         let mut all = vec!["--connect-addr", &addr, "--timeout-ms", "10000"];
         all.extend_from_slice(args);
         run(ADMIN, &all, "")
@@ -646,7 +727,7 @@ impl Cluster {
 
     /// The `--connect-addr` arguments for this cluster.
     pub fn connect_args(&self) -> Vec<String> {
-        vec!["--connect-addr".to_string(), self.manager_addr.to_string()]
+        vec!["--connect-addr".to_string(), self.managers_arg()]
     }
 
     /// Runs `benchmark` with `args` (after `--connect-addr`) and `stdin`;
@@ -695,7 +776,9 @@ impl Drop for Cluster {
         for s in &mut self.servers {
             drop(s.take());
         }
-        drop(self.manager.take());
+        for m in &mut self.managers {
+            drop(m.take());
+        }
     }
 }
 
