@@ -60,10 +60,12 @@ pub enum Event {
     SplitLeader,
     /// A manager took the lead of a replicated control plane.
     ManagerLeads,
+    /// An operator started moving a replica (`admin move`).
+    OperatorMove,
 }
 
 impl Event {
-    pub const ALL: [Event; 23] = [
+    pub const ALL: [Event; 24] = [
         Event::Election,
         Event::Compaction,
         Event::SnapshotSent,
@@ -87,6 +89,7 @@ impl Event {
         Event::RangeSplit,
         Event::SplitLeader,
         Event::ManagerLeads,
+        Event::OperatorMove,
     ];
 
     pub fn name(self) -> &'static str {
@@ -114,13 +117,14 @@ impl Event {
             Event::RangeSplit => "ranges split",
             Event::SplitLeader => "first leaders of split ranges",
             Event::ManagerLeads => "control-plane leaderships taken",
+            Event::OperatorMove => "replicas moved by an operator",
         }
     }
 }
 
 /// Counts per [`Event`], in [`Event::ALL`] order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Counts(pub [u64; 23]);
+pub struct Counts(pub [u64; 24]);
 
 impl Counts {
     pub fn get(&self, event: Event) -> u64 {
@@ -148,7 +152,7 @@ impl std::fmt::Display for Counts {
 
 #[cfg(feature = "sim")]
 thread_local! {
-    static COUNTS: std::cell::Cell<Counts> = const { std::cell::Cell::new(Counts([0; 23])) };
+    static COUNTS: std::cell::Cell<Counts> = const { std::cell::Cell::new(Counts([0; 24])) };
 }
 
 /// Counts one `event` (a no-op without feature `sim`).

@@ -212,3 +212,78 @@ fn a_joining_server_takes_its_share_and_a_drained_one_is_removed() {
     );
     assert_eq!(client(&cluster, &gets), expected);
 }
+
+/// `admin move` by hand: a replica moves off a partition's leader to the
+/// server without one (leadership handed over first), `admin moves` shows
+/// it while it runs, and the data reads back; a move that makes no sense
+/// is refused with the reason.
+#[test]
+fn an_operator_moves_one_replica_off_its_leader() {
+    let cluster = Cluster::start_full(4, "t=400", false, &[], &["--replicas", "3"]);
+    client(&cluster, "PUT t1 one\nPUT t399 last\n");
+    let start = Instant::now();
+    let p = loop {
+        let found = partitions(&cluster)
+            .into_iter()
+            .find(|p| p["start"].as_u64() == Some(0) && p["leader"].is_u64());
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no leader of t0's partition"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (id, leader) = (p["id"].as_u64().unwrap(), p["leader"].as_u64().unwrap());
+    let to = (0..4).find(|n| !ids(&p["replicas"]).contains(n)).unwrap();
+    let out = cluster.admin(&[
+        "move",
+        "--partition",
+        &id.to_string(),
+        "--from",
+        &leader.to_string(),
+        "--to",
+        &to.to_string(),
+    ]);
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("moving partition"), "{}", out.stdout);
+    let moves = cluster.admin(&["moves", "--json"]);
+    assert!(moves.status.success(), "{}", moves.stderr);
+    // Refused: the same move again while it runs, or from a server
+    // without a replica.
+    let again = cluster.admin(&[
+        "move",
+        "--partition",
+        &id.to_string(),
+        "--from",
+        "9",
+        "--to",
+        "1",
+    ]);
+    assert!(
+        !again.status.success() && again.stderr.contains("no voting replica"),
+        "{again:?}"
+    );
+
+    let start = Instant::now();
+    loop {
+        let p = partitions(&cluster)
+            .into_iter()
+            .find(|p| p["id"].as_u64() == Some(id))
+            .unwrap();
+        let voters = ids(&p["replicas"]);
+        if voters.contains(&to) && !voters.contains(&leader) && ids(&p["learners"]).is_empty() {
+            assert!(p["leader"].is_u64(), "{p}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the move did not finish: {p}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = client(&cluster, "GET t1\nGET t399\n");
+    assert!(out.contains("one") && out.contains("last"), "{out}");
+}

@@ -48,6 +48,26 @@ enum Command {
     /// replicas catching up), leader, term, applied index and key count
     /// (the leader's), and which replicas reported.
     Partitions,
+    /// Membership changes under way: per partition, the step the manager
+    /// last asked of its leader (add learner, promote, remove, transfer
+    /// leadership) and how long ago, the learners catching up, the server
+    /// it is leaving, and why (repair, balance, operator).
+    Moves,
+    /// Move one replica of a partition from one server to another: a
+    /// learner on the target, promoted once caught up, then the replica on
+    /// the source removed (its leadership handed over first if it leads).
+    /// Returns once the move started; `admin moves` shows its progress.
+    Move {
+        /// The partition (its id, as `admin partitions` shows it).
+        #[arg(long)]
+        partition: PartitionId,
+        /// The server whose replica moves away.
+        #[arg(long)]
+        from: NodeId,
+        /// The server that gets it (up, not draining, not holding one).
+        #[arg(long)]
+        to: NodeId,
+    },
     /// The managers (with `manager --peers`): each one's control-group
     /// address and which one leads (plans moves and hands out maps).
     Managers,
@@ -118,6 +138,28 @@ fn main() -> ExitCode {
                     partitions_table(&s.partitions)
                 }
             }),
+            Command::Moves => status(&client).await.map(|s| {
+                if args.json {
+                    json(&s.moves)
+                } else {
+                    moves_table(&s.moves)
+                }
+            }),
+            Command::Move {
+                partition,
+                from,
+                to,
+            } => client
+                .move_replica(partition, from, to)
+                .await
+                .map(|said| {
+                    if args.json {
+                        json(&serde_json::json!({ "partition": partition, "from": from, "to": to, "message": said }))
+                    } else {
+                        format!("{said}\n")
+                    }
+                })
+                .map_err(|e| e.to_string()),
             Command::Managers => status(&client).await.map(|s| {
                 if args.json {
                     json(&s.managers)
@@ -193,6 +235,46 @@ async fn server_admin(
 
 async fn status(client: &Client<TokioRuntime>) -> Result<ClusterStatus, String> {
     client.cluster_status().await.map_err(|e| e.to_string())
+}
+
+fn moves_table(moves: &[distkv::manager::status::MoveInfo]) -> String {
+    if moves.is_empty() {
+        return "no moves under way\n".to_string();
+    }
+    let rows = moves
+        .iter()
+        .map(|m| {
+            vec![
+                m.partition.to_string(),
+                m.step.clone().unwrap_or_else(|| "-".to_string()),
+                m.asked_ms.map_or("-".to_string(), |ms| {
+                    format!("{:.1}s ago", ms as f64 / 1000.0)
+                }),
+                if m.learners.is_empty() {
+                    "-".to_string()
+                } else {
+                    m.learners
+                        .iter()
+                        .map(|l| l.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                },
+                m.leaving.map_or("-".to_string(), |n| n.to_string()),
+                m.reason.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "PARTITION",
+            "STEP",
+            "ASKED",
+            "LEARNERS",
+            "LEAVING",
+            "REASON",
+        ],
+        rows,
+    )
 }
 
 fn managers_table(m: &distkv::manager::status::ManagersInfo) -> String {

@@ -440,6 +440,26 @@ impl<R: Runtime> Client<R> {
         }
     }
 
+    /// Asks the manager to move `partition`'s replica on server `from` to
+    /// server `to` (`admin move`). `Ok`: the move started.
+    pub async fn move_replica(
+        &self,
+        partition: PartitionId,
+        from: NodeId,
+        to: NodeId,
+    ) -> Result<String, ClientError> {
+        let build = |req| Msg::MoveReplica {
+            req,
+            partition,
+            from,
+            to,
+        };
+        match self.ask_manager(build).await? {
+            (_, Msg::AdminReply { result, .. }) => result.map_err(ClientError::Rejected),
+            (addr, other) => Err(unexpected(&format!("the manager at {addr}"), &other)),
+        }
+    }
+
     /// One request to the control plane's leader, for the admin calls: the
     /// manager last seen leading first, then the one a refusing manager
     /// names, else each in turn, until one answers or the command deadline.

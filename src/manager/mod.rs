@@ -167,6 +167,10 @@ pub struct ManagerCore {
     split_asked: BTreeMap<PartitionId, Instant>,
     next_req: u64,
     leadership: Leadership,
+    /// Partitions an operator is moving (`admin move`), until settled.
+    operator_moves: BTreeSet<PartitionId>,
+    /// Messages to send that no plan produced (see [`ManagerCore::take_output`]).
+    pending_out: Vec<(SocketAddr, Msg)>,
 }
 
 /// Whether this manager plans and hands maps out.
@@ -207,6 +211,8 @@ impl ManagerCore {
             split_asked: BTreeMap::new(),
             next_req: 1,
             leadership: Leadership::Sole,
+            operator_moves: BTreeSet::new(),
+            pending_out: Vec::new(),
         }
     }
 
@@ -295,6 +301,116 @@ impl ManagerCore {
         self.removed = state.removed;
     }
 
+    /// `admin moves`: every partition with a step asked, a learner, or a
+    /// replica on its way out.
+    fn moves_info(&self, now: Instant) -> Vec<status::MoveInfo> {
+        let mut ids: BTreeSet<PartitionId> = self.moves.keys().copied().collect();
+        ids.extend(self.leaving.keys().copied());
+        ids.extend(
+            self.map
+                .groups
+                .iter()
+                .filter(|(_, g)| !g.learners.is_empty())
+                .map(|(&p, _)| p),
+        );
+        ids.into_iter()
+            .filter(|p| self.map.partitions.contains_key(p))
+            .map(|p| {
+                let m = self.moves.get(&p);
+                let leaving = self.leaving.get(&p).copied();
+                let step = m.map(|m| match &m.step {
+                    Step::Change(ConfChange::AddLearner(n)) => format!("add learner {n}"),
+                    Step::Change(ConfChange::AddVoter(n)) => format!("promote {n}"),
+                    Step::Change(ConfChange::Remove(n)) => format!("remove {n}"),
+                    Step::Transfer(n) => format!("transfer leadership to {n}"),
+                });
+                let reason = if self.operator_moves.contains(&p) {
+                    "operator"
+                } else if leaving.is_some() {
+                    "balance"
+                } else {
+                    "repair"
+                };
+                status::MoveInfo {
+                    partition: p,
+                    step,
+                    asked_ms: m.map(|m| now.saturating_duration_since(m.sent).as_millis() as u64),
+                    learners: self.map.groups[&p].learners.clone(),
+                    leaving,
+                    reason: reason.to_string(),
+                }
+            })
+            .collect()
+    }
+
+    /// `admin move`: starts moving partition `id`'s replica on `from` to
+    /// `to` (a learner there; the plan promotes it once caught up, then
+    /// removes the one on `from`, as for a balancing move).
+    fn move_replica(
+        &mut self,
+        id: PartitionId,
+        from: NodeId,
+        to: NodeId,
+        now: Instant,
+    ) -> Result<String, String> {
+        let Some((voters, learners)) = self.membership(id) else {
+            return Err(format!(
+                "there is no partition {id} (see `admin partitions`)"
+            ));
+        };
+        if !voters.contains(&from) {
+            return Err(format!(
+                "server {from} holds no voting replica of partition {id} (its replicas: {voters:?})"
+            ));
+        }
+        if voters.contains(&to) || learners.contains(&to) {
+            return Err(format!(
+                "server {to} already holds a replica of partition {id}"
+            ));
+        }
+        if !self.map.servers.contains_key(&to) {
+            return Err(format!("there is no server {to} (see `admin servers`)"));
+        }
+        if self.heartbeats.state(to, now) != ServerState::Up || self.draining.contains(&to) {
+            return Err(format!(
+                "server {to} is not up, or is draining: it cannot take a replica"
+            ));
+        }
+        if !learners.is_empty() || self.moves.contains_key(&id) || self.leaving.contains_key(&id) {
+            return Err(format!(
+                "partition {id} is already moving (see `admin moves`); try again when it is done"
+            ));
+        }
+        let leader = self
+            .heartbeats
+            .reports(now)
+            .filter(|(_, r)| r.partition == id && r.role == ReplicaRole::Leader)
+            .max_by_key(|(_, r)| r.term)
+            .map(|(n, _)| n);
+        let Some(leader) = leader else {
+            return Err(format!("partition {id} has no leader right now; try again"));
+        };
+        self.leaving.insert(id, from);
+        self.operator_moves.insert(id);
+        self.balanced_at.insert(id, now);
+        let mut out = Vec::new();
+        let (mut load, mut leads) = (BTreeMap::new(), BTreeMap::new());
+        let step = Step::Change(ConfChange::AddLearner(to));
+        self.ask(&mut out, now, id, leader, step, &mut load, &mut leads);
+        self.pending_out.extend(out);
+        tracing::info!(partition = id, from, to, "moving a replica (admin)");
+        Ok(format!(
+            "moving partition {id}'s replica from server {from} to server {to}: a learner on \
+             {to}, promoted once caught up, then the replica on {from} removed (watch `admin moves`)"
+        ))
+    }
+
+    /// Messages decided outside [`ManagerCore::plan`] (an `admin move`'s
+    /// first step), to send now.
+    pub fn take_output(&mut self) -> Vec<(SocketAddr, Msg)> {
+        std::mem::take(&mut self.pending_out)
+    }
+
     /// The answer of a manager that does not lead, if this one does not.
     fn redirect(&self, req: u64, now: Instant) -> Option<Msg> {
         match self.leadership {
@@ -324,7 +440,10 @@ impl ManagerCore {
     /// Handles one request received at `now`; returns the reply, if any.
     pub fn handle(&mut self, msg: Msg, now: Instant) -> Option<Msg> {
         match msg {
-            Msg::GetMap { req, .. } | Msg::Status { req } | Msg::ServerAdmin { req, .. }
+            Msg::GetMap { req, .. }
+            | Msg::Status { req }
+            | Msg::ServerAdmin { req, .. }
+            | Msg::MoveReplica { req, .. }
                 if self.redirect(req, now).is_some() =>
             {
                 self.redirect(req, now)
@@ -348,18 +467,27 @@ impl ManagerCore {
                 join,
                 replicas,
             } => {
-                let mut result = self.register(node_id, addr, join);
+                let result = self.register(node_id, addr, join);
                 if result.is_ok() {
                     self.seen_epoch = self.seen_epoch.max(epoch);
                     let learned = self.learn(node_id, &replicas);
                     if learned || self.map.epoch < epoch {
                         self.bump_epoch();
                     }
-                    result = Ok(self.map.clone());
                     self.heartbeats.record(node_id, replicas, now);
                 }
                 // Another manager leads: it answers (with the map, or why not).
-                self.leads(now).then_some(Msg::RegisterReply { result })
+                if !self.leads(now) {
+                    return None;
+                }
+                Some(match result {
+                    Err(e) => Msg::RegisterReply { result: Err(e) },
+                    // The server's map is current: no need to send it.
+                    Ok(()) if epoch == self.map.epoch => Msg::Registered { epoch },
+                    Ok(()) => Msg::RegisterReply {
+                        result: Ok(self.map.clone()),
+                    },
+                })
             }
             Msg::Status { req } => {
                 let mut status = self.heartbeats.status(&self.map, now);
@@ -367,6 +495,7 @@ impl ManagerCore {
                     s.draining = self.draining.contains(&s.id);
                 }
                 status.managers = self.managers_info(now);
+                status.moves = self.moves_info(now);
                 Some(Msg::StatusReply { req, status })
             }
             Msg::ServerAdmin { req, node, action } => {
@@ -379,6 +508,15 @@ impl ManagerCore {
                 });
                 Some(Msg::AdminReply { req, result })
             }
+            Msg::MoveReplica {
+                req,
+                partition,
+                from,
+                to,
+            } => Some(Msg::AdminReply {
+                req,
+                result: self.move_replica(partition, from, to, now),
+            }),
             Msg::AdminReply { req, result } => {
                 // A leader's answer to a membership change we asked for.
                 if let Err(why) = result {
@@ -569,8 +707,10 @@ impl ManagerCore {
                 Some(Step::Change(ConfChange::Remove(l)))
             } else if let Some(&l) = learners.first() {
                 Some(Step::Change(ConfChange::AddVoter(l)))
-            } else if voters.len() > target && draining.contains(&leader) {
-                // The draining leader is the one to go: hand its
+            } else if voters.len() > target
+                && (draining.contains(&leader) || self.leaving.get(&id) == Some(&leader))
+            {
+                // The draining (or moved) leader is the one to go: hand its
                 // leadership over first (a leader is never removed).
                 voters
                     .iter()
@@ -620,6 +760,7 @@ impl ManagerCore {
         // A settled partition is moving no more (done, or refused).
         for (id, _) in &settled {
             self.leaving.remove(id);
+            self.operator_moves.remove(id);
         }
         // A replica on its way out no longer counts where it is leaving.
         for (id, n) in &self.leaving {
@@ -898,12 +1039,7 @@ impl ManagerCore {
         }
     }
 
-    fn register(
-        &mut self,
-        node_id: NodeId,
-        addr: SocketAddr,
-        join: bool,
-    ) -> Result<PartitionMap, String> {
+    fn register(&mut self, node_id: NodeId, addr: SocketAddr, join: bool) -> Result<(), String> {
         if addr.ip().is_unspecified() {
             return Err(format!(
                 "server {node_id} advertised {addr}, which others cannot dial; set --advertise-addr"
@@ -937,7 +1073,7 @@ impl ManagerCore {
             tracing::info!(node_id, new = %addr, "server address changed");
             self.bump_epoch();
         }
-        Ok(self.map.clone())
+        Ok(())
     }
 }
 
@@ -1139,6 +1275,9 @@ pub async fn run_manager<R: Runtime, D: crate::rt::Disk>(
                     (msg, _) => {
                         if let Some(reply) = core.handle(msg, now) {
                             send(from, &reply);
+                        }
+                        for (to, msg) in core.take_output() {
+                            send(to, &msg);
                         }
                     }
                 }

@@ -149,6 +149,27 @@ pub struct ClusterStatus {
     pub partitions: Vec<PartitionInfo>,
     /// The control plane, as the manager that answered sees it.
     pub managers: ManagersInfo,
+    /// Membership changes under way (`admin moves`).
+    pub moves: Vec<MoveInfo>,
+}
+
+/// A partition whose replicas are moving (`admin moves`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveInfo {
+    pub partition: PartitionId,
+    /// What the manager last asked the partition's leader for, e.g.
+    /// `add learner 3`, `promote 3`, `remove 1`, `transfer leadership to 2`
+    /// (`None`: nothing asked right now, e.g. a learner still catching up).
+    pub step: Option<String>,
+    /// Milliseconds since that was asked.
+    pub asked_ms: Option<u64>,
+    /// Replicas being added (learners catching up).
+    pub learners: Vec<NodeId>,
+    /// The server the partition is moving away from, if known.
+    pub leaving: Option<NodeId>,
+    /// Why: `repair` (a dead or draining server), `balance`, or
+    /// `operator` (`admin move`).
+    pub reason: String,
 }
 
 /// The managers (`admin managers`).
@@ -300,6 +321,7 @@ impl Heartbeats {
             servers,
             partitions,
             managers: ManagersInfo::default(),
+            moves: Vec::new(),
         }
     }
 }

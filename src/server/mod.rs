@@ -330,6 +330,12 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
                 tracing::warn!(%from, "ignoring a registration reply that did not come from a manager");
             }
             Msg::NotManagerLeader { .. } => {} // another manager answers
+            Msg::Registered { .. } if self.config.managers.contains(&from) => {
+                // Our map is current.
+                if let Some(notice) = self.manager.replied(self.rt.now()) {
+                    self.log_contact(notice);
+                }
+            }
             Msg::RegisterReply { result: Ok(map) } if map.validate().is_err() => {
                 tracing::error!(
                     "ignoring an invalid partition map from the manager: {:?}",
@@ -1185,11 +1191,13 @@ mod tests {
                     join: false,
                     replicas: c.cores[i as usize].status(),
                 };
-                let Some(Msg::RegisterReply { result: Ok(map) }) = manager.handle(register, now)
-                else {
-                    panic!("registration refused");
-                };
-                c.cores[i as usize].install_map(map);
+                match manager.handle(register, now) {
+                    Some(Msg::RegisterReply { result: Ok(map) }) => {
+                        c.cores[i as usize].install_map(map)
+                    }
+                    Some(Msg::Registered { .. }) => {} // its map is current
+                    other => panic!("registration refused: {other:?}"),
+                }
             }
             c.pump();
             for (to, msg) in manager.plan(now) {

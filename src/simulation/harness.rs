@@ -209,6 +209,10 @@ fn drainer_ip() -> IpAddr {
     IpAddr::from([10, 0, 9, 3])
 }
 
+fn mover_ip() -> IpAddr {
+    IpAddr::from([10, 0, 9, 4])
+}
+
 /// Splits the [`FaultKind::Split`] operator asks for at most, per run.
 const SPLITS_MAX: usize = 8;
 
@@ -423,10 +427,15 @@ pub enum FaultKind {
     /// are left for 3 replicas, it must hold no replica (check
     /// `control-plane`).
     Drain,
+    /// An operator moves replicas by hand (`admin move`): every 1–4 s until
+    /// healed, a random partition's random voter to a live server without
+    /// one (a learner there, promoted, then the old one removed; a leader's
+    /// leadership handed over first).
+    Move,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 17] = [
+    pub const ALL: [FaultKind; 18] = [
         FaultKind::Kill,
         FaultKind::Clog,
         FaultKind::Manager,
@@ -444,6 +453,7 @@ impl FaultKind {
         FaultKind::Split,
         FaultKind::Join,
         FaultKind::Drain,
+        FaultKind::Move,
     ];
 
     pub fn name(self) -> &'static str {
@@ -465,6 +475,7 @@ impl FaultKind {
             FaultKind::Split => "split",
             FaultKind::Join => "join",
             FaultKind::Drain => "drain",
+            FaultKind::Move => "move",
         }
     }
 
@@ -1669,6 +1680,10 @@ pub async fn scenario_with(config: Config) -> Summary {
             })
             .build();
     }
+    if enabled.contains(FaultKind::Move) {
+        let node = handle.create_node().name("mover").ip(mover_ip()).build();
+        node.spawn(mover_main(shared.clone()));
+    }
     if drain.is_some() {
         let node = handle
             .create_node()
@@ -2211,6 +2226,49 @@ async fn admin_main(shared: Arc<Shared>) {
         }
         if outcome.is_ok() {
             stats::count(Event::LeaderTransfer);
+        }
+    }
+}
+
+/// The operator of [`FaultKind::Move`]: until healed, moves a random
+/// partition's random voter to a live server that holds no replica of it.
+async fn mover_main(shared: Arc<Shared>) {
+    use crate::manager::status::ServerState;
+    let Ok(client) = Client::connect(SimRuntime, shared.client_config.clone()).await else {
+        return; // The manager is down for long: no operator today.
+    };
+    let mut rng = madsim::rand::thread_rng();
+    while !shared.healed.load(Ordering::SeqCst) {
+        sleep(Duration::from_millis(rng.gen_range(1000..=4000))).await;
+        if shared.healed.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(status) = client.cluster_status().await else {
+            continue;
+        };
+        let p = &status.partitions[rng.gen_range(0..status.partitions.len())];
+        let targets: Vec<crate::map::NodeId> = status
+            .servers
+            .iter()
+            .filter(|s| s.state == ServerState::Up && !s.draining)
+            .map(|s| s.id)
+            .filter(|n| !p.replicas.contains(n) && !p.learners.contains(n))
+            .collect();
+        if targets.is_empty() || p.replicas.is_empty() {
+            continue;
+        }
+        let from = p.replicas[rng.gen_range(0..p.replicas.len())];
+        let to = targets[rng.gen_range(0..targets.len())];
+        let outcome = client.move_replica(p.id, from, to).await;
+        if shared.trace {
+            eprintln!(
+                "[sim] {:.3?} mover: move partition {} from server {from} to {to}: {outcome:?}",
+                shared.elapsed(),
+                p.id
+            );
+        }
+        if outcome.is_ok() {
+            stats::count(Event::OperatorMove);
         }
     }
 }

@@ -141,6 +141,22 @@ pub enum Msg {
         req: u64,
         leader: Option<SocketAddr>,
     },
+    /// Admin -> manager: move partition `partition`'s replica on server
+    /// `from` to server `to` (a learner there, promoted once caught up,
+    /// then the one on `from` removed). Answered with an `AdminReply` once
+    /// the move started (or why not).
+    MoveReplica {
+        req: u64,
+        partition: PartitionId,
+        from: NodeId,
+        to: NodeId,
+    },
+    /// Manager -> server: registration accepted, and the server's map
+    /// (`epoch`) is current, so none is sent (a `RegisterReply` carries the
+    /// map when the server's is older). At 30,000 partitions a map is
+    /// about 1.3 MB: sending it with every heartbeat cost the manager most
+    /// of its time and bandwidth.
+    Registered { epoch: u64 },
 }
 
 /// What `admin` asks the manager to do with a server ([`Msg::ServerAdmin`]).
@@ -299,6 +315,13 @@ mod tests {
                 req: 14,
                 leader: Some(addr),
             },
+            Msg::MoveReplica {
+                req: 15,
+                partition: 2,
+                from: 1,
+                to: 3,
+            },
+            Msg::Registered { epoch: 9 },
             Msg::RegisterReply {
                 result: Err("no".into()),
             },
