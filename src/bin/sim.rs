@@ -119,6 +119,14 @@ struct Args {
     /// passed (by default it fails: an unchecked history proves nothing).
     #[arg(long)]
     allow_give_up: bool,
+    /// Instead of the fault scenario: the scale scenario (`distkv::simulation::scale`)
+    /// for --seed, with SERVERS,TABLES,JOINS[,lose] (e.g. 30,100,3,lose: 3,000 partitions on 30
+    /// servers, 3 joining at 10 s, server 0 lost at 20 s); prints when the placement converged.
+    #[arg(long, value_name = "SHAPE")]
+    scale: Option<String>,
+    /// With --scale: how long (simulated seconds) to wait for convergence.
+    #[arg(long, default_value_t = 600)]
+    scale_bound_s: u64,
     /// Internal: run exactly one seed in one mode and print its outcome as
     /// one JSON line (what the parent runner starts per run).
     #[arg(long, hide = true)]
@@ -587,10 +595,51 @@ fn print_report(args: &Args, report: &Report) {
     println!("  reproduce: {}", reproduce(args, report));
 }
 
+/// `sim --scale SERVERS,TABLES,JOINS[,lose]`: one run of the scale scenario.
+fn scale_main(args: &Args, shape: &str) -> ExitCode {
+    use distkv::simulation::scale::{scale_scenario, ScaleConfig};
+    let parts: Vec<&str> = shape.split(',').collect();
+    let num = |i: usize| parts.get(i).and_then(|s| s.parse::<usize>().ok());
+    let (Some(servers), Some(tables), Some(joins)) = (num(0), num(1), num(2)) else {
+        eprintln!("error: --scale wants SERVERS,TABLES,JOINS[,lose], e.g. 30,100,3,lose");
+        return ExitCode::from(2);
+    };
+    if servers < 3 || servers + joins > 40_000 || tables == 0 {
+        eprintln!("error: --scale needs at least 3 servers and one table");
+        return ExitCode::from(2);
+    }
+    let config = ScaleConfig {
+        servers,
+        tables,
+        joins,
+        lose: parts.get(3) == Some(&"lose"),
+        bound: Duration::from_secs(args.scale_bound_s),
+    };
+    println!("sim --scale: seed {}, {config:?}", args.seed);
+    let wall = Instant::now();
+    let rt = Runtime::with_seed_and_config(args.seed, madsim::Config::default());
+    let report = rt.block_on(scale_scenario(config));
+    println!("{report:?}");
+    println!("wall time {:.1?}", wall.elapsed());
+    match report.converged_at {
+        Some(at) => {
+            println!("converged at {at:.1?} (simulated)");
+            ExitCode::SUCCESS
+        }
+        None => {
+            println!("did not converge within {} s", args.scale_bound_s);
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Arc::new(Args::parse());
     if args.child {
         return child_main(&args);
+    }
+    if let Some(shape) = &args.scale {
+        return scale_main(&args, shape);
     }
     let Some(end) = args.seed.checked_add(args.seeds) else {
         eprintln!("error: --seed + --seeds overflows u64");

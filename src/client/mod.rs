@@ -667,13 +667,7 @@ impl<R: Runtime> Client<R> {
                 )));
             }
             let wait = config.attempt_timeout.min(deadline - now);
-            let held = self
-                .inner
-                .map
-                .lock()
-                .unwrap()
-                .as_ref()
-                .map_or(0, |m| m.epoch);
+            let held = self.map_epoch();
             let get = |req| Msg::GetMap { req, epoch: held };
             let answer = self.call(manager, get, wait).await;
             if let Ok(Answer::Reply(Msg::NotManagerLeader { leader, .. })) = answer {
@@ -802,15 +796,15 @@ impl<R: Runtime> Client<R> {
         }
     }
 
+    /// The epoch of the map held (0: none yet).
+    fn map_epoch(&self) -> u64 {
+        let map = self.inner.map.lock().unwrap();
+        map.as_ref().map_or(0, |m| m.epoch)
+    }
+
     /// Remembers (or forgets, with `None`) who leads `partition`.
     fn set_leader(&self, partition: PartitionId, leader: Option<NodeId>) {
-        let epoch = self
-            .inner
-            .map
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map_or(0, |m| m.epoch);
+        let epoch = self.map_epoch();
         let mut leaders = self.inner.leaders.lock().unwrap();
         match leader {
             Some(l) => leaders.insert(partition, (l, epoch)),

@@ -105,8 +105,9 @@ pub const PLAN_INTERVAL: Duration = Duration::from_secs(1);
 /// is asked again after this long.
 const MOVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Partitions at most being moved at once to even out replica counts
-/// (repairs are not limited): each move copies a partition.
+/// Partitions at most being moved at once to even out replica counts, in a
+/// cluster of up to 8 servers (half the servers in a larger one; repairs
+/// are not limited): each move copies a partition.
 const BALANCE_MOVES_MAX: usize = 4;
 
 /// A partition moved to even out replica counts is not moved again for
@@ -630,7 +631,8 @@ impl ManagerCore {
     /// bring every partition to the configured replica count, and move
     /// leaderships off draining servers. Then balance: while the live
     /// servers' replica counts differ by more than one, move a replica from
-    /// the fullest to the emptiest (at most [`BALANCE_MOVES_MAX`] at once);
+    /// the fullest to the emptiest (at most [`BALANCE_MOVES_MAX`] at once,
+    /// or half the live servers if more);
     /// while their leader counts do, hand a leadership over.
     pub fn plan(&mut self, now: Instant) -> Vec<(SocketAddr, Msg)> {
         let mut leaders: BTreeMap<PartitionId, (u64, NodeId)> = BTreeMap::new();
@@ -771,8 +773,11 @@ impl ManagerCore {
             }
         }
         let mut moving = self.leaving.len();
+        // More at once in a larger cluster (a join must not take an hour),
+        // about two per server that can take one.
+        let moves_max = BALANCE_MOVES_MAX.max(load.len() / 2);
         for &(id, leader) in &settled {
-            if moving >= BALANCE_MOVES_MAX {
+            if moving >= moves_max {
                 break;
             }
             let (Some((&min_n, &min_l)), Some((&max_n, &max_l))) = (

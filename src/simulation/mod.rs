@@ -26,3 +26,4 @@
 
 pub mod harness;
 pub mod model;
+pub mod scale;
