@@ -82,7 +82,10 @@ fn parse_table(s: &str) -> Result<(String, u64), String> {
 fn control_config(args: &Args) -> Option<ControlConfig> {
     if args.peers.is_empty() {
         if args.persistence || args.node_id != 0 {
-            eprintln!("error: --persistence and --node-id need --peers (several managers)");
+            eprintln!(
+                "error: --persistence and --node-id need --peers (the managers' control group; \
+                 one address for a single manager whose drains and removals survive restarts)"
+            );
             std::process::exit(2);
         }
         return None;

@@ -112,6 +112,9 @@ struct Inner<R: Runtime> {
     map: Mutex<Option<Arc<PartitionMap>>>,
     /// The manager asked first: the control plane's leader, as last seen.
     manager: Mutex<SocketAddr>,
+    /// The position in `config.managers` of the last listed manager asked
+    /// (a redirect may name an address the list does not have).
+    listed: AtomicU64,
     /// The leader last seen for each partition.
     /// With the epoch of the map held when it was learned.
     leaders: Mutex<HashMap<PartitionId, (NodeId, u64)>>,
@@ -370,6 +373,7 @@ impl<R: Runtime> Client<R> {
             rt: rt.clone(),
             net,
             manager: Mutex::new(config.managers[0]),
+            listed: AtomicU64::new(0),
             map: Mutex::new(config.fixed_map.clone().map(Arc::new)),
             config,
             leaders: Mutex::new(HashMap::new()),
@@ -501,6 +505,9 @@ impl<R: Runtime> Client<R> {
                 Err(ClientError::Unavailable(why)) if config.managers.len() > 1 => {
                     last = why;
                     self.next_manager(addr, None);
+                    // A refused connection fails at once: no busy loop.
+                    let now = rt.now().min(deadline);
+                    rt.sleep(config.retry_backoff.min(deadline - now)).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -512,8 +519,15 @@ impl<R: Runtime> Client<R> {
     fn next_manager(&self, failed: SocketAddr, hint: Option<SocketAddr>) {
         let managers = &self.inner.config.managers;
         let next = hint.filter(|&h| h != failed).unwrap_or_else(|| {
-            let i = managers.iter().position(|&m| m == failed);
-            managers[i.map_or(0, |i| (i + 1) % managers.len())]
+            // After the listed manager asked last (the failed one, or the
+            // one before a redirect to an address the list lacks).
+            let i = managers
+                .iter()
+                .position(|&m| m == failed)
+                .unwrap_or(self.inner.listed.load(Ordering::Relaxed) as usize);
+            let i = (i + 1) % managers.len();
+            self.inner.listed.store(i as u64, Ordering::Relaxed);
+            managers[i]
         });
         *self.inner.manager.lock().unwrap() = next;
     }

@@ -55,6 +55,11 @@ pub const LEASE_HOLD: Duration = Duration::from_secs(3);
 /// A lease seen unchanged for this long is taken over.
 pub const TAKEOVER_AFTER: Duration = Duration::from_secs(6);
 
+/// A manager claims the lease (also its own, after a restart) only once it
+/// has run this long: two heartbeat intervals, so it has every server's
+/// report (memberships, splits, joined servers) before it hands maps out.
+pub const WARMUP: Duration = Duration::from_secs(2);
+
 /// Configuration of a manager that is one of several (`--peers`).
 #[derive(Clone, Debug)]
 pub struct ControlConfig {
@@ -178,6 +183,30 @@ pub struct Round {
     pub leader: Option<SocketAddr>,
     /// The highest map epoch the lease recorded.
     pub epoch: u64,
+    /// While this manager leads: the lease counter at which it took the
+    /// lease (its term: a new leader's is above every earlier one's).
+    pub term: Option<u64>,
+}
+
+impl ControlState {
+    /// This state after `action` on `node` (`admin drain`, `undrain`,
+    /// `remove-server`).
+    pub fn with(mut self, node: NodeId, action: crate::wire::ServerAction) -> ControlState {
+        use crate::wire::ServerAction;
+        match action {
+            ServerAction::Drain => {
+                self.draining.insert(node);
+            }
+            ServerAction::Undrain => {
+                self.draining.remove(&node);
+            }
+            ServerAction::Remove => {
+                self.draining.remove(&node);
+                self.removed.insert(node);
+            }
+        }
+        self
+    }
 }
 
 /// The side of a manager that talks to the control group: reads the state,
@@ -191,8 +220,11 @@ pub struct Worker<R: Runtime> {
     my_addr: SocketAddr,
     /// The lease's value as last read, and since when (our clock).
     seen: Option<(Option<Vec<u8>>, Instant)>,
-    /// The lease value we last wrote, while we hold it.
+    /// The lease value we last wrote, while we hold it, and the counter at
+    /// which we took it.
     held: Option<Vec<u8>>,
+    term: Option<u64>,
+    started: Instant,
 }
 
 impl<R: Runtime> Worker<R> {
@@ -209,6 +241,7 @@ impl<R: Runtime> Worker<R> {
         // A round must end well within a lease.
         client_config.command_timeout = Duration::from_millis(1500);
         client_config.attempt_timeout = Duration::from_millis(500);
+        let rt_now = rt.now();
         let client = Client::connect(rt.clone(), client_config).await?;
         let session = client.session();
         Ok(Worker {
@@ -219,6 +252,8 @@ impl<R: Runtime> Worker<R> {
             my_addr,
             seen: None,
             held: None,
+            term: None,
+            started: rt_now,
         })
     }
 
@@ -238,12 +273,13 @@ impl<R: Runtime> Worker<R> {
             leads_until: None,
             leader: None,
             epoch: 0,
+            term: None,
         };
         let results = match self.session.execute(read).await {
             Ok(results) => results,
             Err(e) => {
                 tracing::debug!("control group read failed: {e}");
-                self.held = None;
+                self.lose();
                 return round;
             }
         };
@@ -271,21 +307,23 @@ impl<R: Runtime> Worker<R> {
         }
         let unchanged_since = self.seen.as_ref().map_or(start, |&(_, at)| at);
         // Ours: we wrote it, or (restarted) we held it before; the CHECK
-        // makes a stale claim fail.
+        // makes a stale claim fail. Nothing is claimed while warming up.
+        let warm = start.saturating_duration_since(self.started) >= WARMUP;
         let ours = raw.is_some()
             && (self.held == raw || lease.as_ref().is_some_and(|l| l.holder == self.me));
         let expired =
             lease.is_none() || start.saturating_duration_since(unchanged_since) >= TAKEOVER_AFTER;
-        tracing::debug!(?lease, ours, expired, "control round");
-        if !ours && !expired {
-            self.held = None;
-            round.leader = lease.map(|l| l.addr);
+        tracing::debug!(?lease, ours, expired, warm, "control round");
+        if !warm || (!ours && !expired) {
+            self.lose();
+            round.leader = lease.filter(|l| l.holder != self.me).map(|l| l.addr);
             return round;
         }
+        let counter = lease.as_ref().map_or(0, |l| l.counter) + 1;
         let next = Lease {
             holder: self.me,
             addr: self.my_addr,
-            counter: lease.as_ref().map_or(0, |l| l.counter) + 1,
+            counter,
             epoch: epoch.max(round.epoch),
         }
         .encode();
@@ -308,30 +346,79 @@ impl<R: Runtime> Worker<R> {
                         "this manager now leads the control plane"
                     );
                 }
+                // A continuing hold keeps its term; a new one (taken
+                // over, or reclaimed after a restart) starts one.
+                if self.held.is_none() || self.term.is_none() {
+                    self.term = Some(counter);
+                }
                 self.seen = Some((Some(next.clone()), start));
                 self.held = Some(next);
                 round.leads_until = Some(start + LEASE_HOLD);
+                round.term = self.term;
             }
             Err(e) => {
                 if ours {
                     tracing::warn!("this manager could not renew its lease: {e}");
                 }
-                self.held = None;
+                self.lose();
                 round.leader = lease.filter(|l| l.holder != self.me).map(|l| l.addr);
             }
         }
         round
     }
 
-    /// Records `state`, if this manager still holds the lease.
-    pub async fn write(&mut self, state: &ControlState) -> Result<(), String> {
+    /// This manager does not (or no longer) hold the lease.
+    fn lose(&mut self) {
+        self.held = None;
+        self.term = None;
+    }
+
+    /// Records `action` on `node` in the control group, if this manager
+    /// still holds the lease: reads the sets as stored and writes them back
+    /// changed, guarded by the lease and by the values read (so no two
+    /// writes overwrite each other). Returns the state recorded.
+    pub async fn apply(
+        &mut self,
+        node: NodeId,
+        action: crate::wire::ServerAction,
+    ) -> Result<ControlState, String> {
+        let not_leader = || "this manager no longer leads the control plane; retry".to_string();
         let Some(held) = self.held.clone() else {
-            return Err("this manager no longer leads the control plane; retry".into());
+            return Err(not_leader());
         };
+        let read = vec![
+            Op::Get {
+                key: draining_key(),
+            },
+            Op::Get { key: removed_key() },
+        ];
+        let results = self
+            .session
+            .execute(read)
+            .await
+            .map_err(|e| format!("the control group did not answer: {e}"))?;
+        let value = |i: usize| match results.get(i) {
+            Some(OpResult::Get(v)) => v.clone(),
+            _ => None,
+        };
+        let (old_draining, old_removed) = (value(0), value(1));
+        let state = ControlState {
+            draining: decode_set(old_draining.as_deref())?,
+            removed: decode_set(old_removed.as_deref())?,
+        }
+        .with(node, action);
         let ops = vec![
             Op::Check {
                 key: lease_key(),
                 expected: Some(held),
+            },
+            Op::Check {
+                key: draining_key(),
+                expected: old_draining,
+            },
+            Op::Check {
+                key: removed_key(),
+                expected: old_removed,
             },
             Op::Put {
                 key: draining_key(),
@@ -343,10 +430,13 @@ impl<R: Runtime> Worker<R> {
             },
         ];
         match self.session.execute(ops).await {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(state),
+            Err(ClientError::CheckFailed { index: 0, .. }) => {
+                self.lose();
+                Err(not_leader())
+            }
             Err(ClientError::CheckFailed { .. }) => {
-                self.held = None;
-                Err("this manager no longer leads the control plane; retry".into())
+                Err("the control state changed meanwhile; retry".into())
             }
             Err(e) => Err(format!("the control group did not record it: {e}")),
         }
@@ -392,6 +482,20 @@ mod tests {
         assert_eq!(decode_set(None), Ok(BTreeSet::new()));
         assert!(decode_set(Some(b"nodes:1,x")).is_err());
         assert!(decode_set(Some(b"1,2")).is_err());
+    }
+
+    #[test]
+    fn admin_actions_change_the_stored_sets() {
+        use crate::wire::ServerAction;
+        let s = ControlState::default()
+            .with(1, ServerAction::Drain)
+            .with(2, ServerAction::Drain);
+        assert_eq!(s.draining, [1, 2].into());
+        let s = s
+            .with(1, ServerAction::Undrain)
+            .with(2, ServerAction::Remove);
+        assert!(s.draining.is_empty());
+        assert_eq!(s.removed, [2].into());
     }
 
     #[test]

@@ -183,6 +183,9 @@ enum Leadership {
     Lease {
         me: NodeId,
         peers: Vec<SocketAddr>,
+        /// The lease counter at which this manager took the lease (while
+        /// it holds it).
+        term: Option<u64>,
         until: Option<Instant>,
         /// The leader's client address, when another manager leads.
         leader: Option<SocketAddr>,
@@ -223,6 +226,7 @@ impl ManagerCore {
         self.leadership = Leadership::Lease {
             me,
             peers,
+            term: None,
             until: None,
             leader: None,
         };
@@ -251,26 +255,33 @@ impl ManagerCore {
     /// What a control-plane round found: until when this manager leads (or
     /// who does), the highest map epoch the lease recorded, and the state
     /// the control group holds (`None`: unread; keep ours).
-    pub fn lease(
-        &mut self,
-        now: Instant,
-        until: Option<Instant>,
-        leader: Option<SocketAddr>,
-        epoch: u64,
-        state: Option<ControlState>,
-    ) {
-        let was = self.leads(now);
+    pub fn lease(&mut self, now: Instant, round: control::Round) {
+        let control::Round {
+            state,
+            leads_until: until,
+            leader,
+            epoch,
+            term,
+        } = round;
         self.seen_epoch = self.seen_epoch.max(epoch);
+        let mut new_term = false;
         if let Leadership::Lease {
             until: u,
             leader: l,
+            term: t,
             ..
         } = &mut self.leadership
         {
             (*u, *l) = (until, leader);
+            new_term = term.is_some() && term != *t;
+            *t = term;
         }
-        if !was && self.leads(now) {
-            // Above every map the previous leader handed out.
+        if new_term && self.leads(now) {
+            // Above every map an earlier leader handed out: its epochs are
+            // below its own term's floor, and terms only grow (a deposed
+            // leader still numbering maps stays below ours).
+            let floor = term.unwrap_or(0).min(u64::MAX >> 33) << 32;
+            self.seen_epoch = self.seen_epoch.max(floor);
             self.bump_epoch();
             self.moves.clear();
             crate::stats::count(crate::stats::Event::ManagerLeads);
@@ -980,7 +991,7 @@ impl ManagerCore {
         action: ServerAction,
         now: Instant,
     ) -> Result<(String, ControlState), String> {
-        let mut state = self.control_state();
+        let state = self.control_state().with(node, action);
         if !self.map.servers.contains_key(&node) {
             return Err(format!("there is no server {node} (see `admin servers`)"));
         }
@@ -1010,7 +1021,6 @@ impl ManagerCore {
                         self.replicas
                     ));
                 }
-                state.draining.insert(node);
                 tracing::info!(node, holds, "draining a server");
                 Ok((
                     format!(
@@ -1021,26 +1031,19 @@ impl ManagerCore {
                     state,
                 ))
             }
-            ServerAction::Undrain => {
-                state.draining.remove(&node);
-                Ok((format!("server {node} is no longer draining"), state))
-            }
+            ServerAction::Undrain => Ok((format!("server {node} is no longer draining"), state)),
             ServerAction::Remove if holds > 0 => Err(format!(
                 "server {node} still holds {holds} replicas: drain it first \
                  (admin drain --node {node}) and wait until it holds none"
             )),
-            ServerAction::Remove => {
-                state.draining.remove(&node);
-                state.removed.insert(node);
-                Ok((
-                    format!(
-                        "server {node} is removed from the cluster; stop its process (its \
+            ServerAction::Remove => Ok((
+                format!(
+                    "server {node} is removed from the cluster; stop its process (its \
                          --join, if any, is refused from now on) and take it off the manager's \
                          --servers"
-                    ),
-                    state,
-                ))
-            }
+                ),
+                state,
+            )),
         }
     }
 
@@ -1088,7 +1091,8 @@ enum ControlJob {
         epoch: u64,
     },
     Write {
-        state: ControlState,
+        node: NodeId,
+        action: ServerAction,
         to: SocketAddr,
         req: u64,
         text: String,
@@ -1099,7 +1103,7 @@ enum ControlJob {
 enum ControlDone {
     Round(control::Round),
     Written {
-        state: ControlState,
+        state: Option<ControlState>,
         to: SocketAddr,
         req: u64,
         result: Result<String, String>,
@@ -1131,6 +1135,16 @@ pub async fn run_manager<R: Runtime, D: crate::rt::Disk>(
     let (stopped_tx, mut stopped_rx) = tokio::sync::mpsc::unbounded_channel::<io::Error>();
     let mut jobs = None;
     if let Some(control) = &config.control {
+        if control.node_id as usize >= control.peers.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "manager node id {} is not a position in its {} peers",
+                    control.node_id,
+                    control.peers.len()
+                ),
+            ));
+        }
         core = core.replicated(control.node_id, control.peers.clone());
         let server = crate::server::run_server(rt.clone(), disk, control.server_config());
         let stopped = stopped_tx.clone();
@@ -1162,12 +1176,16 @@ pub async fn run_manager<R: Runtime, D: crate::rt::Disk>(
                 let out = match job {
                     ControlJob::Round { epoch } => ControlDone::Round(worker.round(epoch).await),
                     ControlJob::Write {
-                        state,
+                        node,
+                        action,
                         to,
                         req,
                         text,
                     } => {
-                        let result = worker.write(&state).await.map(|()| text);
+                        let (state, result) = match worker.apply(node, action).await {
+                            Ok(state) => (Some(state), Ok(text)),
+                            Err(e) => (None, Err(e)),
+                        };
                         ControlDone::Written {
                             state,
                             to,
@@ -1231,8 +1249,11 @@ pub async fn run_manager<R: Runtime, D: crate::rt::Disk>(
             }
             Event::Control(ControlDone::Round(round)) => {
                 round_pending = false;
-                let state = round.state.filter(|_| writes_pending == 0);
-                core.lease(now, round.leads_until, round.leader, round.epoch, state);
+                let mut round = round;
+                if writes_pending > 0 {
+                    round.state = None; // read before a write of ours landed
+                }
+                core.lease(now, round);
             }
             Event::Control(ControlDone::Written {
                 state,
@@ -1241,7 +1262,7 @@ pub async fn run_manager<R: Runtime, D: crate::rt::Disk>(
                 result,
             }) => {
                 writes_pending -= 1;
-                if result.is_ok() {
+                if let Some(state) = state {
                     core.apply_control(state);
                 }
                 send(to, &Msg::AdminReply { req, result });
@@ -1266,10 +1287,13 @@ pub async fn run_manager<R: Runtime, D: crate::rt::Disk>(
                                     result: Err(e),
                                 },
                             ),
-                            Ok((text, state)) => {
+                            // Checked against our view; recorded as a change
+                            // of the stored sets (so concurrent ones both land).
+                            Ok((text, _)) => {
                                 writes_pending += 1;
                                 let _ = jobs.send(ControlJob::Write {
-                                    state,
+                                    node,
+                                    action,
                                     to: from,
                                     req,
                                     text,
