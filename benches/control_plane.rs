@@ -68,7 +68,7 @@ fn measure(servers: usize, partitions: usize, rounds: u32) -> Round {
         .collect();
     // Tables of `servers` partitions each (one per server, as `build` makes).
     let tables: Vec<(String, u64)> = (0..partitions / servers)
-        .map(|t| (format!("t{}", table_name(t)), servers as u64 * 1000))
+        .map(|t| (distkv::key::numbered_table_name(t), servers as u64 * 1000))
         .collect();
     let map = PartitionMap::build(&tables, &addrs, 3).expect("a valid map");
     let start = Instant::now();
@@ -147,18 +147,4 @@ fn measure(servers: usize, partitions: usize, rounds: u32) -> Round {
         bytes_out,
         map_bytes,
     }
-}
-
-/// Table names are letters only: 0 -> a, 25 -> z, 26 -> ba, ...
-fn table_name(mut n: usize) -> String {
-    let mut s = Vec::new();
-    loop {
-        s.push(b'a' + (n % 26) as u8);
-        n /= 26;
-        if n == 0 {
-            break;
-        }
-    }
-    s.reverse();
-    String::from_utf8(s).unwrap()
 }

@@ -40,6 +40,22 @@ pub fn is_valid_table_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_')
 }
 
+/// A valid table name for number `n`, for generated tables (benchmarks,
+/// simulations): `t` then `n` in letters, `ta`, `tb`, ..., `tz`, `tba`, ...
+pub fn numbered_table_name(mut n: usize) -> String {
+    let mut letters = Vec::new();
+    loop {
+        letters.push(b'a' + (n % 26) as u8);
+        n /= 26;
+        if n == 0 {
+            break;
+        }
+    }
+    letters.push(b't');
+    letters.reverse();
+    String::from_utf8(letters).expect("ASCII letters")
+}
+
 impl Key {
     pub fn new(table: impl Into<String>, num: u64) -> Key {
         Key {
@@ -88,6 +104,16 @@ impl fmt::Display for Key {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn numbered_table_names_are_valid_and_distinct() {
+        let names: Vec<String> = (0..1000).map(super::numbered_table_name).collect();
+        assert_eq!(&names[..3], ["ta", "tb", "tc"]);
+        assert_eq!(names[26], "tba");
+        assert!(names.iter().all(|n| super::is_valid_table_name(n)));
+        let distinct: std::collections::BTreeSet<&String> = names.iter().collect();
+        assert_eq!(distinct.len(), names.len());
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -72,7 +72,7 @@ pub async fn scale_scenario(config: ScaleConfig) -> ScaleReport {
     let handle = madsim::runtime::Handle::current();
     let n = config.servers;
     let tables: Vec<(String, u64)> = (0..config.tables)
-        .map(|t| (format!("t{}", letters(t)), n as u64 * 100))
+        .map(|t| (crate::key::numbered_table_name(t), n as u64 * 100))
         .collect();
     let manager_config = ManagerConfig {
         listen_addr: manager_addr(),
@@ -240,18 +240,4 @@ fn summarize(status: &ClusterStatus, lost: Option<u64>) -> ScaleReport {
             .count(),
         changes: 0,
     }
-}
-
-/// Table names are letters only: 0 -> a, 25 -> z, 26 -> ba, ...
-fn letters(mut n: usize) -> String {
-    let mut s = Vec::new();
-    loop {
-        s.push(b'a' + (n % 26) as u8);
-        n /= 26;
-        if n == 0 {
-            break;
-        }
-    }
-    s.reverse();
-    String::from_utf8(s).unwrap()
 }
