@@ -1,5 +1,5 @@
 //! A replicated control plane on real processes (issue 11, item 2): three
-//! managers (`--peers`, `--persistence`) and four durable servers with
+//! managers (`--peers`, each with its control log in a `--data-dir`) and four durable servers with
 //! `--replicas 3`. The leading manager is killed: another takes over, and
 //! clients, servers and `admin` (given every manager's address) go on. A
 //! drain asked of the new leader moves every replica off the server; then
@@ -52,7 +52,6 @@ fn the_control_plane_survives_its_leader_and_a_restart_of_every_manager() {
         &[
             "--replicas",
             "3",
-            "--persistence",
             "--dead-after-ms",
             "3000",
         ],

@@ -50,12 +50,9 @@ struct Args {
     /// This manager's position in --peers.
     #[arg(long, default_value_t = 0)]
     node_id: u64,
-    /// With --peers: keep the control group's log on disk, so drains and removals survive a
-    /// restart of every manager (without it they survive while a majority of managers runs).
-    #[arg(long)]
-    persistence: bool,
-    /// Directory for the control group's log and snapshots with --persistence
-    /// [default: ./manager<NODE_ID>].
+    /// With --peers: the directory for the control group's log and snapshots (always on disk:
+    /// drains and removals survive a restart of every manager, and a manager that restarts
+    /// never forgets what it acknowledged) [default: ./manager<NODE_ID>].
     #[arg(long)]
     data_dir: Option<PathBuf>,
 }
@@ -81,9 +78,9 @@ fn parse_table(s: &str) -> Result<(String, u64), String> {
 /// The control group this manager shares with its --peers, if any.
 fn control_config(args: &Args) -> Option<ControlConfig> {
     if args.peers.is_empty() {
-        if args.persistence || args.node_id != 0 {
+        if args.data_dir.is_some() || args.node_id != 0 {
             eprintln!(
-                "error: --persistence and --node-id need --peers (the managers' control group; \
+                "error: --data-dir and --node-id need --peers (the managers' control group; \
                  one address for a single manager whose drains and removals survive restarts)"
             );
             std::process::exit(2);
@@ -115,7 +112,7 @@ fn control_config(args: &Args) -> Option<ControlConfig> {
     Some(ControlConfig {
         node_id: args.node_id,
         peers: args.peers.clone(),
-        storage: args.persistence.then(|| StorageConfig {
+        storage: Some(StorageConfig {
             db_dir: dir.join("db"),
             log_dir: dir.join("log"),
             group_commit: GroupCommitConfig {

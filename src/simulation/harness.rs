@@ -1499,7 +1499,9 @@ pub async fn scenario_with(config: Config) -> Summary {
                 config.control = Some(crate::manager::control::ControlConfig {
                     node_id: i as u64,
                     peers: peers.clone(),
-                    storage: (mode == Mode::Durable).then(|| StorageConfig {
+                    // Always on disk: `--peers` keeps the control log
+                    // durable whatever the servers do.
+                    storage: Some(StorageConfig {
                         log_dir: "log".into(),
                         db_dir: "db".into(),
                         group_commit: GroupCommitConfig {
@@ -1793,7 +1795,7 @@ pub async fn scenario_with(config: Config) -> Summary {
                 *n += 1;
                 if *n == 1 {
                     handle.kill(managers[i]);
-                    if mode == Mode::Durable && managers.len() > 1 {
+                    if managers.len() > 1 {
                         manager_disks[i].crash(|n| rng.gen_range(0..n));
                     }
                     kills += 1;

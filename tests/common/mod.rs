@@ -244,7 +244,7 @@ impl Cluster {
         panic!("the cluster did not come up: {last_error}");
     }
 
-    /// `n` servers and `m` managers (`--peers`, each with `--persistence`
+    /// `n` servers and `m` managers (`--peers`, each with a `--data-dir`
     /// in the cluster's directory), the managers with `manager_args`.
     pub fn start_managers(n: usize, m: usize, persistence: bool, manager_args: &[&str]) -> Cluster {
         let mut last_error = String::new();
