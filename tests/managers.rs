@@ -45,17 +45,8 @@ fn server(cluster: &Cluster, id: u64) -> Value {
 
 #[test]
 fn the_control_plane_survives_its_leader_and_a_restart_of_every_manager() {
-    let mut cluster = Cluster::start_managers(
-        4,
-        3,
-        true,
-        &[
-            "--replicas",
-            "3",
-            "--dead-after-ms",
-            "3000",
-        ],
-    );
+    let mut cluster =
+        Cluster::start_managers(4, 3, true, &["--replicas", "3", "--dead-after-ms", "3000"]);
     let keys: Vec<String> = (0..40).map(|i| format!("customers{}", i * 25)).collect();
     let puts: String = keys.iter().map(|k| format!("PUT {k} v{k}\n")).collect();
     cluster.run_benchmark(&[], &puts);
