@@ -214,7 +214,7 @@ impl ControlState {
 /// time, in order.
 pub struct Worker<R: Runtime> {
     rt: R,
-    client: Client<R>,
+    /// Its own session (holding the client) on the control group.
     session: crate::client::Session<R>,
     me: NodeId,
     my_addr: SocketAddr,
@@ -246,7 +246,6 @@ impl<R: Runtime> Worker<R> {
         let session = client.session();
         Ok(Worker {
             rt,
-            client,
             session,
             me: config.node_id,
             my_addr,
@@ -440,10 +439,6 @@ impl<R: Runtime> Worker<R> {
             }
             Err(e) => Err(format!("the control group did not record it: {e}")),
         }
-    }
-
-    pub fn client(&self) -> &Client<R> {
-        &self.client
     }
 }
 

@@ -451,15 +451,18 @@ impl ManagerCore {
 
     /// Handles one request received at `now`; returns the reply, if any.
     pub fn handle(&mut self, msg: Msg, now: Instant) -> Option<Msg> {
-        match msg {
+        // Requests only the leading manager answers.
+        let asked = match &msg {
             Msg::GetMap { req, .. }
             | Msg::Status { req }
             | Msg::ServerAdmin { req, .. }
-            | Msg::MoveReplica { req, .. }
-                if self.redirect(req, now).is_some() =>
-            {
-                self.redirect(req, now)
-            }
+            | Msg::MoveReplica { req, .. } => Some(*req),
+            _ => None,
+        };
+        if let Some(redirect) = asked.and_then(|req| self.redirect(req, now)) {
+            return Some(redirect);
+        }
+        match msg {
             Msg::GetMap { req, epoch } => {
                 // A client holding a map of a manager before a restart
                 // takes ours only if its epoch is higher.

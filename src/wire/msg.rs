@@ -135,8 +135,9 @@ pub enum Msg {
     },
     /// Manager -> client, admin or server: this manager does not lead the
     /// control plane (`manager --peers`); ask `leader` (its client address,
-    /// if known), else another manager. Answers `GetMap`, `Status` and
-    /// `ServerAdmin` (with their `req`) and `Register` (`req` 0).
+    /// if known), else another manager. Answers `GetMap`, `Status`,
+    /// `ServerAdmin` and `MoveReplica` (with their `req`); a `Register` gets
+    /// no answer from a manager that does not lead (it only records it).
     NotManagerLeader {
         req: u64,
         leader: Option<SocketAddr>,
