@@ -448,23 +448,29 @@ fn catches_injected_txn_read_ignores_locks() {
 }
 
 /// Issue 11, item 9, small enough for every CI run: 12 servers, 300
-/// partitions, 2 servers joining at 10 s and server 0 lost for good at
-/// 20 s; the placement must converge (3 live voters per partition, no
-/// learner, a leader each, replica and leader counts within one of the
-/// mean) within 300 simulated seconds (85 s on seed 1). `sim --scale
-/// 30,100,3,lose` runs the 3,000-partition version (README).
+/// partitions, 2 servers joining at 10 s, 4 partitions written to and
+/// split from 12 s, and server 0 lost for good at 20 s; the placement
+/// must converge (3 live voters per partition, no learner, a leader each,
+/// ranges that tile every table, replica and leader counts within one of
+/// the mean) within 300 simulated seconds, and every written key must
+/// read back. `sim --scale 30,100,3,10,lose` runs the 3,000-partition
+/// version (README).
 #[test]
-fn a_larger_cluster_converges_after_joins_and_a_loss() {
+fn a_larger_cluster_converges_after_joins_splits_and_a_loss() {
     use distkv::simulation::scale::{scale_scenario, ScaleConfig};
     let rt = Runtime::with_seed_and_config(1, Config::default());
     let report = rt.block_on(scale_scenario(ScaleConfig {
         servers: 12,
         tables: 25,
         joins: 2,
+        splits: 4,
         lose: true,
         bound: std::time::Duration::from_secs(300),
     }));
-    assert_eq!(report.partitions, 300, "{report:?}");
+    assert_eq!(report.splits, 4, "{report:?}");
+    assert_eq!(report.partitions, 304, "{report:?}");
+    assert_eq!(report.keys_written, 80, "{report:?}");
+    assert_eq!(report.keys_lost, 0, "{report:?}");
     assert_eq!(report.servers_live, 13, "{report:?}");
     assert!(
         report.converged_at.is_some(),

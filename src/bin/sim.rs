@@ -120,8 +120,10 @@ struct Args {
     #[arg(long)]
     allow_give_up: bool,
     /// Instead of the fault scenario: the scale scenario (`distkv::simulation::scale`)
-    /// for --seed, with SERVERS,TABLES,JOINS[,lose] (e.g. 30,100,3,lose: 3,000 partitions on 30
-    /// servers, 3 joining at 10 s, server 0 lost at 20 s); prints when the placement converged.
+    /// for --seed, with SERVERS,TABLES,JOINS[,SPLITS][,lose] (e.g. 30,100,3,10,lose: 3,000
+    /// partitions on 30 servers, 3 joining at 10 s, 10 partitions written to and split from
+    /// 12 s, server 0 lost at 20 s); prints when the placement converged and checks that every
+    /// written key reads back.
     #[arg(long, value_name = "SHAPE")]
     scale: Option<String>,
     /// With --scale: how long (simulated seconds) to wait for convergence.
@@ -595,14 +597,32 @@ fn print_report(args: &Args, report: &Report) {
     println!("  reproduce: {}", reproduce(args, report));
 }
 
-/// `sim --scale SERVERS,TABLES,JOINS[,lose]`: one run of the scale scenario.
+/// `sim --scale SERVERS,TABLES,JOINS[,SPLITS][,lose]`: one run of the scale
+/// scenario.
 fn scale_main(args: &Args, shape: &str) -> ExitCode {
     use distkv::simulation::scale::{scale_scenario, ScaleConfig};
-    let parts: Vec<&str> = shape.split(',').collect();
-    let num = |i: usize| parts.get(i).and_then(|s| s.parse::<usize>().ok());
-    let (Some(servers), Some(tables), Some(joins)) = (num(0), num(1), num(2)) else {
-        eprintln!("error: --scale wants SERVERS,TABLES,JOINS[,lose], e.g. 30,100,3,lose");
+    let usage = "error: --scale wants SERVERS,TABLES,JOINS[,SPLITS][,lose], e.g. 30,100,3,10,lose";
+    let mut parts = shape.split(',');
+    let mut num = || parts.next().and_then(|s| s.parse::<usize>().ok());
+    let (Some(servers), Some(tables), Some(joins)) = (num(), num(), num()) else {
+        eprintln!("{usage}");
         return ExitCode::from(2);
+    };
+    let rest: Vec<&str> = shape.split(',').skip(3).collect();
+    let (splits, lose) = match rest.as_slice() {
+        [] => (0, false),
+        ["lose"] => (0, true),
+        [n] | [n, "lose"] => match n.parse::<usize>() {
+            Ok(splits) => (splits, rest.len() == 2),
+            Err(_) => {
+                eprintln!("{usage}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => {
+            eprintln!("{usage}");
+            return ExitCode::from(2);
+        }
     };
     if servers < 3 || servers + joins > 40_000 || tables == 0 {
         eprintln!("error: --scale needs at least 3 servers and one table");
@@ -612,7 +632,8 @@ fn scale_main(args: &Args, shape: &str) -> ExitCode {
         servers,
         tables,
         joins,
-        lose: parts.get(3) == Some(&"lose"),
+        splits,
+        lose,
         bound: Duration::from_secs(args.scale_bound_s),
     };
     println!("sim --scale: seed {}, {config:?}", args.seed);
@@ -622,6 +643,17 @@ fn scale_main(args: &Args, shape: &str) -> ExitCode {
     println!("{report:?}");
     println!("wall time {:.1?}", wall.elapsed());
     match report.converged_at {
+        Some(_) if report.keys_lost > 0 => {
+            println!("converged, but {} written keys were lost", report.keys_lost);
+            ExitCode::FAILURE
+        }
+        Some(_) if report.splits < splits => {
+            println!(
+                "converged, but only {} of {splits} splits applied",
+                report.splits
+            );
+            ExitCode::FAILURE
+        }
         Some(at) => {
             println!("converged at {at:.1?} (simulated)");
             ExitCode::SUCCESS
