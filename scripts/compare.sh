@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# distkv against etcd 3.4, side by side in one run (issue "Performance"):
+# 3 etcd members and 3 distkv servers (`--replicas 3`, `--persistence`, so both
+# fsync every write on every member), all on loopback on this machine,
+# closed-loop clients, 100-byte values over 100,000 keys, the same measurement
+# alternated between the two stores point by point (distkv put, etcd put,
+# distkv get, etcd get, for each client count), so both see the same machine
+# load. Gets are linearizable on both (distkv: ReadIndex; etcd: its default
+# linearizable read). The etcd load comes from tools/etcd-load (gRPC, the
+# same report as `benchmark load --json`).
+#
+# Writes every point's JSON report and a Markdown table to $OUT (default
+# bench-results/compare-<UTC time>), then the plots (fig/*.svg by default,
+# scripts/plot.py). Takes about (2 stores x 2 ops x clients x (DURATION+2)) s.
+#
+# Env: DURATION (measured s per point, default 8), WARMUP (s, default 1),
+# CLIENTS (default "1 16 64"), OPS (default "put get"), KEYS (default 100000),
+# OUT, FIG (plot directory, default fig; empty: no plots), ETCD_PORT (default
+# 27379; members use ETCD_PORT, +10, +20 and peers +1), MANAGER_PORT /
+# SERVER_PORT (defaults 27600 / 27610), DISTKV_ONLY=1 to measure distkv alone
+# when etcd is not installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+duration=${DURATION:-8}
+warmup=${WARMUP:-1}
+clients_list=${CLIENTS:-"1 16 64"}
+ops=${OPS:-"put get"}
+keys=${KEYS:-100000}
+out=${OUT:-bench-results/compare-$(date -u +%Y%m%dT%H%M%SZ)}
+fig=${FIG-fig}
+etcd_port=${ETCD_PORT:-27379}
+mport=${MANAGER_PORT:-27600}
+sport=${SERVER_PORT:-27610}
+distkv_only=${DISTKV_ONLY:-0}
+
+die() {
+  echo "compare.sh: $*" >&2
+  exit 2
+}
+
+if [ "$distkv_only" != 1 ]; then
+  command -v etcd >/dev/null ||
+    die "etcd is not installed. On Debian/Ubuntu: apt-get install etcd-server etcd-client (etcd 3.4); or DISTKV_ONLY=1 to measure distkv alone"
+  command -v protoc >/dev/null ||
+    die "building tools/etcd-load needs protoc. On Debian/Ubuntu: apt-get install protobuf-compiler"
+fi
+
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+work=$(mktemp -d -t distkv-compare.XXXXXX)
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  ./scripts/local-cluster.sh stop --manager-port "$mport" >/dev/null 2>&1 || true
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "compare.sh: building distkv$([ "$distkv_only" = 1 ] || echo " and tools/etcd-load") (release)" >&2
+cargo build --release --quiet --bins
+if [ "$distkv_only" != 1 ]; then
+  (cd tools/etcd-load && cargo build --release --quiet)
+fi
+bench="$repo/target/release/benchmark"
+etcd_load="$repo/tools/etcd-load/target/release/etcd-load"
+
+# --- etcd: 3 members, default durability (fsync per commit) ---
+endpoints=""
+if [ "$distkv_only" != 1 ]; then
+  cluster=""
+  for i in 0 1 2; do
+    cluster+="${cluster:+,}etcd$i=http://127.0.0.1:$((etcd_port + 10 * i + 1))"
+  done
+  for i in 0 1 2; do
+    client="http://127.0.0.1:$((etcd_port + 10 * i))"
+    peer="http://127.0.0.1:$((etcd_port + 10 * i + 1))"
+    endpoints+="${endpoints:+,}$client"
+    etcd --name "etcd$i" --data-dir "$work/etcd$i" \
+      --listen-client-urls "$client" --advertise-client-urls "$client" \
+      --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
+      --initial-cluster "$cluster" --initial-cluster-state new \
+      --initial-cluster-token distkv-compare --log-level error \
+      >"$work/etcd$i.log" 2>&1 &
+    pids+=($!)
+  done
+  ready=0
+  for _ in $(seq 1 100); do
+    if ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint health >/dev/null 2>&1; then
+      ready=1
+      break
+    fi
+    sleep 0.2
+  done
+  [ "$ready" = 1 ] || { tail -n 20 "$work"/etcd*.log >&2; die "etcd did not become healthy"; }
+fi
+
+# --- distkv: manager + 3 servers, --replicas 3, --persistence ---
+DISTKV_DATA="$work/distkv" DISTKV_LOGS="$work/distkv-logs" \
+  ./scripts/local-cluster.sh start --no-client --persistence --manager-port "$mport" \
+  --server-port "$sport" --tables "usertable=$keys" >"$work/cluster.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 120); do
+  grep -q "running;" "$work/cluster.log" 2>/dev/null && break
+  sleep 1
+done
+grep -q "running;" "$work/cluster.log" || { cat "$work/cluster.log" >&2; die "distkv did not start"; }
+
+machine="$(nproc) cores, $(uname -r), $(date -u '+%F %T UTC')"
+etcd_version=$([ "$distkv_only" = 1 ] || etcd --version 2>/dev/null | head -n 1)
+cat >"$out/setup.txt" <<SETUP
+machine: $machine
+distkv: $(git rev-parse --short HEAD)$(git diff --quiet || echo "+uncommitted"), 3 servers, --replicas 3, --persistence
+etcd: ${etcd_version:-not measured}, 3 members, default settings
+load: closed-loop clients, ${keys} keys uniform, 100-byte values, ${warmup} s warm-up + ${duration} s per point, alternated
+SETUP
+cat "$out/setup.txt" >&2
+
+measure() { # store op clients -> $out/<store>-<op>-<clients>.json
+  local store=$1 op=$2 clients=$3 file="$out/$1-$2-$3.json" workload
+  workload=$([ "$op" = put ] && echo w || echo c)
+  if [ "$store" = distkv ]; then
+    "$bench" load --connect-addr "127.0.0.1:$mport" --workload "$workload" --table usertable \
+      --keys "$keys" --clients "$clients" --duration-s "$duration" --warmup-s "$warmup" \
+      --progress-ms 0 --json 2>/dev/null | tail -n 1 >"$file"
+  else
+    "$etcd_load" --endpoints "$endpoints" --workload "$workload" --keys "$keys" \
+      --clients "$clients" --duration-s "$duration" --warmup-s "$warmup" --json \
+      2>/dev/null | tail -n 1 >"$file"
+  fi
+  python3 scripts/plot.py point "$file" "$store" "$op" "$clients" >&2
+}
+
+stores="distkv"
+[ "$distkv_only" = 1 ] || stores="distkv etcd"
+for clients in $clients_list; do
+  for op in $ops; do
+    for store in $stores; do
+      measure "$store" "$op" "$clients"
+    done
+  done
+done
+
+python3 scripts/plot.py table "$out" | tee "$out/table.md"
+if [ -n "$fig" ]; then
+  python3 scripts/plot.py svg "$out" "$fig"
+  echo "compare.sh: plots in $fig/" >&2
+fi
+echo "compare.sh: reports and table in $out" >&2
