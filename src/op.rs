@@ -34,6 +34,7 @@ pub const COMMAND_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub enum Op {
     Put {
         key: Key,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     Get {
@@ -41,6 +42,7 @@ pub enum Op {
     },
     Swap {
         key: Key,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     Delete {
@@ -58,6 +60,7 @@ pub enum Op {
     /// encodings of the other variants are unchanged.
     Check {
         key: Key,
+        #[serde(with = "serde_bytes")]
         expected: Option<Vec<u8>>,
     },
 }
@@ -69,9 +72,9 @@ pub enum OpResult {
     Put {
         found: bool,
     },
-    Get(Option<Vec<u8>>),
+    Get(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
     /// The old value if the key existed (and was replaced).
-    Swap(Option<Vec<u8>>),
+    Swap(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
     Delete {
         found: bool,
     },
@@ -509,6 +512,107 @@ mod tests {
             Op::Put {
                 key: key("t1"),
                 value: b"NULL".to_vec()
+            }
+        );
+    }
+
+    /// Values are encoded as byte strings (`serde_bytes`): the bytes must
+    /// be exactly those of the plain `Vec<u8>` encoding they replaced, so
+    /// logs and peers from before read the same.
+    #[test]
+    fn byte_string_encoding_is_unchanged() {
+        use bincode::Options;
+        // The variants' order is what matters; some are never built.
+        #[allow(dead_code)]
+        #[derive(serde::Serialize)]
+        enum PlainOp {
+            Put { key: Key, value: Vec<u8> },
+            Get { key: Key },
+            Swap { key: Key, value: Vec<u8> },
+            Delete { key: Key },
+            Scan { start: Key, end: Key },
+            Check { key: Key, expected: Option<Vec<u8>> },
+        }
+        #[allow(dead_code)]
+        #[derive(serde::Serialize)]
+        enum PlainResult {
+            Put { found: bool },
+            Get(Option<Vec<u8>>),
+            Swap(Option<Vec<u8>>),
+        }
+        let value: Vec<u8> = (0..=255).chain(0..300u32).map(|b| b as u8).collect();
+        let k = key("t7");
+        let options = bincode::DefaultOptions::new();
+        let same = |new: Vec<u8>, old: Vec<u8>| assert_eq!(new, old);
+        same(
+            options
+                .serialize(&Op::Put {
+                    key: k.clone(),
+                    value: value.clone(),
+                })
+                .unwrap(),
+            options
+                .serialize(&PlainOp::Put {
+                    key: k.clone(),
+                    value: value.clone(),
+                })
+                .unwrap(),
+        );
+        same(
+            options
+                .serialize(&Op::Swap {
+                    key: k.clone(),
+                    value: value.clone(),
+                })
+                .unwrap(),
+            options
+                .serialize(&PlainOp::Swap {
+                    key: k.clone(),
+                    value: value.clone(),
+                })
+                .unwrap(),
+        );
+        for expected in [None, Some(value.clone())] {
+            same(
+                options
+                    .serialize(&Op::Check {
+                        key: k.clone(),
+                        expected: expected.clone(),
+                    })
+                    .unwrap(),
+                options
+                    .serialize(&PlainOp::Check {
+                        key: k.clone(),
+                        expected,
+                    })
+                    .unwrap(),
+            );
+        }
+        for v in [None, Some(value.clone())] {
+            same(
+                options.serialize(&OpResult::Get(v.clone())).unwrap(),
+                options.serialize(&PlainResult::Get(v.clone())).unwrap(),
+            );
+            same(
+                options.serialize(&OpResult::Swap(v.clone())).unwrap(),
+                options.serialize(&PlainResult::Swap(v)).unwrap(),
+            );
+        }
+        let decoded: Op = options
+            .deserialize(
+                &options
+                    .serialize(&PlainOp::Put {
+                        key: key("t7"),
+                        value: value.clone(),
+                    })
+                    .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(
+            decoded,
+            Op::Put {
+                key: key("t7"),
+                value
             }
         );
     }

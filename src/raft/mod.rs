@@ -26,6 +26,11 @@
 //! 4. Serve a `read_state` once the applied index reaches its index.
 //! 5. Check [`Raft::has_ready`] again after `on_persisted`/`step`/`tick`:
 //!    persisting can advance the commit index and produce more work.
+//! 6. Proposals and reads are batched: their appends and the heartbeat round
+//!    that confirms reads go out from the next `ready`, one message per
+//!    follower for everything proposed or read since the last one. A driver
+//!    that takes a burst of client commands before calling `ready` gets one
+//!    append (and one log write) for all of them.
 //!
 //! Features: randomized election timeouts (§5.2), pre-vote and check-quorum
 //! (dissertation §9.6, §6.2), pipelined replication with a bounded window and
@@ -325,6 +330,13 @@ pub struct Raft {
     transferee: Option<NodeId>,
     read_seq: u64,
     pending_reads: VecDeque<PendingRead>,
+    /// Leader: proposals appended since the last [`Raft::ready`], whose
+    /// appends go out together there (one message per follower for a whole
+    /// batch of proposals).
+    append_due: bool,
+    /// Leader: reads registered since the last [`Raft::ready`], confirmed
+    /// together by one heartbeat round (number `read_seq + 1`) sent there.
+    heartbeat_due: bool,
     /// Reads that arrived before the leader committed an entry of its term.
     reads_waiting_for_commit: Vec<u64>,
     /// The snapshot to send to followers that are behind the log's first
@@ -399,6 +411,8 @@ impl Raft {
             rng: seed ^ crate::hash::GAMMA,
             transferee: None,
             read_seq: 0,
+            append_due: false,
+            heartbeat_due: false,
             pending_reads: VecDeque::new(),
             reads_waiting_for_commit: Vec::new(),
             local_snapshot: None,
@@ -821,11 +835,12 @@ impl Raft {
     }
 
     /// Appends a command (leader only). Returns its index; it is committed
-    /// when it shows up in `committed_entries` with this term.
+    /// when it shows up in `committed_entries` with this term. The append
+    /// goes to the followers from the next [`Raft::ready`].
     pub fn propose(&mut self, data: Vec<u8>) -> Result<Index, ProposeError> {
         self.check_can_propose()?;
         let index = self.append_as_leader(EntryData::Normal(data));
-        self.broadcast_append();
+        self.append_due = true;
         Ok(index)
     }
 
@@ -843,12 +858,14 @@ impl Raft {
             return Err(ProposeError::NotReady);
         }
         let index = self.append_as_leader(EntryData::ConfChange(change));
-        self.broadcast_append();
+        self.append_due = true;
         Ok(index)
     }
 
     /// Asks for a linearizable read point (§6.4). A [`ReadState`] with `ctx`
-    /// comes out once a quorum confirmed this leader is still the leader.
+    /// comes out once a quorum confirmed this leader is still the leader, by
+    /// a heartbeat round sent from the next [`Raft::ready`] (one round for
+    /// every read asked until then).
     pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader {
@@ -873,16 +890,37 @@ impl Raft {
             });
             return;
         }
-        self.read_seq += 1;
+        // Confirmed by the next round, sent from `ready` for every read
+        // registered until then: a round sent after the read arrived.
         let mut acks = BTreeSet::new();
         acks.insert(self.cfg.id);
         self.pending_reads.push_back(PendingRead {
             ctx,
             index: self.log.commit,
-            seq: self.read_seq,
+            seq: self.read_seq + 1,
             acks,
         });
-        self.broadcast_heartbeat(self.read_seq);
+        self.heartbeat_due = true;
+    }
+
+    /// Sends what proposals and reads since the last `ready` deferred: the
+    /// appends (all new entries in one message per follower) and one
+    /// heartbeat round for all new reads.
+    fn send_deferred(&mut self) {
+        let (append, heartbeat) = (
+            std::mem::take(&mut self.append_due),
+            std::mem::take(&mut self.heartbeat_due),
+        );
+        if self.role != Role::Leader {
+            return; // stepped down: the reads were aborted, the entries are moot
+        }
+        if append {
+            self.broadcast_append();
+        }
+        if heartbeat {
+            self.read_seq += 1;
+            self.broadcast_heartbeat(self.read_seq);
+        }
     }
 
     /// Hands leadership to `to` (dissertation §3.10): stop taking proposals,
@@ -1902,7 +1940,9 @@ impl Raft {
 
     /// Whether [`Raft::ready`] has anything.
     pub fn has_ready(&self) -> bool {
-        self.hard_state() != self.persisted_hard_state
+        self.append_due
+            || self.heartbeat_due
+            || self.hard_state() != self.persisted_hard_state
             || self.unpersisted_from.is_some()
             || self.received_snapshot.is_some()
             || self.snapshot_wanted
@@ -1916,6 +1956,7 @@ impl Raft {
     /// Takes everything the driver must do now. See the module docs. If it
     /// has a `snapshot`, install it before applying `committed_entries`.
     pub fn ready(&mut self) -> Ready {
+        self.send_deferred();
         let hard_state = self.hard_state();
         let entries = match self.unpersisted_from.take() {
             Some(from) => self.log.slice(from, self.log.last_index(), usize::MAX),

@@ -734,6 +734,72 @@ fn read_index_completes_only_after_a_quorum_confirms_leadership() {
 }
 
 #[test]
+fn proposals_and_reads_between_readies_go_out_together() {
+    // Batching (not in the paper): everything proposed since the last Ready
+    // leaves in one append per follower, and every read registered since
+    // then is confirmed by one heartbeat round sent after it arrived.
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.propose(1, "first");
+    for data in ["a", "b", "c"] {
+        c.raft_mut(1).propose(data.as_bytes().to_vec()).unwrap();
+    }
+    c.raft_mut(1).read_index(1).unwrap();
+    c.raft_mut(1).read_index(2).unwrap();
+    let ready = c.raft_mut(1).ready();
+    let appends: Vec<(NodeId, usize)> = ready
+        .messages
+        .iter()
+        .filter_map(|m| match &m.body {
+            MessageBody::Append { entries, .. } => Some((m.to, entries.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        appends,
+        vec![(2, 3), (3, 3)],
+        "one append of 3 entries each"
+    );
+    let rounds: BTreeSet<u64> = ready
+        .messages
+        .iter()
+        .filter_map(|m| match m.body {
+            MessageBody::Heartbeat { read_seq, .. } if read_seq > 0 => Some(read_seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rounds.len(), 1, "one read round for both reads: {rounds:?}");
+    assert_eq!(ready.entries.len(), 3, "one log write for the three");
+    // A read registered now was not covered by that round: acknowledgements
+    // of it must not confirm it.
+    c.raft_mut(1).read_index(3).unwrap();
+    c.queue.extend(ready.messages);
+    if let Some(last) = ready.entries.last() {
+        c.raft_mut(1).on_persisted(last.index, last.term);
+    }
+    while let Some(msg) = c.queue.pop_front() {
+        let to = msg.to;
+        c.raft_mut(to).step(msg);
+        if to != 1 {
+            let rd = c.raft_mut(to).ready();
+            if let Some(last) = rd.entries.last() {
+                c.raft_mut(to).on_persisted(last.index, last.term);
+            }
+            c.queue.extend(rd.messages);
+            c.queue.extend(rd.persisted_messages);
+        }
+    }
+    let ready = c.raft_mut(1).ready();
+    let confirmed: Vec<u64> = ready.read_states.iter().map(|r| r.ctx).collect();
+    assert_eq!(confirmed, vec![1, 2], "read 3 waits for a later round");
+    c.queue.extend(ready.messages);
+    c.settle();
+    let ctxs: Vec<u64> = c.nodes[&1].read_states.iter().map(|r| r.ctx).collect();
+    assert_eq!(ctxs, vec![3], "and gets it");
+    assert_eq!(c.applied(2), vec!["first", "a", "b", "c"]);
+}
+
+#[test]
 fn a_deposed_leader_never_serves_a_read() {
     // The etcd 0.4 stale-read bug: a leader cut off from the majority must
     // not answer reads from its own state. Its pending read is aborted when

@@ -15,7 +15,7 @@ pub enum EntryData {
     /// (§5.4.2) and serve reads (§6.4).
     Noop,
     /// An application command.
-    Normal(Vec<u8>),
+    Normal(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A membership change, one server at a time (dissertation §4.1).
     ConfChange(ConfChange),
 }
@@ -134,6 +134,7 @@ pub struct SnapshotChunk {
     pub crc: u32,
     /// Where `data` starts in the snapshot's data.
     pub offset: u64,
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     /// The last chunk: `offset + data.len() == len`.
     pub done: bool,

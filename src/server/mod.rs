@@ -76,6 +76,10 @@ const PENDING_RECORDS_MAX: u64 = 64 * 1024;
 
 /// Messages received but not yet handled (the receiver task waits when full).
 const INBOX_MAX: usize = 4096;
+/// Messages already received that are handled together before the core's
+/// output is carried out: client commands among them share appends, log
+/// records and read rounds (`ServerCore::take_output`).
+const BURST_MAX: usize = 256;
 
 /// Raft messages to one server are sent in frames of about this size.
 const BATCH_BYTES: usize = 4 * 1024 * 1024;
@@ -303,7 +307,17 @@ pub async fn run_server<R: Runtime, D: Disk>(
             Event::Received(None) => {
                 return Err(io::Error::other("the network endpoint closed"));
             }
-            Event::Received(Some((from, payload))) => d.handle(from, &payload)?,
+            Event::Received(Some((from, payload))) => {
+                d.handle(from, &payload)?;
+                // And whatever else has arrived meanwhile, up to a bound.
+                for _ in 1..BURST_MAX {
+                    match received.try_recv() {
+                        Ok(Ok((from, payload))) => d.handle(from, &payload)?,
+                        Ok(Err(e)) => return Err(e),
+                        Err(_) => break,
+                    }
+                }
+            }
         }
         d.flush().await?;
         if let Some(s) = d.storage.as_mut() {

@@ -40,7 +40,7 @@ use crate::storage::snapshot::{decode_store, encode_store};
 use crate::storage::{GroupSnapshot, RecoveredGroup};
 use crate::wire::{ExecError, Msg};
 use bincode::Options;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -379,6 +379,12 @@ pub struct ServerCore {
     /// Replicas dropped, with the map's `conf_index` that removed them: a
     /// map placing one here again must be newer (not a stale placement).
     removed: BTreeMap<PartitionId, u64>,
+    /// Partitions with client commands (writes proposed, reads registered)
+    /// not yet run through their Readies: [`ServerCore::take_output`] runs
+    /// them, so the commands that arrived together (the driver hands a
+    /// burst of messages before taking the output) share one append per
+    /// follower, one log record and one read-confirming heartbeat round.
+    batched: BTreeSet<PartitionId>,
 }
 
 impl ServerCore {
@@ -401,6 +407,7 @@ impl ServerCore {
             fences: BTreeMap::new(),
             next_req: 1 << 62,
             removed: BTreeMap::new(),
+            batched: BTreeSet::new(),
         };
         for (id, group) in recovered {
             let replica = core.replica(group.raft, group.store);
@@ -456,6 +463,9 @@ impl ServerCore {
 
     /// Takes what the driver must do now.
     pub fn take_output(&mut self) -> Output {
+        for partition in std::mem::take(&mut self.batched) {
+            self.process(partition);
+        }
         std::mem::take(&mut self.out)
     }
 
@@ -1185,7 +1195,7 @@ impl ServerCore {
                     return;
                 }
             }
-            self.process(partition);
+            self.batched.insert(partition);
         } else {
             self.propose(partition, to, Pending::Execute(request));
         }
@@ -1261,7 +1271,7 @@ impl ServerCore {
                 return;
             }
         }
-        self.process(partition);
+        self.batched.insert(partition);
     }
 
     fn txn_reply(&mut self, to: ReplyTo, result: Result<TxnState, ExecError>) {
