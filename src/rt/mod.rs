@@ -50,6 +50,12 @@ pub trait Net: Send + Sync + 'static {
     /// to that address reach the sender (for clients without a listen
     /// address, over the connection the message came on).
     fn recv(&self) -> impl Future<Output = io::Result<(SocketAddr, Vec<u8>)>> + Send;
+    /// The channel `recv` reads from, if the endpoint has one to hand out
+    /// (then `recv` no longer works): [`spawn_receiver`] gives it to the
+    /// driver directly instead of relaying it through a task.
+    fn take_inbox(&self) -> Option<tokio::sync::mpsc::Receiver<Received>> {
+        None
+    }
 }
 
 /// Process-level services: the clock, timers, tasks, randomness, sockets.
@@ -117,7 +123,8 @@ pub type Received = io::Result<(SocketAddr, Vec<u8>)>;
 
 /// Receives from `net` in a task of its own and hands each item on through
 /// the returned channel (at most `capacity` waiting; the task waits when it
-/// is full). `Net::recv` is not cancel-safe, so a driver that also waits
+/// is full), or hands out the endpoint's own channel if it has one
+/// ([`Net::take_inbox`]). `Net::recv` is not cancel-safe, so a driver that also waits
 /// for timers cannot `select!` on it directly. The task stops after an
 /// error or once the receiver is dropped.
 pub fn spawn_receiver<R: Runtime>(
@@ -125,6 +132,9 @@ pub fn spawn_receiver<R: Runtime>(
     net: std::sync::Arc<R::Net>,
     capacity: usize,
 ) -> tokio::sync::mpsc::Receiver<Received> {
+    if let Some(inbox) = net.take_inbox() {
+        return inbox; // one task hop less per message (TcpNet)
+    }
     let (inbox, received) = tokio::sync::mpsc::channel(capacity);
     rt.spawn(async move {
         loop {

@@ -12,7 +12,7 @@
 //! its socket's peer address. A bad frame closes its connection with a logged
 //! reason; everyone else is unaffected.
 
-use super::{Net, Runtime};
+use super::{Net, Received, Runtime};
 use crate::wire::frame::{encode_frame, FrameHeader, FRAME_HEADER_LEN, FRAME_PAYLOAD_LEN_MAX};
 use crate::wire::{decode_msg, encode_msg, Msg};
 use std::collections::HashMap;
@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -33,6 +33,11 @@ const INBOX_FRAMES_MAX: usize = 64 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Buffered bytes per connection writer.
 const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+/// Buffered bytes per connection reader: one `recv` takes every frame that
+/// has arrived (a burst of small frames costs one syscall, not two each).
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+type FrameReader = BufReader<tokio::net::tcp::OwnedReadHalf>;
 
 #[derive(Clone, Debug, Default)]
 pub struct TokioRuntime;
@@ -111,7 +116,7 @@ struct Peer {
 
 struct Shared {
     advertise: Option<SocketAddr>,
-    inbox_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    inbox_tx: mpsc::Sender<Received>,
     peers: Mutex<HashMap<SocketAddr, Peer>>,
     next_conn_id: AtomicU64,
 }
@@ -119,7 +124,8 @@ struct Shared {
 /// Best-effort messages over TCP. See the module docs.
 pub struct TcpNet {
     shared: Arc<Shared>,
-    inbox: tokio::sync::Mutex<mpsc::Receiver<(SocketAddr, Vec<u8>)>>,
+    /// `None` once handed out by [`Net::take_inbox`].
+    inbox: tokio::sync::Mutex<Option<mpsc::Receiver<Received>>>,
 }
 
 impl TcpNet {
@@ -158,7 +164,7 @@ impl TcpNet {
         }
         Ok(TcpNet {
             shared,
-            inbox: tokio::sync::Mutex::new(inbox_rx),
+            inbox: tokio::sync::Mutex::new(Some(inbox_rx)),
         })
     }
 }
@@ -179,12 +185,15 @@ impl Net for TcpNet {
     }
 
     async fn recv(&self) -> io::Result<(SocketAddr, Vec<u8>)> {
-        self.inbox
-            .lock()
-            .await
-            .recv()
-            .await
-            .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "network endpoint closed"))
+        let closed = || io::Error::new(io::ErrorKind::BrokenPipe, "network endpoint closed");
+        match self.inbox.lock().await.as_mut() {
+            Some(inbox) => inbox.recv().await.unwrap_or_else(|| Err(closed())),
+            None => Err(io::Error::other("the inbox was handed to a receiver")),
+        }
+    }
+
+    fn take_inbox(&self) -> Option<mpsc::Receiver<Received>> {
+        self.inbox.try_lock().ok()?.take()
     }
 }
 
@@ -277,6 +286,7 @@ async fn dial(shared: Arc<Shared>, to: SocketAddr, conn_id: u64, outbox: mpsc::R
         undeliverable(&shared, to, conn_id, outbox);
         return;
     }
+    let read = BufReader::with_capacity(READ_BUFFER_BYTES, read);
     tokio::spawn(read_loop(shared.clone(), read, to, conn_id));
     write_loop(shared, write, outbox, to, conn_id).await;
 }
@@ -298,7 +308,8 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 
 async fn accept_one(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
-    let (mut read, write) = stream.into_split();
+    let (read, write) = stream.into_split();
+    let mut read = BufReader::with_capacity(READ_BUFFER_BYTES, read);
     let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut read)).await;
     let advertise = match hello {
         Ok(Ok(Some(payload))) => match decode_msg(&payload) {
@@ -342,7 +353,7 @@ async fn accept_one(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
 }
 
 /// Reads one frame's payload; `Ok(None)` on a clean end of stream.
-async fn read_frame(read: &mut tokio::net::tcp::OwnedReadHalf) -> io::Result<Option<Vec<u8>>> {
+async fn read_frame(read: &mut FrameReader) -> io::Result<Option<Vec<u8>>> {
     let mut header = [0u8; FRAME_HEADER_LEN];
     match read.read_exact(&mut header).await {
         Ok(_) => {}
@@ -359,16 +370,11 @@ async fn read_frame(read: &mut tokio::net::tcp::OwnedReadHalf) -> io::Result<Opt
     Ok(Some(payload))
 }
 
-async fn read_loop(
-    shared: Arc<Shared>,
-    mut read: tokio::net::tcp::OwnedReadHalf,
-    key: SocketAddr,
-    conn_id: u64,
-) {
+async fn read_loop(shared: Arc<Shared>, mut read: FrameReader, key: SocketAddr, conn_id: u64) {
     loop {
         match read_frame(&mut read).await {
             Ok(Some(payload)) => {
-                if shared.inbox_tx.send((key, payload)).await.is_err() {
+                if shared.inbox_tx.send(Ok((key, payload))).await.is_err() {
                     break; // endpoint dropped
                 }
             }
