@@ -1137,22 +1137,29 @@ pub fn run_check_cli(args: &CheckArgs) -> i32 {
     };
     let check_s = started.elapsed().as_secs_f64() - read_s;
     let timing = format!("read in {read_s:.3} s, checked in {check_s:.3} s");
-    println!("{outcome}");
+    say(format_args!("{outcome}"));
     match outcome {
         Outcome::Ok(report) => {
             let note = report
                 .pruning_note()
                 .map_or(String::new(), |note| format!("; {note}"));
-            println!(
+            say(format_args!(
                 "({} ok, {} unknown, {} failed and dropped{note}; {timing})",
                 report.ok, report.unknown, report.failed
-            );
+            ));
             0
         }
         Outcome::Violation(_) => {
-            println!("({timing})");
+            say(format_args!("({timing})"));
             1
         }
         Outcome::Unknown(_) => 3,
     }
+}
+
+/// One line of the verdict on stdout. A reader that went away (`check ... |
+/// head`) is not an error of the check: the exit code still tells.
+fn say(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
