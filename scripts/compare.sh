@@ -119,19 +119,27 @@ load: closed-loop clients, ${keys} keys uniform, 100-byte values, ${warmup} s wa
 SETUP
 cat "$out/setup.txt" >&2
 
-measure() { # store op clients -> $out/<store>-<op>-<clients>.json
-  local store=$1 op=$2 clients=$3 file="$out/$1-$2-$3.json" workload
+measure() { # store op clients -> $out/<store>-<op>-<clients>.json (stderr in .log)
+  local store=$1 op=$2 clients=$3 name="$1-$2-$3" workload status=0
+  local file="$out/$name.json" log="$out/$name.log"
   workload=$([ "$op" = put ] && echo w || echo c)
   if [ "$store" = distkv ]; then
     "$bench" load --connect-addr "127.0.0.1:$mport" --workload "$workload" --table usertable \
       --keys "$keys" --clients "$clients" --duration-s "$duration" --warmup-s "$warmup" \
-      --progress-ms 0 --json 2>/dev/null | tail -n 1 >"$file"
+      --progress-ms 0 --json >"$file.out" 2>"$log" || status=$?
   else
     "$etcd_load" --endpoints "$endpoints" --workload "$workload" --keys "$keys" \
       --clients "$clients" --duration-s "$duration" --warmup-s "$warmup" --json \
-      2>/dev/null | tail -n 1 >"$file"
+      >"$file.out" 2>"$log" || status=$?
   fi
-  python3 scripts/plot.py point "$file" "$store" "$op" "$clients" >&2
+  tail -n 1 "$file.out" >"$file"
+  rm -f "$file.out"
+  # A point that failed is reported and left out of the table; the run goes on.
+  if [ "$status" != 0 ] || ! python3 scripts/plot.py point "$file" "$store" "$op" "$clients" >&2 2>/dev/null; then
+    echo "compare.sh: $store $op $clients clients: no report (exit $status); last lines of $log:" >&2
+    tail -n 5 "$log" >&2
+    rm -f "$file"
+  fi
 }
 
 stores="distkv"
