@@ -3,10 +3,12 @@
 
   plot.py table DIR          a Markdown table of DIR/<store>-<op>-<clients>.json
   plot.py point FILE STORE OP CLIENTS   one line on one report
-  plot.py svg DIR FIGDIR     FIGDIR/throughput.svg and FIGDIR/latency.svg
+  plot.py svg DIR FIGDIR [PREFIX]   FIGDIR/PREFIXthroughput.svg, FIGDIR/PREFIXlatency.svg
 
-Plain SVG written here (no plotting library needed): throughput against
-clients (one line per store and op), and p50/p99 latency per point (bars).
+The store distkv is compared with is whichever other store has reports in
+DIR (etcd or redis). Plain SVG written here (no plotting library needed):
+throughput against clients (one line per store and op), and p50/p99 latency
+per point (bars).
 """
 import glob
 import json
@@ -14,10 +16,26 @@ import os
 import re
 import sys
 
-STORES = ["distkv", "etcd"]
-OPS = ["put", "get"]
+STORES = ["distkv", "etcd", "redis"]
+OPS = ["put", "get", "txn"]
 COLORS = {("distkv", "put"): "#1f77b4", ("distkv", "get"): "#6baed6",
-          ("etcd", "put"): "#d62728", ("etcd", "get"): "#fc9272"}
+          ("distkv", "txn"): "#2ca02c",
+          ("etcd", "put"): "#d62728", ("etcd", "get"): "#fc9272",
+          ("redis", "put"): "#d62728", ("redis", "get"): "#fc9272"}
+
+
+def baseline(points):
+    """The store distkv is compared with in these reports."""
+    others = sorted({s for (s, _, _) in points if s != "distkv"})
+    return others[0] if others else "etcd"
+
+
+def mb_per_s(report):
+    """Payload MB/s of a report whose values are large (else None)."""
+    size = report.get("config", {}).get("value_size", 100)
+    if size < 4096:
+        return None
+    return report["throughput_ops_per_s"] * size / 1e6
 
 
 def load(directory):
@@ -38,21 +56,25 @@ def load(directory):
 
 def table(directory):
     points = load(directory)
+    base = baseline(points)
     clients = sorted({c for (_, _, c) in points})
-    out = ["| op | clients | etcd ops/s (p50 / p99) | distkv ops/s (p50 / p99) | distkv / etcd |",
+    out = [f"| op | clients | {base} ops/s (p50 / p99) | distkv ops/s (p50 / p99) | distkv / {base} |",
            "|---|---|---|---|---|"]
     for op in OPS:
         for c in clients:
             cells = []
-            for store in ["etcd", "distkv"]:
+            for store in [base, "distkv"]:
                 r = points.get((store, op, c))
                 if r is None:
                     cells.append("-")
                     continue
                 l = r["latency_ms"]
                 failed = f", {r['failed']} failed" if r.get("failed") else ""
-                cells.append(f"{r['throughput_ops_per_s']:,.0f} ({l['p50']:.2f} / {l['p99']:.2f} ms{failed})")
-            e, d = points.get(("etcd", op, c)), points.get(("distkv", op, c))
+                mb = mb_per_s(r)
+                rate = f", {mb:,.1f} MB/s" if mb is not None else ""
+                cells.append(f"{r['throughput_ops_per_s']:,.0f}{rate} "
+                             f"({l['p50']:.2f} / {l['p99']:.2f} ms{failed})")
+            e, d = points.get((base, op, c)), points.get(("distkv", op, c))
             ratio = (f"{d['throughput_ops_per_s'] / e['throughput_ops_per_s']:.1f}x"
                      if e and d and e["throughput_ops_per_s"] > 0 else "-")
             if (e, d) != (None, None):
@@ -128,7 +150,11 @@ def throughput_svg(points, setup):
             body.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{COLORS[(s, o)]}"/>')
     legend(body, x0 + w + 20, 60, [(f"{s} {o}", COLORS[(s, o)]) for s, o in lines])
     footer(body, y0 + 58, setup)
-    return svg_doc(700, 440, body, "Throughput against closed-loop clients (3 replicas, fsync on)")
+    return svg_doc(700, 440, body, f"Throughput against closed-loop clients ({copies(points)}, fsync on)")
+
+
+def copies(points):
+    return "one copy" if baseline(points) == "redis" else "3 replicas"
 
 
 def latency_svg(points, setup):
@@ -162,7 +188,7 @@ def latency_svg(points, setup):
     return svg_doc(700, 440, body, "Latency per point: p50 (bar) and p99 (whisker)")
 
 
-def svg(directory, fig):
+def svg(directory, fig, prefix=""):
     points = load(directory)
     if not points:
         sys.exit(f"plot.py: no reports in {directory}")
@@ -173,9 +199,9 @@ def svg(directory, fig):
             setup = [line.strip().replace("&", "&amp;").replace("<", "&lt;")
                      for line in f if line.strip()]
     os.makedirs(fig, exist_ok=True)
-    with open(os.path.join(fig, "throughput.svg"), "w") as f:
+    with open(os.path.join(fig, f"{prefix}throughput.svg"), "w") as f:
         f.write(throughput_svg(points, setup))
-    with open(os.path.join(fig, "latency.svg"), "w") as f:
+    with open(os.path.join(fig, f"{prefix}latency.svg"), "w") as f:
         f.write(latency_svg(points, setup))
 
 
@@ -183,8 +209,10 @@ def point(path, store, op, clients):
     with open(path) as f:
         r = json.load(f)
     l = r["latency_ms"]
+    mb = mb_per_s(r)
+    rate = f" ({mb:,.1f} MB/s)" if mb is not None else ""
     print(f"compare.sh: {store:6} {op} {int(clients):3} clients: "
-          f"{r['throughput_ops_per_s']:>9,.0f} ops/s  p50 {l['p50']:.2f} ms  "
+          f"{r['throughput_ops_per_s']:>9,.0f} ops/s{rate}  p50 {l['p50']:.2f} ms  "
           f"p99 {l['p99']:.2f} ms  failed {r['failed']}")
 
 
@@ -193,8 +221,8 @@ def main():
         point(*sys.argv[2:])
     elif len(sys.argv) == 3 and sys.argv[1] == "table":
         table(sys.argv[2])
-    elif len(sys.argv) == 4 and sys.argv[1] == "svg":
-        svg(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) in (4, 5) and sys.argv[1] == "svg":
+        svg(*sys.argv[2:])
     else:
         sys.exit(__doc__)
 

@@ -26,6 +26,19 @@ pub trait Disk: Clone + Send + Sync + 'static {
     /// Sets the length of `path` (creating it if missing).
     fn truncate(&self, path: &Path, len: u64) -> impl Future<Output = io::Result<()>> + Send;
     fn sync(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send;
+    /// `append` then `sync` of the same file (the WAL's group commit): one
+    /// call, so a real disk can do both in one trip to its I/O thread.
+    fn append_and_sync(
+        &self,
+        path: &Path,
+        data: &[u8],
+    ) -> impl Future<Output = io::Result<u64>> + Send {
+        async move {
+            let len = self.append(path, data).await?;
+            self.sync(path).await?;
+            Ok(len)
+        }
+    }
     fn sync_dir(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send;
     fn rename(&self, from: &Path, to: &Path) -> impl Future<Output = io::Result<()>> + Send;
     fn remove(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send;
@@ -120,6 +133,19 @@ impl Disk for FsDisk {
         blocking(move || file.sync_data()).await
     }
 
+    async fn append_and_sync(&self, path: &Path, data: &[u8]) -> io::Result<u64> {
+        let file = self.handle(path)?;
+        let data = data.to_vec();
+        blocking(move || {
+            use std::io::Write;
+            (&*file).write_all(&data)?;
+            let len = file.metadata()?.len();
+            file.sync_data()?;
+            Ok(len)
+        })
+        .await
+    }
+
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let dir = dir.to_path_buf();
         blocking(move || std::fs::File::open(dir)?.sync_all()).await
@@ -158,6 +184,8 @@ mod tests {
             6,
             "appends go to the new end"
         );
+        assert_eq!(disk.append_and_sync(&f, b"!").await.unwrap(), 7);
+        disk.truncate(&f, 6).await.unwrap();
         let g = dir.path().join("b");
         disk.rename(&f, &g).await.unwrap();
         disk.sync_dir(dir.path()).await.unwrap();

@@ -415,12 +415,9 @@ impl<D: Disk> Wal<D> {
             self.start_segment().await?;
         }
         let path = self.segments.last().unwrap().path.clone();
-        match self.disk.append(&path, bytes).await {
+        match self.disk.append_and_sync(&path, bytes).await {
             Ok(len) => self.segments.last_mut().unwrap().len = len,
             Err(e) => return self.poison(&path, e),
-        }
-        if let Err(e) = self.disk.sync(&path).await {
-            return self.poison(&path, e);
         }
         self.next_lsn += count;
         Ok(self.next_lsn - 1)

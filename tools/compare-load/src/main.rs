@@ -1,15 +1,16 @@
-//! `etcd-load`: the closed-loop load of distkv's `benchmark load --workload
-//! w|c`, against etcd's v3 gRPC API, so that `scripts/compare.sh` measures
-//! both stores the same way: N clients, each with one request outstanding,
-//! 100-byte printable values over keys `key0..key{N-1}` picked uniformly,
-//! a warm-up that is not counted, then a measured period. Gets are etcd's
-//! default linearizable reads (a ReadIndex round, like distkv's GET). It
-//! prints the same JSON report fields as `benchmark load --json`
+//! `compare-load`: the closed-loop load of distkv's `benchmark load
+//! --workload w|c`, against etcd's v3 gRPC API or a Redis server, so that
+//! `scripts/compare.sh` measures every store the same way: N clients, each
+//! with one request outstanding, printable values (100 bytes by default) over
+//! keys `key0..key{N-1}` picked uniformly, a warm-up that is not counted, then
+//! a measured period. Gets on etcd are its default linearizable reads (a
+//! ReadIndex round, like distkv's GET); on Redis a plain GET to its one
+//! node. It prints the same JSON report fields as `benchmark load --json`
 //! (`throughput_ops_per_s`, `latency_ms.{p50,p99,p999,max,mean}`, `ok`,
 //! `failed`, `config`).
 
 use clap::{Parser, ValueEnum};
-use etcd_client::{Client, KvClient};
+use etcd_client::KvClient;
 use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -27,16 +28,29 @@ enum Workload {
     C,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Store {
+    /// etcd v3 over gRPC.
+    Etcd,
+    /// Redis over RESP (SET / GET).
+    Redis,
+}
+
 #[derive(Parser, Debug, Clone, Serialize)]
-#[command(about = "Closed-loop put/get load against etcd v3, reported like distkv's `benchmark load --json`")]
+#[command(about = "Closed-loop put/get load against etcd v3 or Redis, reported like distkv's `benchmark load --json`")]
 struct Args {
-    /// etcd client URLs, comma-separated (requests are spread over them; etcd forwards writes to its leader).
+    #[arg(long, value_enum, default_value_t = Store::Etcd)]
+    store: Store,
+    /// etcd client URLs, comma-separated (requests are spread over them; etcd
+    /// forwards writes to its leader), or the Redis address (host:port).
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     endpoints: String,
     /// Concurrent sequential clients, each with one request outstanding.
     #[arg(long, default_value_t = 16)]
     clients: usize,
-    /// gRPC connections the clients share (default: one per client, at most 16).
+    /// etcd: gRPC connections the clients share (default: one per client,
+    /// at most 16). Redis: always one connection per client.
     #[arg(long)]
     conns: Option<usize>,
     #[arg(long, value_enum, default_value_t = Workload::W)]
@@ -70,7 +84,7 @@ struct Latency {
 
 #[derive(Serialize)]
 struct Report {
-    store: &'static str,
+    store: Store,
     config: Args,
     elapsed_s: f64,
     ok: u64,
@@ -86,8 +100,39 @@ struct Tally {
     latency_us: Histogram<u64>,
 }
 
+/// One client's connection.
+enum Conn {
+    Etcd(KvClient),
+    Redis(redis::aio::MultiplexedConnection),
+}
+
+impl Conn {
+    async fn put(&mut self, key: String, value: Vec<u8>) -> bool {
+        match self {
+            Conn::Etcd(kv) => kv.put(key, value, None).await.is_ok(),
+            Conn::Redis(c) => redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .query_async::<()>(c)
+                .await
+                .is_ok(),
+        }
+    }
+
+    async fn get(&mut self, key: String) -> bool {
+        match self {
+            Conn::Etcd(kv) => kv.get(key, None).await.is_ok(),
+            Conn::Redis(c) => redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<Vec<u8>>>(c)
+                .await
+                .is_ok(),
+        }
+    }
+}
+
 async fn run_client(
-    mut kv: KvClient,
+    mut conn: Conn,
     args: Arc<Args>,
     me: u64,
     measuring: Arc<AtomicBool>,
@@ -108,13 +153,9 @@ async fn run_client(
                 let value: Vec<u8> = (0..args.value_size)
                     .map(|_| rng.gen_range(b'a'..=b'z'))
                     .collect();
-                tokio::time::timeout(timeout, kv.put(key, value, None))
-                    .await
-                    .map(|r| r.is_ok())
+                tokio::time::timeout(timeout, conn.put(key, value)).await
             }
-            Workload::C => tokio::time::timeout(timeout, kv.get(key, None))
-                .await
-                .map(|r| r.is_ok()),
+            Workload::C => tokio::time::timeout(timeout, conn.get(key)).await,
         };
         if !measuring.load(Ordering::Relaxed) {
             continue;
@@ -133,31 +174,13 @@ async fn run_client(
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Arc::new(Args::parse());
-    let endpoints: Vec<String> = args
-        .endpoints
-        .split(',')
-        .map(|e| {
-            if e.contains("://") {
-                e.to_string()
-            } else {
-                format!("http://{e}")
-            }
-        })
-        .collect();
-    let conns = args.conns.unwrap_or(args.clients.min(16)).max(1);
-    let mut kvs = Vec::new();
-    for _ in 0..conns {
-        let client = Client::connect(&endpoints, None)
-            .await
-            .map_err(|e| format!("cannot connect to etcd at {}: {e}", args.endpoints))?;
-        kvs.push(client.kv_client());
-    }
+    let conns = connect(&args).await?;
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = (0..args.clients)
         .map(|i| {
             tokio::spawn(run_client(
-                kvs[i % conns].clone(),
+                conns[i % conns.len()].clone_conn(),
                 args.clone(),
                 i as u64,
                 measuring.clone(),
@@ -186,7 +209,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let h = &total.latency_us;
     let ms = |us: u64| us as f64 / 1000.0;
     let report = Report {
-        store: "etcd",
+        store: args.store,
         config: (*args).clone(),
         elapsed_s: elapsed,
         ok: total.ok,
@@ -202,7 +225,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     if !args.json {
         eprintln!(
-            "etcd {:?} {} clients: {:.1} ops/s, p50 {:.3} ms, p99 {:.3} ms, {} failed",
+            "{:?} {:?} {} clients: {:.1} ops/s, p50 {:.3} ms, p99 {:.3} ms, {} failed",
+            args.store,
             args.workload,
             args.clients,
             report.throughput_ops_per_s,
@@ -213,4 +237,52 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
+}
+
+impl Conn {
+    fn clone_conn(&self) -> Conn {
+        match self {
+            Conn::Etcd(kv) => Conn::Etcd(kv.clone()),
+            Conn::Redis(c) => Conn::Redis(c.clone()),
+        }
+    }
+}
+
+/// The connections the clients use: etcd's are shared (client `i` uses
+/// connection `i % n`), Redis gets one per client (like redis-benchmark).
+async fn connect(args: &Args) -> Result<Vec<Conn>, Box<dyn std::error::Error>> {
+    let mut conns = Vec::new();
+    match args.store {
+        Store::Etcd => {
+            let endpoints: Vec<String> = args
+                .endpoints
+                .split(',')
+                .map(|e| {
+                    if e.contains("://") {
+                        e.to_string()
+                    } else {
+                        format!("http://{e}")
+                    }
+                })
+                .collect();
+            for _ in 0..args.conns.unwrap_or(args.clients.min(16)).max(1) {
+                let client = etcd_client::Client::connect(&endpoints, None)
+                    .await
+                    .map_err(|e| format!("cannot connect to etcd at {}: {e}", args.endpoints))?;
+                conns.push(Conn::Etcd(client.kv_client()));
+            }
+        }
+        Store::Redis => {
+            let addr = args.endpoints.trim_start_matches("redis://");
+            let client = redis::Client::open(format!("redis://{addr}"))?;
+            for _ in 0..args.clients.max(1) {
+                let conn = client
+                    .get_multiplexed_tokio_connection()
+                    .await
+                    .map_err(|e| format!("cannot connect to Redis at {addr}: {e}"))?;
+                conns.push(Conn::Redis(conn));
+            }
+        }
+    }
+    Ok(conns)
 }
