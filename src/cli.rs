@@ -245,13 +245,34 @@ pub fn connect_or_exit(
 /// Logs go to stderr (never stdout, which carries replies), filtered by
 /// `RUST_LOG` or `default` (e.g. `"info"`).
 pub fn init_logging(default: &str) {
+    init_logging_as(default, LogFormat::Text);
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event (colored on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `fields`
+    /// with `message` and the event's fields, and the enclosing `span`s),
+    /// for log shippers.
+    Json,
+}
+
+/// [`init_logging`] in the given format. `RUST_LOG` overrides the level.
+pub fn init_logging_as(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
 }
 
 /// The address others should dial to reach a process listening on `listen`:

@@ -1,5 +1,6 @@
 //! `manager`: keeps the partition map and placement.
 use clap::Parser;
+use distkv::cli::LogFormat;
 use distkv::manager::control::ControlConfig;
 use distkv::manager::{run_manager, ManagerConfig, SplitThresholds};
 use distkv::rt::tokio_rt::TokioRuntime;
@@ -16,6 +17,18 @@ use std::time::Duration;
     about = "distkv manager: keeps the partition map and placement"
 )]
 struct Args {
+    /// Read settings from this TOML file: each key is a flag's long name (`listen-addr` or
+    /// `listen_addr`), flags given here override it, unknown keys are errors. See the README's
+    /// "Configuration files".
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Serve Prometheus metrics over HTTP on this address (e.g. 0.0.0.0:9100; any path, usually
+    /// /metrics). Off by default. README "Metrics" lists what it serves.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Log lines as human-readable text or as one JSON object per line (for log shippers).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Address to listen on for servers and clients.
     #[arg(long, default_value = "0.0.0.0:24000")]
     listen_addr: SocketAddr,
@@ -126,8 +139,8 @@ fn control_config(args: &Args) -> Option<ControlConfig> {
 }
 
 fn main() {
-    let args = Args::parse();
-    distkv::cli::init_logging("info");
+    let args: Args = distkv::config::parse_args();
+    distkv::cli::init_logging_as("info", args.log_format);
     let replicas = args
         .replicas
         .map_or(3.min(args.servers.len()), |r| r as usize);
@@ -149,6 +162,13 @@ fn main() {
         std::process::exit(2);
     }
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    if let Some(addr) = args.metrics_addr {
+        let _guard = rt.enter();
+        if let Err(e) = distkv::metrics::install(addr, "manager", args.node_id) {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    }
     if let Err(e) = rt.block_on(run_manager(TokioRuntime, FsDisk::new(), config)) {
         eprintln!("error: {e}");
         std::process::exit(1);

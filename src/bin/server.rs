@@ -1,5 +1,6 @@
 //! `server`: stores partitions and serves commands on them.
 use clap::Parser;
+use distkv::cli::LogFormat;
 use distkv::rt::tokio_rt::TokioRuntime;
 use distkv::rt::FsDisk;
 use distkv::server::{run_server, RaftTuning, ServerConfig};
@@ -16,6 +17,18 @@ use std::time::Duration;
     about = "distkv server: stores partitions and serves commands on them"
 )]
 struct Args {
+    /// Read settings from this TOML file: each key is a flag's long name (`listen-addr` or
+    /// `listen_addr`), flags given here override it, unknown keys are errors. See the README's
+    /// "Configuration files".
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Serve Prometheus metrics over HTTP on this address (e.g. 0.0.0.0:9100; any path, usually
+    /// /metrics). Off by default. README "Metrics" lists what it serves.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Log lines as human-readable text or as one JSON object per line (for log shippers).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// This server's id, unique in the cluster: its position in the manager's --servers list.
     #[arg(long, default_value_t = 0)]
     node_id: u64,
@@ -100,8 +113,8 @@ impl Args {
 }
 
 fn main() {
-    let args = Args::parse();
-    distkv::cli::init_logging("info");
+    let args: Args = distkv::config::parse_args();
+    distkv::cli::init_logging_as("info", args.log_format);
     let advertise_addr = args
         .advertise_addr
         .unwrap_or_else(|| distkv::cli::dialable_addr(args.listen_addr, args.manager_addr[0]));
@@ -161,6 +174,13 @@ fn main() {
         },
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    if let Some(addr) = args.metrics_addr {
+        let _guard = rt.enter();
+        if let Err(e) = distkv::metrics::install(addr, "server", args.node_id) {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    }
     if let Err(e) = rt.block_on(run_server(TokioRuntime, FsDisk::new(), config)) {
         eprintln!("error: {e}");
         std::process::exit(1);

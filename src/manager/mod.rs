@@ -450,6 +450,35 @@ impl ManagerCore {
     }
 
     /// Handles one request received at `now`; returns the reply, if any.
+    /// Refreshes the manager's gauges (see `crate::metrics`).
+    pub fn export_metrics(&self, now: Instant) {
+        use metrics::gauge;
+        gauge!("distkv_manager_is_leader").set(self.leads(now) as u8 as f64);
+        gauge!("distkv_manager_map_epoch").set(self.map.epoch as f64);
+        gauge!("distkv_manager_partitions").set(self.map.partitions.len() as f64);
+        let mut counts: BTreeMap<&'static str, u64> = [
+            ServerState::Up,
+            ServerState::Unreachable,
+            ServerState::Dead,
+            ServerState::Unknown,
+        ]
+        .into_iter()
+        .map(|s| (s.name(), 0))
+        .chain([("draining", 0)])
+        .collect();
+        for &n in self.map.servers.keys() {
+            let state = match self.heartbeats.state(n, now) {
+                ServerState::Dead => ServerState::Dead.name(),
+                _ if self.draining.contains(&n) => "draining",
+                other => other.name(),
+            };
+            *counts.entry(state).or_default() += 1;
+        }
+        for (state, n) in counts {
+            gauge!("distkv_manager_servers", "state" => state).set(n as f64);
+        }
+    }
+
     pub fn handle(&mut self, msg: Msg, now: Instant) -> Option<Msg> {
         // Requests only the leading manager answers.
         let asked = match &msg {
@@ -490,6 +519,7 @@ impl ManagerCore {
                         self.bump_epoch();
                     }
                     self.heartbeats.record(node_id, replicas, now);
+                    metrics::counter!("distkv_manager_heartbeats_total").increment(1);
                 }
                 // Another manager leads: it answers (with the map, or why not).
                 if !self.leads(now) {
@@ -1237,6 +1267,9 @@ pub async fn run_manager<R: Runtime, D: crate::rt::Disk>(
         match event {
             Event::Plan => {
                 next_plan = now + PLAN_INTERVAL;
+                if crate::metrics::enabled() {
+                    core.export_metrics(now);
+                }
                 if let Some(jobs) = &jobs {
                     if !round_pending {
                         round_pending = true;

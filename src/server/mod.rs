@@ -22,18 +22,21 @@ pub use replica::{
     Output, Persist, RaftTuning, ReplyTo, Request, ServerCore, SnapshotDone, SnapshotJob,
 };
 
+use crate::kv::TxnOp;
 use crate::manager::status::ReplicaStatus;
 use crate::map::{NodeId, PartitionId};
+use crate::metrics;
+use crate::op::Op;
 use crate::raft::{Index, Message, Term};
 use crate::rt::{Disk, Net, Runtime};
 use crate::storage::wal::Lsn;
 use crate::storage::{Storage, StorageConfig};
 use crate::wire::{decode_msg, encode_msg, Msg};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Server configuration; see the `server` binary's `--help` for the flags.
 #[derive(Clone, Debug)]
@@ -130,6 +133,10 @@ struct Driver<R: Runtime, D: Disk> {
     gates: BTreeMap<PartitionId, VecDeque<Persist>>,
     /// Where the file writes report.
     written: tokio::sync::mpsc::UnboundedSender<(PartitionId, u64, Result<(), String>)>,
+    /// With metrics on: when and what each unanswered request arrived as.
+    requests: HashMap<ReplyTo, (Instant, &'static str)>,
+    /// With metrics on: each replica's leader at the last refresh.
+    leaders: BTreeMap<PartitionId, Option<NodeId>>,
 }
 
 /// Runs a server until its network endpoint or its storage fails, or the
@@ -235,6 +242,8 @@ pub async fn run_server<R: Runtime, D: Disk>(
         peers: BTreeMap::new(),
         manager,
         report_due: false,
+        requests: HashMap::new(),
+        leaders: BTreeMap::new(),
     };
     if let Some(map) = d.config.fixed_map.clone() {
         for (&id, &addr) in &map.servers {
@@ -245,6 +254,7 @@ pub async fn run_server<R: Runtime, D: Disk>(
     d.flush().await?;
     let tick = d.config.raft_tick;
     let mut next_tick = rt.now() + tick;
+    let mut metrics_at = rt.now();
     loop {
         let accept = d
             .storage
@@ -291,6 +301,10 @@ pub async fn run_server<R: Runtime, D: Disk>(
                 };
                 d.core.tick();
                 *status.lock().unwrap() = (d.core.epoch(), d.core.status());
+                if metrics::enabled() && now >= metrics_at {
+                    metrics_at = now + metrics::REFRESH;
+                    d.refresh_metrics(&status.lock().unwrap().1);
+                }
                 if std::mem::take(&mut d.report_due) {
                     report_now.notify_one();
                 }
@@ -310,12 +324,17 @@ pub async fn run_server<R: Runtime, D: Disk>(
             Event::Received(Some((from, payload))) => {
                 d.handle(from, &payload)?;
                 // And whatever else has arrived meanwhile, up to a bound.
-                for _ in 1..BURST_MAX {
+                let mut burst = 1;
+                while burst < BURST_MAX {
                     match received.try_recv() {
                         Ok(Ok((from, payload))) => d.handle(from, &payload)?,
                         Ok(Err(e)) => return Err(e),
                         Err(_) => break,
                     }
+                    burst += 1;
+                }
+                if metrics::enabled() {
+                    ::metrics::histogram!("distkv_server_messages_per_burst").record(burst as f64);
                 }
             }
         }
@@ -381,6 +400,7 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
                 ops,
             } => {
                 let to = ReplyTo { addr: from, req };
+                self.arrived(to, op_label(&ops));
                 let request = Request {
                     session,
                     seq,
@@ -392,6 +412,7 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
             }
             Msg::Txn { req, partition, op } => {
                 let to = ReplyTo { addr: from, req };
+                self.arrived(to, txn_label(&op));
                 let now_ms = self.rt.unix_time_ms();
                 self.core.txn(to, partition, op, now_ms);
             }
@@ -437,6 +458,47 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
             }
         }
         Ok(())
+    }
+
+    /// With metrics on, notes when a request arrived (see `answered`).
+    fn arrived(&mut self, to: ReplyTo, op: &'static str) {
+        if !metrics::enabled() {
+            return;
+        }
+        if self.requests.len() >= REQUESTS_TRACKED_MAX {
+            // Requests nobody answered (dropped with a replica): forget them.
+            self.requests.clear();
+        }
+        self.requests.insert(to, (self.rt.now(), op));
+        ::metrics::gauge!("distkv_requests_in_flight").set(self.requests.len() as f64);
+    }
+
+    /// Records a reply to a request noted by `arrived`.
+    fn answered(&mut self, to: SocketAddr, reply: &Msg) {
+        let (req, outcome) = match reply {
+            Msg::ExecuteReply { req, result } => (*req, metrics::outcome(result)),
+            Msg::TxnReply { req, result } => (*req, metrics::outcome(result)),
+            _ => return,
+        };
+        if let Some((at, op)) = self.requests.remove(&ReplyTo { addr: to, req }) {
+            metrics::request_done(op, outcome, self.rt.now().saturating_duration_since(at));
+            ::metrics::gauge!("distkv_requests_in_flight").set(self.requests.len() as f64);
+        }
+    }
+
+    /// Refreshes the gauges that describe the replicas and queues.
+    fn refresh_metrics(&mut self, status: &[ReplicaStatus]) {
+        let sessions = self
+            .core
+            .replicas()
+            .values()
+            .map(|r| r.store.session_count() as u64)
+            .sum();
+        metrics::replicas(status, sessions, &mut self.leaders);
+        if let Some(s) = &self.storage {
+            ::metrics::gauge!("distkv_wal_pending_records").set(s.pending_records() as f64);
+            ::metrics::counter!("distkv_checkpoints_total").absolute(s.checkpoints_done());
+        }
     }
 
     fn admin_reply(&self, to: SocketAddr, req: u64, result: Result<String, String>) {
@@ -531,6 +593,9 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
             });
         }
         for (to, reply) in out.replies {
+            if metrics::enabled() {
+                self.answered(to, &reply);
+            }
             match encode_msg(&reply) {
                 Ok(bytes) => self.net.send(to, bytes),
                 Err(e) => tracing::error!("cannot encode reply: {e}"),
@@ -666,9 +731,42 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
             messages,
         };
         match encode_msg(&msg) {
-            Ok(bytes) => self.net.send(addr, bytes),
+            Ok(bytes) => {
+                if metrics::enabled() {
+                    ::metrics::counter!("distkv_raft_batches_sent_total").increment(1);
+                    ::metrics::counter!("distkv_raft_sent_bytes_total")
+                        .increment(bytes.len() as u64);
+                }
+                self.net.send(addr, bytes)
+            }
             Err(e) => tracing::error!(%addr, "cannot send Raft messages: {e}"),
         }
+    }
+}
+
+/// Requests remembered for their latency at most (see `Driver::arrived`).
+const REQUESTS_TRACKED_MAX: usize = 100_000;
+
+/// The `op` label of a client command: its one operation, or `multi`.
+fn op_label(ops: &[Op]) -> &'static str {
+    match ops {
+        [Op::Get { .. }] => "get",
+        [Op::Put { .. }] => "put",
+        [Op::Swap { .. }] => "swap",
+        [Op::Delete { .. }] => "delete",
+        [Op::Scan { .. }] => "scan",
+        [Op::Check { .. }] => "check",
+        _ => "multi",
+    }
+}
+
+/// The `op` label of a transaction step.
+fn txn_label(op: &TxnOp) -> &'static str {
+    match op {
+        TxnOp::Prepare(_) => "txn_prepare",
+        TxnOp::Resolve { .. } => "txn_resolve",
+        TxnOp::Fence { .. } => "txn_fence",
+        TxnOp::Batch { .. } => "txn_batch",
     }
 }
 

@@ -96,7 +96,7 @@ fn command_options() -> impl Options {
 }
 
 /// Where a reply goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ReplyTo {
     pub addr: SocketAddr,
     pub req: u64,
@@ -1044,6 +1044,7 @@ impl ServerCore {
         };
         let participants = r.recoveries.remove(&id).unwrap().participants;
         tracing::info!(partition, txn = %id, commit, "recovered a transaction");
+        metrics::counter!("distkv_txn_recoveries_total").increment(1);
         crate::stats::count(crate::stats::Event::TxnRecovered);
         for q in participants {
             let req = self.next_req;
@@ -1107,6 +1108,7 @@ impl ServerCore {
                     bytes = data.len(),
                     "sending a snapshot to a follower behind the log"
                 );
+                metrics::counter!("distkv_snapshots_sent_total").increment(1);
                 // Ignored if we no longer lead, or compacted past it.
                 r.raft.offer_snapshot(index, Arc::new(data));
                 self.process(partition);
@@ -1339,6 +1341,7 @@ impl ServerCore {
             };
             if let Some(snapshot) = rd.snapshot {
                 crate::stats::count(crate::stats::Event::SnapshotInstalled);
+                metrics::counter!("distkv_snapshots_installed_total").increment(1);
                 let meta = snapshot.meta.clone();
                 tracing::info!(
                     partition,

@@ -166,7 +166,14 @@ async fn flusher<R: Runtime, D: Disk>(
             p.first_at = None;
             (std::mem::take(&mut p.buf), std::mem::take(&mut p.count))
         };
+        let started = rt.now();
         let result = wal.lock().await.write_and_sync(&buf, count).await;
+        if crate::metrics::enabled() {
+            let took = rt.now().saturating_duration_since(started);
+            metrics::histogram!("distkv_wal_fsync_duration_seconds").record(took.as_secs_f64());
+            metrics::histogram!("distkv_wal_records_per_fsync").record(count as f64);
+            metrics::counter!("distkv_wal_written_bytes_total").increment(buf.len() as u64);
+        }
         records += count;
         fsyncs += 1;
         if rt.now() >= report_at {

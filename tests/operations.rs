@@ -1,0 +1,274 @@
+//! What an operator relies on, against real processes: a cluster started
+//! from configuration files (`--config`), JSON log lines (`--log-format
+//! json`), and Prometheus metrics (`--metrics-addr`) that move with load.
+
+mod common;
+
+use common::{free_ports, ChildGuard, BENCHMARK, MANAGER, SERVER};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+fn spawn(program: &str, args: &[&str], stderr_path: &Path, name: &str) -> ChildGuard {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(stderr_path).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+    ChildGuard {
+        child,
+        name: name.to_string(),
+        stderr_path: Some(stderr_path.to_path_buf()),
+    }
+}
+
+/// The body of `GET /metrics` at `addr` (HTTP/1.0: the reply is the body
+/// until the connection closes, never chunked).
+fn scrape(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("cannot reach the metrics endpoint {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP reply from {addr}: {reply:?}"));
+    assert!(head.starts_with("HTTP/1."), "{head}");
+    assert!(head.contains(" 200 "), "{head}");
+    body.to_string()
+}
+
+/// The sum of the samples of metric `name` whose labels contain every one
+/// of `labels` (e.g. `op="put"`), in a Prometheus text exposition.
+fn sample_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && labels.iter().all(|want| rest.contains(want)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// Runs `benchmark` with `stdin`, returns its stdout.
+fn bench(manager: SocketAddr, args: &[&str], stdin: &str) -> String {
+    let mut all = vec!["--connect-addr".to_string(), manager.to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let out = common::run(BENCHMARK, &all, stdin);
+    out.stdout
+}
+
+#[test]
+fn a_cluster_from_config_files_logs_json_and_its_metrics_move_with_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(8);
+    let (manager, servers, metrics) = (ports[0], &ports[1..4], &ports[4..8]);
+    let servers_list: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
+    std::fs::write(
+        dir.path().join("manager.toml"),
+        format!(
+            "# the manager of a three-server cluster\n\
+             listen-addr = \"{manager}\"\n\
+             servers = [{}]\n\
+             tables = [\"customers=1000\", \"orders=100\"]\n\
+             metrics_addr = \"{}\"\n\
+             log-format = \"json\"\n",
+            servers_list.join(", "),
+            metrics[3]
+        ),
+    )
+    .unwrap();
+    let mut children = Vec::new();
+    children.push(spawn(
+        MANAGER,
+        &[
+            "--config",
+            dir.path().join("manager.toml").to_str().unwrap(),
+        ],
+        &dir.path().join("manager.err"),
+        "manager",
+    ));
+    for (i, addr) in servers.iter().enumerate() {
+        let file = dir.path().join(format!("server{i}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "node_id = {i}\nlisten_addr = \"{addr}\"\nmanager_addr = [\"{manager}\"]\n\
+                 persistence = true\ndb_path = \"{}\"\nlog_path = \"{}\"\n\
+                 metrics_addr = \"{}\"\nlog_format = \"text\"\n",
+                dir.path().join(format!("db{i}")).display(),
+                dir.path().join(format!("log{i}")).display(),
+                metrics[i]
+            ),
+        )
+        .unwrap();
+        // A flag overrides the file: this server logs JSON after all.
+        children.push(spawn(
+            SERVER,
+            &["--config", file.to_str().unwrap(), "--log-format", "json"],
+            &dir.path().join(format!("server{i}.err")),
+            "server",
+        ));
+    }
+
+    // Serving: a write and a read through the manager's map.
+    let deadline = Instant::now() + common::READY_TIMEOUT;
+    loop {
+        let out = bench(
+            manager,
+            &["--timeout-ms", "2000"],
+            "PUT customers1 hello\nGET customers1\n",
+        );
+        if out.contains("GET customers1 hello") {
+            break;
+        }
+        for c in &mut children {
+            assert!(c.is_running(), "{} exited:\n{}", c.name, c.stderr());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster did not serve: {out}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+
+    let scrape_all = || -> Vec<String> { metrics[..3].iter().map(|&a| scrape(a)).collect() };
+    let sum = |texts: &[String], name: &str, labels: &[&str]| -> f64 {
+        texts.iter().map(|t| sample_sum(t, name, labels)).sum()
+    };
+    let before = scrape_all();
+    let load = bench(
+        manager,
+        &[
+            "load",
+            "--workload",
+            "a",
+            "--table",
+            "customers",
+            "--keys",
+            "1000",
+            "--clients",
+            "4",
+            "--duration-s",
+            "2",
+            "--progress-ms",
+            "0",
+            "--json",
+        ],
+        "",
+    );
+    let report: serde_json::Value = serde_json::from_str(load.lines().last().unwrap())
+        .unwrap_or_else(|e| panic!("benchmark load --json printed {load:?}: {e}"));
+    let ok = report["ok"].as_f64().unwrap();
+    assert!(ok > 100.0, "the load ran: {report}");
+    // The per-partition gauges refresh once a second.
+    thread::sleep(Duration::from_millis(1500));
+    let after = scrape_all();
+
+    // Every command the load saw succeed was answered by some server.
+    let answered = sum(&after, "distkv_requests_total", &["outcome=\"ok\""])
+        - sum(&before, "distkv_requests_total", &["outcome=\"ok\""]);
+    assert!(
+        answered >= ok,
+        "servers count {answered} answered commands, the load saw {ok}"
+    );
+    for op in ["get", "put"] {
+        let label = format!("op=\"{op}\"");
+        let n = sum(&after, "distkv_request_duration_seconds_count", &[&label])
+            - sum(&before, "distkv_request_duration_seconds_count", &[&label]);
+        assert!(n > 0.0, "{op} latencies recorded");
+    }
+    // Every server fsynced its log and replicated.
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        let fsyncs = sample_sum(a, "distkv_wal_fsync_duration_seconds_count", &[])
+            - sample_sum(b, "distkv_wal_fsync_duration_seconds_count", &[]);
+        assert!(fsyncs > 0.0, "server {i} fsynced during the load");
+        assert!(sample_sum(a, "distkv_wal_written_bytes_total", &[]) > 0.0);
+    }
+    assert!(
+        sum(&after, "distkv_raft_sent_bytes_total", &[])
+            > sum(&before, "distkv_raft_sent_bytes_total", &[]),
+        "leaders sent appends"
+    );
+    // Gauges: 3 replicas of each partition, one leader each, the keys written.
+    let replicas = sum(&after, "distkv_replicas", &[]);
+    let partitions = sum(&after, "distkv_leaders", &[]);
+    assert!(partitions >= 2.0, "two tables, a leader each: {partitions}");
+    assert_eq!(replicas, 3.0 * partitions, "3 replicas per partition");
+    assert!(sum(&after, "distkv_keys", &[]) >= 3.0, "keys stored");
+    assert!(sum(&after, "distkv_sessions", &[]) >= 1.0);
+    assert!(sample_sum(&after[0], "distkv_raft_term", &["partition=\"0\""]) >= 1.0);
+    // The manager's view.
+    let m = scrape(metrics[3]);
+    assert_eq!(
+        sample_sum(&m, "distkv_manager_servers", &["state=\"up\""]),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(sample_sum(&m, "distkv_manager_is_leader", &[]), 1.0);
+    assert!(sample_sum(&m, "distkv_manager_heartbeats_total", &[]) >= 3.0);
+    assert!(m.contains("# HELP distkv_manager_partitions"), "described");
+
+    // Every log line of every process is one JSON object.
+    for c in &children {
+        let log = c.stderr();
+        assert!(!log.is_empty(), "{} logged nothing", c.name);
+        for line in log.lines() {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{}: not a JSON log line ({e}): {line}", c.name));
+            assert!(
+                v["level"].is_string() && v["fields"]["message"].is_string(),
+                "{line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_config_file_with_an_unknown_key_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("server.toml");
+    std::fs::write(&file, "node_id = 1\nlisten_adress = \"127.0.0.1:1\"\n").unwrap();
+    let out = common::run(SERVER, &["--config", file.to_str().unwrap()], "");
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with("error: ") && out.stderr.contains("unknown key 'listen_adress'"),
+        "{}",
+        out.stderr
+    );
+    // The metrics address taken by another process: a clear error, not a panic.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let ports = free_ports(1);
+    let out = common::run(
+        SERVER,
+        &[
+            "--listen-addr",
+            &ports[0].to_string(),
+            "--manager-addr",
+            "127.0.0.1:1",
+            "--metrics-addr",
+            &addr,
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("cannot serve metrics on {addr}")),
+        "{}",
+        out.stderr
+    );
+}
