@@ -54,6 +54,7 @@ pub mod map;
 pub mod metrics;
 pub mod op;
 pub mod raft;
+pub mod resp;
 pub mod rt;
 pub mod server;
 #[cfg(feature = "sim")]

@@ -70,80 +70,107 @@ fn bench(manager: SocketAddr, args: &[&str], stdin: &str) -> String {
     out.stdout
 }
 
-#[test]
-fn a_cluster_from_config_files_logs_json_and_its_metrics_move_with_load() {
-    let dir = tempfile::tempdir().unwrap();
-    let ports = free_ports(8);
-    let (manager, servers, metrics) = (ports[0], &ports[1..4], &ports[4..8]);
-    let servers_list: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
-    std::fs::write(
-        dir.path().join("manager.toml"),
-        format!(
-            "# the manager of a three-server cluster\n\
-             listen-addr = \"{manager}\"\n\
-             servers = [{}]\n\
-             tables = [\"customers=1000\", \"orders=100\"]\n\
-             metrics_addr = \"{}\"\n\
-             log-format = \"json\"\n",
-            servers_list.join(", "),
-            metrics[3]
-        ),
-    )
-    .unwrap();
-    let mut children = Vec::new();
-    children.push(spawn(
-        MANAGER,
-        &[
-            "--config",
-            dir.path().join("manager.toml").to_str().unwrap(),
-        ],
-        &dir.path().join("manager.err"),
-        "manager",
-    ));
-    for (i, addr) in servers.iter().enumerate() {
-        let file = dir.path().join(format!("server{i}.toml"));
+/// A manager and three durable servers, each started from its own TOML
+/// file, with metrics endpoints; server 0 also gets `server0_flags`.
+struct ConfigCluster {
+    /// Manager first, then the servers.
+    children: Vec<ChildGuard>,
+    manager: SocketAddr,
+    /// The servers' metrics endpoints, then the manager's.
+    metrics: Vec<SocketAddr>,
+    _dir: tempfile::TempDir,
+}
+
+impl ConfigCluster {
+    fn start(server0_flags: &[&str]) -> ConfigCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = free_ports(8);
+        let (manager, servers, metrics) = (ports[0], &ports[1..4], &ports[4..8]);
+        let servers_list: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
         std::fs::write(
-            &file,
+            dir.path().join("manager.toml"),
             format!(
-                "node_id = {i}\nlisten_addr = \"{addr}\"\nmanager_addr = [\"{manager}\"]\n\
-                 persistence = true\ndb_path = \"{}\"\nlog_path = \"{}\"\n\
-                 metrics_addr = \"{}\"\nlog_format = \"text\"\n",
-                dir.path().join(format!("db{i}")).display(),
-                dir.path().join(format!("log{i}")).display(),
-                metrics[i]
+                "# the manager of a three-server cluster\n\
+                 listen-addr = \"{manager}\"\n\
+                 servers = [{}]\n\
+                 tables = [\"customers=1000\", \"orders=100\"]\n\
+                 metrics_addr = \"{}\"\n\
+                 log-format = \"json\"\n",
+                servers_list.join(", "),
+                metrics[3]
             ),
         )
         .unwrap();
-        // A flag overrides the file: this server logs JSON after all.
+        let mut children = Vec::new();
         children.push(spawn(
-            SERVER,
-            &["--config", file.to_str().unwrap(), "--log-format", "json"],
-            &dir.path().join(format!("server{i}.err")),
-            "server",
+            MANAGER,
+            &[
+                "--config",
+                dir.path().join("manager.toml").to_str().unwrap(),
+            ],
+            &dir.path().join("manager.err"),
+            "manager",
         ));
-    }
+        for (i, addr) in servers.iter().enumerate() {
+            let file = dir.path().join(format!("server{i}.toml"));
+            std::fs::write(
+                &file,
+                format!(
+                    "node_id = {i}\nlisten_addr = \"{addr}\"\nmanager_addr = [\"{manager}\"]\n\
+                     persistence = true\ndb_path = \"{}\"\nlog_path = \"{}\"\n\
+                     metrics_addr = \"{}\"\nlog_format = \"text\"\n",
+                    dir.path().join(format!("db{i}")).display(),
+                    dir.path().join(format!("log{i}")).display(),
+                    metrics[i]
+                ),
+            )
+            .unwrap();
+            // A flag overrides the file: the servers log JSON after all.
+            let mut flags = vec!["--config", file.to_str().unwrap(), "--log-format", "json"];
+            if i == 0 {
+                flags.extend_from_slice(server0_flags);
+            }
+            children.push(spawn(
+                SERVER,
+                &flags,
+                &dir.path().join(format!("server{i}.err")),
+                "server",
+            ));
+        }
 
-    // Serving: a write and a read through the manager's map.
-    let deadline = Instant::now() + common::READY_TIMEOUT;
-    loop {
-        let out = bench(
+        // Serving: a write and a read through the manager's map.
+        let deadline = Instant::now() + common::READY_TIMEOUT;
+        loop {
+            let out = bench(
+                manager,
+                &["--timeout-ms", "2000"],
+                "PUT customers1 hello\nGET customers1\n",
+            );
+            if out.contains("GET customers1 hello") {
+                break;
+            }
+            for c in &mut children {
+                assert!(c.is_running(), "{} exited:\n{}", c.name, c.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not serve: {out}"
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+        ConfigCluster {
+            children,
             manager,
-            &["--timeout-ms", "2000"],
-            "PUT customers1 hello\nGET customers1\n",
-        );
-        if out.contains("GET customers1 hello") {
-            break;
+            metrics: metrics.to_vec(),
+            _dir: dir,
         }
-        for c in &mut children {
-            assert!(c.is_running(), "{} exited:\n{}", c.name, c.stderr());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the cluster did not serve: {out}"
-        );
-        thread::sleep(Duration::from_millis(200));
     }
+}
 
+#[test]
+fn a_cluster_from_config_files_logs_json_and_its_metrics_move_with_load() {
+    let cluster = ConfigCluster::start(&[]);
+    let (manager, metrics, children) = (cluster.manager, &cluster.metrics, &cluster.children);
     let scrape_all = || -> Vec<String> { metrics[..3].iter().map(|&a| scrape(a)).collect() };
     let sum = |texts: &[String], name: &str, labels: &[&str]| -> f64 {
         texts.iter().map(|t| sample_sum(t, name, labels)).sum()
@@ -222,7 +249,7 @@ fn a_cluster_from_config_files_logs_json_and_its_metrics_move_with_load() {
     assert!(m.contains("# HELP distkv_manager_partitions"), "described");
 
     // Every log line of every process is one JSON object.
-    for c in &children {
+    for c in children {
         let log = c.stderr();
         assert!(!log.is_empty(), "{} logged nothing", c.name);
         for line in log.lines() {
@@ -271,4 +298,149 @@ fn a_config_file_with_an_unknown_key_is_refused_by_name() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn redis_clients_use_distkv_through_the_resp_front_end() {
+    let resp = free_ports(1)[0];
+    let resp_flag = resp.to_string();
+    let cluster = ConfigCluster::start(&["--resp-addr", &resp_flag]);
+    let client = redis::Client::open(format!("redis://{resp}")).unwrap();
+    let mut con = client
+        .get_connection_with_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("connect to RESP at {resp}: {e}"));
+    use redis::{cmd, Commands, Value};
+
+    assert_eq!(cmd("PING").query::<String>(&mut con).unwrap(), "PONG");
+    let _: () = con.set("customers1", "a").unwrap();
+    assert_eq!(
+        con.get::<_, Option<String>>("customers1")
+            .unwrap()
+            .as_deref(),
+        Some("a")
+    );
+    assert_eq!(con.get::<_, Option<String>>("customers999").unwrap(), None);
+    // What benchmark's PUT wrote is what GET reads (one store, two protocols).
+    let out = bench(cluster.manager, &[], "GET customers1\n");
+    assert_eq!(out.trim(), "GET customers1 a");
+
+    // Several keys, two tables (so two partitions), one atomic command each.
+    let _: () = con.mset(&[("customers2", "x"), ("orders3", "y")]).unwrap();
+    let got: Vec<Option<String>> = con
+        .mget(&["customers2", "orders3", "customers998"])
+        .unwrap();
+    assert_eq!(got, vec![Some("x".into()), Some("y".into()), None]);
+    let n: i64 = cmd("EXISTS")
+        .arg("customers2")
+        .arg("orders3")
+        .arg("customers998")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(n, 2);
+    let n: i64 = con.del(&["customers2", "orders3", "customers998"]).unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(con.exists::<_, i64>("customers2").unwrap(), 0);
+
+    // SWAP as GETSET and SET ... GET; SET ... NX.
+    let old: Option<String> = con.getset("customers1", "b").unwrap();
+    assert_eq!(old.as_deref(), Some("a"));
+    let old: Option<String> = cmd("SET")
+        .arg("customers1")
+        .arg("c")
+        .arg("GET")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(old.as_deref(), Some("b"));
+    let first: Option<String> = cmd("SET")
+        .arg("customers5")
+        .arg("v")
+        .arg("NX")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(first.as_deref(), Some("OK"));
+    let again: Option<String> = cmd("SET")
+        .arg("customers5")
+        .arg("w")
+        .arg("NX")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(again, None, "the key exists: not set");
+    assert_eq!(con.get::<_, String>("customers5").unwrap(), "v");
+
+    // MULTI/EXEC across partitions: one transaction.
+    let (a, b, c): (String, String, Option<String>) = redis::pipe()
+        .atomic()
+        .set("customers10", "1")
+        .set("orders10", "2")
+        .get("customers10")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(
+        (a.as_str(), b.as_str(), c.as_deref()),
+        ("OK", "OK", Some("1"))
+    );
+    assert_eq!(con.get::<_, String>("orders10").unwrap(), "2");
+    // A queued SET ... NX whose key exists: nothing in the block runs.
+    assert_eq!(cmd("MULTI").query::<String>(&mut con).unwrap(), "OK");
+    let queued: String = cmd("SET").arg("orders11").arg("w").query(&mut con).unwrap();
+    assert_eq!(queued, "QUEUED");
+    let _: String = cmd("SET")
+        .arg("customers5")
+        .arg("z")
+        .arg("NX")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(cmd("EXEC").query::<Value>(&mut con).unwrap(), Value::Nil);
+    assert_eq!(
+        con.get::<_, Option<String>>("orders11").unwrap(),
+        None,
+        "not applied"
+    );
+    assert_eq!(con.get::<_, String>("customers5").unwrap(), "v");
+    // A bad command in the block discards it.
+    assert_eq!(cmd("MULTI").query::<String>(&mut con).unwrap(), "OK");
+    let _: String = cmd("SET").arg("orders12").arg("w").query(&mut con).unwrap();
+    let bad = cmd("GET")
+        .arg("nokey")
+        .query::<Value>(&mut con)
+        .unwrap_err();
+    assert!(bad.to_string().contains("invalid key"), "{bad}");
+    let exec = cmd("EXEC").query::<Value>(&mut con).unwrap_err();
+    assert_eq!(exec.kind(), redis::ErrorKind::ExecAbortError, "{exec}");
+    assert_eq!(con.get::<_, Option<String>>("orders12").unwrap(), None);
+
+    // Range reads in distkv form; INFO; errors are RESP errors, and the
+    // connection stays usable.
+    let pairs: Vec<String> = cmd("RANGE")
+        .arg("customers1")
+        .arg("customers10")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(
+        pairs,
+        vec!["customers1", "c", "customers5", "v", "customers10", "1"]
+    );
+    let info: String = cmd("INFO").query(&mut con).unwrap();
+    assert!(
+        info.contains("distkv_version:") && info.contains("tables:customers,orders"),
+        "{info}"
+    );
+    let e = cmd("GET")
+        .arg("user:1")
+        .query::<Value>(&mut con)
+        .unwrap_err();
+    assert!(e.to_string().contains("invalid key"), "{e}");
+    let e = cmd("FLUSHALL").query::<Value>(&mut con).unwrap_err();
+    assert!(e.to_string().contains("unknown command"), "{e}");
+    assert_eq!(cmd("PING").query::<String>(&mut con).unwrap(), "PONG");
+
+    // Garbage on the socket: an error reply and a closed connection, and
+    // the front end still serves others.
+    let mut raw = TcpStream::connect(resp).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    raw.write_all(b"*1\r\n$999999999\r\n").unwrap();
+    let mut reply = String::new();
+    let _ = raw.read_to_string(&mut reply);
+    assert!(reply.starts_with("-ERR Protocol error"), "{reply:?}");
+    assert_eq!(con.get::<_, String>("customers1").unwrap(), "c");
 }

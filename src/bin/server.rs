@@ -26,6 +26,11 @@ struct Args {
     /// /metrics). Off by default. README "Metrics" lists what it serves.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<SocketAddr>,
+    /// Also speak the Redis protocol (RESP2) on this address, e.g. 0.0.0.0:6379: redis-cli and
+    /// Redis client libraries can then GET, SET, MGET, MSET, DEL, MULTI/EXEC ... distkv keys
+    /// (customers42) through this server, atomically across partitions (docs/protocol.md).
+    #[arg(long, value_name = "ADDR")]
+    resp_addr: Option<SocketAddr>,
     /// Log lines as human-readable text or as one JSON object per line (for log shippers).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -180,6 +185,16 @@ fn main() {
             eprintln!("error: {e}");
             std::process::exit(1);
         }
+    }
+    if let Some(addr) = args.resp_addr {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .unwrap_or_else(|e| {
+                eprintln!("error: cannot listen for the Redis protocol on {addr}: {e}");
+                std::process::exit(1);
+            });
+        tracing::info!(%addr, "serving the Redis protocol");
+        rt.spawn(distkv::resp::serve(listener, args.manager_addr.clone()));
     }
     if let Err(e) = rt.block_on(run_server(TokioRuntime, FsDisk::new(), config)) {
         eprintln!("error: {e}");
