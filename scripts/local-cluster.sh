@@ -35,7 +35,7 @@ keep their data in \$DISTKV_DATA (default: ./data) and find it again when the cl
 the same way.
 
 From another terminal, while it runs (--manager-port names the cluster if not the default):
-  restart-server N   stop server N (SIGTERM, as abrupt as a crash: it has no shutdown path)
+  restart-server N   stop server N (SIGTERM: it hands its leaderships off and flushes its log)
                      and start it again with the same flags; its log goes on in serverN.log
   kill-server N      stop server N and leave it down (to watch the others carry on)
   start-server N     start server N again after kill-server

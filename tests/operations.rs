@@ -444,3 +444,51 @@ fn redis_clients_use_distkv_through_the_resp_front_end() {
     assert!(reply.starts_with("-ERR Protocol error"), "{reply:?}");
     assert_eq!(con.get::<_, String>("customers1").unwrap(), "c");
 }
+
+#[test]
+fn sigterm_hands_the_leaderships_off_flushes_and_exits_cleanly() {
+    let mut cluster = common::Cluster::start_replicated(3, 3, true);
+    let put = common::run(
+        BENCHMARK,
+        &["--connect-addr", &cluster.manager_addr.to_string()],
+        "PUT customers1 before\nPUT orders1 before\n",
+    );
+    assert!(put.stderr.is_empty(), "{}", put.stderr);
+    let leader = cluster
+        .leader_of("customers1", Duration::from_secs(5))
+        .expect("a leader of customers1");
+    let pid = cluster.server_pid(leader).unwrap();
+    let started = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = cluster
+        .wait_server_exit(leader, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("server {leader} still runs 10 s after SIGTERM"));
+    let took = started.elapsed();
+    let log = cluster.server_stderr(leader);
+    assert!(status.success(), "exit {status}:\n{log}");
+    assert!(log.contains("stopping: handing off leaderships"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+    assert!(
+        took <= distkv::server::HANDOFF_MAX + Duration::from_secs(2),
+        "stopping took {took:?}"
+    );
+    // Another server leads now, and the data is all there.
+    let now = cluster
+        .leader_of("customers1", Duration::from_secs(5))
+        .expect("a new leader");
+    assert_ne!(now, leader);
+    let out = common::run(
+        BENCHMARK,
+        &["--connect-addr", &cluster.manager_addr.to_string()],
+        "GET customers1\nGET orders1\nPUT customers2 after\n",
+    );
+    assert_eq!(
+        out.stdout, "GET customers1 before\nGET orders1 before\nPUT customers2 not_found\n",
+        "{}",
+        out.stderr
+    );
+}

@@ -3,7 +3,7 @@ use clap::Parser;
 use distkv::cli::LogFormat;
 use distkv::rt::tokio_rt::TokioRuntime;
 use distkv::rt::FsDisk;
-use distkv::server::{run_server, RaftTuning, ServerConfig};
+use distkv::server::{run_server_until, RaftTuning, ServerConfig};
 use distkv::storage::group_commit::GroupCommitConfig;
 use distkv::storage::wal::SEGMENT_BYTES_DEFAULT;
 use distkv::storage::StorageConfig;
@@ -196,7 +196,27 @@ fn main() {
         tracing::info!(%addr, "serving the Redis protocol");
         rt.spawn(distkv::resp::serve(listener, args.manager_addr.clone()));
     }
-    if let Err(e) = rt.block_on(run_server(TokioRuntime, FsDisk::new(), config)) {
+    // SIGTERM or Ctrl-C: hand the leaderships off and flush the log, then exit 0
+    // (a second one, or SIGKILL, ends it at once).
+    let stop = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("a SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            std::process::exit(143);
+        });
+    };
+    if let Err(e) = rt.block_on(run_server_until(TokioRuntime, FsDisk::new(), config, stop)) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }

@@ -97,6 +97,8 @@ struct Pending {
 
 enum Event {
     Durable(Result<Lsn, String>),
+    /// Stop gracefully (see [`run_server_until`]).
+    Stop,
     Tick,
     SnapshotDone(SnapshotDone),
     /// A received snapshot's file is durable (or could not be written).
@@ -147,6 +149,23 @@ pub async fn run_server<R: Runtime, D: Disk>(
     rt: R,
     disk: D,
     config: ServerConfig,
+) -> io::Result<()> {
+    run_server_until(rt, disk, config, std::future::pending()).await
+}
+
+/// Longest a stopping server waits for its leaderships to move.
+pub const HANDOFF_MAX: Duration = Duration::from_secs(3);
+
+/// [`run_server`] that stops gracefully once `stop` completes (SIGTERM):
+/// it hands every leadership it holds to another voter (up to
+/// [`HANDOFF_MAX`]; the groups keep serving meanwhile, so clients see a
+/// leader change, not an election timeout), waits until its log is
+/// durable through its last record, and returns `Ok`.
+pub async fn run_server_until<R: Runtime, D: Disk>(
+    rt: R,
+    disk: D,
+    config: ServerConfig,
+    stop: impl std::future::Future<Output = ()>,
 ) -> io::Result<()> {
     let (storage, recovered) = match &config.storage {
         Some(storage_config) => {
@@ -255,6 +274,9 @@ pub async fn run_server<R: Runtime, D: Disk>(
     let tick = d.config.raft_tick;
     let mut next_tick = rt.now() + tick;
     let mut metrics_at = rt.now();
+    let mut stop = std::pin::pin!(stop);
+    // Set once `stop` fired: when the hand-off gives up.
+    let mut stopping: Option<Instant> = None;
     loop {
         let accept = d
             .storage
@@ -272,6 +294,7 @@ pub async fn run_server<R: Runtime, D: Disk>(
             tokio::select! {
                 biased;
                 durable = durable => Event::Durable(durable),
+                _ = &mut stop, if stopping.is_none() => Event::Stop,
                 _ = rt.sleep(wait) => Event::Tick,
                 Some(done) = finished_jobs.recv() => Event::SnapshotDone(done),
                 Some((p, index, result)) = writes_done.recv() => {
@@ -292,8 +315,29 @@ pub async fn run_server<R: Runtime, D: Disk>(
                     "storage failed, stopping (restart to recover from disk): {reason}"
                 )));
             }
+            Event::Stop => {
+                let leading = d.core.hand_off_leaderships();
+                tracing::info!(
+                    leaderships = leading,
+                    "stopping: handing off leaderships, then flushing the log"
+                );
+                stopping = Some(rt.now() + HANDOFF_MAX);
+            }
             Event::Tick => {
                 let now = rt.now();
+                if let Some(give_up) = stopping {
+                    let leading = d.core.hand_off_leaderships();
+                    if leading == 0 || now >= give_up {
+                        if leading > 0 {
+                            tracing::warn!(
+                                leaderships = leading,
+                                "stopping with leaderships not handed off"
+                            );
+                        }
+                        d.flush().await?;
+                        return d.finish().await;
+                    }
+                }
                 next_tick = if now >= next_tick + tick {
                     now + tick // fell behind (a long pause): do not burst
                 } else {
@@ -457,6 +501,22 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
                 tracing::warn!(%from, "server ignores unexpected message {other:?}");
             }
         }
+        Ok(())
+    }
+
+    /// The end of a graceful stop: waits until every record appended to
+    /// the log is durable (the group commit in flight, if any).
+    async fn finish(&mut self) -> io::Result<()> {
+        if let Some(s) = self.storage.as_mut() {
+            while s.pending_records() > 0 {
+                if let Err(reason) = s.durable_changed().await {
+                    return Err(io::Error::other(format!(
+                        "storage failed while stopping: {reason}"
+                    )));
+                }
+            }
+        }
+        tracing::info!("stopped");
         Ok(())
     }
 

@@ -906,6 +906,36 @@ impl ServerCore {
         ))
     }
 
+    /// Graceful shutdown: asks every replica that leads its group to hand
+    /// the leadership to its most caught-up other voter. Returns how many
+    /// still lead with someone to hand it to (call again each tick until
+    /// none; a transfer under way is simply asked again).
+    pub fn hand_off_leaderships(&mut self) -> usize {
+        let me = self.node_id;
+        let mut leading = 0;
+        let ids: Vec<PartitionId> = self.replicas.keys().copied().collect();
+        for id in ids {
+            let r = self.replicas.get_mut(&id).unwrap();
+            if r.raft.role() != Role::Leader {
+                continue;
+            }
+            let target = r
+                .raft
+                .membership()
+                .voters
+                .iter()
+                .copied()
+                .filter(|&v| v != me)
+                .max_by_key(|&v| r.raft.match_index(v).unwrap_or(0));
+            if let Some(to) = target {
+                leading += 1;
+                let _ = r.raft.transfer_leader(to);
+                self.process(id);
+            }
+        }
+        leading
+    }
+
     /// Advances every group's clock by one tick.
     pub fn tick(&mut self) {
         let ids: Vec<PartitionId> = self.replicas.keys().copied().collect();
