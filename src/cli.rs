@@ -242,6 +242,34 @@ pub fn connect_or_exit(
     }
 }
 
+/// TLS flags, the same on every binary (README "Security").
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// Mutual TLS on every connection: the cluster's CA certificate (PEM). Only peers holding a
+    /// certificate signed by it can connect, in either direction. Needs --tls-cert and
+    /// --tls-key; `admin gen-certs --out DIR` makes a test CA and certificates.
+    #[arg(long, value_name = "FILE", global = true, requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// This process's certificate (PEM, signed by --tls-ca's CA).
+    #[arg(long, value_name = "FILE", global = true, requires = "tls_ca")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// This process's private key (PEM).
+    #[arg(long, value_name = "FILE", global = true, requires = "tls_ca")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// Turns TLS on if asked; on a bad file says why and exits 2.
+    pub fn enable_or_exit(&self) {
+        if let (Some(ca), Some(cert), Some(key)) = (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            if let Err(e) = crate::rt::tls::enable(ca, cert, key) {
+                eprintln!("error: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
+}
+
 /// Logs go to stderr (never stdout, which carries replies), filtered by
 /// `RUST_LOG` or `default` (e.g. `"info"`).
 pub fn init_logging(default: &str) {

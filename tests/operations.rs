@@ -78,11 +78,23 @@ struct ConfigCluster {
     manager: SocketAddr,
     /// The servers' metrics endpoints, then the manager's.
     metrics: Vec<SocketAddr>,
-    _dir: tempfile::TempDir,
+    /// Flags every client of this cluster needs (TLS).
+    client_flags: Vec<String>,
+    dir: tempfile::TempDir,
 }
 
 impl ConfigCluster {
     fn start(server0_flags: &[&str]) -> ConfigCluster {
+        ConfigCluster::start_with(&[], &[], server0_flags)
+    }
+
+    /// `node_flags` go to the manager and every server, `client_flags` to
+    /// every client of the cluster (the readiness check too).
+    fn start_with(
+        node_flags: &[&str],
+        client_flags: &[&str],
+        server0_flags: &[&str],
+    ) -> ConfigCluster {
         let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(8);
         let (manager, servers, metrics) = (ports[0], &ports[1..4], &ports[4..8]);
@@ -102,12 +114,12 @@ impl ConfigCluster {
         )
         .unwrap();
         let mut children = Vec::new();
+        let manager_file = dir.path().join("manager.toml");
+        let mut flags = vec!["--config", manager_file.to_str().unwrap()];
+        flags.extend_from_slice(node_flags);
         children.push(spawn(
             MANAGER,
-            &[
-                "--config",
-                dir.path().join("manager.toml").to_str().unwrap(),
-            ],
+            &flags,
             &dir.path().join("manager.err"),
             "manager",
         ));
@@ -127,6 +139,7 @@ impl ConfigCluster {
             .unwrap();
             // A flag overrides the file: the servers log JSON after all.
             let mut flags = vec!["--config", file.to_str().unwrap(), "--log-format", "json"];
+            flags.extend_from_slice(node_flags);
             if i == 0 {
                 flags.extend_from_slice(server0_flags);
             }
@@ -141,28 +154,34 @@ impl ConfigCluster {
         // Serving: a write and a read through the manager's map.
         let deadline = Instant::now() + common::READY_TIMEOUT;
         loop {
-            let out = bench(
-                manager,
-                &["--timeout-ms", "2000"],
-                "PUT customers1 hello\nGET customers1\n",
-            );
+            let mut flags = vec!["--timeout-ms", "2000"];
+            flags.extend_from_slice(client_flags);
+            let mut args = vec!["--connect-addr".to_string(), manager.to_string()];
+            args.extend(flags.iter().map(|f| f.to_string()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let run = common::run(BENCHMARK, &args, "PUT customers1 hello\nGET customers1\n");
+            let out = format!("{}{}", run.stdout, run.stderr);
             if out.contains("GET customers1 hello") {
                 break;
             }
             for c in &mut children {
                 assert!(c.is_running(), "{} exited:\n{}", c.name, c.stderr());
             }
-            assert!(
-                Instant::now() < deadline,
-                "the cluster did not serve: {out}"
-            );
+            if Instant::now() >= deadline {
+                let logs: Vec<String> = children
+                    .iter()
+                    .map(|c| format!("--- {}:\n{}", c.name, c.stderr()))
+                    .collect();
+                panic!("the cluster did not serve: {out}\n{}", logs.join("\n"));
+            }
             thread::sleep(Duration::from_millis(200));
         }
         ConfigCluster {
             children,
             manager,
             metrics: metrics.to_vec(),
-            _dir: dir,
+            client_flags: client_flags.iter().map(|f| f.to_string()).collect(),
+            dir,
         }
     }
 }
@@ -491,4 +510,114 @@ fn sigterm_hands_the_leaderships_off_flushes_and_exits_cleanly() {
         "{}",
         out.stderr
     );
+}
+
+/// `--tls-ca DIR/ca.pem --tls-cert DIR/<who>.pem --tls-key DIR/<who>.key`.
+fn tls_flags(dir: &Path, who: &str) -> Vec<String> {
+    vec![
+        "--tls-ca".into(),
+        dir.join("ca.pem").display().to_string(),
+        "--tls-cert".into(),
+        dir.join(format!("{who}.pem")).display().to_string(),
+        "--tls-key".into(),
+        dir.join(format!("{who}.key")).display().to_string(),
+    ]
+}
+
+#[test]
+fn with_tls_only_holders_of_the_clusters_certificates_get_in() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ours, theirs) = (certs.path().join("ours"), certs.path().join("theirs"));
+    for dir in [&ours, &theirs] {
+        let out = common::run(
+            common::ADMIN,
+            &["gen-certs", "--out", dir.to_str().unwrap()],
+            "",
+        );
+        assert!(out.status.success(), "{}", out.stderr);
+        assert!(out.stdout.contains("ca.pem") && out.stdout.contains("client.key"));
+    }
+    let node = tls_flags(&ours, "node");
+    let client = tls_flags(&ours, "client");
+    let refs = |v: &[String]| -> Vec<String> { v.to_vec() };
+    let node_refs: Vec<&str> = node.iter().map(String::as_str).collect();
+    let client_refs: Vec<&str> = client.iter().map(String::as_str).collect();
+    let resp = free_ports(1)[0].to_string();
+    // Servers, manager and clients all on TLS: everything works (the
+    // readiness check writes and reads through it).
+    let cluster = ConfigCluster::start_with(&node_refs, &client_refs, &["--resp-addr", &resp]);
+    let mut flags = refs(&client);
+    flags.extend(["--timeout-ms".to_string(), "3000".to_string()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let out = bench(cluster.manager, &flags, "PUT orders5 x\nGET orders5\n");
+    assert_eq!(out, "PUT orders5 not_found\nGET orders5 x\n");
+    assert_eq!(cluster.client_flags.len(), 6);
+
+    // No certificate, or one from another CA: refused, with a clear error.
+    let mut strangers: Vec<Vec<String>> = vec![vec![], tls_flags(&theirs, "client")];
+    for flags in strangers.iter_mut() {
+        flags.extend(["--timeout-ms".to_string(), "1500".to_string()]);
+        let mut args = vec!["--connect-addr".to_string(), cluster.manager.to_string()];
+        args.extend(flags.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = common::run(BENCHMARK, &args, "GET orders5\n");
+        assert!(!out.status.success(), "a stranger got in: {}", out.stdout);
+        assert!(!out.stdout.contains("GET orders5 x"), "{}", out.stdout);
+        assert!(
+            out.stderr.contains("cannot connect to the cluster"),
+            "{}",
+            out.stderr
+        );
+    }
+    let manager_log = cluster.children[0].stderr();
+    assert!(
+        manager_log.contains("TLS handshake failed"),
+        "the manager says why it refused: {manager_log}"
+    );
+
+    // A server with another CA's certificate cannot join the cluster.
+    let port = free_ports(1)[0].to_string();
+    let mut args = vec![
+        "--node-id".to_string(),
+        "3".to_string(),
+        "--join".to_string(),
+        "--listen-addr".to_string(),
+        port.clone(),
+        "--manager-addr".to_string(),
+        cluster.manager.to_string(),
+    ];
+    args.extend(tls_flags(&theirs, "node"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut intruder = spawn(
+        SERVER,
+        &args,
+        &cluster.dir.path().join("intruder.err"),
+        "intruder",
+    );
+    thread::sleep(Duration::from_secs(3));
+    let mut admin = vec!["--connect-addr".to_string(), cluster.manager.to_string()];
+    admin.extend(client.iter().cloned());
+    admin.extend(["--json".to_string(), "servers".to_string()]);
+    let admin: Vec<&str> = admin.iter().map(String::as_str).collect();
+    let out = common::run(common::ADMIN, &admin, "");
+    assert!(out.status.success(), "{}", out.stderr);
+    let servers: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let ids: Vec<u64> = servers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![0, 1, 2], "the intruder is not in the cluster");
+    let log = intruder.stderr();
+    assert!(log.contains("TLS handshake failed"), "{log}");
+    intruder.kill();
+
+    // The Redis front end is a client of the cluster: it reaches it over TLS.
+    let mut raw = TcpStream::connect(resp.as_str()).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    raw.write_all(b"GET orders5\r\n").unwrap();
+    let mut reply = [0u8; 64];
+    let n = raw.read(&mut reply).unwrap();
+    assert_eq!(&reply[..n], b"$1\r\nx\r\n");
 }

@@ -36,6 +36,8 @@ struct Args {
     json: bool,
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    tls: distkv::cli::TlsArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -115,11 +117,37 @@ enum Command {
         #[arg(long)]
         node: NodeId,
     },
+    /// Make a test CA and certificates for TLS in a directory (needs no cluster): ca.pem (give
+    /// it to every process as --tls-ca), ca.key (keep it safe: it signs), node.pem / node.key
+    /// (servers and managers) and client.pem / client.key (client, benchmark, admin).
+    GenCerts {
+        /// The directory to write them to (created if missing; existing files are replaced).
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+        /// How long the certificates are valid, in days.
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        days: u32,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    args.tls.enable_or_exit();
     distkv::cli::init_logging("warn");
+    if let Command::GenCerts { out, days } = &args.command {
+        return match distkv::rt::tls::generate(out, *days) {
+            Ok(files) => {
+                for f in files {
+                    println!("{f}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let client = distkv::cli::connect_or_exit(&rt, &args.connect_addr, args.timeout_ms);
     let result = rt.block_on(async {
@@ -176,6 +204,7 @@ fn main() -> ExitCode {
             Command::RemoveServer { node } => {
                 server_admin(&client, node, ServerAction::Remove, args.json).await
             }
+            Command::GenCerts { .. } => unreachable!("made before connecting"),
             Command::Split { partition, at } => {
                 let deadline = Instant::now() + Duration::from_millis(args.timeout_ms);
                 split(&client, partition, at, deadline)

@@ -25,6 +25,8 @@ struct Args {
     timeout_ms: u64,
     #[command(subcommand)]
     mode: Option<Mode>,
+    #[command(flatten)]
+    tls: distkv::cli::TlsArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -57,6 +59,7 @@ const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn main() {
     let args = Args::parse();
+    args.tls.enable_or_exit();
     distkv::cli::init_logging("warn");
     // `check` reads a file and needs no cluster: run it before connecting.
     if let Some(Mode::Check(check)) = &args.mode {

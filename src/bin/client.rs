@@ -22,6 +22,8 @@ struct Args {
     /// Deadline for each command, in milliseconds.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     timeout_ms: u64,
+    #[command(flatten)]
+    tls: distkv::cli::TlsArgs,
 }
 
 struct Terminal {
@@ -76,6 +78,7 @@ const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn main() {
     let args = Args::parse();
+    args.tls.enable_or_exit();
     distkv::cli::init_logging("warn");
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let client = distkv::cli::connect_or_exit(&rt, &args.connect_addr, args.timeout_ms);

@@ -68,6 +68,8 @@ struct Args {
     /// never forgets what it acknowledged) [default: ./manager<NODE_ID>].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    tls: distkv::cli::TlsArgs,
 }
 
 fn parse_table(s: &str) -> Result<(String, u64), String> {
@@ -140,6 +142,7 @@ fn control_config(args: &Args) -> Option<ControlConfig> {
 
 fn main() {
     let args: Args = distkv::config::parse_args();
+    args.tls.enable_or_exit();
     distkv::cli::init_logging_as("info", args.log_format);
     let replicas = args
         .replicas

@@ -99,6 +99,8 @@ struct Args {
     /// (a follower behind the dropped part gets a snapshot instead).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     compact_entries: u64,
+    #[command(flatten)]
+    tls: distkv::cli::TlsArgs,
 }
 
 fn parse_batch_timeout(s: &str) -> Result<f64, String> {
@@ -119,6 +121,7 @@ impl Args {
 
 fn main() {
     let args: Args = distkv::config::parse_args();
+    args.tls.enable_or_exit();
     distkv::cli::init_logging_as("info", args.log_format);
     let advertise_addr = args
         .advertise_addr

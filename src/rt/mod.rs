@@ -19,6 +19,7 @@ pub mod disk;
 pub mod sim_disk;
 #[cfg(feature = "sim")]
 pub mod sim_rt;
+pub mod tls;
 pub mod tokio_rt;
 
 pub use disk::{Disk, FsDisk};

@@ -10,7 +10,9 @@
 //! address. A server's incoming connection is filed under that address, so
 //! replies and later messages reuse it; a client (no address) is filed under
 //! its socket's peer address. A bad frame closes its connection with a logged
-//! reason; everyone else is unaffected.
+//! reason; everyone else is unaffected. With TLS on ([`super::tls`]) every
+//! connection is mutual TLS first; a peer without a certificate of the
+//! cluster's CA is refused before any frame is read.
 
 use super::{Net, Received, Runtime};
 use crate::wire::frame::{encode_frame, FrameHeader, FRAME_HEADER_LEN, FRAME_PAYLOAD_LEN_MAX};
@@ -21,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -37,7 +39,20 @@ const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 /// has arrived (a burst of small frames costs one syscall, not two each).
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 
-type FrameReader = BufReader<tokio::net::tcp::OwnedReadHalf>;
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+type FrameReader = BufReader<ReadHalf>;
+
+/// A connection's two halves: TCP's own, or TLS's over it.
+fn halves<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> (ReadHalf, WriteHalf) {
+    let (read, write) = tokio::io::split(stream);
+    (Box::new(read), Box::new(write))
+}
+
+fn tcp_halves(stream: TcpStream) -> (ReadHalf, WriteHalf) {
+    let (read, write) = stream.into_split();
+    (Box::new(read), Box::new(write))
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct TokioRuntime;
@@ -276,7 +291,25 @@ async fn dial(shared: Arc<Shared>, to: SocketAddr, conn_id: u64, outbox: mpsc::R
         }
     };
     let _ = stream.set_nodelay(true);
-    let (read, mut write) = stream.into_split();
+    let (read, mut write) = match super::tls::get() {
+        None => tcp_halves(stream),
+        Some(tls) => {
+            let handshake = tls.connector.connect(tls.server_name.clone(), stream);
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                Ok(Ok(stream)) => halves(stream),
+                Ok(Err(e)) => {
+                    tracing::warn!(%to, "TLS handshake failed: {e}");
+                    undeliverable(&shared, to, conn_id, outbox);
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(%to, "TLS handshake timed out");
+                    undeliverable(&shared, to, conn_id, outbox);
+                    return;
+                }
+            }
+        }
+    };
     let hello = encode_msg(&Msg::Hello {
         advertise: shared.advertise,
     })
@@ -308,7 +341,22 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 
 async fn accept_one(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
+    let (read, write) = match super::tls::get() {
+        None => tcp_halves(stream),
+        Some(tls) => {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => halves(stream),
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, "refusing a connection: TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, "refusing a connection: no TLS handshake within {HANDSHAKE_TIMEOUT:?}");
+                    return;
+                }
+            }
+        }
+    };
     let mut read = BufReader::with_capacity(READ_BUFFER_BYTES, read);
     let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut read)).await;
     let advertise = match hello {
@@ -390,7 +438,7 @@ async fn read_loop(shared: Arc<Shared>, mut read: FrameReader, key: SocketAddr, 
 
 async fn write_loop(
     shared: Arc<Shared>,
-    write: tokio::net::tcp::OwnedWriteHalf,
+    write: WriteHalf,
     mut outbox: mpsc::Receiver<Outgoing>,
     key: SocketAddr,
     conn_id: u64,
