@@ -331,29 +331,22 @@ fn plan_inner(args: &[Vec<u8>]) -> Result<Plan, Reply> {
                 Shape::Old,
             )
         }
-        "DEL" | "UNLINK" => {
+        "DEL" | "UNLINK" | "EXISTS" | "MGET" => {
             arity(&name, n >= 1)?;
+            let op = |key| match name.as_str() {
+                "DEL" | "UNLINK" => Op::Delete { key },
+                _ => Op::Get { key },
+            };
             let ops = rest
                 .iter()
-                .map(|k| key(k).map(|key| Op::Delete { key }))
+                .map(|k| key(k).map(op))
                 .collect::<Result<_, _>>()?;
-            Plan::Run(ops, Shape::Deleted)
-        }
-        "EXISTS" => {
-            arity(&name, n >= 1)?;
-            let ops = rest
-                .iter()
-                .map(|k| key(k).map(|key| Op::Get { key }))
-                .collect::<Result<_, _>>()?;
-            Plan::Run(ops, Shape::Existing)
-        }
-        "MGET" => {
-            arity(&name, n >= 1)?;
-            let ops = rest
-                .iter()
-                .map(|k| key(k).map(|key| Op::Get { key }))
-                .collect::<Result<_, _>>()?;
-            Plan::Run(ops, Shape::Values)
+            let shape = match name.as_str() {
+                "DEL" | "UNLINK" => Shape::Deleted,
+                "EXISTS" => Shape::Existing,
+                _ => Shape::Values,
+            };
+            Plan::Run(ops, shape)
         }
         "MSET" => {
             arity(&name, n >= 2 && n % 2 == 0)?;

@@ -363,26 +363,20 @@ fn redis_clients_use_distkv_through_the_resp_front_end() {
     // SWAP as GETSET and SET ... GET; SET ... NX.
     let old: Option<String> = con.getset("customers1", "b").unwrap();
     assert_eq!(old.as_deref(), Some("a"));
-    let old: Option<String> = cmd("SET")
-        .arg("customers1")
-        .arg("c")
-        .arg("GET")
-        .query(&mut con)
-        .unwrap();
+    // SET key value OPTION, its reply as an optional string.
+    let set_with = |con: &mut redis::Connection, k: &str, v: &str, option: &str| {
+        cmd("SET")
+            .arg(k)
+            .arg(v)
+            .arg(option)
+            .query::<Option<String>>(con)
+            .unwrap()
+    };
+    let old = set_with(&mut con, "customers1", "c", "GET");
     assert_eq!(old.as_deref(), Some("b"));
-    let first: Option<String> = cmd("SET")
-        .arg("customers5")
-        .arg("v")
-        .arg("NX")
-        .query(&mut con)
-        .unwrap();
+    let first = set_with(&mut con, "customers5", "v", "NX");
     assert_eq!(first.as_deref(), Some("OK"));
-    let again: Option<String> = cmd("SET")
-        .arg("customers5")
-        .arg("w")
-        .arg("NX")
-        .query(&mut con)
-        .unwrap();
+    let again = set_with(&mut con, "customers5", "w", "NX");
     assert_eq!(again, None, "the key exists: not set");
     assert_eq!(con.get::<_, String>("customers5").unwrap(), "v");
 

@@ -276,38 +276,45 @@ fn undeliverable(
     }
 }
 
-async fn dial(shared: Arc<Shared>, to: SocketAddr, conn_id: u64, outbox: mpsc::Receiver<Outgoing>) {
+/// Why a dial failed: `tls` for a refused TLS handshake (worth a warning:
+/// a certificate problem), else the peer was not there (routine).
+struct DialError {
+    tls: bool,
+    why: String,
+}
+
+/// Opens a connection to `to`: TCP, then TLS if it is on, each within
+/// [`HANDSHAKE_TIMEOUT`].
+async fn connect(to: SocketAddr) -> Result<(ReadHalf, WriteHalf), DialError> {
+    let fail = |tls: bool, why: String| Err(DialError { tls, why });
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(to)).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            tracing::debug!(%to, error = %e, "connect failed");
-            undeliverable(&shared, to, conn_id, outbox);
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%to, "connect timed out");
-            undeliverable(&shared, to, conn_id, outbox);
-            return;
-        }
+        Ok(Err(e)) => return fail(false, format!("connect failed: {e}")),
+        Err(_) => return fail(false, "connect timed out".into()),
     };
     let _ = stream.set_nodelay(true);
-    let (read, mut write) = match super::tls::get() {
-        None => tcp_halves(stream),
-        Some(tls) => {
-            let handshake = tls.connector.connect(tls.server_name.clone(), stream);
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-                Ok(Ok(stream)) => halves(stream),
-                Ok(Err(e)) => {
-                    tracing::warn!(%to, "TLS handshake failed: {e}");
-                    undeliverable(&shared, to, conn_id, outbox);
-                    return;
-                }
-                Err(_) => {
-                    tracing::warn!(%to, "TLS handshake timed out");
-                    undeliverable(&shared, to, conn_id, outbox);
-                    return;
-                }
+    let Some(tls) = super::tls::get() else {
+        return Ok(tcp_halves(stream));
+    };
+    let handshake = tls.connector.connect(tls.server_name.clone(), stream);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(stream)) => Ok(halves(stream)),
+        Ok(Err(e)) => fail(true, format!("TLS handshake failed: {e}")),
+        Err(_) => fail(true, "TLS handshake timed out".into()),
+    }
+}
+
+async fn dial(shared: Arc<Shared>, to: SocketAddr, conn_id: u64, outbox: mpsc::Receiver<Outgoing>) {
+    let (read, mut write) = match connect(to).await {
+        Ok(halves) => halves,
+        Err(DialError { tls, why }) => {
+            if tls {
+                tracing::warn!(%to, "{why}");
+            } else {
+                tracing::debug!(%to, "{why}");
             }
+            undeliverable(&shared, to, conn_id, outbox);
+            return;
         }
     };
     let hello = encode_msg(&Msg::Hello {

@@ -583,6 +583,7 @@ impl<D: Disk> Storage<D> {
             self.checkpoint_running.clone(),
             self.checkpoints_done.clone(),
         );
+        let clock = rt.clone();
         rt.spawn(async move {
             // A snapshot must never get ahead of the durable log: if it did,
             // a crash could leave the log shorter than the snapshot and later
@@ -595,6 +596,7 @@ impl<D: Disk> Storage<D> {
                 running.store(false, Ordering::Release);
                 return;
             }
+            let started = clock.now();
             let result: Result<usize, StorageError> = async {
                 for group in &groups {
                     snapshot::write_snapshot(&disk, &dir, group.store.range().id, lsn, group)
@@ -623,6 +625,7 @@ impl<D: Disk> Storage<D> {
                         lsn,
                         partitions = groups.len(),
                         purged_segments = purged,
+                        took_ms = clock.now().saturating_duration_since(started).as_millis() as u64,
                         "checkpoint done"
                     );
                 }
