@@ -71,8 +71,9 @@ write 1 100
 check 1 100 "all up"
 echo "test-compose.sh: 200 keys written and read back"
 
+server1=$("${compose[@]}" ps -q server1) # before stop: `ps` may list running ones only
 "${compose[@]}" stop server1
-code=$(docker inspect -f '{{.State.ExitCode}}' "$("${compose[@]}" ps -q server1)")
+code=$(docker inspect -f '{{.State.ExitCode}}' "$server1")
 [ "$code" = 0 ] || fail "server1 exited with $code on SIGTERM (a graceful stop exits 0)"
 check 1 100 "server1 stopped"
 write 101 150
@@ -82,7 +83,18 @@ echo "test-compose.sh: server1 stopped (SIGTERM): everything read back, writes g
 
 network="${project}_distkv"
 container=$("${compose[@]}" ps -q server2)
-sleep 2
+# server1 must serve again before another is cut off (else one of 3 is left).
+back=0
+for _ in $(seq 1 30); do
+  if [ "$(docker inspect -f '{{.State.Running}}' "$server1")" = true ] &&
+    ask 'GET customers150\n' | grep -q '^GET customers150 v150$'; then
+    back=1
+    break
+  fi
+  sleep 1
+done
+[ "$back" = 1 ] || fail "server1 did not come back"
+sleep 3 # its replicas catch up (heartbeats; it was down for seconds only)
 docker network disconnect "$network" "$container"
 check 1 150 "server2 cut off"
 write 151 200

@@ -17,6 +17,7 @@ use crate::key::Key;
 use crate::op::{Op, OpResult, VALUE_LEN_MAX};
 use crate::rt::tokio_rt::TokioRuntime;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -74,6 +75,10 @@ const ARGS_MAX: usize = 2 * crate::op::OPS_PER_COMMAND_MAX + 16;
 const ARG_LEN_MAX: usize = VALUE_LEN_MAX + 1024;
 /// Longest inline command line.
 const INLINE_MAX: usize = 64 * 1024;
+/// Most bytes of arguments in one request: a command's limit, with room
+/// to say it is too large. (Redis allows far more; a distkv command could
+/// not use it.)
+const REQUEST_BYTES_MAX: usize = crate::op::COMMAND_BYTES_MAX + 64 * 1024;
 
 /// What [`parse_request`] found: a request's arguments and the bytes it
 /// took, or `None` if more bytes are needed; or a protocol error.
@@ -109,8 +114,11 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
     if count > ARGS_MAX as i64 {
         return Err("Protocol error: invalid multibulk length".into());
     }
+    // First the argument spans, copying nothing: a request that arrives in
+    // many reads is walked again on each, and must not be copied each time.
     let mut at = end + 2;
-    let mut args = Vec::with_capacity(count.max(0) as usize);
+    let mut spans = Vec::with_capacity(count.max(0) as usize);
+    let mut total = 0usize;
     for _ in 0..count.max(0) {
         if at >= buf.len() {
             return Ok(None);
@@ -128,6 +136,12 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
         if !(0..=ARG_LEN_MAX as i64).contains(&len) {
             return Err("Protocol error: invalid bulk length".into());
         }
+        total += len as usize;
+        if total > REQUEST_BYTES_MAX {
+            return Err(format!(
+                "Protocol error: request larger than {REQUEST_BYTES_MAX} bytes"
+            ));
+        }
         let start = end + 2;
         let stop = start + len as usize;
         if buf.len() < stop + 2 {
@@ -136,9 +150,10 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
         if &buf[stop..stop + 2] != b"\r\n" {
             return Err("Protocol error: bulk string not followed by CRLF".into());
         }
-        args.push(buf[start..stop].to_vec());
+        spans.push(start..stop);
         at = stop + 2;
     }
+    let args = spans.into_iter().map(|r| buf[r].to_vec()).collect();
     Ok(Some((args, at)))
 }
 
@@ -184,6 +199,8 @@ pub enum Shape {
     SetIfAbsent,
     /// A SCAN's keys and values, flattened: key, value, key, value (RANGE).
     Pairs,
+    /// A reply that needs no data (PING, ECHO, INFO ... queued in MULTI).
+    Fixed(Reply),
 }
 
 impl Shape {
@@ -191,6 +208,7 @@ impl Shape {
         let count = |f: fn(&OpResult) -> bool| results.iter().filter(|r| f(r)).count() as i64;
         match self {
             Shape::Ok | Shape::SetIfAbsent => Reply::Simple("OK"),
+            Shape::Fixed(reply) => reply.clone(),
             Shape::Value | Shape::Old => match results.last() {
                 Some(OpResult::Get(v) | OpResult::Swap(v)) => Reply::Bulk(v.clone()),
                 other => Reply::err(format!("unexpected result {other:?}")),
@@ -470,11 +488,16 @@ impl Conn {
                     queued.refused = true;
                     return (Reply::Error(e), true);
                 }
-                Plan::Reply(_) | Plan::Info => {
-                    return (
-                        Reply::err("only data commands (GET, SET, ...) can be queued in MULTI"),
-                        true,
-                    )
+                // Answered in EXEC's array, in order, like Redis.
+                Plan::Reply(reply) => {
+                    queued.shapes.push((Shape::Fixed(reply), 0));
+                    return (Reply::Simple("QUEUED"), true);
+                }
+                Plan::Info => {
+                    let info = Reply::Bulk(Some(self.info().into_bytes()));
+                    let queued = self.multi.as_mut().unwrap();
+                    queued.shapes.push((Shape::Fixed(info), 0));
+                    return (Reply::Simple("QUEUED"), true);
                 }
                 Plan::Quit => return (Reply::Simple("OK"), false),
             }
@@ -509,10 +532,12 @@ impl Conn {
                 "EXECABORT Transaction discarded because of previous errors.".into(),
             );
         }
-        if queued.ops.is_empty() {
-            return Reply::Array(Some(Vec::new()));
-        }
-        match self.session.execute(queued.ops).await {
+        let outcome = if queued.ops.is_empty() {
+            Ok(Vec::new()) // nothing to run: only fixed replies, if anything
+        } else {
+            self.session.execute(queued.ops).await
+        };
+        match outcome {
             Ok(results) => {
                 let mut replies = Vec::with_capacity(queued.shapes.len());
                 let mut at = 0;
@@ -588,20 +613,30 @@ pub async fn serve(listener: tokio::net::TcpListener, managers: Vec<SocketAddr>)
     }
 }
 
+/// Reply bytes handed to a connection's writer and not yet taken by the
+/// client; past it the connection is closed (a client that pipelines
+/// without ever reading would otherwise hold them without bound).
+const OUTPUT_PENDING_MAX: usize = 64 * 1024 * 1024;
+
 async fn connection(
-    mut stream: tokio::net::TcpStream,
+    stream: tokio::net::TcpStream,
     session: Session<TokioRuntime>,
 ) -> std::io::Result<()> {
+    let (mut read, write) = stream.into_split();
+    // Replies go out on their own task, so that reading goes on while the
+    // client is still sending a long pipeline and not reading yet.
+    let pending = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(write_replies(write, rx, pending.clone()));
     let mut conn = Conn {
         session,
         multi: None,
     };
     let mut buf = Vec::with_capacity(16 * 1024);
-    let mut out = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
-    loop {
-        // Every complete request in the buffer, replies written together
-        // (pipelining clients send many before reading).
+    let result = loop {
+        // Every complete request in the buffer, replies handed over together.
+        let mut out = Vec::new();
         let mut used = 0;
         let mut open = true;
         while open {
@@ -624,18 +659,51 @@ async fn connection(
         }
         buf.drain(..used);
         if !out.is_empty() {
-            stream.write_all(&out).await?;
-            out.clear();
+            let n = out.len();
+            if pending.fetch_add(n, Ordering::Relaxed) + n > OUTPUT_PENDING_MAX {
+                writer.abort();
+                return Err(std::io::Error::other(format!(
+                    "closed: over {OUTPUT_PENDING_MAX} bytes of replies the client has not read"
+                )));
+            }
+            if tx.send(out).is_err() {
+                break Ok(()); // the writer stopped: the client went away
+            }
         }
         if !open {
-            return Ok(());
+            break Ok(());
         }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
+        match read.read(&mut chunk).await {
+            Ok(0) => break Ok(()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => break Err(e),
         }
-        buf.extend_from_slice(&chunk[..n]);
+    };
+    // Let the last replies out (a protocol error's, QUIT's), within reason.
+    drop(tx);
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(std::time::Duration::from_secs(10), writer)
+        .await
+        .is_err()
+    {
+        abort.abort();
+        tracing::debug!("RESP: a client did not read its last replies");
     }
+    result
+}
+
+async fn write_replies(
+    mut write: tokio::net::tcp::OwnedWriteHalf,
+    mut replies: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    pending: Arc<AtomicUsize>,
+) {
+    while let Some(bytes) = replies.recv().await {
+        if write.write_all(&bytes).await.is_err() {
+            return;
+        }
+        pending.fetch_sub(bytes.len(), Ordering::Relaxed);
+    }
+    let _ = write.shutdown().await;
 }
 
 #[cfg(test)]
@@ -696,6 +764,17 @@ mod tests {
             );
         }
         assert!(parse_request(&[b'*'; 40]).is_err(), "endless length line");
+        // More argument bytes than any command may carry: refused as soon as
+        // the headers say so, before the bytes arrive.
+        let mut big = format!("*{}\r\n$4\r\nMSET\r\n", 2 * 40 + 1).into_bytes();
+        for i in 0..80 {
+            big.extend_from_slice(format!("$65536\r\n{}\r\n", "x".repeat(65536)).as_bytes());
+            if i == 70 {
+                break;
+            }
+        }
+        let e = parse_request(&big).unwrap_err();
+        assert!(e.contains("request larger than"), "{e}");
         assert!(parse_request(&vec![b'a'; INLINE_MAX + 1]).is_err());
     }
 

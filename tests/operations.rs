@@ -393,6 +393,14 @@ fn redis_clients_use_distkv_through_the_resp_front_end() {
         ("OK", "OK", Some("1"))
     );
     assert_eq!(con.get::<_, String>("orders10").unwrap(), "2");
+    // Commands that need no data are answered in EXEC's array too.
+    let (pong, ok): (String, String) = redis::pipe()
+        .atomic()
+        .cmd("PING")
+        .set("orders13", "z")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!((pong.as_str(), ok.as_str()), ("PONG", "OK"));
     // A queued SET ... NX whose key exists: nothing in the block runs.
     assert_eq!(cmd("MULTI").query::<String>(&mut con).unwrap(), "OK");
     let queued: String = cmd("SET").arg("orders11").arg("w").query(&mut con).unwrap();

@@ -200,21 +200,25 @@ fn main() {
         rt.spawn(distkv::resp::serve(listener, args.manager_addr.clone()));
     }
     // SIGTERM or Ctrl-C: hand the leaderships off and flush the log, then exit 0
-    // (a second one, or SIGKILL, ends it at once).
-    let stop = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("a SIGTERM handler");
+    // (a second one, or SIGKILL, ends it at once). Registered now, so a signal
+    // during recovery is not lost.
+    let (mut term, mut int) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _guard = rt.enter();
+        (
+            signal(SignalKind::terminate()).expect("a SIGTERM handler"),
+            signal(SignalKind::interrupt()).expect("a SIGINT handler"),
+        )
+    };
+    let stop = async move {
         tokio::select! {
             _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
         }
         tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("a SIGTERM handler");
             tokio::select! {
                 _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+                _ = int.recv() => {}
             }
             std::process::exit(143);
         });

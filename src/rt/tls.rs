@@ -164,11 +164,22 @@ pub fn generate(dir: &Path, days: u32) -> Result<Vec<String>, String> {
     let mut written = Vec::new();
     for (file, text) in files {
         let path = dir.join(file);
-        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        if file.ends_with(".key") {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-        }
+        // Private keys are readable by their owner only, from the start.
+        let mode = if file.ends_with(".key") { 0o600 } else { 0o644 };
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .open(&path)?;
+            // An existing file keeps its mode on open: set it.
+            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            f.write_all(text.as_bytes())
+        };
+        write().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         written.push(path.display().to_string());
     }
     Ok(written)
