@@ -493,6 +493,12 @@ impl Raft {
         self.progress.get(&id).map(|p| p.match_index)
     }
 
+    /// Whether this leader heard from `id` since its last check-quorum
+    /// round (about an election timeout): a peer that is likely up.
+    pub fn recently_active(&self, id: NodeId) -> bool {
+        self.progress.get(&id).is_some_and(|p| p.active)
+    }
+
     // ----- randomness and timers --------------------------------------------
 
     fn next_random(&mut self) -> u64 {

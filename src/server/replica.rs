@@ -907,7 +907,9 @@ impl ServerCore {
     }
 
     /// Graceful shutdown: asks every replica that leads its group to hand
-    /// the leadership to its most caught-up other voter. Returns how many
+    /// the leadership to its most caught-up other voter among those heard
+    /// from lately (a crashed one would stall the group until the hand-off
+    /// gives up), or the most caught-up one if none was. Returns how many
     /// still lead with someone to hand it to (call again each tick until
     /// none; a transfer under way is simply asked again).
     pub fn hand_off_leaderships(&mut self) -> usize {
@@ -926,7 +928,12 @@ impl ServerCore {
                 .iter()
                 .copied()
                 .filter(|&v| v != me)
-                .max_by_key(|&v| r.raft.match_index(v).unwrap_or(0));
+                .max_by_key(|&v| {
+                    (
+                        r.raft.recently_active(v),
+                        r.raft.match_index(v).unwrap_or(0),
+                    )
+                });
             if let Some(to) = target {
                 leading += 1;
                 let _ = r.raft.transfer_leader(to);
