@@ -242,6 +242,21 @@ pub fn connect_or_exit(
     }
 }
 
+/// A password from the first line of a file (`server --resp-password-file`).
+pub fn read_password(path: &std::path::Path) -> Result<std::sync::Arc<[u8]>, String> {
+    let text = std::fs::read(path)
+        .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?;
+    let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.is_empty() {
+        return Err(format!(
+            "the password file {} is empty (its first line is the password)",
+            path.display()
+        ));
+    }
+    Ok(line.into())
+}
+
 /// TLS flags, the same on every binary (README "Security").
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct TlsArgs {

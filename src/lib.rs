@@ -39,6 +39,7 @@ macro_rules! bug {
     }};
 }
 
+pub mod backup;
 pub mod bench;
 #[cfg(feature = "sim")]
 pub mod bugs;

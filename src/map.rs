@@ -305,6 +305,10 @@ impl PartitionMap {
                 start: Key::new(start.table.clone(), start.num.max(p.start)),
                 end: Key::new(end.table.clone(), end.num.min(p.last())),
             },
+            Op::Export { start, end } if start.num <= end.num => Op::Export {
+                start: Key::new(start.table.clone(), start.num.max(p.start)),
+                end: Key::new(end.table.clone(), end.num.min(p.last())),
+            },
             other => other.clone(),
         }
     }
@@ -423,7 +427,7 @@ impl PartitionMap {
     /// several; any other operation touches one.
     pub fn partitions_of(&self, op: &Op) -> Result<Vec<&Partition>, OpError> {
         match op {
-            Op::Scan { start, end } => {
+            Op::Scan { start, end } | Op::Export { start, end } => {
                 let first = self.partition_of(start)?;
                 if start.num > end.num {
                     // An empty range: ask its start's partition, which answers

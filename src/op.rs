@@ -63,6 +63,17 @@ pub enum Op {
         #[serde(with = "serde_bytes")]
         expected: Option<Vec<u8>>,
     },
+    /// A point-in-time copy of `[start, end]` (one table), for backups: the
+    /// partition keeps an O(1) copy of its data as of this command, which
+    /// the caller then pages through (`Msg::ExportRead`), instead of the
+    /// rows coming back in the reply (a SCAN is capped at
+    /// [`SCAN_RESULT_ROWS_MAX`]). Not part of the text protocol; a command
+    /// holds only EXPORTs, and always runs as a transaction (its copies are
+    /// taken when the prepares apply, on every replica alike). A read.
+    Export {
+        start: Key,
+        end: Key,
+    },
 }
 
 /// The result of one operation, in the same position as its [`Op`].
@@ -83,6 +94,19 @@ pub enum OpResult {
     /// The CHECK held. (A CHECK that does not hold has no result: it aborts
     /// the whole command, see [`Op::Check`].)
     Check,
+    /// What each partition in the range copied, in key order.
+    Export(Vec<ExportPart>),
+}
+
+/// One partition's part of an [`Op::Export`]: the copy it keeps, to be read
+/// page by page (`Msg::ExportRead`) with the command's session and number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportPart {
+    pub partition: u64,
+    /// Keys in the copy, and their bytes (each value's length plus 8), so
+    /// the reader can tell it got all of it.
+    pub keys: u64,
+    pub bytes: u64,
 }
 
 /// Why an operation's text or content was rejected. Shown to users as
@@ -113,6 +137,8 @@ pub enum OpError {
     EmptyCommand,
     #[error("command too large: {0} bytes of keys and values (limit {COMMAND_BYTES_MAX})")]
     CommandTooLarge(usize),
+    #[error("EXPORT cannot share a command with other operations")]
+    ExportNotAlone,
 }
 
 impl Op {
@@ -125,6 +151,7 @@ impl Op {
             Op::Delete { .. } => "DELETE",
             Op::Scan { .. } => "SCAN",
             Op::Check { .. } => "CHECK",
+            Op::Export { .. } => "EXPORT",
         }
     }
 
@@ -136,7 +163,7 @@ impl Op {
             | Op::Swap { key, .. }
             | Op::Delete { key }
             | Op::Check { key, .. } => &key.table,
-            Op::Scan { start, .. } => &start.table,
+            Op::Scan { start, .. } | Op::Export { start, .. } => &start.table,
         }
     }
 
@@ -146,9 +173,14 @@ impl Op {
         match self {
             Op::Put { key: k, value } | Op::Swap { key: k, value } => key(k) + value.len(),
             Op::Get { key: k } | Op::Delete { key: k } => key(k),
-            Op::Scan { start, end } => key(start) + key(end),
+            Op::Scan { start, end } | Op::Export { start, end } => key(start) + key(end),
             Op::Check { key: k, expected } => key(k) + expected.as_ref().map_or(0, Vec::len),
         }
+    }
+
+    /// Whether it is an [`Op::Export`].
+    pub fn is_export(&self) -> bool {
+        matches!(self, Op::Export { .. })
     }
 
     /// Whether the operation may change state.
@@ -165,10 +197,9 @@ impl Op {
                 expected: Some(value),
                 ..
             } => validate_value(value),
-            Op::Scan { start, end } if start.table != end.table => Err(OpError::ScanAcrossTables(
-                start.to_string(),
-                end.to_string(),
-            )),
+            Op::Scan { start, end } | Op::Export { start, end } if start.table != end.table => Err(
+                OpError::ScanAcrossTables(start.to_string(), end.to_string()),
+            ),
             _ => Ok(()),
         }
     }
@@ -198,6 +229,10 @@ pub fn validate_command(ops: &[Op]) -> Result<(), (Option<usize>, OpError)> {
     }
     for (i, op) in ops.iter().enumerate() {
         op.validate().map_err(|e| (Some(i), e))?;
+    }
+    let exports = ops.iter().filter(|op| op.is_export()).count();
+    if exports > 0 && exports < ops.len() {
+        return Err((None, OpError::ExportNotAlone));
     }
     Ok(())
 }

@@ -250,6 +250,8 @@ pub enum Plan {
     Discard,
     Info,
     Quit,
+    /// `AUTH [default] <password>`.
+    Auth(Vec<u8>),
 }
 
 fn text(arg: &[u8]) -> String {
@@ -414,9 +416,13 @@ fn plan_inner(args: &[Vec<u8>]) -> Result<Plan, Reply> {
         // What clients send on connecting: accepted, nothing to do.
         "CLIENT" => Plan::Reply(Reply::Simple("OK")),
         "COMMAND" => Plan::Reply(Reply::Array(Some(Vec::new()))),
-        "AUTH" => Plan::Reply(Reply::err(
-            "AUTH <password> called without any password configured for the default user",
-        )),
+        "AUTH" => {
+            arity(&name, n == 1 || n == 2)?;
+            if n == 2 && rest[0] != b"default" {
+                return Err(Reply::Error(WRONGPASS.into()));
+            }
+            Plan::Auth(rest[n - 1].clone())
+        }
         "SCAN" | "KEYS" => Plan::Reply(Reply::err(format!(
             "'{}' is not supported: read a range of keys with RANGE <first> <last> \
              (e.g. RANGE customers1 customers100)",
@@ -438,6 +444,8 @@ fn plan_inner(args: &[Vec<u8>]) -> Result<Plan, Reply> {
     })
 }
 
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+
 /// The reply to a failed command.
 pub fn error_reply(e: &ClientError) -> Reply {
     match e {
@@ -458,16 +466,39 @@ struct Queued {
     refused: bool,
 }
 
-/// One connection's state: its session and any `MULTI` block.
+/// One connection's state: its session, any `MULTI` block, and whether it
+/// still has to authenticate.
 struct Conn {
     session: Session<TokioRuntime>,
     multi: Option<Queued>,
+    /// The password (`server --resp-password-file`), if any.
+    password: Option<Arc<[u8]>>,
+    authenticated: bool,
 }
 
 impl Conn {
     /// Runs one request: the reply, and whether the connection stays open.
     async fn request(&mut self, args: &[Vec<u8>]) -> (Reply, bool) {
         let plan = plan(args);
+        match (&plan, &self.password) {
+            (Plan::Auth(_), None) => {
+                let e =
+                    "AUTH <password> called without any password configured for the default user";
+                return (Reply::err(e), true);
+            }
+            (Plan::Auth(given), Some(password)) => {
+                self.authenticated = constant_time_eq(given, password);
+                return match self.authenticated {
+                    true => (Reply::Simple("OK"), true),
+                    false => (Reply::Error(WRONGPASS.into()), true),
+                };
+            }
+            (Plan::Quit, _) => {}
+            (_, Some(_)) if !self.authenticated => {
+                return (Reply::Error("NOAUTH Authentication required.".into()), true);
+            }
+            _ => {}
+        }
         if let Some(queued) = &mut self.multi {
             match plan {
                 Plan::Exec => {
@@ -500,6 +531,7 @@ impl Conn {
                     return (Reply::Simple("QUEUED"), true);
                 }
                 Plan::Quit => return (Reply::Simple("OK"), false),
+                Plan::Auth(_) => unreachable!("answered above"),
             }
         }
         match plan {
@@ -513,6 +545,7 @@ impl Conn {
             Plan::Discard => (Reply::err("DISCARD without MULTI"), true),
             Plan::Info => (Reply::Bulk(Some(self.info().into_bytes())), true),
             Plan::Quit => (Reply::Simple("OK"), false),
+            Plan::Auth(_) => unreachable!("answered above"),
         }
     }
 
@@ -571,11 +604,29 @@ impl Conn {
     }
 }
 
+/// Whether two byte strings are equal, in a time that depends only on
+/// their lengths (a password check must not tell how much of a guess was
+/// right).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// How long a TLS client may take to finish its handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves RESP on `listener` for the cluster whose managers are `managers`,
 /// until the process ends. Each connection gets its own session; the
 /// cluster client is made at the first connection (and again after a
-/// failure to reach the managers).
-pub async fn serve(listener: tokio::net::TcpListener, managers: Vec<SocketAddr>) {
+/// failure to reach the managers). With a `password`, a connection must
+/// `AUTH` before anything else; with TLS on in this process
+/// ([`crate::rt::tls`]), every connection is mutual TLS with the cluster's
+/// CA, like the cluster's own (`redis-cli --tls --cacert ca.pem --cert
+/// client.pem --key client.key`).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    managers: Vec<SocketAddr>,
+    password: Option<Arc<[u8]>>,
+) {
     let client: Arc<tokio::sync::Mutex<Option<Client<TokioRuntime>>>> = Arc::default();
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -586,9 +637,27 @@ pub async fn serve(listener: tokio::net::TcpListener, managers: Vec<SocketAddr>)
                 continue;
             }
         };
-        let (client, managers) = (client.clone(), managers.clone());
+        let (client, managers, password) = (client.clone(), managers.clone(), password.clone());
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
+            let tls = crate::rt::tls::get();
+            let stream = match &tls {
+                None => Stream::Plain(stream),
+                Some(tls) => {
+                    let accept = tls.acceptor.accept(stream);
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+                        Ok(Ok(s)) => Stream::Tls(Box::new(s)),
+                        Ok(Err(e)) => {
+                            tracing::warn!(%peer, "RESP: TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::warn!(%peer, "RESP: TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
             let session = {
                 let mut guard = client.lock().await;
                 if guard.is_none() {
@@ -600,13 +669,14 @@ pub async fn serve(listener: tokio::net::TcpListener, managers: Vec<SocketAddr>)
                             error_reply(&e).encode(&mut out);
                             let mut stream = stream;
                             let _ = stream.write_all(&out).await;
+                            let _ = stream.shutdown().await;
                             return;
                         }
                     }
                 }
                 guard.as_ref().unwrap().session()
             };
-            if let Err(e) = connection(stream, session).await {
+            if let Err(e) = connection(stream, session, password).await {
                 tracing::debug!(%peer, "RESP connection ended: {e}");
             }
         });
@@ -618,11 +688,64 @@ pub async fn serve(listener: tokio::net::TcpListener, managers: Vec<SocketAddr>)
 /// without ever reading would otherwise hold them without bound).
 const OUTPUT_PENDING_MAX: usize = 64 * 1024 * 1024;
 
+/// A client connection, with TLS or without.
+enum Stream {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 async fn connection(
-    stream: tokio::net::TcpStream,
+    stream: Stream,
     session: Session<TokioRuntime>,
+    password: Option<Arc<[u8]>>,
 ) -> std::io::Result<()> {
-    let (mut read, write) = stream.into_split();
+    let (mut read, write) = tokio::io::split(stream);
     // Replies go out on their own task, so that reading goes on while the
     // client is still sending a long pipeline and not reading yet.
     let pending = Arc::new(AtomicUsize::new(0));
@@ -631,6 +754,8 @@ async fn connection(
     let mut conn = Conn {
         session,
         multi: None,
+        authenticated: password.is_none(),
+        password,
     };
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
@@ -693,7 +818,7 @@ async fn connection(
 }
 
 async fn write_replies(
-    mut write: tokio::net::tcp::OwnedWriteHalf,
+    mut write: tokio::io::WriteHalf<Stream>,
     mut replies: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
     pending: Arc<AtomicUsize>,
 ) {
@@ -837,6 +962,15 @@ mod tests {
         assert!(error(&["SET", "customers1", "v", "EX", "10"]).contains("not supported"));
         assert!(error(&["FLUSHALL"]).starts_with("ERR unknown command 'FLUSHALL'"));
         assert!(error(&["SCAN", "0"]).contains("RANGE"));
+        assert!(error(&["AUTH", "a", "b", "c"]).contains("wrong number"));
+        assert!(error(&["AUTH", "alice", "pw"]).starts_with("WRONGPASS"));
+        assert_eq!(plan(&args(&["AUTH", "pw"])), Plan::Auth(b"pw".to_vec()));
+        assert_eq!(
+            plan(&args(&["auth", "default", "pw"])),
+            Plan::Auth(b"pw".to_vec())
+        );
+        assert!(constant_time_eq(b"pw", b"pw"));
+        assert!(!constant_time_eq(b"pw", b"pW") && !constant_time_eq(b"pw", b"pw2"));
     }
 
     #[test]

@@ -545,9 +545,20 @@ fn with_tls_only_holders_of_the_clusters_certificates_get_in() {
     let node_refs: Vec<&str> = node.iter().map(String::as_str).collect();
     let client_refs: Vec<&str> = client.iter().map(String::as_str).collect();
     let resp = free_ports(1)[0].to_string();
+    let password = certs.path().join("resp.password");
+    std::fs::write(&password, "s3cret\n").unwrap();
     // Servers, manager and clients all on TLS: everything works (the
     // readiness check writes and reads through it).
-    let cluster = ConfigCluster::start_with(&node_refs, &client_refs, &["--resp-addr", &resp]);
+    let cluster = ConfigCluster::start_with(
+        &node_refs,
+        &client_refs,
+        &[
+            "--resp-addr",
+            &resp,
+            "--resp-password-file",
+            password.to_str().unwrap(),
+        ],
+    );
     let mut flags = refs(&client);
     flags.extend(["--timeout-ms".to_string(), "3000".to_string()]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
@@ -615,11 +626,71 @@ fn with_tls_only_holders_of_the_clusters_certificates_get_in() {
     assert!(log.contains("TLS handshake failed"), "{log}");
     intruder.kill();
 
-    // The Redis front end is a client of the cluster: it reaches it over TLS.
+    // The Redis port is mutual TLS too, and wants the password first. (The
+    // front end is a client of the cluster: it reaches it over TLS.)
+    let replies = resp_over_tls(
+        &resp,
+        &ours,
+        &[
+            b"GET orders5\r\n",
+            b"AUTH nope\r\n",
+            b"AUTH default s3cret\r\n",
+            b"GET orders5\r\n",
+        ],
+    );
+    let replies: Vec<String> = replies
+        .iter()
+        .map(|r| String::from_utf8_lossy(r).into_owned())
+        .collect();
+    assert_eq!(
+        replies,
+        [
+            "-NOAUTH Authentication required.\r\n",
+            "-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+            "+OK\r\n",
+            "$1\r\nx\r\n"
+        ]
+    );
+    // Without TLS, nothing is read.
     let mut raw = TcpStream::connect(resp.as_str()).unwrap();
     raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    raw.write_all(b"GET orders5\r\n").unwrap();
+    let _ = raw.write_all(b"AUTH s3cret\r\nGET orders5\r\n");
     let mut reply = [0u8; 64];
-    let n = raw.read(&mut reply).unwrap();
-    assert_eq!(&reply[..n], b"$1\r\nx\r\n");
+    let n = raw.read(&mut reply).unwrap_or(0);
+    assert!(!String::from_utf8_lossy(&reply[..n]).contains('x'));
+    let log = cluster.children[1].stderr();
+    assert!(log.contains("RESP: TLS handshake failed"), "{log}");
+}
+
+/// Sends each request over one TLS connection (with `certs`' client
+/// certificate) to a Redis port, and returns each reply.
+fn resp_over_tls(addr: &str, certs: &Path, requests: &[&[u8]]) -> Vec<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tls = distkv::rt::tls::load(
+        &certs.join("ca.pem"),
+        &certs.join("client.pem"),
+        &certs.join("client.key"),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut s = tls
+            .connector
+            .connect(tls.server_name.clone(), tcp)
+            .await
+            .unwrap();
+        let mut replies = Vec::new();
+        for request in requests {
+            s.write_all(request).await.unwrap();
+            let mut buf = vec![0u8; 256];
+            let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf));
+            let n = read.await.expect("a reply in time").unwrap();
+            replies.push(buf[..n].to_vec());
+        }
+        replies
+    })
 }

@@ -67,6 +67,8 @@ pub fn check_parse_op(data: &[u8]) {
             format!("CHECK {key} {}", expected.as_deref().map_or("null", text)),
             OpResult::Check,
         ),
+        // Not in the text protocol: parsing never makes one.
+        Op::Export { .. } => panic!("parse_op made an EXPORT from {line:?}"),
     };
     // The canonical request parses to the same operation.
     assert_eq!(parse_op(&request).as_ref(), Ok(&op), "request {request:?}");
@@ -110,6 +112,7 @@ pub fn check_parse_op(data: &[u8]) {
                 assert_eq!(&reparsed(first[1]), key);
                 assert_eq!(first[2], "ok");
             }
+            Op::Export { .. } => unreachable!("refused above"),
         }
         if width > 0 {
             // Padded keys have at least `width` digits.

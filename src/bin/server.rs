@@ -31,6 +31,11 @@ struct Args {
     /// (customers42) through this server, atomically across partitions (docs/protocol.md).
     #[arg(long, value_name = "ADDR")]
     resp_addr: Option<SocketAddr>,
+    /// Require Redis clients to `AUTH <password>` first (like Redis's requirepass), with the
+    /// password read from this file (its first line). With TLS on (--tls-ca ...), the Redis port
+    /// is mutual TLS too.
+    #[arg(long, value_name = "FILE", requires = "resp_addr")]
+    resp_password_file: Option<std::path::PathBuf>,
     /// Log lines as human-readable text or as one JSON object per line (for log shippers).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -196,8 +201,22 @@ fn main() {
                 eprintln!("error: cannot listen for the Redis protocol on {addr}: {e}");
                 std::process::exit(1);
             });
-        tracing::info!(%addr, "serving the Redis protocol");
-        rt.spawn(distkv::resp::serve(listener, args.manager_addr.clone()));
+        let password =
+            args.resp_password_file
+                .as_deref()
+                .map(|path| match distkv::cli::read_password(path) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        std::process::exit(1);
+                    }
+                });
+        tracing::info!(%addr, tls = distkv::rt::tls::get().is_some(), auth = password.is_some(), "serving the Redis protocol");
+        rt.spawn(distkv::resp::serve(
+            listener,
+            args.manager_addr.clone(),
+            password,
+        ));
     }
     // SIGTERM or Ctrl-C: hand the leaderships off and flush the log, then exit 0
     // (a second one, or SIGKILL, ends it at once). Registered now, so a signal

@@ -393,6 +393,11 @@ impl<R: Runtime> Client<R> {
     }
 
     /// A new session with a random id.
+    /// The runtime's clock (deadlines for [`Client::export_page`]).
+    pub fn now(&self) -> Instant {
+        self.inner.rt.now()
+    }
+
     pub fn session(&self) -> Session<R> {
         Session {
             client: self.clone(),
@@ -604,6 +609,82 @@ impl<R: Runtime> Client<R> {
             ))),
             Err(e) => Err(ClientError::Unavailable(e)),
         }
+    }
+
+    /// A page of the copy that EXPORT command `(session, seq)` (see
+    /// [`Session::last_command`]) left in `partition`: its rows with key
+    /// numbers in `[from, to]`, ascending, up to about `max_bytes`. Every
+    /// replica that applied the prepare holds the same copy: the leader is
+    /// asked first, then the others in turn, until `deadline`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn export_page(
+        &self,
+        partition: PartitionId,
+        session: u64,
+        seq: u64,
+        from: u64,
+        to: u64,
+        max_bytes: u32,
+        deadline: Instant,
+    ) -> Result<crate::kv::ExportPage, ClientError> {
+        let rt = &self.inner.rt;
+        let mut last_error = String::from("deadline passed before the first attempt");
+        let mut attempt = 0usize;
+        while rt.now() < deadline {
+            let map = self.map();
+            let Some(p) = map.partitions.get(&partition) else {
+                return Err(ClientError::Unavailable(format!(
+                    "partition {partition} is not in the map any more"
+                )));
+            };
+            let replicas = p.replicas.len().max(1);
+            let node = match attempt {
+                0 => self.target(&map, partition, 0),
+                n => p.replicas.get(n % replicas).copied(),
+            };
+            let Some(addr) = node.and_then(|n| map.servers.get(&n).copied()) else {
+                return Err(ClientError::Unavailable(format!(
+                    "partition {partition} has no replica with an address in the map"
+                )));
+            };
+            let wait = self
+                .inner
+                .config
+                .attempt_timeout
+                .min(deadline.saturating_duration_since(rt.now()));
+            let build = |req| Msg::ExportRead {
+                req,
+                partition,
+                session,
+                seq,
+                from,
+                to,
+                max_bytes,
+            };
+            match self.call(addr, build, wait).await {
+                Ok(Answer::Reply(Msg::ExportReply {
+                    result: Ok(page), ..
+                })) => return Ok(page),
+                Ok(Answer::Reply(Msg::ExportReply { result: Err(e), .. })) => {
+                    last_error = e.to_string()
+                }
+                Ok(Answer::Reply(other)) => {
+                    return Err(unexpected(&format!("server {addr}"), &other))
+                }
+                Ok(Answer::NoReply) => {
+                    last_error = format!("server {addr} did not answer in {wait:?}")
+                }
+                Ok(Answer::Undelivered) => last_error = format!("server {addr} is unreachable"),
+                Err(e) => return Err(ClientError::Unavailable(e)),
+            }
+            attempt += 1;
+            if attempt % replicas == 0 {
+                rt.sleep(self.inner.config.retry_backoff).await;
+            }
+        }
+        Err(ClientError::Unavailable(format!(
+            "no page of partition {partition}'s export: {last_error}"
+        )))
     }
 
     /// Checks a command without running it: limits, operation arguments, and
@@ -1142,6 +1223,12 @@ impl<R: Runtime> Session<R> {
         &self.client
     }
 
+    /// The session's id and the number of its last command: what names the
+    /// copies an EXPORT command left ([`Client::export_page`]).
+    pub fn last_command(&self) -> (u64, u64) {
+        (self.id, self.seq)
+    }
+
     /// Runs `ops` as one command and returns one result per operation, in
     /// operation order.
     ///
@@ -1169,7 +1256,8 @@ impl<R: Runtime> Session<R> {
         loop {
             let map = client.map();
             let route = Route::new(&map, &ops)?;
-            let routed = if route.parts.len() == 1 {
+            // An EXPORT's copies are taken by prepares, even in one partition.
+            let routed = if route.parts.len() == 1 && !ops.iter().any(Op::is_export) {
                 self.run_single(&route, id, deadline).await
             } else {
                 let previous = self.last_commit.take();
@@ -1533,7 +1621,7 @@ impl<R: Runtime> Session<R> {
 }
 
 /// Runs futures concurrently in the calling task; their outputs in order.
-async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+pub(crate) async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
     use std::task::Poll;
     let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
     let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
@@ -1590,6 +1678,7 @@ fn blank_result(op: &Op) -> OpResult {
         Op::Delete { .. } => OpResult::Delete { found: false },
         Op::Scan { .. } => OpResult::Scan(Vec::new()),
         Op::Check { .. } => OpResult::Check,
+        Op::Export { .. } => OpResult::Export(Vec::new()),
     }
 }
 
@@ -1621,6 +1710,15 @@ fn merge(
                 }
                 OpResult::Scan(rows)
             }
+            Op::Export { .. } => {
+                let mut parts = Vec::new();
+                for id in &touched[i] {
+                    if let Some(OpResult::Export(p)) = by_op.remove(&(i, *id)) {
+                        parts.extend(p);
+                    }
+                }
+                OpResult::Export(parts)
+            }
             _ => by_op
                 .remove(&(i, touched[i][0]))
                 .expect("every single-partition op has a result"),
@@ -1650,6 +1748,7 @@ async fn recv_loop<R: Runtime>(inner: Arc<Inner<R>>) {
             | Msg::TxnReply { req, .. }
             | Msg::StatusReply { req, .. }
             | Msg::AdminReply { req, .. }
+            | Msg::ExportReply { req, .. }
             | Msg::NotManagerLeader { req, .. } => *req,
             other => {
                 tracing::warn!(%from, "client ignores unexpected message {other:?}");

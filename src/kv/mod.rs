@@ -19,8 +19,11 @@ use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
+mod export;
 mod ordmap_serde;
 mod txn;
+
+pub use export::{ExportPage, ExportRow, EXPORT_PAGE_BYTES_MAX};
 
 pub use txn::{
     conflicts, AbortReason, Finished, Prepare, Resolution, TxnId, TxnOp, TxnOutcome, TxnState,
@@ -57,6 +60,10 @@ pub enum ApplyError {
         key: Key,
         actual: Option<Vec<u8>>,
     },
+    /// An EXPORT sent as a plain command: its copies are taken only by a
+    /// transaction's prepares (the client library runs it as one).
+    #[error("EXPORT runs only as a transaction")]
+    ExportOutsideTxn,
 }
 
 /// One partition's data: key number -> value, within one table's range.
@@ -109,6 +116,10 @@ pub struct PartitionStore {
     /// the leader to answer (not replicated state: derived from the log).
     #[serde(skip)]
     finished: Vec<Finished>,
+    /// Point-in-time copies kept for backups (see `export`; not replicated
+    /// state either).
+    #[serde(skip)]
+    exports: export::Exports,
 }
 
 /// A split begun and not done yet (see [`PartitionStore::begin_split`]).
@@ -128,7 +139,7 @@ struct PendingSplit {
 /// Whether `op` touches a key from `at` on (in its table).
 fn op_reaches(op: &Op, at: u64) -> bool {
     match op {
-        Op::Scan { end, .. } => end.num >= at,
+        Op::Scan { end, .. } | Op::Export { end, .. } => end.num >= at,
         Op::Put { key, .. }
         | Op::Get { key }
         | Op::Swap { key, .. }
@@ -261,6 +272,7 @@ impl PartitionStore {
             split_pending: None,
             bytes: 0,
             finished: Vec::new(),
+            exports: export::Exports::default(),
         }
     }
 
@@ -412,6 +424,7 @@ impl PartitionStore {
             split_pending: None,
             bytes: right_bytes,
             finished: Vec::new(),
+            exports: export::Exports::default(),
         };
         self.range.end = Some(at);
         self.splits.push(split);
@@ -479,6 +492,11 @@ impl PartitionStore {
         let too_large = || ApplyError::ResultTooLarge {
             partition: self.range.id,
         };
+        if ops.iter().any(Op::is_export) && !ops.iter().all(Op::is_export) {
+            return Err(ApplyError::Invalid(
+                crate::op::OpError::ExportNotAlone.to_string(),
+            ));
+        }
         let mut result_bytes = 0usize;
         // The value of each key as this command's earlier operations left it
         // (`None`: deleted).
@@ -528,6 +546,14 @@ impl PartitionStore {
                         }
                     }
                     bytes
+                }
+                Op::Export { start, end } => {
+                    // Routed like a SCAN; its rows come back page by page.
+                    if start.table != self.range.table || start.num <= end.num {
+                        self.check_key(start)?;
+                        self.check_key(end)?;
+                    }
+                    0
                 }
                 Op::Get { key } => {
                     self.check_key(key)?;
@@ -621,6 +647,9 @@ impl PartitionStore {
         if queued.is_none() && self.is_queued(&WaitKey::Command { session, seq }) {
             return Err(SessionError::Queued);
         }
+        if ops.iter().any(Op::is_export) {
+            return Ok(Err(ApplyError::ExportOutsideTxn));
+        }
         #[cfg(feature = "sim")]
         let duplicate_apply = crate::bugs::enabled(crate::bugs::Bug::DuplicateApply);
         #[cfg(not(feature = "sim"))]
@@ -681,6 +710,7 @@ impl PartitionStore {
         self.log_time_ms = self.log_time_ms.max(time_ms);
         self.expire_sessions(ttl_ms);
         self.expire_txns(ttl_ms);
+        self.expire_exports(ttl_ms);
     }
 
     /// Applies a transaction entry of the log (see [`LogCommand::Txn`]).
@@ -786,6 +816,8 @@ impl PartitionStore {
                 }),
                 // `validate` checked it holds.
                 Op::Check { .. } => OpResult::Check,
+                // Alone in its command (`validate`): nothing written before.
+                Op::Export { start, end } => self.export_result(start, end),
             });
         }
         Ok(results)
@@ -834,7 +866,16 @@ impl PartitionStore {
             }),
             // `validate` checked it holds.
             Op::Check { .. } => OpResult::Check,
+            Op::Export { start, end } => self.export_result(start, end),
         }
+    }
+
+    fn export_result(&self, start: &Key, end: &Key) -> OpResult {
+        let part = match self.clip(start, end) {
+            Some((lo, hi)) => self.export_part(lo, hi),
+            None => self.export_part(1, 0),
+        };
+        OpResult::Export(vec![part])
     }
 }
 

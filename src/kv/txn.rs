@@ -269,7 +269,9 @@ fn footprint(op: &Op) -> (Footprint<'_>, bool) {
             (Footprint::Key(key), true)
         }
         Op::Get { key } | Op::Check { key, .. } => (Footprint::Key(key), false),
-        Op::Scan { start, end } => (Footprint::Range(start, end), false),
+        Op::Scan { start, end } | Op::Export { start, end } => {
+            (Footprint::Range(start, end), false)
+        }
     }
 }
 
@@ -685,6 +687,9 @@ impl PartitionStore {
             Err(e) => return self.refuse(p.id, AbortReason::Rejected(e)),
         };
         let state = TxnState::Prepared { results };
+        // An EXPORT's copy: the locks keep it equal to the data until the
+        // commit, so it is the data at the commit point.
+        self.capture_export(p.id, &p.ops);
         self.txns.insert(
             p.id,
             TxnRecord {
@@ -729,6 +734,7 @@ impl PartitionStore {
             debug_assert_eq!(applied.as_ref(), Ok(&results));
             TxnState::Committed { results }
         } else {
+            self.drop_export(id);
             TxnState::Aborted(AbortReason::Aborted)
         };
         self.record_done(id, state.clone());

@@ -461,6 +461,23 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
                 self.core.txn(to, partition, op, now_ms);
             }
             Msg::TxnReply { req, result } => self.core.fence_reply(req, result),
+            Msg::ExportRead {
+                req,
+                partition,
+                session,
+                seq,
+                from: lo,
+                to: hi,
+                max_bytes,
+            } => {
+                let result = self
+                    .core
+                    .export_read(partition, session, seq, lo, hi, max_bytes);
+                match encode_msg(&Msg::ExportReply { req, result }) {
+                    Ok(bytes) => self.net.send(from, bytes),
+                    Err(e) => tracing::error!("cannot encode an export page: {e}"),
+                }
+            }
             Msg::TransferLeader { req, partition, to } => {
                 let result = self.core.transfer_leader(partition, to);
                 self.admin_reply(from, req, result);

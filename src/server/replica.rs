@@ -27,7 +27,8 @@
 //! sessions by that log time (see `kv` and ARCHITECTURE.md "Sessions").
 
 use crate::kv::{
-    Finished, LogCommand, PartitionStore, SessionError, TxnId, TxnOp, TxnOutcome, TxnState, WaitKey,
+    ApplyError, ExportPage, Finished, LogCommand, PartitionStore, SessionError, TxnId, TxnOp,
+    TxnOutcome, TxnState, WaitKey,
 };
 use crate::manager::status::{ReplicaRole, ReplicaStatus, ReportedConfig, ReportedRange};
 use crate::map::{NodeId, Partition, PartitionId, PartitionMap, SPLIT_BASE_INDEX, SPLIT_BASE_TERM};
@@ -1200,6 +1201,10 @@ impl ServerCore {
             self.reply(to, Err(ExecError::WrongPartition { node_id, partition }));
             return;
         };
+        if request.ops.iter().any(Op::is_export) {
+            self.reply(to, Err(ApplyError::ExportOutsideTxn.into()));
+            return;
+        }
         if !request.ops.iter().any(Op::is_write) {
             #[cfg(feature = "sim")]
             let stale_read = crate::bugs::enabled(crate::bugs::Bug::StaleRead);
@@ -1238,6 +1243,33 @@ impl ServerCore {
         } else {
             self.propose(partition, to, Pending::Execute(request));
         }
+    }
+
+    /// A page of the copy an EXPORT left on our replica of `partition`
+    /// (see `kv::export`). Any replica that applied the prepare holds the
+    /// same copy, so no leadership is needed.
+    pub fn export_read(
+        &mut self,
+        partition: PartitionId,
+        session: u64,
+        seq: u64,
+        from: u64,
+        to: u64,
+        max_bytes: u32,
+    ) -> Result<ExportPage, ExecError> {
+        let node_id = self.node_id;
+        let Some(replica) = self.replicas.get_mut(&partition) else {
+            return Err(ExecError::WrongPartition { node_id, partition });
+        };
+        replica
+            .store
+            .export_page(session, seq, from, to, max_bytes as usize)
+            .ok_or(ExecError::NoExport {
+                node_id,
+                partition,
+                session,
+                seq,
+            })
     }
 
     /// A step of a cross-partition transaction on one of our partitions

@@ -207,6 +207,7 @@ pub fn fmt_ops(ops: &[Op]) -> String {
             Op::Check { key, expected } => {
                 write!(out, "CHECK {key} {}", fmt_value(expected))
             }
+            Op::Export { start, end } => write!(out, "EXPORT {start} {end}"),
         };
     }
     out
@@ -349,6 +350,9 @@ impl Model {
                     }
                     None
                 }
+                // Only `admin backup` runs EXPORTs; the model has nothing
+                // to expect of one.
+                Op::Export { .. } => None,
             };
             if let Some((key, step)) = step {
                 assert!(
@@ -594,6 +598,8 @@ fn observed(key: &Key, steps: &[(usize, Step)], results: &[OpResult]) -> Vec<Obs
             OpResult::Scan(rows) => {
                 Obs::Value(rows.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()))
             }
+            // No step is recorded for an EXPORT (above).
+            OpResult::Export(_) => Obs::Value(None),
         })
         .collect()
 }

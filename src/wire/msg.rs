@@ -5,7 +5,7 @@
 //! allocate more than a frame can hold.
 
 use super::frame::FRAME_PAYLOAD_LEN_MAX;
-use crate::kv::{ApplyError, SessionExpired, StaleRequest, TxnOp, TxnState};
+use crate::kv::{ApplyError, ExportPage, SessionExpired, StaleRequest, TxnOp, TxnState};
 use crate::manager::status::{ClusterStatus, ReplicaStatus};
 use crate::map::{NodeId, PartitionId, PartitionMap};
 use crate::op::{Op, OpResult};
@@ -158,6 +158,23 @@ pub enum Msg {
     /// about 1.3 MB: sending it with every heartbeat cost the manager most
     /// of its time and bandwidth.
     Registered { epoch: u64 },
+    /// Client (`admin backup`) -> any replica of `partition`: a page of the
+    /// copy its EXPORT command `(session, seq)` left there (`kv::export`):
+    /// the rows with key numbers in `[from, to]`, up to about `max_bytes`.
+    ExportRead {
+        req: u64,
+        partition: PartitionId,
+        session: u64,
+        seq: u64,
+        from: u64,
+        to: u64,
+        max_bytes: u32,
+    },
+    /// Server -> client.
+    ExportReply {
+        req: u64,
+        result: Result<ExportPage, ExecError>,
+    },
 }
 
 /// What `admin` asks the manager to do with a server ([`Msg::ServerAdmin`]).
@@ -215,6 +232,18 @@ pub enum ExecError {
     /// here any more.
     #[error("partition {partition} no longer remembers transaction {txn}")]
     TxnForgotten { partition: PartitionId, txn: String },
+    /// This replica holds no copy for that EXPORT: it has not applied the
+    /// prepare yet, or lost the copy (restart, snapshot install), or the
+    /// copy expired (one session TTL unused) or its attempt aborted.
+    #[error(
+        "server {node_id} holds no export of command {session}/{seq} in partition {partition}"
+    )]
+    NoExport {
+        node_id: NodeId,
+        partition: PartitionId,
+        session: u64,
+        seq: u64,
+    },
 }
 
 fn options() -> impl Options {
