@@ -588,25 +588,30 @@ fn with_tls_only_holders_of_the_clusters_certificates_get_in() {
         "the manager says why it refused: {manager_log}"
     );
 
-    // A server with another CA's certificate cannot join the cluster.
-    let port = free_ports(1)[0].to_string();
-    let mut args = vec![
-        "--node-id".to_string(),
-        "3".to_string(),
-        "--join".to_string(),
-        "--listen-addr".to_string(),
-        port.clone(),
-        "--manager-addr".to_string(),
-        cluster.manager.to_string(),
-    ];
-    args.extend(tls_flags(&theirs, "node"));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut intruder = spawn(
-        SERVER,
-        &args,
-        &cluster.dir.path().join("intruder.err"),
-        "intruder",
-    );
+    // A server with another CA's certificate cannot join the cluster, nor
+    // can one with our CA's client certificate (clients may read and
+    // write, not be members).
+    let mut intruders = Vec::new();
+    for (i, (dir, who)) in [(&theirs, "node"), (&ours, "client")]
+        .into_iter()
+        .enumerate()
+    {
+        let port = free_ports(1)[0].to_string();
+        let mut args = vec![
+            "--node-id".to_string(),
+            (3 + i).to_string(),
+            "--join".to_string(),
+            "--listen-addr".to_string(),
+            port.clone(),
+            "--manager-addr".to_string(),
+            cluster.manager.to_string(),
+        ];
+        args.extend(tls_flags(dir, who));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let name = format!("intruder{i}");
+        let err = cluster.dir.path().join(format!("{name}.err"));
+        intruders.push(spawn(SERVER, &args, &err, &name));
+    }
     thread::sleep(Duration::from_secs(3));
     let mut admin = vec!["--connect-addr".to_string(), cluster.manager.to_string()];
     admin.extend(client.iter().cloned());
@@ -621,10 +626,17 @@ fn with_tls_only_holders_of_the_clusters_certificates_get_in() {
         .iter()
         .map(|s| s["id"].as_u64().unwrap())
         .collect();
-    assert_eq!(ids, vec![0, 1, 2], "the intruder is not in the cluster");
-    let log = intruder.stderr();
+    assert_eq!(ids, vec![0, 1, 2], "the intruders are not in the cluster");
+    let log = intruders[0].stderr();
     assert!(log.contains("TLS handshake failed"), "{log}");
-    intruder.kill();
+    let manager_log = cluster.children[0].stderr();
+    assert!(
+        manager_log.contains("a client certificate sent a message only cluster members may send"),
+        "{manager_log}"
+    );
+    for mut intruder in intruders {
+        intruder.kill();
+    }
 
     // The Redis port is mutual TLS too, and wants the password first. (The
     // front end is a client of the cluster: it reaches it over TLS.)

@@ -14,9 +14,26 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-/// The name every distkv certificate carries (as a DNS subject alternative
-/// name) and every dialer expects.
+/// The name every member's certificate (servers, managers) carries, as a
+/// DNS subject alternative name, and every dialer expects.
 pub const SERVER_NAME: &str = "distkv";
+/// The name a client certificate carries instead: it lets its holder read
+/// and write, never act as a member (see [`is_member`]).
+pub const CLIENT_NAME: &str = "client.distkv";
+
+/// Whether a peer's certificate (already checked against the CA in the
+/// handshake) is a member's: it names [`SERVER_NAME`]. A connection from
+/// a client certificate is only let send client requests
+/// (`wire::client_may_send`) and cannot claim a server's address; a dialer
+/// checks the name anyway, so a client certificate cannot answer as a
+/// server or manager either.
+pub fn is_member(cert: &CertificateDer<'_>) -> bool {
+    let Ok(parsed) = rustls::server::ParsedCertificate::try_from(cert) else {
+        return false;
+    };
+    let name = ServerName::try_from(SERVER_NAME).expect("a valid DNS name");
+    rustls::client::verify_server_name(&parsed, &name).is_ok()
+}
 
 /// Both halves of TLS for this process.
 pub struct Tls {
@@ -133,13 +150,20 @@ pub fn generate(dir: &Path, days: u32) -> Result<Vec<String>, String> {
         ("ca.pem", ca_cert.pem()),
         ("ca.key", ca_key.serialize_pem()),
     ];
-    for (name, cn) in [("node", "distkv node"), ("client", "distkv client")] {
-        let mut p = CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(err)?;
+    for (name, cn, san) in [
+        ("node", "distkv node", SERVER_NAME),
+        ("client", "distkv client", CLIENT_NAME),
+    ] {
+        let mut p = CertificateParams::new(vec![san.to_string()]).map_err(err)?;
         p.distinguished_name.push(DnType::CommonName, cn);
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        p.extended_key_usages = if name == "node" {
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ]
+        } else {
+            vec![ExtendedKeyUsagePurpose::ClientAuth]
+        };
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         validity(&mut p);
         let key = KeyPair::generate().map_err(err)?;
@@ -214,5 +238,10 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.contains("no certificate"), "{e}");
+        // Members' certificates name the cluster; clients' do not.
+        let first = |f: &str| certs(&p(f), "test").unwrap().remove(0);
+        assert!(is_member(&first("node.pem")));
+        assert!(!is_member(&first("client.pem")));
+        assert!(!is_member(&CertificateDer::from(vec![1, 2, 3])));
     }
 }

@@ -327,7 +327,8 @@ async fn dial(shared: Arc<Shared>, to: SocketAddr, conn_id: u64, outbox: mpsc::R
         return;
     }
     let read = BufReader::with_capacity(READ_BUFFER_BYTES, read);
-    tokio::spawn(read_loop(shared.clone(), read, to, conn_id));
+    // We dialed it: it showed a member's certificate (its name was checked).
+    tokio::spawn(read_loop(shared.clone(), read, to, conn_id, true));
     write_loop(shared, write, outbox, to, conn_id).await;
 }
 
@@ -348,11 +349,22 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 
 async fn accept_one(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    // With TLS, whether the caller showed a member's certificate or only a
+    // client's (`tls::is_member`); without, everyone is trusted alike.
+    let mut member = true;
     let (read, write) = match super::tls::get() {
         None => tcp_halves(stream),
         Some(tls) => {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => halves(stream),
+                Ok(Ok(stream)) => {
+                    member = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(<[_]>::first)
+                        .is_some_and(super::tls::is_member);
+                    halves(stream)
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(%peer, "refusing a connection: TLS handshake failed: {e}");
                     return;
@@ -388,7 +400,8 @@ async fn accept_one(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    let key = advertise.unwrap_or(peer);
+    // A client may not pose as a server: replies go back on its connection.
+    let key = advertise.filter(|_| member).unwrap_or(peer);
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let (outbox, rx) = mpsc::channel(OUTBOX_FRAMES_MAX);
     let registered = {
@@ -404,7 +417,7 @@ async fn accept_one(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     if registered {
         tokio::spawn(write_loop(shared.clone(), write, rx, key, conn_id));
     }
-    read_loop(shared, read, key, conn_id).await;
+    read_loop(shared, read, key, conn_id, member).await;
 }
 
 /// Reads one frame's payload; `Ok(None)` on a clean end of stream.
@@ -425,9 +438,25 @@ async fn read_frame(read: &mut FrameReader) -> io::Result<Option<Vec<u8>>> {
     Ok(Some(payload))
 }
 
-async fn read_loop(shared: Arc<Shared>, mut read: FrameReader, key: SocketAddr, conn_id: u64) {
+/// Passes every frame from a connection to the endpoint's inbox. A
+/// connection from a client certificate (`member` false) is closed at the
+/// first message only cluster members send (Raft, registrations, ...).
+async fn read_loop(
+    shared: Arc<Shared>,
+    mut read: FrameReader,
+    key: SocketAddr,
+    conn_id: u64,
+    member: bool,
+) {
     loop {
         match read_frame(&mut read).await {
+            Ok(Some(payload)) if !member && !crate::wire::client_may_send(&payload) => {
+                tracing::warn!(
+                    peer = %key,
+                    "closing connection: a client certificate sent a message only cluster members may send"
+                );
+                break;
+            }
             Ok(Some(payload)) => {
                 if shared.inbox_tx.send(Ok((key, payload))).await.is_err() {
                     break; // endpoint dropped

@@ -8,4 +8,4 @@ pub mod frame;
 pub mod msg;
 
 pub use frame::{FrameError, FRAME_HEADER_LEN, FRAME_PAYLOAD_LEN_MAX, PROTOCOL_VERSION};
-pub use msg::{decode_msg, encode_msg, ExecError, Msg, ServerAction};
+pub use msg::{client_may_send, decode_msg, encode_msg, ExecError, Msg, ServerAction};

@@ -246,6 +246,41 @@ pub enum ExecError {
     },
 }
 
+/// Whether a client (a connection with a client certificate) may send the
+/// message in `payload`: requests to the manager and to partitions, and
+/// admin requests. Not: Raft, registrations and their replies, membership
+/// changes, or anything a server or manager sends. Judged by the variant
+/// tag alone (bincode writes it first, one byte below 251), without
+/// decoding the rest.
+pub fn client_may_send(payload: &[u8]) -> bool {
+    // Msg's variants in declaration order; `tests` checks this table.
+    const HELLO: u8 = 0;
+    const GET_MAP: u8 = 1;
+    const EXECUTE: u8 = 5;
+    const TXN: u8 = 8;
+    const STATUS: u8 = 10;
+    const TRANSFER_LEADER: u8 = 12;
+    const SERVER_ADMIN: u8 = 14;
+    const SPLIT_PARTITION: u8 = 16;
+    const MOVE_REPLICA: u8 = 18;
+    const EXPORT_READ: u8 = 20;
+    matches!(
+        payload.first(),
+        Some(
+            &(HELLO
+                | GET_MAP
+                | EXECUTE
+                | TXN
+                | STATUS
+                | TRANSFER_LEADER
+                | SERVER_ADMIN
+                | SPLIT_PARTITION
+                | MOVE_REPLICA
+                | EXPORT_READ)
+        )
+    )
+}
+
 fn options() -> impl Options {
     bincode::DefaultOptions::new().with_limit(FRAME_PAYLOAD_LEN_MAX as u64)
 }
@@ -396,6 +431,81 @@ mod tests {
                 })),
             },
         ]
+    }
+
+    /// Which messages a client certificate may send, decided per variant
+    /// (a new variant must be decided here), checked against the tag table
+    /// of [`client_may_send`].
+    #[test]
+    fn clients_may_send_requests_only() {
+        fn from_clients(m: &Msg) -> bool {
+            match m {
+                Msg::Hello { .. }
+                | Msg::GetMap { .. }
+                | Msg::Execute { .. }
+                | Msg::Txn { .. }
+                | Msg::Status { .. }
+                | Msg::TransferLeader { .. }
+                | Msg::ServerAdmin { .. }
+                | Msg::SplitPartition { .. }
+                | Msg::MoveReplica { .. }
+                | Msg::ExportRead { .. } => true,
+                Msg::MapReply { .. }
+                | Msg::Register { .. }
+                | Msg::RegisterReply { .. }
+                | Msg::ExecuteReply { .. }
+                | Msg::Raft { .. }
+                | Msg::TxnReply { .. }
+                | Msg::StatusReply { .. }
+                | Msg::ChangeReplicas { .. }
+                | Msg::AdminReply { .. }
+                | Msg::NotManagerLeader { .. }
+                | Msg::Registered { .. }
+                | Msg::ExportReply { .. } => false,
+            }
+        }
+        let id = crate::kv::TxnId {
+            session: 1,
+            seq: 2,
+            attempt: 0,
+        };
+        let mut all = sample();
+        all.extend([
+            Msg::Raft {
+                from: 1,
+                messages: Vec::new(),
+            },
+            Msg::Txn {
+                req: 1,
+                partition: 2,
+                op: TxnOp::Resolve { id, commit: true },
+            },
+            Msg::TxnReply {
+                req: 1,
+                result: Ok(TxnState::Aborted(crate::kv::AbortReason::Conflict)),
+            },
+            Msg::ExportRead {
+                req: 1,
+                partition: 2,
+                session: 3,
+                seq: 4,
+                from: 0,
+                to: u64::MAX,
+                max_bytes: 1 << 20,
+            },
+            Msg::ExportReply {
+                req: 1,
+                result: Ok(ExportPage {
+                    rows: Vec::new(),
+                    more: false,
+                }),
+            },
+        ]);
+        for m in &all {
+            let bytes = encode_msg(m).unwrap();
+            assert_eq!(client_may_send(&bytes), from_clients(m), "{m:?}");
+        }
+        assert!(!client_may_send(&[]));
     }
 
     #[test]
