@@ -263,13 +263,25 @@ pub struct TlsArgs {
     /// Mutual TLS on every connection: the cluster's CA certificate (PEM). Only peers holding a
     /// certificate signed by it can connect, in either direction. Needs --tls-cert and
     /// --tls-key; `admin gen-certs --out DIR` makes a test CA and certificates.
-    #[arg(long, value_name = "FILE", global = true, requires_all = ["tls_cert", "tls_key"])]
+    #[arg(long, value_name = "FILE", global = true, env = "DISTKV_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
     pub tls_ca: Option<std::path::PathBuf>,
     /// This process's certificate (PEM, signed by --tls-ca's CA).
-    #[arg(long, value_name = "FILE", global = true, requires = "tls_ca")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        global = true,
+        env = "DISTKV_TLS_CERT",
+        requires = "tls_ca"
+    )]
     pub tls_cert: Option<std::path::PathBuf>,
     /// This process's private key (PEM).
-    #[arg(long, value_name = "FILE", global = true, requires = "tls_ca")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        global = true,
+        env = "DISTKV_TLS_KEY",
+        requires = "tls_ca"
+    )]
     pub tls_key: Option<std::path::PathBuf>,
 }
 

@@ -37,6 +37,8 @@ pub fn is_member(cert: &CertificateDer<'_>) -> bool {
 
 /// Both halves of TLS for this process.
 pub struct Tls {
+    /// The dialing side's configuration (for a blocking rustls stream too).
+    pub client_config: Arc<rustls::ClientConfig>,
     pub connector: tokio_rustls::TlsConnector,
     pub acceptor: tokio_rustls::TlsAcceptor,
     pub server_name: ServerName<'static>,
@@ -102,8 +104,10 @@ pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Tls, String> {
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .map_err(|e| format!("the certificate and key do not go together: {e}"))?;
+    let client = Arc::new(client);
     Ok(Tls {
-        connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+        client_config: client.clone(),
+        connector: tokio_rustls::TlsConnector::from(client),
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
         server_name: ServerName::try_from(SERVER_NAME).expect("a valid DNS name"),
     })

@@ -36,6 +36,142 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// The default tables: `customers` (key space 1000) and `orders` (100).
 pub const TABLES: &str = "customers=1000,orders=100";
 
+/// `DISTKV_TEST_TLS=1`: every [`Cluster`] runs with mutual TLS (one test
+/// CA per test binary, `admin gen-certs`' files): servers and managers with
+/// the member certificate, and every client process that names one of
+/// these clusters' managers (`run`, `Cluster::admin`, ...) with the client
+/// certificate, through the `DISTKV_TLS_*` environment variables; this test
+/// process itself (library clients, [`Raw`] connections) too. Tests that
+/// build their own clusters and pick their own flags are not touched.
+pub fn tls_mode() -> bool {
+    std::env::var_os("DISTKV_TEST_TLS").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+fn tls_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        distkv::rt::tls::generate(dir.path(), 2).expect("test certificates");
+        dir
+    })
+    .path()
+}
+
+/// The managers' addresses of the TLS clusters started so far.
+static TLS_CLUSTERS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// In TLS mode, gives `cmd` the cluster's TLS as a member (`member`) or a
+/// client.
+pub fn with_tls(cmd: &mut Command, member: bool) -> &mut Command {
+    if tls_mode() {
+        let who = if member { "node" } else { "client" };
+        let dir = tls_dir();
+        cmd.env("DISTKV_TLS_CA", dir.join("ca.pem"))
+            .env("DISTKV_TLS_CERT", dir.join(format!("{who}.pem")))
+            .env("DISTKV_TLS_KEY", dir.join(format!("{who}.key")));
+    }
+    cmd
+}
+
+/// In TLS mode, whether a process run with `args` is one of our TLS
+/// clusters' (it names one of their managers) and so needs TLS.
+fn for_tls_cluster(args: &[&str]) -> bool {
+    let clusters = TLS_CLUSTERS.lock().unwrap();
+    args.iter()
+        .any(|a| clusters.iter().any(|m| a.contains(m.as_str())))
+}
+
+/// In TLS mode, turns TLS on in this test process (as a client), once.
+pub fn tls_in_process() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    if tls_mode() {
+        ONCE.call_once(|| {
+            let dir = tls_dir();
+            distkv::rt::tls::enable(
+                &dir.join("ca.pem"),
+                &dir.join("client.pem"),
+                &dir.join("client.key"),
+            )
+            .expect("TLS in the test process");
+        });
+    }
+}
+
+/// A connection from this test process to a cluster port, speaking
+/// distkv's frames directly: plain TCP, or TLS with the client certificate
+/// in TLS mode.
+pub enum Raw {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> std::io::Result<Raw> {
+        Raw::wrap(TcpStream::connect(addr)?)
+    }
+
+    pub fn connect_timeout(addr: &SocketAddr, wait: Duration) -> std::io::Result<Raw> {
+        Raw::wrap(TcpStream::connect_timeout(addr, wait)?)
+    }
+
+    fn wrap(tcp: TcpStream) -> std::io::Result<Raw> {
+        if !tls_mode() {
+            return Ok(Raw::Plain(tcp));
+        }
+        tls_in_process();
+        let tls = distkv::rt::tls::get().expect("TLS is on");
+        let conn =
+            rustls::ClientConnection::new(tls.client_config.clone(), tls.server_name.clone())
+                .map_err(std::io::Error::other)?;
+        Ok(Raw::Tls(Box::new(rustls::StreamOwned::new(conn, tcp))))
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Raw::Plain(s) => s,
+            Raw::Tls(s) => &s.sock,
+        }
+    }
+
+    pub fn set_read_timeout(&self, wait: Option<Duration>) -> std::io::Result<()> {
+        self.tcp().set_read_timeout(wait)
+    }
+
+    /// Ends our sending side (after a TLS close_notify, in TLS mode).
+    pub fn shutdown_write(&mut self) -> std::io::Result<()> {
+        if let Raw::Tls(s) = self {
+            s.conn.send_close_notify();
+            s.flush()?;
+        }
+        self.tcp().shutdown(std::net::Shutdown::Write)
+    }
+}
+
+impl Read for Raw {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Raw::Plain(s) => s.read(buf),
+            Raw::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Raw {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Raw::Plain(s) => s.write(buf),
+            Raw::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Raw::Plain(s) => s.flush(),
+            Raw::Tls(s) => s.flush(),
+        }
+    }
+}
+
 /// `n` distinct free loopback ports: bind port 0, read it, release it. All
 /// listeners are held until every port is picked, so the ports differ.
 pub fn free_ports(n: usize) -> Vec<SocketAddr> {
@@ -119,7 +255,12 @@ pub fn run(program: &str, args: &[&str], stdin: &str) -> Output {
 
 /// [`run`] with arbitrary bytes as input.
 pub fn run_bytes(program: &str, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(program)
+    let mut cmd = Command::new(program);
+    if for_tls_cluster(args) {
+        let member = program == SERVER || program == MANAGER;
+        with_tls(&mut cmd, member);
+    }
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -278,6 +419,11 @@ impl Cluster {
     ) -> Cluster {
         let peers = if m > 1 { m } else { 0 };
         let ports = free_ports(n + m + peers);
+        if tls_mode() {
+            tls_in_process();
+            let mut clusters = TLS_CLUSTERS.lock().unwrap();
+            clusters.extend(ports[..m].iter().map(|a| a.to_string()));
+        }
         let mut cluster = Cluster {
             dir: tempfile::tempdir().expect("tempdir"),
             manager_addr: ports[0],
@@ -307,7 +453,7 @@ impl Cluster {
             .join(format!("{name}.{}.stderr", self.log_files.len()));
         self.log_files.push((name.to_string(), path.clone()));
         let stderr = File::create(&path).expect("create a log file");
-        let child = Command::new(program)
+        let child = with_tls(&mut Command::new(program), program != BENCHMARK)
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -439,6 +585,9 @@ impl Cluster {
                 && !out.stdout.contains("ERROR")
                 && out.stdout.ends_with("STOP\n")
             {
+                if tls_mode() {
+                    self.assert_tls_enforced();
+                }
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -450,6 +599,29 @@ impl Cluster {
                 ));
             }
             thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// In TLS mode: a plain-text client gets nothing from the manager or a
+    /// server (so the tests really ran over TLS).
+    fn assert_tls_enforced(&self) {
+        let mut targets = vec![self.manager_addr];
+        targets.extend(self.server_addrs.first());
+        for addr in targets {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            for m in [
+                Msg::Hello { advertise: None },
+                Msg::GetMap { req: 1, epoch: 0 },
+            ] {
+                let _ = s.write_all(&encode_frame(&encode_msg(&m).unwrap()));
+            }
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).unwrap_or(0);
+            assert!(
+                n == 0 || buf[0] != distkv::wire::PROTOCOL_VERSION,
+                "TLS mode, but {addr} answered a plain-text request"
+            );
         }
     }
 
@@ -646,7 +818,7 @@ impl Cluster {
             .join(format!("{name}.{}.stderr", self.log_files.len()));
         self.log_files.push((name.clone(), path.clone()));
         let stderr = File::create(&path).expect("create a log file");
-        let mut child = Command::new(BENCHMARK)
+        let mut child = with_tls(&mut Command::new(BENCHMARK), false)
             .args(self.connect_args())
             .args(args)
             .stdin(Stdio::piped())
@@ -768,6 +940,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // Its ports may serve another test's cluster next.
+        let mine: Vec<String> = self.manager_addrs.iter().map(|a| a.to_string()).collect();
+        if let Ok(mut clusters) = TLS_CLUSTERS.lock() {
+            clusters.retain(|m| !mine.contains(m));
+        }
         if thread::panicking() {
             eprintln!("cluster logs (in {}):", self.dir.path().display());
             eprintln!("{}", self.logs());
@@ -788,7 +965,7 @@ impl Drop for Cluster {
 /// answers with an error (e.g. `NotLeader`), `None` without an answer within
 /// `wait`.
 pub fn probe_leader(addr: SocketAddr, partition: u64, key: &Key, wait: Duration) -> Option<bool> {
-    let mut stream = TcpStream::connect_timeout(&addr, wait).ok()?;
+    let mut stream = Raw::connect_timeout(&addr, wait).ok()?;
     stream.set_read_timeout(Some(wait)).ok()?;
     let msgs = [
         Msg::Hello { advertise: None },
@@ -835,7 +1012,11 @@ pub struct Interactive {
 
 impl Interactive {
     pub fn spawn(program: &str, args: &[&str]) -> Interactive {
-        let mut child = Command::new(program)
+        let mut cmd = Command::new(program);
+        if for_tls_cluster(args) {
+            with_tls(&mut cmd, false);
+        }
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -8,7 +8,7 @@
 //! leaves a stopped process behind: its `Drop` sends SIGCONT to every paused
 //! server before the cluster's guards SIGKILL and reap them.
 
-use super::{read_lossy, wait_timeout, ChildGuard, Cluster, BENCHMARK};
+use super::{read_lossy, wait_timeout, with_tls, ChildGuard, Cluster, BENCHMARK};
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::PathBuf;
@@ -46,7 +46,7 @@ impl Cluster {
             .path()
             .join(format!("{name}.{}.stderr", self.log_files.len()));
         self.log_files.push((name.to_string(), stderr_path.clone()));
-        let child = Command::new(BENCHMARK)
+        let child = with_tls(&mut Command::new(BENCHMARK), false)
             .args(self.connect_args())
             .args(args)
             .stdin(Stdio::null())
