@@ -20,8 +20,9 @@
 
 use crate::client::{Client, ClientError, Session};
 use crate::key::Key;
+use crate::kv::TxnId;
 use crate::map::PartitionMap;
-use crate::op::{Op, OpResult, VALUE_LEN_MAX};
+use crate::op::{ExportPart, Op, OpResult, VALUE_LEN_MAX};
 use crate::rt::Runtime;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -45,6 +46,11 @@ const RESTORE_BATCH_BYTES: usize = 1024 * 1024;
 /// Attempts of one restore command that came back unavailable or unknown
 /// (a PUT of the same value again is harmless).
 const RESTORE_ATTEMPTS: usize = 10;
+/// How often a backup keeps the copies it has not read yet alive on every
+/// replica (they go after a session TTL, 5 minutes by default, unread).
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(30);
+/// How long a keepalive or release waits for each replica.
+const TOUCH_WAIT: Duration = Duration::from_secs(2);
 
 /// What a backup directory holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -307,23 +313,36 @@ fn export_ops(map: &PartitionMap) -> Vec<Op> {
         .collect()
 }
 
-/// Runs one EXPORT command of every table: the parts per table, with the
-/// command's `(session, seq)`.
+/// Runs one EXPORT command of every table: the parts per table, and the
+/// attempt that committed (which names the copies).
 async fn export_all<R: Runtime>(
     session: &mut Session<R>,
     ops: Vec<Op>,
-) -> Result<Vec<Vec<crate::op::ExportPart>>, String> {
+) -> Result<(Vec<Vec<ExportPart>>, TxnId), String> {
     let results = session
         .execute(ops)
         .await
         .map_err(|e| format!("the backup's transaction failed: {e}"))?;
-    results
+    let txn = session
+        .last_txn()
+        .ok_or("the EXPORT command did not run as a transaction")?;
+    let parts = results
         .into_iter()
         .map(|r| match r {
             OpResult::Export(parts) => Ok(parts),
             other => Err(format!("an EXPORT came back with {other:?}")),
         })
-        .collect()
+        .collect::<Result<_, String>>()?;
+    Ok((parts, txn))
+}
+
+/// Drops every copy an EXPORT attempt left (best effort: the rest expire).
+async fn release_all<R: Runtime>(client: &Client<R>, parts: &[Vec<ExportPart>], txn: TxnId) {
+    for part in parts.iter().flatten() {
+        client
+            .export_touch(part.partition, txn, true, TOUCH_WAIT)
+            .await;
+    }
 }
 
 /// Takes a consistent backup of every table into `dir` (created; it must
@@ -370,13 +389,40 @@ async fn backup_into<R: Runtime>(
         return Err("the cluster has no tables".into());
     }
     let mut session = client.session();
-    let parts = export_all(&mut session, export_ops(&map)).await?;
+    let (parts, txn) = export_all(&mut session, export_ops(&map)).await?;
     let taken_unix_ms = now_unix_ms();
-    let (session_id, seq) = session.last_command();
+    let result = write_tables(client, dir, &map, &parts, txn, progress).await;
+    release_all(client, &parts, txn).await;
+    let tables = result?;
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        distkv_version: env!("CARGO_PKG_VERSION").into(),
+        taken_unix_ms,
+        started_unix_ms,
+        finished_unix_ms: now_unix_ms(),
+        map_epoch: map.epoch,
+        tables,
+    };
+    write_manifest(dir, &manifest)?;
+    Ok(manifest)
+}
+
+/// Pages through every copy into one rows file per table.
+async fn write_tables<R: Runtime>(
+    client: &Client<R>,
+    dir: &Path,
+    map: &PartitionMap,
+    parts: &[Vec<ExportPart>],
+    txn: TxnId,
+    progress: &mut impl FnMut(Progress),
+) -> Result<Vec<TableEntry>, String> {
     let keys_total = parts.iter().flatten().map(|p| p.keys).sum();
     let mut keys_done = 0u64;
     let mut tables = Vec::new();
-    for ((name, table), parts) in map.tables.iter().zip(&parts) {
+    let all: Vec<u64> = parts.iter().flatten().map(|p| p.partition).collect();
+    let mut next_keepalive = client.now() + KEEPALIVE_EVERY;
+    let mut read = 0usize;
+    for ((name, table), parts) in map.tables.iter().zip(parts) {
         let file = format!("{name}.rows");
         let mut out = RowsWriter::create(&dir.join(&file))
             .map_err(|e| format!("cannot create {}: {e}", dir.join(&file).display()))?;
@@ -384,17 +430,15 @@ async fn backup_into<R: Runtime>(
             let (mut keys, mut bytes) = (0u64, 0u64);
             let mut from = 0u64;
             loop {
+                if client.now() >= next_keepalive {
+                    for &p in &all[read..] {
+                        client.export_touch(p, txn, false, TOUCH_WAIT).await;
+                    }
+                    next_keepalive = client.now() + KEEPALIVE_EVERY;
+                }
                 let deadline = client.now() + PAGE_TIMEOUT;
                 let page = client
-                    .export_page(
-                        part.partition,
-                        session_id,
-                        seq,
-                        from,
-                        u64::MAX,
-                        PAGE_BYTES,
-                        deadline,
-                    )
+                    .export_page(part.partition, txn, from, u64::MAX, PAGE_BYTES, deadline)
                     .await
                     .map_err(|e| {
                         format!("reading table {name}: {e}; the backup must start over")
@@ -421,6 +465,7 @@ async fn backup_into<R: Runtime>(
                     part.partition, part.keys, part.bytes
                 ));
             }
+            read += 1;
         }
         let (file_bytes, sha256, keys, bytes) =
             out.finish().map_err(|e| format!("writing {file}: {e}"))?;
@@ -435,17 +480,7 @@ async fn backup_into<R: Runtime>(
             sha256,
         });
     }
-    let manifest = Manifest {
-        format: FORMAT.into(),
-        distkv_version: env!("CARGO_PKG_VERSION").into(),
-        taken_unix_ms,
-        started_unix_ms,
-        finished_unix_ms: now_unix_ms(),
-        map_epoch: map.epoch,
-        tables,
-    };
-    write_manifest(dir, &manifest)?;
-    Ok(manifest)
+    Ok(tables)
 }
 
 /// Writes the manifest atomically (a temporary file, synced, renamed).
@@ -636,7 +671,8 @@ async fn table_counts<R: Runtime>(
             end: Key::new(t.name.clone(), u64::MAX),
         })
         .collect();
-    let parts = export_all(&mut client.session(), ops).await?;
+    let (parts, txn) = export_all(&mut client.session(), ops).await?;
+    release_all(client, &parts, txn).await;
     Ok(manifest
         .tables
         .iter()

@@ -204,6 +204,25 @@ pub fn outcome<T>(result: &Result<T, ExecError>) -> &'static str {
     }
 }
 
+/// Records the state a transaction step left its attempt in, as this
+/// server answered it (a participant's vote, or a decision applied):
+/// prepared, committed, and why aborted. `conflict` is what makes a
+/// coordinator retry (wait-die); `rejected` aborts a command for good.
+pub fn txn_state(state: &crate::kv::TxnState) {
+    use crate::kv::{AbortReason, TxnState};
+    let state = match state {
+        TxnState::Prepared { .. } => "prepared",
+        TxnState::Committed { .. } => "committed",
+        TxnState::Aborted(AbortReason::Conflict) => "conflict",
+        TxnState::Aborted(AbortReason::Rejected(_)) => "rejected",
+        TxnState::Aborted(AbortReason::Fenced) => "fenced",
+        TxnState::Aborted(AbortReason::Aborted) => "aborted",
+        TxnState::Aborted(AbortReason::Expired) => "expired",
+        TxnState::Aborted(AbortReason::Stale) => "stale",
+    };
+    counter!("distkv_txn_states_total", "state" => state).increment(1);
+}
+
 /// Records one answered request.
 pub fn request_done(op: &'static str, outcome: &'static str, took: Duration) {
     counter!("distkv_requests_total", "op" => op, "outcome" => outcome).increment(1);

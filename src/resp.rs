@@ -487,10 +487,12 @@ impl Conn {
                 return (Reply::err(e), true);
             }
             (Plan::Auth(given), Some(password)) => {
-                self.authenticated = constant_time_eq(given, password);
-                return match self.authenticated {
-                    true => (Reply::Simple("OK"), true),
-                    false => (Reply::Error(WRONGPASS.into()), true),
+                // A wrong password does not undo an earlier login (Redis).
+                return if constant_time_eq(given, password) {
+                    self.authenticated = true;
+                    (Reply::Simple("OK"), true)
+                } else {
+                    (Reply::Error(WRONGPASS.into()), true)
                 };
             }
             (Plan::Quit, _) => {}

@@ -188,6 +188,7 @@ fn a_backup_under_write_load_is_one_instant_and_restores_exactly() {
     let out = dst.admin(&["backup", "--out", again.to_str().unwrap(), "--json"]);
     assert!(out.status.success(), "second backup failed: {}", out.stderr);
     let restored = verify(&again).unwrap();
+    assert_eq!(manifest.tables.len(), restored.tables.len());
     for (a, b) in manifest.tables.iter().zip(&restored.tables) {
         assert_eq!(
             (&a.name, a.keys, a.bytes, &a.sha256),

@@ -219,6 +219,32 @@ fn a_cluster_from_config_files_logs_json_and_its_metrics_move_with_load() {
         .unwrap_or_else(|e| panic!("benchmark load --json printed {load:?}: {e}"));
     let ok = report["ok"].as_f64().unwrap();
     assert!(ok > 100.0, "the load ran: {report}");
+    // And transactions (two keys, mostly in two partitions).
+    let txn = bench(
+        manager,
+        &[
+            "load",
+            "--workload",
+            "txn",
+            "--table",
+            "customers",
+            "--keys",
+            "1000",
+            "--clients",
+            "2",
+            "--duration-s",
+            "1",
+            "--progress-ms",
+            "0",
+            "--json",
+        ],
+        "",
+    );
+    let txn: serde_json::Value = serde_json::from_str(txn.lines().last().unwrap()).unwrap();
+    assert!(
+        txn["ok"].as_f64().unwrap() > 10.0,
+        "the txn load ran: {txn}"
+    );
     // The per-partition gauges refresh once a second.
     thread::sleep(Duration::from_millis(1500));
     let after = scrape_all();
@@ -230,6 +256,12 @@ fn a_cluster_from_config_files_logs_json_and_its_metrics_move_with_load() {
         answered >= ok,
         "servers count {answered} answered commands, the load saw {ok}"
     );
+    for state in ["prepared", "committed"] {
+        let label = format!("state=\"{state}\"");
+        let n = sum(&after, "distkv_txn_states_total", &[&label])
+            - sum(&before, "distkv_txn_states_total", &[&label]);
+        assert!(n > 0.0, "transaction steps answered {state}: {n}");
+    }
     for op in ["get", "put"] {
         let label = format!("op=\"{op}\"");
         let n = sum(&after, "distkv_request_duration_seconds_count", &[&label])
@@ -670,7 +702,13 @@ fn with_tls_only_holders_of_the_clusters_certificates_get_in() {
     let mut reply = [0u8; 64];
     let n = raw.read(&mut reply).unwrap_or(0);
     assert!(!String::from_utf8_lossy(&reply[..n]).contains('x'));
-    let log = cluster.children[1].stderr();
+    // (The connection may close a moment before the line is written.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut log = cluster.children[1].stderr();
+    while !log.contains("RESP: TLS handshake failed") && std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+        log = cluster.children[1].stderr();
+    }
     assert!(log.contains("RESP: TLS handshake failed"), "{log}");
 }
 

@@ -392,12 +392,12 @@ impl<R: Runtime> Client<R> {
         Ok(client)
     }
 
-    /// A new session with a random id.
     /// The runtime's clock (deadlines for [`Client::export_page`]).
     pub fn now(&self) -> Instant {
         self.inner.rt.now()
     }
 
+    /// A new session with a random id.
     pub fn session(&self) -> Session<R> {
         Session {
             client: self.clone(),
@@ -611,17 +611,15 @@ impl<R: Runtime> Client<R> {
         }
     }
 
-    /// A page of the copy that EXPORT command `(session, seq)` (see
-    /// [`Session::last_command`]) left in `partition`: its rows with key
+    /// A page of the copy that the committed EXPORT attempt `txn` (see
+    /// [`Session::last_txn`]) left in `partition`: its rows with key
     /// numbers in `[from, to]`, ascending, up to about `max_bytes`. Every
     /// replica that applied the prepare holds the same copy: the leader is
     /// asked first, then the others in turn, until `deadline`.
-    #[allow(clippy::too_many_arguments)]
     pub async fn export_page(
         &self,
         partition: PartitionId,
-        session: u64,
-        seq: u64,
+        txn: TxnId,
         from: u64,
         to: u64,
         max_bytes: u32,
@@ -655,11 +653,11 @@ impl<R: Runtime> Client<R> {
             let build = |req| Msg::ExportRead {
                 req,
                 partition,
-                session,
-                seq,
+                txn,
                 from,
                 to,
                 max_bytes,
+                release: false,
             };
             match self.call(addr, build, wait).await {
                 Ok(Answer::Reply(Msg::ExportReply {
@@ -685,6 +683,38 @@ impl<R: Runtime> Client<R> {
         Err(ClientError::Unavailable(format!(
             "no page of partition {partition}'s export: {last_error}"
         )))
+    }
+
+    /// Keeps (`release` false) or drops (`release` true) the copies that
+    /// EXPORT attempt `txn` left on every replica of `partition`: a copy
+    /// goes after a session TTL of log time without a read on its replica,
+    /// so a long backup touches the ones it has not read yet, and a
+    /// finished one lets them go. Best effort: a replica that does not
+    /// answer within `wait` is skipped.
+    pub async fn export_touch(
+        &self,
+        partition: PartitionId,
+        txn: TxnId,
+        release: bool,
+        wait: Duration,
+    ) {
+        let map = self.map();
+        let mut asks = Vec::new();
+        for node in map.hosts(partition) {
+            if let Some(&addr) = map.servers.get(&node) {
+                let build = move |req| Msg::ExportRead {
+                    req,
+                    partition,
+                    txn,
+                    from: 1,
+                    to: 0,
+                    max_bytes: 1,
+                    release,
+                };
+                asks.push(self.call(addr, build, wait));
+            }
+        }
+        join_all(asks).await;
     }
 
     /// Checks a command without running it: limits, operation arguments, and
@@ -1223,10 +1253,17 @@ impl<R: Runtime> Session<R> {
         &self.client
     }
 
-    /// The session's id and the number of its last command: what names the
-    /// copies an EXPORT command left ([`Client::export_page`]).
-    pub fn last_command(&self) -> (u64, u64) {
-        (self.id, self.seq)
+    /// The attempt of this session's last command that committed as a
+    /// transaction, if its last command did: with the session's id and the
+    /// command's number, it names the copies an EXPORT command left
+    /// ([`Client::export_page`]). Only that attempt's copies are the data
+    /// at the commit point (an aborted attempt's may linger on a replica
+    /// that has not applied the rest of its log yet).
+    pub fn last_txn(&self) -> Option<TxnId> {
+        self.last_commit
+            .as_ref()
+            .map(|(txn, _)| *txn)
+            .filter(|txn| txn.session == self.id && txn.seq == self.seq)
     }
 
     /// Runs `ops` as one command and returns one result per operation, in

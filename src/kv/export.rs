@@ -86,16 +86,27 @@ impl PartitionStore {
 
     /// Keeps a copy of the data for a prepare that holds EXPORTs (called
     /// when it takes its locks). A later attempt of the same command
-    /// replaces an earlier one's.
+    /// replaces an earlier one's, never the other way round (a late
+    /// duplicate of an earlier attempt).
     pub(super) fn capture_export(&mut self, id: TxnId, ops: &[Op]) {
-        if ops.iter().any(Op::is_export) {
-            let export = Export {
-                attempt: id.attempt,
-                data: self.data.clone(),
-                used_ms: self.log_time_ms,
-            };
-            self.exports.0.insert((id.session, id.seq), export);
+        if !ops.iter().any(Op::is_export) {
+            return;
         }
+        let key = (id.session, id.seq);
+        if self
+            .exports
+            .0
+            .get(&key)
+            .is_some_and(|e| e.attempt > id.attempt)
+        {
+            return;
+        }
+        let export = Export {
+            attempt: id.attempt,
+            data: self.data.clone(),
+            used_ms: self.log_time_ms,
+        };
+        self.exports.0.insert(key, export);
     }
 
     /// Drops the copy of an aborted attempt.
@@ -117,27 +128,47 @@ impl PartitionStore {
         self.exports.0.retain(|_, e| e.used_ms >= horizon);
     }
 
+    /// Drops the copy of attempt `txn` (the backup is done with it): an
+    /// empty page, or `None` if there was none.
+    pub fn release_export(&mut self, txn: TxnId) -> Option<ExportPage> {
+        let key = (txn.session, txn.seq);
+        self.exports
+            .0
+            .get(&key)
+            .filter(|e| e.attempt == txn.attempt)?;
+        self.exports.0.remove(&key);
+        Some(ExportPage {
+            rows: Vec::new(),
+            more: false,
+        })
+    }
+
     /// How many copies this replica holds.
     pub fn export_count(&self) -> usize {
         self.exports.0.len()
     }
 
-    /// A page of the copy kept for command `(session, seq)`: its rows with
-    /// key numbers in `[from, to]`, ascending, up to about `max_bytes`. The
-    /// copy holds the partition's range when it was taken, all of it even if
-    /// part of the range was split off since. `None`: no such copy here
-    /// (never taken on this replica, aborted, or expired).
+    /// A page of the copy kept for transaction attempt `txn`: its rows with
+    /// key numbers in `[from, to]`, ascending, up to about `max_bytes` (an
+    /// empty range: none, the copy is only kept alive). The copy holds the
+    /// partition's range when it was taken, all of it even if part of the
+    /// range was split off since. `None`: no copy of that attempt here
+    /// (never taken on this replica, or not yet: an earlier attempt's may
+    /// still be here; aborted; released; expired).
     pub fn export_page(
         &mut self,
-        session: u64,
-        seq: u64,
+        txn: TxnId,
         from: u64,
         to: u64,
         max_bytes: usize,
     ) -> Option<ExportPage> {
         let now = self.log_time_ms;
         let (lo, hi) = (from, to);
-        let export = self.exports.0.get_mut(&(session, seq))?;
+        let export = self
+            .exports
+            .0
+            .get_mut(&(txn.session, txn.seq))
+            .filter(|e| e.attempt == txn.attempt)?;
         export.used_ms = now;
         let mut page = ExportPage {
             rows: Vec::new(),
@@ -204,18 +235,11 @@ mod tests {
         }]
     }
 
-    fn all_rows(
-        s: &mut PartitionStore,
-        session: u64,
-        seq: u64,
-        page: usize,
-    ) -> Vec<(u64, Vec<u8>)> {
+    fn all_rows(s: &mut PartitionStore, txn: TxnId, page: usize) -> Vec<(u64, Vec<u8>)> {
         let mut rows = Vec::new();
         let mut from = 0;
         loop {
-            let p = s
-                .export_page(session, seq, from, u64::MAX, page)
-                .expect("a copy");
+            let p = s.export_page(txn, from, u64::MAX, page).expect("a copy");
             rows.extend(p.rows.iter().map(|r| (r.num, r.value.clone())));
             match p.rows.last() {
                 Some(last) if p.more => from = last.num + 1,
@@ -246,21 +270,30 @@ mod tests {
             bytes: (0..50).map(|i| format!("v{i}").len() as u64 + 8).sum(),
         };
         assert_eq!(results, vec![OpResult::Export(vec![part])]);
-        // A write waits for the read locks; once committed, it runs.
+        // Writes after the commit do not show in the copy.
         s.apply_txn_entry(11, 300_000, &TxnOp::Resolve { id, commit: true });
         put(&mut s, "PUT t1 changed");
         put(&mut s, "DELETE t2");
         put(&mut s, "PUT t70 new");
-        let rows = all_rows(&mut s, 9, 1, 64);
+        let rows = all_rows(&mut s, id, 64);
         assert_eq!(rows.len(), 50, "paged through every key of the copy");
         assert_eq!(rows[1], (1, b"v1".to_vec()));
         assert_eq!(rows[2], (2, b"v2".to_vec()));
         assert!(rows.iter().all(|(n, _)| *n < 50));
+        let other = TxnId { seq: 2, ..id };
         assert_eq!(
-            s.export_page(9, 2, 0, u64::MAX, 64),
+            s.export_page(other, 0, u64::MAX, 64),
             None,
-            "no copy for another command"
+            "another command"
         );
+        let later = TxnId { attempt: 1, ..id };
+        assert_eq!(
+            s.export_page(later, 0, u64::MAX, 64),
+            None,
+            "another attempt"
+        );
+        assert!(s.release_export(id).is_some());
+        assert_eq!(s.export_page(id, 0, u64::MAX, 64), None, "released");
     }
 
     #[test]
@@ -289,12 +322,58 @@ mod tests {
         // A late abort of the first attempt leaves the second's copy.
         s.apply_txn_entry(14, 1_000, &TxnOp::Resolve { id, commit: false });
         assert_eq!(s.export_count(), 1);
-        assert!(s.export_page(9, 1, 0, 10, 64).is_some());
+        assert!(s.export_page(next, 0, 10, 64).is_some());
+        assert!(
+            s.export_page(id, 0, 10, 64).is_none(),
+            "the aborted attempt's is gone"
+        );
         // Reading it at log time 14 keeps it until 1,014.
         s.apply_txn_entry(1_000, 1_000, &TxnOp::Resolve { id, commit: false });
         assert_eq!(s.export_count(), 1);
         s.apply_txn_entry(1_015, 1_000, &TxnOp::Resolve { id, commit: false });
         assert_eq!(s.export_count(), 0);
+    }
+
+    /// A replica that applied an aborted attempt's prepare and not yet the
+    /// next attempt's holds the old copy: it must not pass for the
+    /// committed one. And an earlier attempt's prepare arriving after a
+    /// later one's (never seen here before) does not replace its copy.
+    #[test]
+    fn only_the_asked_attempts_copy_is_served() {
+        let mut s = store();
+        put(&mut s, "PUT t1 old");
+        let first = TxnId {
+            session: 9,
+            seq: 1,
+            attempt: 0,
+        };
+        s.apply_txn_entry(10, 300_000, &prepare(first, export_all()));
+        let second = TxnId {
+            attempt: 1,
+            ..first
+        };
+        assert_eq!(s.export_page(second, 0, 99, 64), None);
+        s.apply_txn_entry(
+            11,
+            300_000,
+            &TxnOp::Resolve {
+                id: first,
+                commit: false,
+            },
+        );
+        put(&mut s, "PUT t1 new");
+        s.apply_txn_entry(12, 300_000, &prepare(second, export_all()));
+        // A late duplicate of attempt 0's prepare changes nothing.
+        s.apply_txn_entry(13, 300_000, &prepare(first, export_all()));
+        let page = s.export_page(second, 0, 99, 64).expect("attempt 1's copy");
+        assert_eq!(page.rows[0].value, b"new".to_vec());
+
+        let mut s = store();
+        let (late, current) = (TxnId { seq: 2, ..first }, TxnId { seq: 2, ..second });
+        s.apply_txn_entry(10, 300_000, &prepare(current, export_all()));
+        s.apply_txn_entry(11, 300_000, &prepare(late, export_all()));
+        assert!(s.export_page(current, 0, 99, 64).is_some());
+        assert_eq!(s.export_page(late, 0, 99, 64), None);
     }
 
     #[test]

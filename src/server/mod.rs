@@ -464,15 +464,15 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
             Msg::ExportRead {
                 req,
                 partition,
-                session,
-                seq,
+                txn,
                 from: lo,
                 to: hi,
                 max_bytes,
+                release,
             } => {
                 let result = self
                     .core
-                    .export_read(partition, session, seq, lo, hi, max_bytes);
+                    .export_read(partition, txn, lo, hi, max_bytes, release);
                 match encode_msg(&Msg::ExportReply { req, result }) {
                     Ok(bytes) => self.net.send(from, bytes),
                     Err(e) => tracing::error!("cannot encode an export page: {e}"),
@@ -552,6 +552,12 @@ impl<R: Runtime, D: Disk> Driver<R, D> {
 
     /// Records a reply to a request noted by `arrived`.
     fn answered(&mut self, to: SocketAddr, reply: &Msg) {
+        if let Msg::TxnReply {
+            result: Ok(state), ..
+        } = reply
+        {
+            metrics::txn_state(state);
+        }
         let (req, outcome) = match reply {
             Msg::ExecuteReply { req, result } => (*req, metrics::outcome(result)),
             Msg::TxnReply { req, result } => (*req, metrics::outcome(result)),

@@ -1245,31 +1245,34 @@ impl ServerCore {
         }
     }
 
-    /// A page of the copy an EXPORT left on our replica of `partition`
-    /// (see `kv::export`). Any replica that applied the prepare holds the
-    /// same copy, so no leadership is needed.
+    /// A page of the copy an EXPORT attempt left on our replica of
+    /// `partition` (see `kv::export`), or (`release`) drops it. Any replica
+    /// that applied the prepare holds the same copy, so no leadership is
+    /// needed.
     pub fn export_read(
         &mut self,
         partition: PartitionId,
-        session: u64,
-        seq: u64,
+        txn: TxnId,
         from: u64,
         to: u64,
         max_bytes: u32,
+        release: bool,
     ) -> Result<ExportPage, ExecError> {
         let node_id = self.node_id;
         let Some(replica) = self.replicas.get_mut(&partition) else {
             return Err(ExecError::WrongPartition { node_id, partition });
         };
-        replica
-            .store
-            .export_page(session, seq, from, to, max_bytes as usize)
-            .ok_or(ExecError::NoExport {
-                node_id,
-                partition,
-                session,
-                seq,
-            })
+        let store = &mut replica.store;
+        let page = if release {
+            store.release_export(txn)
+        } else {
+            store.export_page(txn, from, to, max_bytes as usize)
+        };
+        page.ok_or(ExecError::NoExport {
+            node_id,
+            partition,
+            txn: txn.to_string(),
+        })
     }
 
     /// A step of a cross-partition transaction on one of our partitions

@@ -159,16 +159,18 @@ pub enum Msg {
     /// of its time and bandwidth.
     Registered { epoch: u64 },
     /// Client (`admin backup`) -> any replica of `partition`: a page of the
-    /// copy its EXPORT command `(session, seq)` left there (`kv::export`):
-    /// the rows with key numbers in `[from, to]`, up to about `max_bytes`.
+    /// copy its committed EXPORT attempt `txn` left there (`kv::export`):
+    /// the rows with key numbers in `[from, to]`, up to about `max_bytes`
+    /// (an empty range only keeps the copy alive). `release`: drop the copy
+    /// instead (the backup is done with it).
     ExportRead {
         req: u64,
         partition: PartitionId,
-        session: u64,
-        seq: u64,
+        txn: crate::kv::TxnId,
         from: u64,
         to: u64,
         max_bytes: u32,
+        release: bool,
     },
     /// Server -> client.
     ExportReply {
@@ -235,14 +237,11 @@ pub enum ExecError {
     /// This replica holds no copy for that EXPORT: it has not applied the
     /// prepare yet, or lost the copy (restart, snapshot install), or the
     /// copy expired (one session TTL unused) or its attempt aborted.
-    #[error(
-        "server {node_id} holds no export of command {session}/{seq} in partition {partition}"
-    )]
+    #[error("server {node_id} holds no export of transaction {txn} in partition {partition}")]
     NoExport {
         node_id: NodeId,
         partition: PartitionId,
-        session: u64,
-        seq: u64,
+        txn: String,
     },
 }
 
@@ -487,11 +486,11 @@ mod tests {
             Msg::ExportRead {
                 req: 1,
                 partition: 2,
-                session: 3,
-                seq: 4,
+                txn: id,
                 from: 0,
                 to: u64::MAX,
                 max_bytes: 1 << 20,
+                release: false,
             },
             Msg::ExportReply {
                 req: 1,

@@ -602,24 +602,49 @@ impl Cluster {
         }
     }
 
-    /// In TLS mode: a plain-text client gets nothing from the manager or a
-    /// server (so the tests really ran over TLS).
+    /// In TLS mode: a plain-text client's requests (a map request to the
+    /// manager, a command to a server: both are answered in plain text
+    /// without TLS) get no reply frame, and the connection is closed (so the
+    /// tests really ran over TLS).
     fn assert_tls_enforced(&self) {
-        let mut targets = vec![self.manager_addr];
-        targets.extend(self.server_addrs.first());
-        for addr in targets {
+        let execute = Msg::Execute {
+            req: 1,
+            session: 1,
+            seq: 1,
+            sent_ms: 0,
+            partition: 0,
+            ops: vec![Op::Get {
+                key: Key::new("customers", 1),
+            }],
+        };
+        let mut targets = vec![(self.manager_addr, Msg::GetMap { req: 1, epoch: 0 })];
+        targets.extend(self.server_addrs.first().map(|&a| (a, execute.clone())));
+        for (addr, request) in targets {
             let mut s = TcpStream::connect(addr).expect("connect");
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            for m in [
-                Msg::Hello { advertise: None },
-                Msg::GetMap { req: 1, epoch: 0 },
-            ] {
+            for m in [Msg::Hello { advertise: None }, request] {
                 let _ = s.write_all(&encode_frame(&encode_msg(&m).unwrap()));
             }
-            let mut buf = [0u8; 64];
-            let n = s.read(&mut buf).unwrap_or(0);
+            let mut got = Vec::new();
+            let mut buf = [0u8; 256];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) => {
+                        assert!(
+                            !matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ),
+                            "TLS mode, but {addr} kept a plain-text connection open"
+                        );
+                        break; // reset: closed
+                    }
+                }
+            }
             assert!(
-                n == 0 || buf[0] != distkv::wire::PROTOCOL_VERSION,
+                got.first() != Some(&distkv::wire::PROTOCOL_VERSION),
                 "TLS mode, but {addr} answered a plain-text request"
             );
         }
