@@ -645,20 +645,14 @@ pub async fn serve(
             let tls = crate::rt::tls::get();
             let stream = match &tls {
                 None => Stream::Plain(stream),
-                Some(tls) => {
-                    let accept = tls.acceptor.accept(stream);
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
-                        Ok(Ok(s)) => Stream::Tls(Box::new(s)),
-                        Ok(Err(e)) => {
-                            tracing::warn!(%peer, "RESP: TLS handshake failed: {e}");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::warn!(%peer, "RESP: TLS handshake timed out");
-                            return;
-                        }
+                Some(tls) => match crate::rt::tls::accept(tls, stream, TLS_HANDSHAKE_TIMEOUT).await
+                {
+                    Ok(s) => Stream::Tls(Box::new(s)),
+                    Err(why) => {
+                        tracing::warn!(%peer, "RESP: {why}");
+                        return;
                     }
-                }
+                },
             };
             let session = {
                 let mut guard = client.lock().await;

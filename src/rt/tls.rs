@@ -46,6 +46,20 @@ pub struct Tls {
 
 static TLS: OnceLock<Arc<Tls>> = OnceLock::new();
 
+/// Accepts a TLS connection (the handshake, within `within`): the stream,
+/// or why not, for the caller's log.
+pub async fn accept(
+    tls: &Tls,
+    stream: tokio::net::TcpStream,
+    within: std::time::Duration,
+) -> Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, String> {
+    match tokio::time::timeout(within, tls.acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+        Err(_) => Err(format!("no TLS handshake within {within:?}")),
+    }
+}
+
 /// TLS for this process, if [`enable`] was called.
 pub fn get() -> Option<Arc<Tls>> {
     TLS.get().cloned()

@@ -354,27 +354,21 @@ async fn accept_one(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let mut member = true;
     let (read, write) = match super::tls::get() {
         None => tcp_halves(stream),
-        Some(tls) => {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => {
-                    member = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(<[_]>::first)
-                        .is_some_and(super::tls::is_member);
-                    halves(stream)
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(%peer, "refusing a connection: TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::warn!(%peer, "refusing a connection: no TLS handshake within {HANDSHAKE_TIMEOUT:?}");
-                    return;
-                }
+        Some(tls) => match super::tls::accept(&tls, stream, HANDSHAKE_TIMEOUT).await {
+            Ok(stream) => {
+                member = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(<[_]>::first)
+                    .is_some_and(super::tls::is_member);
+                halves(stream)
             }
-        }
+            Err(why) => {
+                tracing::warn!(%peer, "refusing a connection: {why}");
+                return;
+            }
+        },
     };
     let mut read = BufReader::with_capacity(READ_BUFFER_BYTES, read);
     let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut read)).await;
